@@ -1,0 +1,1 @@
+"""The ``pytrain`` command line. Each module registers its commands on the one typer app."""

@@ -1,0 +1,93 @@
+"""Entry point of the ``pytrain`` command.
+
+Commands live in the module of their part of the pipeline and register themselves here:
+
+- :mod:`pytrain.cli.tasks`   -- ``db``, ``sources``, ``submit``, ``tasks``, ``show``, ``cancel``, ``orchestrate``
+- :mod:`pytrain.cli.serving` -- ``serve``, ``predict``, ``publish``
+- :mod:`pytrain.cli.images`  -- ``image`` (training image builds)
+- :mod:`pytrain.cli.demo`    -- ``demo``
+
+A :class:`pytrain.errors.PyTrainError` prints as one line (with its cause chain and hint) on
+stderr and exits 1; every other exception keeps its traceback, since it is a bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from pytrain.errors import PyTrainError
+
+app = typer.Typer(
+    name="pytrain",
+    help="Train video clip classifiers from a PostgreSQL task row and serve them with Triton.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.images", "pytrain.cli.demo")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", envvar="PYTRAIN_VERBOSE", help="Log at DEBUG level (env PYTRAIN_VERBOSE)."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:  # a part that is not installed (extras) keeps the others usable
+        if _exc.name and _exc.name.startswith("pytrain"):
+            raise
+        continue
+    _module.register(app)
+
+
+def format_error(exc: BaseException) -> str:
+    """One line: the error, then each cause in the chain (``: caused by ...``)."""
+    parts = [str(exc)]
+    cause = exc.__cause__
+    while cause is not None:
+        text = str(cause).strip().splitlines()
+        parts.append(f"caused by {type(cause).__name__}: {text[0] if text else ''}")
+        cause = cause.__cause__
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a :class:`PyTrainError` becomes ``error: ...`` on stderr and exit code 1."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:  # typer.Exit(code) in non-standalone mode
+            sys.exit(code)
+    except PyTrainError as exc:
+        typer.echo(f"error: {format_error(exc)}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""PyTrain settings: one validated object, read from ``PYTRAIN_*`` environment variables.
+
+Defaults work on a laptop: every folder defaults to the repository's top-level folder of the same
+name (``sources/``, ``model_repo/``, ``model_tasks/``, ``results/``), and with no
+``PYTRAIN_DATABASE_URL`` PyTrain starts an embedded PostgreSQL server whose data lives under
+``PYTRAIN_DATA_DIR`` (default ``.pytrain/`` in the repository).
+
+Example::
+
+    PYTRAIN_DATABASE_URL=postgresql+psycopg://user:pw@db:5432/pytrain pytrain orchestrate
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def project_root() -> Path:
+    """The repository root when running from a checkout, else the current directory.
+
+    Returns:
+        The folder holding ``pyproject.toml`` two levels above this package (an editable
+        install or a source checkout), or :func:`Path.cwd` for a regular install.
+    """
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "pyproject.toml").is_file():
+        return candidate
+    return Path.cwd()
+
+
+_ROOT = project_root()
+
+
+class Settings(BaseSettings):
+    """All of PyTrain's settings. Every field reads ``PYTRAIN_<FIELD NAME>`` from the environment.
+
+    Raises:
+        pydantic.ValidationError: on a value of the wrong type or out of range; the message
+            names the variable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PYTRAIN_", extra="ignore", validate_default=True)
+
+    # --- database -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the PostgreSQL server (postgresql+psycopg://...). "
+        "Unset: start the embedded server under data_dir.",
+    )
+    data_dir: Path = Field(default=_ROOT / ".pytrain", description="PyTrain's own state (embedded PostgreSQL data, logs).")
+
+    # --- folders --------------------------------------------------------------------------
+    sources_dir: Path = Field(default=_ROOT / "sources", description="Root of the datasets: <sources_dir>/<dataset>/<class_subclass>/*.mp4")
+    model_repo_dir: Path = Field(default=_ROOT / "model_repo", description="Triton model repository PyTrain publishes into.")
+    model_tasks_dir: Path = Field(default=_ROOT / "model_tasks", description="One folder per task: spec, manifest, logs, checkpoints, ONNX.")
+    results_dir: Path = Field(default=_ROOT / "results", description="results/<model>/<version>/: metrics, plots, the task row.")
+
+    # --- orchestrator ---------------------------------------------------------------------
+    runner: Literal["local", "docker"] = Field(default="local", description="How a claimed task is run.")
+    worker_id: str | None = Field(default=None, description="Worker name in the task row; default <hostname>-<pid>.")
+    lease_seconds: float = Field(default=60.0, gt=0, description="A running task whose lease is older than this is re-queued (seconds).")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")
+    poll_seconds: float = Field(default=5.0, gt=0, description="Polling fallback when no NOTIFY arrives (seconds).")
+    max_attempts: int = Field(default=3, ge=1, description="A task whose lease expired this many times fails.")
+    task_timeout_seconds: float | None = Field(default=None, gt=0, description="Kill a task's run after this long (seconds); unset: no limit.")
+
+    # --- serving --------------------------------------------------------------------------
+    triton_grpc_url: str | None = Field(default=None, description="host:port of a Triton server to ask to load new versions (explicit model control).")
+    triton_grpc_port: int = Field(default=8001, ge=1, le=65535, description="gRPC port of the embedded Triton server.")
+    triton_http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the embedded Triton server.")
+    triton_metrics_port: int = Field(default=8002, ge=1, le=65535, description="Metrics port of the embedded Triton server.")
+    max_batch_size: int = Field(default=8, ge=1, description="max_batch_size written into config.pbtxt.")
+
+    # --- docker runner --------------------------------------------------------------------
+    base_image: str = Field(default="nvcr.io/nvidia/pytorch:24.10-py3", description="Base image of the training container.")
+    ngc_api_key_file: Path = Field(default=Path("~/api.key"), description="File holding the NGC API key; read only when the base image must be pulled.")
+    gpus: str | None = Field(default=None, description="GPU ids for this worker's containers, e.g. '0,1'; 'all' for every GPU; unset: none.")
+    container_memory: str | None = Field(default=None, description="Memory limit of a training container, e.g. '16g'.")
+    container_pids_limit: int = Field(default=4096, ge=64, description="pids limit of a training container.")
+    shm_size: str = Field(default="8g", description="/dev/shm size of a training container (DataLoader workers need it).")
+
+    @field_validator("sources_dir", "model_repo_dir", "model_tasks_dir", "results_dir", "data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("ngc_api_key_file")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> "Settings":
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"PYTRAIN_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be smaller than "
+                f"PYTRAIN_LEASE_SECONDS ({self.lease_seconds}), or every lease expires between heartbeats"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment.
+
+    Tests that change ``PYTRAIN_*`` variables call ``get_settings.cache_clear()``.
+    """
+    return Settings()

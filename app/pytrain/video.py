@@ -1,0 +1,127 @@
+"""Clip sampling and decoding shared by training (evaluation mode) and the client.
+
+Training's evaluation transform and ``pytrain predict`` both call :func:`read_clip`, so a clip is
+sampled and resized the same way on both sides. Normalisation is *not* done here: it lives inside
+the model (and so inside the exported ONNX graph), see :mod:`pytrain.training.preprocess`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pytrain.errors import VideoDecodeError
+
+
+def sample_indices(num_video_frames: int, num_frames: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Frame indices for a clip of ``num_frames`` frames sampled uniformly over a video.
+
+    The video is cut into ``num_frames`` equal segments (the TSN scheme, Wang et al. 2016,
+    "Temporal Segment Networks", ECCV). Evaluation (``rng is None``) takes the centre frame of each
+    segment, so it is deterministic; training (``rng`` given) takes a uniformly random frame inside
+    each segment (temporal jitter).
+
+    A video shorter than ``num_frames`` frames gets repeated indices (each frame is shown for
+    about ``num_frames / num_video_frames`` steps), so the clip always has ``num_frames`` frames.
+
+    Args:
+        num_video_frames: frames in the video (>= 1).
+        num_frames: frames wanted in the clip (>= 1).
+        rng: random generator for training jitter; ``None`` for evaluation.
+
+    Returns:
+        ``(num_frames,)`` int64 indices, non-decreasing, each in ``[0, num_video_frames)``.
+
+    Raises:
+        ValueError: ``num_video_frames < 1`` or ``num_frames < 1``.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    segment = num_video_frames / num_frames
+    starts = np.arange(num_frames, dtype=np.float64) * segment
+    if rng is None:
+        positions = starts + segment / 2.0
+    else:
+        positions = starts + rng.random(num_frames) * segment
+    indices = np.floor(positions).astype(np.int64)
+    return np.clip(indices, 0, num_video_frames - 1)
+
+
+def read_clip(path: str | Path, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Decode the evaluation clip of a video: uniform centre sampling, resized while decoding.
+
+    This is the one decode path of evaluation in training and of ``pytrain predict``.
+
+    Args:
+        path: an mp4 (or any container FFmpeg reads).
+        num_frames: frames in the clip (T).
+        height, width: output frame size in pixels.
+
+    Returns:
+        ``(num_frames, height, width, 3)`` uint8 RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+    """
+    return decode_clip(path, num_frames, height, width, rng=None)
+
+
+def decode_clip(
+    path: str | Path, num_frames: int, height: int, width: int, *, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Decode ``num_frames`` frames sampled with :func:`sample_indices`, resized to ``height x width``.
+
+    decord scales while decoding (FFmpeg's scaler), which is the fast path. decord 0.6 fails on
+    some target sizes (e.g. 48x32 from 64x64: "The size must exactly match"); for those the frames
+    are decoded at native size and resized with Pillow's bilinear filter. The choice depends only
+    on the file and the size, so training and inference take the same path for the same input.
+
+    Args:
+        path: the video file.
+        num_frames: frames in the clip (T).
+        height, width: output size in pixels.
+        rng: ``None`` for evaluation (deterministic); a generator for training's temporal jitter.
+
+    Returns:
+        ``(num_frames, height, width, 3)`` uint8 RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+    """
+    import decord  # imported here: the orchestrator never decodes
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "the file is empty")
+    try:
+        reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+        total = len(reader)
+        if total < 1:
+            raise VideoDecodeError(path, "the video has no frames")
+        indices = sample_indices(total, num_frames, rng=rng).tolist()
+        try:
+            frames = reader.get_batch(indices).asnumpy()
+        except decord.DECORDError as exc:
+            if "size must exactly match" not in str(exc):
+                raise
+            native = decord.VideoReader(str(path), num_threads=1)
+            frames = _resize(native.get_batch(indices).asnumpy(), height, width)
+    except VideoDecodeError:
+        raise
+    except Exception as exc:  # decord raises DECORDError / RuntimeError for unreadable input
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "decoder error"
+        raise VideoDecodeError(path, f"{type(exc).__name__}: {first_line}") from exc
+    if frames.shape != (num_frames, height, width, 3):
+        raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(num_frames, height, width, 3)}")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])

@@ -1,0 +1,10 @@
+"""Shared pytest set-up. Fixtures live in plugin modules under ``tests/fixtures/``, one per
+external boundary, so each part of the pipeline owns its own:
+
+- ``fixtures.clips``  -- real mp4 datasets made with PyAV / ffmpeg
+- ``fixtures.db``     -- a real PostgreSQL server and a fresh database per test
+- ``fixtures.triton`` -- the real ``tritonserver`` from nvidia-pytriton
+- ``fixtures.docker`` -- a real Docker engine and a local base image
+"""
+
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker"]
