@@ -24,7 +24,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.pytrain-install-$extras"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && { [ "$extras" = dev ] || [ -f ".venv/.pytrain-install-dev" ]; }; then
+up_to_date() { [ -f "$1" ] && [ "$(cat "$1")" = "$want" ]; }
+if up_to_date "$stamp" || up_to_date ".venv/.pytrain-install-dev"; then
   echo "==> .venv is up to date ($extras)"
   exit 0
 fi

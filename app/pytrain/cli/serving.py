@@ -1,7 +1,120 @@
-"""``pytrain`` commands of this part (placeholder until implemented)."""
+"""``pytrain serve``, ``pytrain predict`` and ``pytrain publish``.
+
+Examples::
+
+    pytrain serve                                   # embedded Triton on 127.0.0.1:8001 over model_repo/
+    pytrain predict --model kitchen --top-k 3 clip1.mp4 clip2.mp4
+    pytrain publish --task-dir model_tasks/task-7-kitchen
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from pytrain.errors import ClientError
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``serve``, ``predict`` and ``publish`` to ``app``."""
+    app.command("serve")(serve)
+    app.command("predict")(predict)
+    app.command("publish")(publish)
+
+
+def serve(
+    model_repo: Optional[Path] = typer.Option(None, "--model-repo", help="Model repository (default PYTRAIN_MODEL_REPO_DIR)."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default PYTRAIN_TRITON_GRPC_PORT, 8001)."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default PYTRAIN_TRITON_HTTP_PORT, 8000)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Metrics port (default PYTRAIN_TRITON_METRICS_PORT, 8002)."),
+    mode: str = typer.Option("explicit", "--model-control-mode", help="explicit (load all at start, publish loads new versions), poll or none."),
+) -> None:
+    """Start the embedded Triton server (CPU, Python backend) and serve until Ctrl-C."""
+    from pytrain.serving import TritonServer
+    from pytrain.settings import get_settings
+
+    settings = get_settings()
+    overrides: dict[str, object] = {"model_control_mode": mode}
+    for key, value in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
+        if value is not None:
+            overrides[key] = value
+    server = TritonServer.from_settings(settings, **overrides)
+    if model_repo is not None:
+        server.model_repository = model_repo.expanduser().resolve()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        typer.echo(f"Triton is serving {server.model_repository}")
+        typer.echo(f"  gRPC    {server.grpc_url}   (pytrain predict --url {server.grpc_url} ...)")
+        typer.echo(f"  HTTP    {server.http_url}")
+        typer.echo(f"  log     {server.log_path}")
+        typer.echo("Press Ctrl-C to stop.")
+        try:
+            while not stop.wait(1.0):
+                if not server.is_running():
+                    raise ClientError(f"tritonserver exited: {server.log_tail()}", hint=f"see {server.log_path}")
+        except KeyboardInterrupt:
+            pass
+
+
+def predict(
+    videos: List[Path] = typer.Argument(..., help="Video files (mp4)."),
+    model: str = typer.Option(..., "--model", help="Triton model name."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the newest)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per video, most probable first."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="PYTRAIN_TRITON_GRPC_URL", help="Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL; default 127.0.0.1:PYTRAIN_TRITON_GRPC_PORT)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PyTrain <model>.config to read clip size and tensor names from (default: Triton's model metadata)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Inference timeout per request, seconds."),
+    ready_timeout: float = typer.Option(10.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
+) -> None:
+    """Classify videos over gRPC; prints one JSON object per video.
+
+    Output: {"video": PATH, "label": "cooking", "probability": 0.7779} and, with --top-k K > 1,
+    "top_k": [{"label", "probability"}, ...]. A video that cannot be decoded prints
+    {"video": PATH, "error": ...}, and the command exits 1 after the others.
+    """
+    from pytrain.client import TritonClient
+
+    failed = 0
+    with TritonClient(url, ready_timeout_s=ready_timeout, load_timeout_s=max(ready_timeout, 10.0), inference_timeout_s=timeout) as client:
+        info = client.model_info(model, version, config_path=config)
+        for video in videos:
+            try:
+                clip = client.read_video(video, info)
+            except ClientError as exc:
+                failed += 1
+                typer.echo(json.dumps({"video": str(video), "error": str(exc)}))
+                continue
+            [top] = client.predict_frames(model, clip[None], version=version, top_k=top_k)
+            line = {"video": str(video), **top[0].to_dict()}
+            if top_k > 1:
+                line["top_k"] = [p.to_dict() for p in top]
+            typer.echo(json.dumps(line))
+    if failed:
+        raise typer.Exit(1)
+
+
+def publish(
+    task_dir: Path = typer.Option(..., "--task-dir", exists=True, file_okay=False, help="Finished task folder (model_tasks/task-<id>-<model>)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Publish under this name (default: task.json's model_name)."),
+) -> None:
+    """Publish a finished task folder as the next version of its model (manual publishing)."""
+    from pytrain.publish import publish_task
+    from pytrain.settings import get_settings
+    from pytrain.spec import TASK_SPEC
+
+    record: dict[str, object] = {}
+    spec_path = task_dir / TASK_SPEC
+    if spec_path.is_file():
+        record = json.loads(spec_path.read_text(encoding="utf-8"))
+        record.pop("extra", None)
+    if model_name:
+        record["model_name"] = model_name
+    published = publish_task(task_dir, settings=get_settings(), task_record=record)
+    typer.echo(json.dumps({"model": published.name, "version": published.version, "path": str(published.path),
+                           "results": str(published.results_path), "loaded": published.load_requested}))

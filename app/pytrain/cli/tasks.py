@@ -1,7 +1,218 @@
-"""``pytrain`` commands of this part (placeholder until implemented)."""
+"""``pytrain`` commands of the database, sources and orchestrator part.
+
+``db upgrade``, ``db current``, ``sources sync``, ``sources list``, ``submit``, ``tasks``,
+``show ID``, ``cancel ID``, ``orchestrate``. Every option that mirrors a setting also reads its
+``PYTRAIN_*`` environment variable (named in ``--help``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
 
 import typer
+
+from pytrain.errors import ConfigurationError
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+sources_app = typer.Typer(help="Datasets under the sources root.", no_args_is_help=True)
+
+
+def _settings(**overrides: Any):
+    """The process settings with CLI overrides; a bad environment variable becomes one clear error."""
+    from pydantic import ValidationError
+
+    from pytrain.settings import Settings, get_settings
+
+    try:
+        settings = get_settings()
+        updates = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(**{**settings.model_dump(), **updates}) if updates else settings
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid settings: {problems}", hint="check the PYTRAIN_* environment variables") from exc
+
+
+def _queue(settings=None):
+    from pytrain.db import TaskQueue, check_schema, get_engine
+
+    engine = get_engine(settings or _settings())
+    check_schema(engine)
+    return TaskQueue(engine)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """``-s a -s b`` and ``-s a,b`` both give ``[a, b]``."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+# -- db -------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate PyTrain's schema to the newest revision."""
+    from pytrain.db import upgrade
+
+    revision = upgrade(_settings())
+    typer.echo(f"database schema at revision {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the one this PyTrain needs."""
+    from pytrain.db import current_revision, head_revision
+
+    typer.echo(f"database: {current_revision(_settings()) or 'none'}; this PyTrain: {head_revision()}")
+
+
+# -- sources --------------------------------------------------------------------------------
+@sources_app.command("sync")
+def sources_sync() -> None:
+    """Register every dataset folder of the sources root (PYTRAIN_SOURCES_DIR)."""
+    from pytrain.db import check_schema, get_engine
+    from pytrain.sources import sync_sources
+
+    settings = _settings()
+    engine = get_engine(settings)
+    check_schema(engine)
+    result = sync_sources(settings, engine=engine)
+    typer.echo(f"sources root {settings.sources_dir}")
+    typer.echo(f"registered: {', '.join(result.registered) or '(none)'}")
+    if result.added:
+        typer.echo(f"added: {', '.join(result.added)}")
+    if result.missing:
+        typer.echo(f"registered but missing on disk: {', '.join(result.missing)}")
+    for name, reason in result.skipped.items():
+        typer.echo(f"skipped {name}: {reason}")
+
+
+@sources_app.command("list")
+def sources_list() -> None:
+    """List the registered datasets."""
+    for name in _queue().registered_sources():
+        typer.echo(name)
+
+
+# -- tasks ----------------------------------------------------------------------------------
+def submit(
+    model_name: str = typer.Option(..., "--model-name", "-m", help="Triton model name, [A-Za-z0-9_-]{1,64}."),
+    sources: list[str] = typer.Option(..., "--sources", "-s", help="Dataset name(s); repeat or comma-separate."),
+    classes: list[str] = typer.Option(..., "--classes", "-c", help="Class name(s); repeat or comma-separate."),
+    architecture: Optional[str] = typer.Option(None, help="Model architecture (default r3d_18)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights."),
+    num_frames: Optional[int] = typer.Option(None, help="Frames per clip (default 20)."),
+    height: Optional[int] = typer.Option(None, help="Frame height in pixels (default 224)."),
+    width: Optional[int] = typer.Option(None, help="Frame width in pixels (default 224)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 50)."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per step (default 4)."),
+    shuffle_size: Optional[int] = typer.Option(None, help="Shuffle buffer in clips (default 300)."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default 0.001)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of split, sampling and initialisation (default 0)."),
+    train_fraction: Optional[float] = typer.Option(None, help="Share of each class for training (default 0.6)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share for validation (default 0.2)."),
+    test_fraction: Optional[float] = typer.Option(None, help="Share for the test set (default 0.2)."),
+    include_other: Optional[bool] = typer.Option(None, "--include-other/--no-include-other", help="Unselected classes become 'Other'."),
+    priority: Optional[int] = typer.Option(None, help="Higher runs first (default 0)."),
+) -> None:
+    """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
+    from pytrain.db import TaskRequest
+
+    fields = {k: v for k, v in locals().items() if k not in ("sources", "classes") and v is not None}
+    request = TaskRequest.parse({**fields, "sources": _split(sources), "classes": _split(classes)})
+    queue = _queue()
+    registered = set(queue.registered_sources())
+    unregistered = [s for s in request.sources if s not in registered]
+    if unregistered:
+        raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
+    task_id = queue.submit(request.columns())
+    typer.echo(f"task {task_id} queued ({request.model_name})")
+
+
+def _progress_text(task: dict[str, Any]) -> str:
+    p = task.get("progress") or {}
+    if not p:
+        return ""
+    parts = []
+    if "epoch" in p:
+        parts.append(f"epoch {p['epoch']}/{p.get('epochs', task['epochs'])}")
+    if p.get("train_loss") is not None:
+        parts.append(f"loss {p['train_loss']:.3f}")
+    if p.get("val_accuracy") is not None:
+        parts.append(f"val acc {p['val_accuracy']:.2f}")
+    if p.get("test_accuracy") is not None:
+        parts.append(f"test acc {p['test_accuracy']:.2f}")
+    return ", ".join(parts)
+
+
+def tasks(
+    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status."),
+    limit: int = typer.Option(50, "--limit", "-n", help="Newest N tasks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """List training tasks with their status and progress, newest first."""
+    rows = _queue().list(status=status, limit=limit)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="training_tasks")
+    for column in ("id", "model", "status", "prio", "tries", "progress", "version", "worker", "created", "error"):
+        table.add_column(column)
+    colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+    for row in rows:
+        error = (row["error"] or "").splitlines()[0][:60] if row["error"] else ""
+        table.add_row(
+            str(row["id"]), row["model_name"], f"[{colours.get(row['status'], 'white')}]{row['status']}[/]",
+            str(row["priority"]), str(row["attempts"]), _progress_text(row),
+            "" if row["version"] is None else str(row["version"]), row["worker_id"] or "",
+            row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
+        )
+    Console().print(table)
+
+
+def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
+    """Print every column of one task as JSON."""
+    typer.echo(json.dumps(_queue().get(task_id), indent=2, default=str))
+
+
+def cancel(task_id: int = typer.Argument(..., help="Task id.")) -> None:
+    """Cancel a queued or running task (a running one stops within seconds)."""
+    queue = _queue()
+    if queue.cancel(task_id):
+        typer.echo(f"task {task_id} cancelled")
+    else:
+        typer.echo(f"task {task_id} had already ended ({queue.status(task_id)}); nothing to cancel")
+
+
+def orchestrate(
+    exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="Exit when no task is queued (scripts, the demo)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="GPU ids for runs, e.g. '0,1' or 'all' (env PYTRAIN_GPUS)."),
+    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="local or docker (env PYTRAIN_RUNNER)."),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
+                                            help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
+    finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM let the running task finish instead of re-queueing it."),
+    max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="Exit after this many tasks."),
+) -> None:
+    """Run a worker: claim queued tasks and train them, one at a time."""
+    from pytrain.orchestrator import Orchestrator
+
+    if runner is not None and runner not in ("local", "docker"):
+        raise ConfigurationError(f"unknown runner {runner!r}", hint="--runner local or --runner docker")
+    settings = _settings(gpus=gpus, runner=runner, worker_id=worker_id)
+    worker = Orchestrator(settings)
+    worker.install_signal_handlers(finish_running=finish_running)
+    done = worker.run(exit_when_idle=exit_when_idle, max_tasks=max_tasks)
+    typer.echo(f"worker {worker.worker_id}: {done} task(s) run")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(sources_app, name="sources")
+    app.command("submit")(submit)
+    app.command("tasks")(tasks)
+    app.command("show")(show)
+    app.command("cancel")(cancel)
+    app.command("orchestrate")(orchestrate)

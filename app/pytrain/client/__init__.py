@@ -1,0 +1,18 @@
+"""The gRPC client of PyTrain models served by Triton (``pytrain predict``).
+
+Public API::
+
+    from pytrain.client import TritonClient, Prediction, ModelInfo
+    with TritonClient("127.0.0.1:8001", ready_timeout_s=30, load_timeout_s=120, inference_timeout_s=60) as c:
+        c.predict("kitchen", ["a.mp4", "b.mp4"], top_k=3)   # -> [[Prediction(label, probability), ...], ...]
+        c.predict_frames("kitchen", frames)                   # (N, T, H, W, 3) uint8
+        c.infer("kitchen", frames)                            # (N, C) float32 probabilities
+        c.model_info("kitchen")                               # ModelInfo: T, H, W, tensor names
+
+Errors are :class:`pytrain.errors.ClientError`: server unreachable (naming the address), model not
+ready (with Triton's state), an undecodable video (naming the file).
+"""
+
+from pytrain.client.client import ModelInfo, Prediction, TritonClient
+
+__all__ = ["TritonClient", "Prediction", "ModelInfo"]

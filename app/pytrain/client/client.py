@@ -1,0 +1,403 @@
+"""The gRPC client of a Triton server serving PyTrain models.
+
+Example::
+
+    from pytrain.client import TritonClient
+
+    with TritonClient("127.0.0.1:8001") as client:          # waits until the server is ready
+        [top] = client.predict("kitchen", ["clip.mp4"], top_k=3)
+        top[0].label, top[0].probability                    # ("cooking", 0.7779)
+
+The client learns the clip size and tensor names from Triton's model metadata (input
+``(-1, T, H, W, 3)`` uint8), or from a PyTrain ``<model>.config`` when one is given, decodes each
+video with :func:`pytrain.video.read_clip` (the evaluation decode path of training), sends the
+uint8 frames, and asks Triton's classification extension for the top ``k`` classes, so the labels
+come from the server's ``labels.txt``.
+
+Timeouts are separate: ``ready_timeout_s`` (server start), ``load_timeout_s`` (a model becoming
+ready) and ``inference_timeout_s`` (one request).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pytrain.errors import ClientError, PyTrainError, VideoDecodeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of a clip's top-k: ``label`` and its softmax ``probability`` in ``[0, 1]``."""
+
+    label: str
+    probability: float
+
+    def to_dict(self, decimals: int = 4) -> dict[str, Any]:
+        """``{"label": "turkey", "probability": 0.7779}``."""
+        return {"label": self.label, "probability": round(float(self.probability), decimals)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client needs to know about a served model.
+
+    Attributes:
+        name: Triton model name.
+        version: the version asked for (``""``: the server's choice, the newest).
+        input_name, output_name: tensor names.
+        num_frames, height, width: clip shape ``(T, H, W)``; the input is ``(N, T, H, W, 3)`` uint8.
+        num_classes: length of the output's class axis.
+        max_batch_size: largest ``N`` one request may carry (0: unknown, send one clip at a time).
+    """
+
+    name: str
+    version: str
+    input_name: str
+    output_name: str
+    num_frames: int
+    height: int
+    width: int
+    num_classes: int
+    max_batch_size: int = 0
+
+    @classmethod
+    def from_pytrain_config(cls, path: Path, *, name: str | None = None, version: str = "") -> "ModelInfo":
+        """Read a PyTrain ``<model>.config`` (INI); ``name`` defaults to the file's stem.
+
+        Raises:
+            ClientError: the file is missing or malformed.
+        """
+        from pytrain.publish.triton_config import read_pytrain_ini
+
+        path = Path(path)
+        try:
+            data = read_pytrain_ini(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ClientError(f"cannot read model config {path}: {exc}") from exc
+        except PyTrainError as exc:
+            raise ClientError(f"{path}: {exc.message}") from exc
+        return cls(
+            name=name or path.stem,
+            version=version,
+            input_name=data["input_name"],
+            output_name=data["output_name"],
+            num_frames=data["num_frames"],
+            height=data["height"],
+            width=data["width"],
+            num_classes=len(data["class_list"]),
+        )
+
+
+class TritonClient:
+    """A Triton gRPC client for PyTrain models; use it as a context manager.
+
+    Args:
+        url: ``host:port`` of Triton's gRPC endpoint; default ``PYTRAIN_TRITON_GRPC_URL``, else
+            ``127.0.0.1:<PYTRAIN_TRITON_GRPC_PORT>``.
+        ready_timeout_s: how long entering waits for the server to be ready, seconds.
+        load_timeout_s: how long to wait for a model (version) to become ready, seconds.
+        inference_timeout_s: deadline of one inference request, seconds.
+
+    Raises (on entering):
+        ClientError: the server did not answer at ``url`` within ``ready_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        ready_timeout_s: float = 30.0,
+        load_timeout_s: float = 120.0,
+        inference_timeout_s: float = 60.0,
+    ) -> None:
+        if url is None:
+            from pytrain.settings import get_settings
+
+            settings = get_settings()
+            url = settings.triton_grpc_url or f"127.0.0.1:{settings.triton_grpc_port}"
+        self.url = url
+        self.ready_timeout_s = ready_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self.inference_timeout_s = inference_timeout_s
+        self._client: Any = None
+        self._info_cache: dict[tuple[str, str], ModelInfo] = {}
+
+    # --- connection ---------------------------------------------------------------------
+    def __enter__(self) -> "TritonClient":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the channel and wait until the server is ready (``ready_timeout_s``).
+
+        Raises:
+            ClientError: unreachable or not ready in time, naming the address tried.
+        """
+        import tritonclient.grpc as grpcclient
+
+        if self._client is None:
+            try:
+                self._client = grpcclient.InferenceServerClient(self.url)
+            except Exception as exc:  # a malformed address
+                raise ClientError(f"cannot connect to Triton at {self.url!r}: {exc}", hint="pass host:port, e.g. 127.0.0.1:8001") from exc
+        deadline = time.monotonic() + self.ready_timeout_s
+        last_error = "no answer"
+        while True:
+            try:
+                if self._client.is_server_ready(client_timeout=max(0.5, min(5.0, self.ready_timeout_s))):
+                    return
+                last_error = "the server answers but is not ready"
+            except Exception as exc:
+                last_error = _short(exc)
+            if time.monotonic() >= deadline:
+                self.close()
+                raise ClientError(
+                    f"Triton server unreachable at {self.url} (waited {self.ready_timeout_s:.0f} s): {last_error}",
+                    hint="start one with `pytrain serve`, or pass --url / set PYTRAIN_TRITON_GRPC_URL",
+                )
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        """Close the gRPC channel (entering again reconnects)."""
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    @property
+    def _grpc(self) -> Any:
+        if self._client is None:
+            self.connect()
+        return self._client
+
+    # --- models -------------------------------------------------------------------------
+    def wait_model_ready(self, model: str, version: str | int | None = None) -> None:
+        """Wait up to ``load_timeout_s`` until ``model`` (``version``, default newest) is ready.
+
+        Raises:
+            ClientError: the model is unknown to the server, failed to load, or is not ready in
+                time; the message includes Triton's state and reason.
+        """
+        version_s = "" if version is None else str(version)
+        deadline = time.monotonic() + self.load_timeout_s
+        while True:
+            try:
+                if self._grpc.is_model_ready(model, version_s, client_timeout=5.0):
+                    return
+            except Exception as exc:
+                log.debug("is_model_ready(%s): %s", model, exc)
+            state = self._repository_state(model, version_s)
+            if state is None:
+                raise ClientError(
+                    f"model {model!r} is not in the model repository of Triton at {self.url}",
+                    hint="publish it first (pytrain publish --task-dir DIR), or check the name",
+                )
+            if time.monotonic() >= deadline:
+                what = f"{model!r} version {version_s}" if version_s else repr(model)
+                raise ClientError(
+                    f"model {what} is not ready on Triton at {self.url} after {self.load_timeout_s:.0f} s ({state})",
+                    hint="see the server log; a version that is not among the newest 2 is not served",
+                )
+            time.sleep(0.25)
+
+    def _repository_state(self, model: str, version: str) -> str | None:
+        """``"STATE: reason"`` of the model in Triton's repository index, ``None`` if absent."""
+        try:
+            index = self._grpc.get_model_repository_index(as_json=True, client_timeout=5.0)
+        except Exception as exc:
+            return f"repository index unavailable: {_short(exc)}"
+        entries = [m for m in index.get("models", []) if m.get("name") == model]
+        if not entries:
+            return None
+        matching = [m for m in entries if not version or m.get("version") == version] or entries
+        return "; ".join(
+            f"version {m.get('version', '?')} {m.get('state', 'UNKNOWN')}" + (f": {m['reason']}" if m.get("reason") else "")
+            for m in matching
+        )
+
+    def model_info(self, model: str, version: str | int | None = None, *, config_path: Path | None = None) -> ModelInfo:
+        """Clip shape and tensor names of a served model, from Triton's metadata (or ``config_path``).
+
+        Waits for the model to be ready first (see :meth:`wait_model_ready`).
+
+        Raises:
+            ClientError: model not ready, or its input is not ``(-1, T, H, W, 3)`` uint8.
+        """
+        version_s = "" if version is None else str(version)
+        key = (model, version_s)
+        if key in self._info_cache:
+            return self._info_cache[key]
+        self.wait_model_ready(model, version_s)
+        try:
+            config = self._grpc.get_model_config(model, version_s, as_json=True, client_timeout=10.0)["config"]
+            max_batch = int(config.get("max_batch_size", 0))
+            if config_path is not None:
+                info = ModelInfo.from_pytrain_config(config_path, name=model, version=version_s)
+                info = ModelInfo(**{**asdict(info), "max_batch_size": max_batch})
+            else:
+                meta = self._grpc.get_model_metadata(model, version_s, as_json=True, client_timeout=10.0)
+                info = _info_from_metadata(model, version_s, meta, max_batch)
+        except ClientError:
+            raise
+        except Exception as exc:
+            raise ClientError(f"cannot read the metadata of model {model!r} from Triton at {self.url}: {_short(exc)}") from exc
+        self._info_cache[key] = info
+        return info
+
+    # --- inference ----------------------------------------------------------------------
+    def predict_frames(
+        self, model: str, frames: np.ndarray, *, version: str | int | None = None, top_k: int = 1
+    ) -> list[list[Prediction]]:
+        """Classify decoded clips.
+
+        Args:
+            model: Triton model name.
+            frames: ``(N, T, H, W, 3)`` uint8 RGB, T/H/W as the model expects.
+            version: model version; ``None`` lets the server choose (the newest).
+            top_k: classes per clip, most probable first.
+
+        Returns:
+            ``N`` lists of ``min(top_k, num_classes)`` :class:`Prediction`.
+
+        Raises:
+            ClientError: wrong shape or dtype, model not ready, request failed or timed out.
+        """
+        import tritonclient.grpc as grpcclient
+
+        info = self.model_info(model, version)
+        frames = np.asarray(frames)
+        expected = (info.num_frames, info.height, info.width, 3)
+        if frames.ndim != 5 or frames.shape[1:] != expected or frames.dtype != np.uint8:
+            raise ClientError(
+                f"model {model!r} takes (N, {', '.join(map(str, expected))}) uint8 clips, got {frames.shape} {frames.dtype}"
+            )
+        k = max(1, min(int(top_k), info.num_classes))
+        step = info.max_batch_size or 1
+        results: list[list[Prediction]] = []
+        for start in range(0, frames.shape[0], step):
+            chunk = np.ascontiguousarray(frames[start : start + step])
+            tensor = grpcclient.InferInput(info.input_name, list(chunk.shape), "UINT8")
+            tensor.set_data_from_numpy(chunk)
+            wanted = grpcclient.InferRequestedOutput(info.output_name, class_count=k)
+            try:
+                response = self._grpc.infer(
+                    model, [tensor], model_version=info.version, outputs=[wanted], client_timeout=self.inference_timeout_s
+                )
+            except Exception as exc:
+                raise ClientError(
+                    f"inference on model {model!r} at Triton {self.url} failed: {_short(exc)}",
+                    hint=f"inference timeout is {self.inference_timeout_s:.0f} s",
+                ) from exc
+            results.extend(_parse_classification(response.as_numpy(info.output_name)))
+        return results
+
+    def infer(self, model: str, frames: np.ndarray, *, version: str | int | None = None) -> np.ndarray:
+        """Raw class probabilities of decoded clips (no classification extension).
+
+        Args:
+            frames: ``(N, T, H, W, 3)`` uint8, sent as one request (``N <= max_batch_size``).
+
+        Returns:
+            ``(N, num_classes)`` float32.
+
+        Raises:
+            ClientError: model not ready, request failed or timed out.
+        """
+        import tritonclient.grpc as grpcclient
+
+        info = self.model_info(model, version)
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        tensor = grpcclient.InferInput(info.input_name, list(frames.shape), "UINT8")
+        tensor.set_data_from_numpy(frames)
+        try:
+            response = self._grpc.infer(
+                model, [tensor], model_version=info.version, outputs=[grpcclient.InferRequestedOutput(info.output_name)],
+                client_timeout=self.inference_timeout_s,
+            )
+        except Exception as exc:
+            raise ClientError(f"inference on model {model!r} at Triton {self.url} failed: {_short(exc)}") from exc
+        return response.as_numpy(info.output_name)
+
+    def predict(
+        self, model: str, videos: Sequence[str | Path], *, version: str | int | None = None, top_k: int = 1
+    ) -> list[list[Prediction]]:
+        """Decode each video as evaluation does (:func:`pytrain.video.read_clip`) and classify it.
+
+        Returns:
+            One top-k list per video, in order.
+
+        Raises:
+            ClientError: a video cannot be decoded (naming it), or as :meth:`predict_frames`.
+        """
+        info = self.model_info(model, version)
+        clips = np.stack([self.read_video(v, info) for v in videos]) if videos else np.empty((0, info.num_frames, info.height, info.width, 3), np.uint8)
+        return self.predict_frames(model, clips, version=version, top_k=top_k)
+
+    @staticmethod
+    def read_video(path: str | Path, info: ModelInfo) -> np.ndarray:
+        """``(T, H, W, 3)`` uint8 clip of ``path`` for ``info``'s model.
+
+        Raises:
+            ClientError: the video cannot be decoded (wraps :class:`VideoDecodeError`).
+        """
+        from pytrain.video import read_clip
+
+        try:
+            return read_clip(path, info.num_frames, info.height, info.width)
+        except VideoDecodeError as exc:
+            raise ClientError(exc.message, hint="pass an mp4 (H.264) file FFmpeg can decode") from exc
+
+
+def _info_from_metadata(model: str, version: str, meta: dict[str, Any], max_batch: int) -> ModelInfo:
+    try:
+        (inp,), (out,) = meta["inputs"], meta["outputs"]
+        shape = [int(d) for d in inp["shape"]]
+        out_shape = [int(d) for d in out["shape"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ClientError(f"model {model!r}: expected one input and one output in its metadata, got {meta}") from exc
+    if len(shape) != 5 or shape[-1] != 3 or inp.get("datatype") != "UINT8" or min(shape[1:]) < 1:
+        raise ClientError(
+            f"model {model!r}: input {inp.get('name')} is {inp.get('datatype')} {shape}, not a PyTrain clip (-1, T, H, W, 3) UINT8"
+        )
+    return ModelInfo(
+        name=model,
+        version=version,
+        input_name=inp["name"],
+        output_name=out["name"],
+        num_frames=shape[1],
+        height=shape[2],
+        width=shape[3],
+        num_classes=out_shape[-1],
+        max_batch_size=max_batch,
+    )
+
+
+def _parse_classification(array: np.ndarray) -> list[list[Prediction]]:
+    """Triton's classification output ``(N, k)`` of ``b"score:index[:label]"`` -> predictions."""
+    results = []
+    for row in np.atleast_2d(array):
+        predictions = []
+        for item in row:
+            text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+            score, index, *label = text.split(":", 2)
+            predictions.append(Prediction(label=label[0] if label else index, probability=float(score)))
+        results.append(predictions)
+    return results
+
+
+def _short(exc: BaseException) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

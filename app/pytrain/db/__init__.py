@@ -1,0 +1,42 @@
+"""Database and task queue: models, migrations, the embedded server and the job manager.
+
+Typical use::
+
+    from pytrain.db import get_engine, upgrade, TaskQueue
+    engine = get_engine(settings)        # starts the embedded server when no URL is configured
+    upgrade(engine)                      # `pytrain db upgrade`
+    task_id = TaskQueue(engine).submit({"model_name": "kitchen", "sources": ["dataset1"],
+                                        "classes": ["cooking", "drinking"]})
+"""
+
+from pytrain.db.engine import database_url, dispose_engines, get_engine
+from pytrain.db.models import (
+    FINAL_STATUSES,
+    NOTIFY_CHANNEL,
+    STATUSES,
+    TASK_DEFAULTS,
+    Source,
+    TrainingTask,
+)
+from pytrain.db.queue import Run, TaskQueue
+from pytrain.db.requests import TaskRequest
+from pytrain.db.schema import check_schema, current_revision, head_revision, upgrade
+
+__all__ = [
+    "FINAL_STATUSES",
+    "NOTIFY_CHANNEL",
+    "STATUSES",
+    "TASK_DEFAULTS",
+    "Run",
+    "Source",
+    "TaskQueue",
+    "TaskRequest",
+    "TrainingTask",
+    "check_schema",
+    "current_revision",
+    "database_url",
+    "dispose_engines",
+    "get_engine",
+    "head_revision",
+    "upgrade",
+]

@@ -1,0 +1,82 @@
+"""Engines and connections: one SQLAlchemy engine per database URL, per process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+
+from pytrain.errors import ConfigurationError
+from pytrain.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The SQLAlchemy URL PyTrain uses: ``PYTRAIN_DATABASE_URL``, or the embedded server's.
+
+    Without a configured URL this starts the embedded PostgreSQL server (data under
+    ``settings.data_dir/postgres``), or attaches to it when it already runs.
+
+    Raises:
+        ConfigurationError: the URL is not a PostgreSQL URL.
+        DatabaseError: the embedded server cannot start.
+    """
+    settings = settings or get_settings()
+    if settings.database_url is None:
+        from pytrain.db.embedded import embedded_database_url
+
+        return embedded_database_url(settings.data_dir)
+    raw = settings.database_url.get_secret_value()
+    try:
+        url = make_url(raw)
+    except Exception as exc:
+        raise ConfigurationError("PYTRAIN_DATABASE_URL is not a valid URL", hint="postgresql+psycopg://user:password@host:5432/db") from exc
+    if url.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            f"PYTRAIN_DATABASE_URL must point to PostgreSQL, got {url.get_backend_name()!r}",
+            hint="postgresql+psycopg://user:password@host:5432/db",
+        )
+    if url.drivername in ("postgresql", "postgres"):  # plain libpq URLs: use psycopg 3, not psycopg2
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The process-wide SQLAlchemy engine for ``settings`` (cached per URL).
+
+    Args:
+        settings: PyTrain settings; default :func:`pytrain.settings.get_settings`.
+
+    Returns:
+        An engine with ``pool_pre_ping`` (survives server restarts).
+
+    Raises:
+        ConfigurationError, DatabaseError: see :func:`database_url`.
+    """
+    url = database_url(settings)
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            _engines[url] = engine
+        return engine
+
+
+def libpq_url(engine: Engine) -> str:
+    """The engine's URL as a plain libpq connection string for :func:`psycopg.connect` (LISTEN)."""
+    url: URL = engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections (tests, forks)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,380 @@
+"""The worker loop: claim a task, prepare it, hand it to a runner, record the outcome.
+
+One :class:`Orchestrator` per GPU host (or GPU set); any number can share one database. The queue
+operations are in :class:`pytrain.db.TaskQueue`; this module only decides what to do and when.
+
+Life of a worker:
+
+1. Start: check the schema (refuse an old one), kill runs a crashed predecessor with the same
+   worker id left behind (``runner.cleanup_orphans``), re-queue the tasks still marked running
+   under this worker id.
+2. Loop: re-queue tasks whose lease expired (any worker's), claim the next task
+   (``FOR UPDATE SKIP LOCKED``), run it; when the queue is empty, wait for a ``NOTIFY`` on
+   ``pytrain_tasks`` or the polling interval, whichever comes first.
+3. While a task runs, a heartbeat thread renews its lease every ``heartbeat_seconds``, copies
+   ``progress.jsonl`` into the row and sets the runner's ``cancel`` event when the task was
+   cancelled (or the run was lost: its lease expired and someone else re-queued it).
+4. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
+   interrupted and re-queued (default) or allowed to finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pytrain.db import NOTIFY_CHANNEL, Run, TaskQueue, check_schema, get_engine
+from pytrain.db.engine import libpq_url
+from pytrain.errors import DatabaseError, PyTrainError, SchemaOutOfDateError
+from pytrain.orchestrator.prepare import prepare_task, read_progress
+from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, get_runner
+from pytrain.settings import Settings, get_settings
+from pytrain.spec import METRICS
+
+log = logging.getLogger(__name__)
+
+#: ``publish_task(task_dir, *, settings, task_record) -> PublishedModel`` (with ``.version: int``).
+Publisher = Callable[..., Any]
+
+_MAX_ERROR_CHARS = 4000
+
+
+def default_worker_id(gpus: str | None) -> str:
+    """``<hostname>-gpu<ids>`` (``<hostname>-cpu`` without GPUs): the same across restarts of a worker.
+
+    Being stable is what lets a restarted worker find and re-queue the tasks it was running when
+    it crashed.
+    """
+    host = socket.gethostname()
+    if not gpus:
+        return f"{host}-cpu"
+    return f"{host}-gpu{gpus.replace(',', '_').replace(' ', '')}"
+
+
+def _load_publisher() -> Publisher:
+    from pytrain.publish import publish_task  # imported lazily: publishing is another part
+
+    return publish_task
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(record, default=str))
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a run's lease, copies its progress into the row, and notices cancellation."""
+
+    def __init__(self, queue: TaskQueue, run: Run, settings: Settings, cancel: threading.Event) -> None:
+        super().__init__(name=f"heartbeat-task-{run.task_id}", daemon=True)
+        self.queue = queue
+        self.run_ = run
+        self.settings = settings
+        self.cancel = cancel
+        self.task_dir: Path | None = None
+        self.state = "ok"  # ok | cancelled | lost
+        self._done = threading.Event()
+
+    def beat(self) -> None:
+        progress = read_progress(self.task_dir) if self.task_dir is not None else None
+        try:
+            state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, progress)
+        except DatabaseError as exc:  # a database hiccup: try again at the next beat
+            log.warning("task %s: heartbeat failed: %s", self.run_.task_id, exc)
+            return
+        if state != "ok" and self.state == "ok":
+            self.state = state
+            if state == "cancelled":
+                log.info("task %s was cancelled; stopping its run", self.run_.task_id)
+            else:
+                log.warning("task %s: this worker lost the run (lease expired); stopping it", self.run_.task_id)
+            self.cancel.set()
+
+    def run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_seconds):
+            self.beat()
+            if self.state != "ok":
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class Orchestrator:
+    """A worker that trains queued tasks.
+
+    Args:
+        settings: PyTrain settings (default: the process settings).
+        engine: the database (default: :func:`pytrain.db.get_engine` of ``settings``).
+        runner: the runner (default: :func:`pytrain.runners.get_runner` of ``settings``).
+        publisher: called after a successful run as ``publisher(task_dir, settings=...,
+            task_record=...)``, returning an object with ``.version``; default
+            :func:`pytrain.publish.publish_task` (imported when first needed).
+        worker_id: this worker's id (default ``settings.worker_id`` or :func:`default_worker_id`).
+        gpus: GPU ids for the runs (default ``settings.gpus``).
+
+    Raises:
+        ConfigurationError, DatabaseError: from the engine or the runner.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: Engine | None = None,
+        runner: Runner | None = None,
+        publisher: Publisher | None = None,
+        worker_id: str | None = None,
+        gpus: str | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.gpus = gpus if gpus is not None else self.settings.gpus
+        self.worker_id = worker_id or self.settings.worker_id or default_worker_id(self.gpus)
+        self.engine = engine or get_engine(self.settings)
+        self.queue = TaskQueue(self.engine)
+        self.runner = runner or get_runner(self.settings)
+        self._publisher = publisher
+        self._stop = threading.Event()  # no new claims
+        self._interrupt = threading.Event()  # interrupt the running task and re-queue it
+        self._listener = None
+        self._started = False
+        self.current: Run | None = None
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self, *, interrupt_running: bool = True) -> None:
+        """Stop claiming tasks; thread- and signal-safe.
+
+        Args:
+            interrupt_running: interrupt the running task and put it back in the queue (it resumes
+                from its last checkpoint on the next claim); ``False`` lets it finish first.
+        """
+        self._stop.set()
+        if interrupt_running:
+            self._interrupt.set()
+
+    def install_signal_handlers(self, *, finish_running: bool = False) -> None:
+        """SIGTERM/SIGINT stop the worker (see :meth:`stop`); a second signal interrupts the running task."""
+
+        def handler(signum: int, _frame: object) -> None:
+            if self._stop.is_set():
+                log.warning("second %s: interrupting the running task", signal.Signals(signum).name)
+                self._interrupt.set()
+                return
+            log.info("%s: stopping after %s", signal.Signals(signum).name,
+                     "the running task" if finish_running else "re-queueing the running task")
+            self.stop(interrupt_running=not finish_running)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = _load_publisher()
+        return self._publisher
+
+    # -- the loop --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the schema, clean up after a crashed predecessor, re-queue its tasks.
+
+        Raises:
+            SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
+        """
+        check_schema(self.engine)
+        cleanup = getattr(self.runner, "cleanup_orphans", None)
+        if callable(cleanup):
+            cleanup(self.queue.running_elsewhere(self.worker_id))
+        self.queue.requeue_lost(self.settings.max_attempts, own_worker_id=self.worker_id)
+        self._started = True
+        log.info("worker %s started (runner %s, gpus %s)", self.worker_id, self.runner.name, self.gpus or "none")
+
+    def run(self, *, exit_when_idle: bool = False, max_tasks: int | None = None) -> int:
+        """Work until stopped (or, with ``exit_when_idle``, until no task is queued).
+
+        Args:
+            exit_when_idle: return as soon as the queue has no queued task.
+            max_tasks: return after this many tasks.
+
+        Returns:
+            The number of tasks this worker ran to an end (any outcome).
+
+        Raises:
+            SchemaOutOfDateError: see :meth:`start`.
+        """
+        if not self._started:
+            self.start()
+        done = 0
+        try:
+            self._listen()
+            while not self._stop.is_set():
+                if max_tasks is not None and done >= max_tasks:
+                    break
+                try:
+                    ran = self.run_once()
+                except SchemaOutOfDateError:
+                    raise
+                except DatabaseError as exc:
+                    log.warning("database unavailable (%s); retrying in %.1f s", exc, self.settings.poll_seconds)
+                    self._stop.wait(self.settings.poll_seconds)
+                    continue
+                if ran:
+                    done += 1
+                    continue
+                if exit_when_idle and self.queue.counts().get("queued", 0) == 0:
+                    log.info("no queued task left; exiting")
+                    break
+                self._wait_for_work(self.settings.poll_seconds)
+        finally:
+            self._unlisten()
+        return done
+
+    def run_once(self) -> bool:
+        """Re-queue lost runs, then claim and run one task. Returns whether a task was run."""
+        self.queue.requeue_lost(self.settings.max_attempts)
+        if self._stop.is_set():
+            return False
+        run = self.queue.claim(self.worker_id, self.settings.lease_seconds)
+        if run is None:
+            return False
+        self.current = run
+        try:
+            status = self.process(run)
+            log.info("task %s (%s): %s", run.task_id, run.task["model_name"], status)
+        finally:
+            self.current = None
+        return True
+
+    # -- one task --------------------------------------------------------------------------
+    def process(self, run: Run) -> str:
+        """Prepare, run and record one claimed task.
+
+        Returns:
+            The task's status afterwards as this worker sees it: ``succeeded``, ``failed``,
+            ``cancelled``, ``queued`` (interrupted), or ``lost`` (the run was taken away).
+        """
+        cancel = threading.Event()
+        heartbeat = _Heartbeat(self.queue, run, self.settings, cancel)
+        heartbeat.start()
+        try:
+            return self._process(run, cancel, heartbeat)
+        finally:
+            heartbeat.stop()
+
+    def _process(self, run: Run, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
+        task_id = run.task_id
+        try:
+            prepared = prepare_task(run.task, self.settings, registered=self.queue.registered_sources(), gpus=self.gpus)
+        except DatabaseError:
+            raise
+        except PyTrainError as exc:
+            return self._fail(run, f"cannot prepare task {task_id}: {exc}")
+        self.queue.set_task_dir(task_id, str(prepared.task_dir))
+        heartbeat.task_dir = prepared.task_dir
+
+        try:
+            result = self.runner.run(prepared, cancel, self._interrupt)
+        except PyTrainError as exc:
+            result = RunResult(Outcome.FAILED, getattr(exc, "exit_code", None), f"runner {self.runner.name}: {exc}",
+                               getattr(exc, "stderr_tail", ""))
+        except Exception as exc:  # a bug in a runner must not kill the worker; the task says why
+            log.exception("task %s: runner %s crashed", task_id, self.runner.name)
+            result = RunResult(Outcome.FAILED, None, f"runner {self.runner.name} crashed: {type(exc).__name__}: {exc}")
+        heartbeat.beat()  # the final progress, and a last look at cancellation
+        progress = read_progress(prepared.task_dir)
+
+        if heartbeat.state == "lost":
+            return "lost"
+        if heartbeat.state == "cancelled" or result.outcome is Outcome.CANCELLED:
+            if self.queue.status(task_id) == "cancelled":
+                self.queue.finish(run, "cancelled", error="cancelled while running", progress=progress)
+                return "cancelled"
+            return self._fail(run, "the run was stopped unexpectedly (cancel without a cancelled task)", progress)
+        if result.outcome is Outcome.INTERRUPTED:
+            self.queue.requeue(run, f"interrupted: worker {self.worker_id} shut down during the run; re-queued")
+            return "queued"
+        if result.outcome is not Outcome.SUCCEEDED:
+            message = result.message or f"run ended with {result.outcome.value}"
+            if result.exit_code is not None and "exit" not in message:
+                message += f" (exit code {result.exit_code})"
+            return self._fail(run, f"{message} (log: {prepared.log_path})", progress)
+        return self._succeed(run, prepared, progress)
+
+    def _succeed(self, run: Run, prepared: PreparedTask, progress: dict[str, Any] | None) -> str:
+        metrics_path = prepared.task_dir / METRICS
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return self._fail(run, f"training reported success but wrote no {metrics_path}", progress)
+        except json.JSONDecodeError as exc:
+            return self._fail(run, f"{metrics_path} is not valid JSON: {exc}", progress)
+        if self.queue.status(run.task_id) == "cancelled":  # cancelled in the last seconds: do not publish
+            self.queue.finish(run, "cancelled", error="cancelled before publishing", metrics=metrics, progress=progress)
+            return "cancelled"
+        record = _json_safe({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
+                             "task_dir": str(prepared.task_dir)})
+        try:
+            published = self.publisher(prepared.task_dir, settings=self.settings, task_record=record)
+            version = int(published.version)
+        except PyTrainError as exc:
+            return self._fail(run, f"publishing failed: {exc}", progress, metrics=metrics)
+        except Exception as exc:
+            log.exception("task %s: publishing crashed", run.task_id)
+            return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
+        if not self.queue.finish(run, "succeeded", metrics=metrics, version=version, progress=progress):
+            log.warning("task %s: finished, but the run was no longer this worker's", run.task_id)
+            return "lost"
+        return "succeeded"
+
+    def _fail(self, run: Run, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
+        log.error("task %s failed: %s", run.task_id, message)
+        self.queue.finish(run, "failed", error=message[:_MAX_ERROR_CHARS], progress=progress, metrics=metrics)
+        return "failed"
+
+    # -- waking up -------------------------------------------------------------------------
+    def _listen(self) -> None:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(libpq_url(self.engine), autocommit=True)
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant identifier, not user input
+            self._listener = conn
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN on %s (%s); polling every %.1f s", NOTIFY_CHANNEL, exc, self.settings.poll_seconds)
+            self._listener = None
+
+    def _unlisten(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            finally:
+                self._listener = None
+
+    def _wait_for_work(self, seconds: float) -> bool:
+        """Sleep until a NOTIFY arrives, ``seconds`` pass, or the worker stops. Returns whether notified."""
+        import psycopg
+
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            step = min(remaining, 0.5)  # wake up often enough to notice stop()
+            if self._listener is None:
+                self._stop.wait(step)
+                continue
+            try:
+                for _ in self._listener.notifies(timeout=step, stop_after=1):
+                    return True
+            except psycopg.Error as exc:
+                log.warning("lost the LISTEN connection (%s); polling", exc)
+                self._unlisten()
+        return False

@@ -1,0 +1,367 @@
+"""Publishing a finished task folder into the Triton model repository, atomically and versioned.
+
+Layout written (``<model>`` = the task's ``model_name``, ``<v>`` = the next integer version)::
+
+    model_repo/<model>/config.pbtxt          GPU serving (onnxruntime_onnx, KIND_GPU)
+    model_repo/<model>/configs/cpu.pbtxt     embedded server (python backend, KIND_CPU)
+    model_repo/<model>/labels.txt            one class per line (Triton classification)
+    model_repo/<model>/<model>.config        PyTrain INI config
+    model_repo/<model>/<v>/model.onnx        the model
+    model_repo/<model>/<v>/model.py          Python-backend runner of model.onnx (CPU)
+    model_repo/<model>/<v>/tensor_spec.json  the tensor description it was published with
+    results/<model>/<v>/                     metrics.json, skipped.json, plots, task.json (the task row)
+
+Why it is safe with several publishers and a polling Triton:
+
+- A version is built whole in a staging folder beside the repository (same file system), then
+  moved into place with one ``rename``. The rename refuses to replace an existing version
+  (``renameat2(RENAME_NOREPLACE)``, or plain ``rename``, which fails on a non-empty directory), so a
+  publisher that lost the race for number ``v`` simply tries ``v + 1``: numbers are never reused
+  and versions never overwritten.
+- The model-level files (configs, labels, INI) are replaced with ``os.replace`` just before the
+  version appears, and restored if the version could not be placed.
+- Anything that fails before the final rename leaves the repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pytrain import spec as task_files
+from pytrain.errors import ConfigurationError, PublishError
+from pytrain.publish import triton_config
+from pytrain.settings import Settings
+from pytrain.spec import TaskSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PYTHON_MODEL_FILE = "model.py"
+TASK_ROW_FILE = "task.json"
+# How many times a publisher retries after losing the race for a version number.
+MAX_VERSION_ATTEMPTS = 1000
+
+_RESULT_FILES = (task_files.METRICS, task_files.SKIPPED, task_files.TENSOR_SPEC, *task_files.PLOTS)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A version placed in the model repository.
+
+    Attributes:
+        name: the Triton model name.
+        version: the integer version (its folder name).
+        path: ``model_repo/<name>/<version>``.
+        results_path: ``results/<name>/<version>``.
+        load_requested: ``True`` when a Triton server (``PYTRAIN_TRITON_GRPC_URL``) loaded it,
+            ``False`` when that failed or the server is in poll/none mode (see ``load_message``),
+            ``None`` when no server was configured.
+        load_message: why the load request did not apply, or ``""``.
+    """
+
+    name: str
+    version: int
+    path: Path
+    results_path: Path | None = None
+    load_requested: bool | None = None
+    load_message: str = ""
+
+
+def publish_task(
+    task_dir: Path,
+    *,
+    settings: Settings,
+    task_record: dict[str, Any],
+    _before_rename: Callable[[Path, int], None] | None = None,
+) -> PublishedModel:
+    """Publish the trained model of a task folder as the next version of its Triton model.
+
+    Reads ``model.onnx`` and ``tensor_spec.json`` (required), ``metrics.json``, ``skipped.json``
+    and the plots (copied to ``results/`` when present) and ``task.json`` from ``task_dir``.
+
+    Args:
+        task_dir: ``model_tasks/task-<id>-<model>/`` after a successful training run.
+        settings: uses ``model_repo_dir``, ``results_dir``, ``max_batch_size`` and
+            ``triton_grpc_url`` (when set, that Triton is asked to load the model).
+        task_record: the ``training_tasks`` row as a dict; ``model_name`` names the model (else
+            ``task.json``'s), ``epochs``/``shuffle_size``/``batch_size`` go into the INI config
+            (else ``task.json``'s, else the defaults). Saved as ``results/<model>/<v>/task.json``
+            (values JSON cannot hold, e.g. datetimes, are written with ``str``).
+        _before_rename: test hook called with ``(staged_folder, version)`` just before the final
+            rename (to simulate a crash midway).
+
+    Returns:
+        The :class:`PublishedModel`.
+
+    Raises:
+        PublishError: a missing or invalid input file, an invalid model name or config, or a file
+            system error; the repository's earlier versions are left untouched.
+    """
+    task_dir = Path(task_dir)
+    task_spec = _load_task_spec(task_dir)
+    model_name = str(task_record.get("model_name") or (task_spec.model_name if task_spec else ""))
+    if not MODEL_NAME_RE.match(model_name):
+        raise PublishError(
+            f"task folder {task_dir}: model name {model_name!r} is not a valid Triton model name",
+            hint="use 1-64 characters from A-Z a-z 0-9 _ -",
+        )
+    onnx_path = task_dir / task_files.MODEL_ONNX
+    if not onnx_path.is_file() or onnx_path.stat().st_size == 0:
+        raise PublishError(f"model {model_name}: no {task_files.MODEL_ONNX} in {task_dir}", hint="the training run exports it; did it finish?")
+    try:
+        tensor_spec = TensorSpec.load(task_dir)
+    except ConfigurationError as exc:
+        raise PublishError(f"model {model_name}: {exc.message}", hint=exc.hint) from exc
+
+    def training_value(key: str, default: int) -> int:
+        value = task_record.get(key)
+        if value is None and task_spec is not None:
+            value = getattr(task_spec, key)
+        return int(default if value is None else value)
+
+    # Everything is generated and validated before the file system is touched.
+    files = {
+        "config.pbtxt": triton_config.gpu_config_pbtxt(model_name, tensor_spec, max_batch_size=settings.max_batch_size),
+        f"configs/{triton_config.CPU_CONFIG_NAME}.pbtxt": triton_config.cpu_config_pbtxt(
+            model_name, tensor_spec, max_batch_size=settings.max_batch_size
+        ),
+        triton_config.LABELS_FILE: triton_config.labels_text(tensor_spec),
+        f"{model_name}.config": triton_config.pytrain_ini(
+            tensor_spec,
+            epochs=training_value("epochs", 50),
+            shuffle_size=training_value("shuffle_size", 300),
+            batch_size=training_value("batch_size", 4),
+        ),
+    }
+    _check_onnx(onnx_path, tensor_spec, model_name)
+    try:
+        task_row_json = json.dumps(task_record, indent=2, default=str) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise PublishError(f"model {model_name}: the task row cannot be saved as JSON: {exc}") from exc
+
+    model_dir = settings.model_repo_dir / model_name
+    results_model_dir = settings.results_dir / model_name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        results_model_dir.mkdir(parents=True, exist_ok=True)
+        version_stage = _staging_folder(settings.model_repo_dir, model_name)
+        results_stage = _staging_folder(settings.results_dir, model_name)
+    except OSError as exc:
+        raise PublishError(f"model {model_name}: cannot prepare {model_dir}: {exc}") from exc
+    try:
+        _stage_version(version_stage, onnx_path, tensor_spec)
+        _stage_results(results_stage, task_dir, task_row_json)
+        version = _place_version(
+            version_stage, model_dir, results_model_dir, files, model_name, before_rename=_before_rename
+        )
+        _rename_into(results_stage, results_model_dir / str(version), model_name)
+    except OSError as exc:
+        raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
+    finally:
+        for stage in (version_stage, results_stage):
+            shutil.rmtree(stage, ignore_errors=True)
+            try:  # the staging root disappears when no other publisher is using it
+                stage.parent.rmdir()
+            except OSError:
+                pass
+
+    published = PublishedModel(model_name, version, model_dir / str(version), results_model_dir / str(version))
+    log.info("published model %s version %d at %s", model_name, version, published.path)
+    if settings.triton_grpc_url:
+        from pytrain.publish.loader import request_load
+
+        loaded, message = request_load(settings.triton_grpc_url, model_name)
+        published = PublishedModel(
+            published.name, published.version, published.path, published.results_path, loaded, message
+        )
+    return published
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Integer version folders of a model folder, ascending (``[]`` when it does not exist)."""
+    try:
+        names = os.listdir(model_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and (Path(model_dir) / n).is_dir())
+
+
+def _load_task_spec(task_dir: Path) -> TaskSpec | None:
+    if not (task_dir / task_files.TASK_SPEC).is_file():
+        return None
+    try:
+        return TaskSpec.load(task_dir)
+    except ConfigurationError as exc:
+        raise PublishError(f"task folder {task_dir}: {exc.message}", hint=exc.hint) from exc
+
+
+def _check_onnx(onnx_path: Path, tensor_spec: TensorSpec, model_name: str) -> None:
+    """The ONNX graph's input/output names must be the spec's (Triton and the client use them)."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is part of the train and serve extras
+        return
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises DecodeError and friends for a corrupt file
+        raise PublishError(f"model {model_name}: {onnx_path} is not a readable ONNX model: {exc}") from exc
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    outputs = [o.name for o in graph.output]
+    if tensor_spec.input_name not in inputs or tensor_spec.output_name not in outputs:
+        raise PublishError(
+            f"model {model_name}: tensor_spec.json names input {tensor_spec.input_name!r} and output "
+            f"{tensor_spec.output_name!r}, but {onnx_path} has inputs {inputs} and outputs {outputs}",
+            hint="export the model with the names written in tensor_spec.json",
+        )
+
+
+def _staging_folder(target_root: Path, model_name: str) -> Path:
+    """A fresh folder on the same file system as ``target_root`` but outside it.
+
+    It lives in ``<parent>/.<target_root name>.staging/`` so that a Triton server polling the
+    repository never sees it; a rename from there into the repository is atomic.
+    """
+    target_root = Path(target_root)
+    staging_root = target_root.parent / f".{target_root.name}.staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    if staging_root.stat().st_dev != target_root.stat().st_dev:  # pragma: no cover - unusual mounts
+        staging_root = target_root / model_name
+    folder = staging_root / f".{model_name}-{uuid.uuid4().hex}"
+    folder.mkdir()
+    return folder
+
+
+def _copy_synced(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_synced(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _stage_version(stage: Path, onnx_path: Path, tensor_spec: TensorSpec) -> None:
+    _copy_synced(onnx_path, stage / task_files.MODEL_ONNX)
+    _copy_synced(Path(__file__).resolve().parents[1] / "serving" / "python_model.py", stage / PYTHON_MODEL_FILE)
+    tensor_spec.save(stage)
+
+
+def _stage_results(stage: Path, task_dir: Path, task_row_json: str) -> None:
+    for name in _RESULT_FILES:
+        if (task_dir / name).is_file():
+            _copy_synced(task_dir / name, stage / name)
+    for extra in sorted(task_dir.glob("confusion_*.png")):
+        if not (stage / extra.name).exists():
+            _copy_synced(extra, stage / extra.name)
+    _write_synced(stage / TASK_ROW_FILE, task_row_json)
+
+
+def _next_version(model_dir: Path, results_model_dir: Path) -> int:
+    # Results count too: a version folder removed from the repository keeps its number taken.
+    taken = existing_versions(model_dir) + existing_versions(results_model_dir)
+    return max(taken, default=0) + 1
+
+
+def _place_version(
+    stage: Path,
+    model_dir: Path,
+    results_model_dir: Path,
+    files: dict[str, str],
+    model_name: str,
+    *,
+    before_rename: Callable[[Path, int], None] | None,
+) -> int:
+    """Replace the model-level files, then rename ``stage`` to the next free version number."""
+    backups = _replace_model_files(model_dir, files)
+    try:
+        for _ in range(MAX_VERSION_ATTEMPTS):
+            version = _next_version(model_dir, results_model_dir)
+            if before_rename is not None:
+                before_rename(stage, version)
+            try:
+                _rename_noreplace(stage, model_dir / str(version))
+                return version
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    log.debug("model %s: version %d was taken by another publisher, retrying", model_name, version)
+                    continue
+                raise
+        raise PublishError(f"model {model_name}: no free version number after {MAX_VERSION_ATTEMPTS} attempts")
+    except BaseException:
+        _restore_model_files(model_dir, backups)
+        raise
+
+
+def _replace_model_files(model_dir: Path, files: dict[str, str]) -> dict[Path, bytes | None]:
+    backups: dict[Path, bytes | None] = {}
+    for relative, text in files.items():
+        path = model_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backups[path] = path.read_bytes() if path.is_file() else None
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+        _write_synced(tmp, text)
+        os.replace(tmp, path)
+    return backups
+
+
+def _restore_model_files(model_dir: Path, backups: dict[Path, bytes | None]) -> None:
+    for path, content in backups.items():
+        try:
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+                tmp.write_bytes(content)
+                os.replace(tmp, path)
+        except OSError:  # best effort: the original error is the one to report
+            log.exception("could not restore %s", path)
+
+
+def _rename_into(src: Path, dst: Path, model_name: str) -> None:
+    try:
+        _rename_noreplace(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        # Left over from an earlier run with this number: keep it, put ours beside it.
+        alt = dst.with_name(f"{dst.name}-{uuid.uuid4().hex[:8]}")
+        log.warning("model %s: %s already exists; results saved in %s", model_name, dst, alt)
+        _rename_noreplace(src, alt)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; raise ``OSError(EEXIST)`` if ``dst`` exists (never replace it)."""
+    if _renameat2 is not None:
+        result = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the file system lacks the flag
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    # Plain rename of a directory fails with ENOTEMPTY/EEXIST onto a non-empty directory; an
+    # empty target directory cannot be a published version (those always hold model.onnx).
+    os.rename(src, dst)

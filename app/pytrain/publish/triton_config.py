@@ -1,0 +1,259 @@
+"""Triton model configurations and the PyTrain INI config, generated from one :class:`TensorSpec`.
+
+The configs are built as plain data (dicts shaped like Triton's ``ModelConfig`` protobuf), parsed
+into ``tritonclient.grpc.model_config_pb2.ModelConfig`` -- which rejects unknown fields and bad
+enum values -- then checked for what the protobuf cannot know (dims against the spec, batching),
+and written with ``google.protobuf.text_format``. Nothing here touches the file system.
+
+Two configs per model (Triton's custom model configuration):
+
+- ``config.pbtxt``: production, ``platform: "onnxruntime_onnx"`` on ``KIND_GPU`` instances;
+- ``configs/cpu.pbtxt``: the embedded server (``--model-config-name=cpu``): ``backend: "python"``
+  on ``KIND_CPU`` running the same ``model.onnx`` with onnxruntime (see
+  :mod:`pytrain.serving.python_model`), with the same tensor names, dims, batching and labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from pytrain.errors import PublishError
+from pytrain.spec import TensorSpec
+
+LABELS_FILE = "labels.txt"
+CPU_CONFIG_NAME = "cpu"
+# Versions Triton keeps loaded: the newest and the one before it, for rollback.
+NUM_SERVED_VERSIONS = 2
+# Wait at most this long for more requests to join a batch (microseconds).
+MAX_QUEUE_DELAY_US = 500
+
+_NUMPY_TO_TRITON = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+}
+
+
+def triton_dtype(numpy_dtype: str) -> str:
+    """Triton's ``DataType`` enum name for a numpy dtype name (``"uint8"`` -> ``"TYPE_UINT8"``).
+
+    Raises:
+        PublishError: a dtype Triton has no type for.
+    """
+    try:
+        return _NUMPY_TO_TRITON[str(numpy_dtype)]
+    except KeyError as exc:
+        raise PublishError(
+            f"tensor dtype {numpy_dtype!r} has no Triton data type", hint=f"use one of {sorted(_NUMPY_TO_TRITON)}"
+        ) from exc
+
+
+def _io(spec: TensorSpec) -> dict[str, Any]:
+    # dims exclude the batch axis: Triton adds it because max_batch_size > 0.
+    return {
+        "input": [
+            {
+                "name": spec.input_name,
+                "data_type": triton_dtype(spec.input_dtype),
+                "dims": spec.input_shape[1:],
+            }
+        ],
+        "output": [
+            {
+                "name": spec.output_name,
+                "data_type": triton_dtype(spec.output_dtype),
+                "dims": spec.output_shape[1:],
+                "label_filename": LABELS_FILE,
+            }
+        ],
+    }
+
+
+def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> dict[str, Any]:
+    """``config.pbtxt`` as data: ONNX Runtime on GPU instances, dynamic batching, latest 2 versions.
+
+    Args:
+        model_name: the Triton model name (the model's folder name).
+        spec: the tensor description of ``model.onnx``.
+        max_batch_size: largest batch Triton forms (clips per execution).
+    """
+    return {
+        "name": model_name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch_size,
+        "version_policy": {"latest": {"num_versions": NUM_SERVED_VERSIONS}},
+        **_io(spec),
+        "instance_group": [{"count": 1, "kind": "KIND_GPU"}],
+        "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
+    }
+
+
+def cpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> dict[str, Any]:
+    """``configs/cpu.pbtxt`` as data: the Python backend on a CPU instance, same tensors and batching."""
+    return {
+        "name": model_name,
+        "backend": "python",
+        "max_batch_size": max_batch_size,
+        "version_policy": {"latest": {"num_versions": NUM_SERVED_VERSIONS}},
+        **_io(spec),
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+        "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
+    }
+
+
+def to_model_config(data: Mapping[str, Any]) -> model_config_pb2.ModelConfig:
+    """Parse config data into Triton's ``ModelConfig`` protobuf and check it against itself.
+
+    Raises:
+        PublishError: an unknown field, a bad enum value, a non-positive dim, a missing name,
+            dtype or label file, or both/neither of ``platform`` and ``backend``.
+    """
+    name = data.get("name", "?")
+    try:
+        config = json_format.ParseDict(dict(data), model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise PublishError(f"model {name}: invalid Triton config: {exc}") from exc
+    validate_model_config(config)
+    return config
+
+
+def validate_model_config(config: model_config_pb2.ModelConfig) -> None:
+    """Checks Triton would make at load time, done before anything is written.
+
+    Raises:
+        PublishError: naming the model and the offending field.
+    """
+    problems = []
+    if not config.name:
+        problems.append("no name")
+    if bool(config.platform) == bool(config.backend):
+        problems.append("exactly one of platform and backend must be set")
+    if config.max_batch_size < 1:
+        problems.append(f"max_batch_size {config.max_batch_size} < 1 (PyTrain models batch)")
+    if not config.input or not config.output:
+        problems.append("needs at least one input and one output")
+    for tensor in list(config.input) + list(config.output):
+        if not tensor.name:
+            problems.append("a tensor has no name")
+        if tensor.data_type == model_config_pb2.TYPE_INVALID:
+            problems.append(f"tensor {tensor.name}: no data_type")
+        if not tensor.dims or any(d < 1 for d in tensor.dims):
+            problems.append(f"tensor {tensor.name}: dims {list(tensor.dims)} must be positive (batch axis excluded)")
+    if problems:
+        raise PublishError(f"model {config.name or '?'}: invalid Triton config: " + "; ".join(problems))
+
+
+def to_pbtxt(config: model_config_pb2.ModelConfig) -> str:
+    """The protobuf text format Triton reads (``config.pbtxt``); round-trips through the parser."""
+    text = text_format.MessageToString(config)
+    reparsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    if reparsed != config:  # pragma: no cover - protobuf guarantees this
+        raise PublishError(f"model {config.name}: config does not round-trip through text format")
+    return text
+
+
+def parse_pbtxt(text: str) -> model_config_pb2.ModelConfig:
+    """Parse a ``config.pbtxt`` text into ``ModelConfig``.
+
+    Raises:
+        PublishError: the text is not a valid ``ModelConfig``.
+    """
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise PublishError(f"invalid config.pbtxt: {exc}") from exc
+
+
+def gpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> str:
+    """``config.pbtxt`` text for GPU serving, validated. Raises :class:`PublishError`."""
+    return to_pbtxt(to_model_config(gpu_config_data(model_name, spec, max_batch_size=max_batch_size)))
+
+
+def cpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> str:
+    """``configs/cpu.pbtxt`` text for the embedded server, validated. Raises :class:`PublishError`."""
+    return to_pbtxt(to_model_config(cpu_config_data(model_name, spec, max_batch_size=max_batch_size)))
+
+
+def labels_text(spec: TensorSpec) -> str:
+    """``labels.txt``: one class per line, line ``i`` is output index ``i`` (Triton's classification)."""
+    for label in spec.class_list:
+        if "\n" in label or not label.strip():
+            raise PublishError(f"class label {label!r} is empty or spans lines; labels.txt needs one label per line")
+    return "".join(f"{label}\n" for label in spec.class_list)
+
+
+def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size: int) -> str:
+    """The PyTrain INI config ``<model>.config``, byte for byte in the historical format::
+
+        [PREDICTION]
+        num_frames = 20
+        class_list = ['Other', 'cooking', 'drinking', 'eating', 'pouring']
+        height = 224
+        width = 224
+        input_name = time_distributed_input
+        output_name = dense
+
+        [TRAINING]
+        epochs = 50
+        shuffle_size = 300
+        batch_size = 4
+
+    ``class_list`` is Python's ``repr`` of the list (existing clients ``ast.literal_eval`` it).
+    Lines end with ``\\n``; the file ends with one ``\\n`` after ``batch_size``.
+    """
+    lines = [
+        "[PREDICTION]",
+        f"num_frames = {spec.num_frames}",
+        f"class_list = {list(spec.class_list)!r}",
+        f"height = {spec.height}",
+        f"width = {spec.width}",
+        f"input_name = {spec.input_name}",
+        f"output_name = {spec.output_name}",
+        "",
+        "[TRAINING]",
+        f"epochs = {int(epochs)}",
+        f"shuffle_size = {int(shuffle_size)}",
+        f"batch_size = {int(batch_size)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def read_pytrain_ini(text: str) -> dict[str, Any]:
+    """Parse a ``<model>.config`` text back into ``{"num_frames", "class_list", "height", "width",
+    "input_name", "output_name", "epochs", "shuffle_size", "batch_size"}``.
+
+    Raises:
+        PublishError: a missing section or key, or an unparsable value.
+    """
+    import ast
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(text)
+        pred, train = parser["PREDICTION"], parser["TRAINING"]
+        return {
+            "num_frames": pred.getint("num_frames"),
+            "class_list": list(ast.literal_eval(pred["class_list"])),
+            "height": pred.getint("height"),
+            "width": pred.getint("width"),
+            "input_name": pred["input_name"],
+            "output_name": pred["output_name"],
+            "epochs": train.getint("epochs"),
+            "shuffle_size": train.getint("shuffle_size"),
+            "batch_size": train.getint("batch_size"),
+        }
+    except (configparser.Error, KeyError, ValueError, SyntaxError) as exc:
+        raise PublishError(f"invalid PyTrain model config: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,473 @@
+"""The ``docker`` runner: one training container per task, driven through the Docker SDK.
+
+For each task it
+
+1. makes sure the training image exists (:func:`pytrain.runners.images.ensure_train_image`:
+   content-hash tag, built only when missing);
+2. creates a container labelled with the task id (``org.pytrain.task-id``) that runs
+   ``python -m pytrain.training --task-dir /task --sources-root /sources`` (``torchrun`` when the
+   task has several GPUs), with
+
+   - GPUs through device requests (``PreparedTask.gpus`` or ``settings.gpus``: ``"0,1"``/``"all"``),
+   - NVIDIA's recommended limits for PyTorch containers: ``--shm-size`` (``settings.shm_size``),
+     ``--ulimit memlock=-1 --ulimit stack=67108864``,
+   - a memory limit without swap (``settings.container_memory``) and a pids limit,
+   - no network, a read-only root file system and a tmpfs ``/tmp``,
+   - the dataset mounted read-only at ``/sources`` and only the task folder writable at ``/task``;
+
+3. streams the container's output into the task folder's ``train.log``;
+4. waits for the end, the task's timeout, ``cancel`` or ``stop``, and maps the exit to an
+   :class:`~pytrain.runners.base.Outcome`: 0 -> succeeded; 137 with ``OOMKilled`` -> out of memory
+   (with the limit); anything else -> failed with the tail of stderr;
+5. removes the container in every case (also when this process is interrupted).
+
+When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
+*host* paths: ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` say where the
+orchestrator's ``sources_dir`` / ``model_tasks_dir`` are on the host.
+
+Example::
+
+    runner = DockerRunner(get_settings())
+    result = runner.run(prepared_task, cancel=threading.Event())
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from pytrain.errors import ConfigurationError, RunnerError
+from pytrain.runners.base import Outcome, PreparedTask, RunResult
+from pytrain.runners.images import docker_client, ensure_train_image
+from pytrain.settings import Settings
+from pytrain.spec import MANIFEST, TASK_SPEC
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+logger = logging.getLogger(__name__)
+
+LABEL_MANAGED = "org.pytrain.managed"
+LABEL_TASK_ID = "org.pytrain.task-id"
+LABEL_MODEL = "org.pytrain.model-name"
+LABEL_WORKER = "org.pytrain.worker"
+
+CONTAINER_TASK_DIR = "/task"
+CONTAINER_SOURCES_DIR = "/sources"
+STACK_BYTES = 67108864  # 64 MiB, as NVIDIA recommends for PyTorch containers
+STDERR_TAIL_LINES = 30
+_SIZE = re.compile(r"^\d+(\.\d+)?\s*[bkmgBKMG]?$")
+_POLL_SECONDS = 0.25
+
+
+def _size_ok(value: str | None) -> bool:
+    return value is None or bool(_SIZE.match(str(value).strip()))
+
+
+def parse_gpus(gpus: str | None) -> tuple[list[Any], int | None]:
+    """Turn ``"0,1"`` / ``"all"`` / ``None`` into device requests and a process count.
+
+    Returns:
+        ``(device_requests, nproc)``: ``nproc`` is the number of GPUs, ``-1`` for "all" (count
+        unknown until the container starts), ``None`` for CPU.
+
+    Raises:
+        ConfigurationError: ``gpus`` is neither ``all`` nor a comma-separated list of ids.
+    """
+    if gpus is None or not str(gpus).strip() or str(gpus).strip().lower() == "none":
+        return [], None
+    from docker.types import DeviceRequest
+
+    text = str(gpus).strip().lower()
+    if text == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])], -1
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids or not all(re.fullmatch(r"\d+|GPU-[0-9a-f-]+", part, re.IGNORECASE) for part in ids):
+        raise ConfigurationError(f"invalid GPU list {gpus!r}", hint="use 'all', or ids like '0' or '0,1' (PYTRAIN_GPUS / --gpus)")
+    return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])], len(ids)
+
+
+def training_command(nproc: int | None) -> tuple[list[str] | None, list[str]]:
+    """The container's ``(entrypoint, command)`` for a task with ``nproc`` GPUs.
+
+    One GPU or CPU: the image's entrypoint (``python -m pytrain.training``). Several GPUs (or
+    ``-1`` = all): ``torchrun --standalone --nproc_per_node=N -m pytrain.training``.
+    """
+    args = ["--task-dir", CONTAINER_TASK_DIR, "--sources-root", CONTAINER_SOURCES_DIR]
+    if nproc is None or nproc == 1:
+        return None, args
+    per_node = "gpu" if nproc < 0 else str(nproc)
+    return ["torchrun", "--standalone", f"--nproc_per_node={per_node}", "-m", "pytrain.training"], args
+
+
+def _host_path(path: Path, local_root: Path, host_root: Path | None) -> str:
+    """Translate a path under ``local_root`` (as this process sees it) into the Docker host's path."""
+    path = Path(path).resolve()
+    if host_root is None:
+        return str(path)
+    try:
+        return str(Path(host_root) / path.relative_to(Path(local_root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+class DockerRunner:
+    """Runs each task in its own training container. Implements :class:`pytrain.runners.base.Runner`.
+
+    Args:
+        settings: PyTrain settings (image, limits, GPUs, key file, timeout).
+        client: a Docker client; default one for ``DOCKER_HOST`` / the local socket.
+        image: use this image instead of the content-hash training image (no build).
+        base_image: overrides ``settings.base_image`` for the build.
+        entrypoint, command: override the container's entrypoint/command (debugging, tests).
+        on_output: called with each chunk of the container's output (``container_up.sh`` echoes it).
+        on_build_line: called with each line of build output.
+        stop_grace_seconds: how long ``docker stop`` waits after SIGTERM before SIGKILL (seconds).
+        worker_id: written into the ``org.pytrain.worker`` label.
+        host_sources_dir, host_model_tasks_dir: see the module docstring (default: the
+            ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
+        environment: extra environment variables for the container (never secrets).
+        context_dir: repository root the image is built from (default: this checkout).
+        memlock_bytes: the container's locked-memory limit; ``-1`` (unlimited, NVIDIA's
+            recommendation) by default. A host whose own hard limit is lower (``ulimit -Hl``; some
+            CI sandboxes) cannot grant it: pass that limit there.
+
+    Raises:
+        ConfigurationError: a size/limit setting is malformed.
+        RunnerError: no Docker engine answers.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: "docker.DockerClient | None" = None,
+        image: str | None = None,
+        base_image: str | None = None,
+        entrypoint: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
+        on_output: Callable[[bytes], None] | None = None,
+        on_build_line: Callable[[str], None] | None = None,
+        stop_grace_seconds: float = 5.0,
+        worker_id: str | None = None,
+        host_sources_dir: Path | None = None,
+        host_model_tasks_dir: Path | None = None,
+        environment: dict[str, str] | None = None,
+        context_dir: Path | None = None,
+        memlock_bytes: int = -1,
+    ) -> None:
+        for name, value in (("PYTRAIN_CONTAINER_MEMORY", settings.container_memory), ("PYTRAIN_SHM_SIZE", settings.shm_size)):
+            if not _size_ok(value):
+                raise ConfigurationError(f"{name}={value!r} is not a size", hint="use a number with an optional unit b/k/m/g, e.g. '16g'")
+        if stop_grace_seconds < 0:
+            raise ConfigurationError(f"stop_grace_seconds must be >= 0, got {stop_grace_seconds}")
+        parse_gpus(settings.gpus)  # validate early
+        self.settings = settings
+        self.client = client if client is not None else docker_client()
+        self.image = image
+        self.base_image = base_image
+        self.entrypoint = list(entrypoint) if entrypoint is not None else None
+        self.command = list(command) if command is not None else None
+        self.on_output = on_output
+        self.on_build_line = on_build_line
+        self.stop_grace_seconds = stop_grace_seconds
+        self.worker_id = worker_id or settings.worker_id or f"{os.uname().nodename}-{os.getpid()}"
+        env_sources = os.environ.get("PYTRAIN_HOST_SOURCES_DIR")
+        env_tasks = os.environ.get("PYTRAIN_HOST_MODEL_TASKS_DIR")
+        self.host_sources_dir = host_sources_dir or (Path(env_sources) if env_sources else None)
+        self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
+        self.environment = dict(environment or {})
+        self.context_dir = context_dir
+        if memlock_bytes < -1:
+            raise ConfigurationError(f"memlock_bytes must be -1 (unlimited) or >= 0, got {memlock_bytes}")
+        self.memlock_bytes = memlock_bytes
+        self.last_image_result = None
+
+    # ------------------------------------------------------------------------------------------
+    def _check_task(self, task: PreparedTask) -> None:
+        task_dir = Path(task.task_dir)
+        if not task_dir.is_dir():
+            raise RunnerError(f"task {task.task_id}: task folder {task_dir} does not exist", hint="the orchestrator prepares it before running")
+        for name in (TASK_SPEC, MANIFEST):
+            if not (task_dir / name).is_file():
+                raise RunnerError(f"task {task.task_id}: {task_dir / name} is missing", hint="the orchestrator writes task.json and manifest.csv")
+        if not Path(task.sources_root).is_dir():
+            raise RunnerError(f"task {task.task_id}: sources root {task.sources_root} does not exist", hint="set PYTRAIN_SOURCES_DIR")
+        timeout = self._timeout(task)
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"task {task.task_id}: timeout must be > 0 seconds, got {timeout}")
+
+    def _timeout(self, task: PreparedTask) -> float | None:
+        return task.timeout_seconds if task.timeout_seconds is not None else self.settings.task_timeout_seconds
+
+    def resolve_image(self) -> str:
+        """The image tag to run: ``image`` if given, else the (possibly just built) training image.
+
+        Raises:
+            RunnerError, CredentialsError: see :func:`~pytrain.runners.images.ensure_train_image`.
+        """
+        if self.image is not None:
+            return self.image
+        result = ensure_train_image(
+            self.client, self.settings, base_image=self.base_image, context_dir=self.context_dir, on_line=self.on_build_line
+        )
+        self.last_image_result = result
+        return result.tag
+
+    def _user_for(self, image: str, task_dir: Path) -> str | None:
+        """Which user the container runs as, and make the task folder writable for it.
+
+        As root (the orchestrator container, CI), the task folder is handed to the image's
+        non-root user; otherwise the container runs as this process's uid:gid so files stay ours.
+        """
+        if os.geteuid() != 0:
+            return f"{os.getuid()}:{os.getgid()}"
+        user = (self.client.images.get(image).attrs.get("Config") or {}).get("User") or ""
+        uid_text, _, gid_text = user.partition(":")
+        if not uid_text.isdigit() or int(uid_text) == 0:
+            return None  # the image's own user (names cannot be resolved here)
+        uid = int(uid_text)
+        gid = int(gid_text) if gid_text.isdigit() else uid
+        for dirpath, dirnames, filenames in os.walk(task_dir):
+            os.chown(dirpath, uid, gid)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+        return None
+
+    def _create(self, task: PreparedTask, image: str) -> "Container":
+        from docker.types import Mount, Ulimit
+
+        gpus = task.gpus if task.gpus is not None else self.settings.gpus
+        device_requests, nproc = parse_gpus(gpus)
+        entrypoint, command = training_command(nproc)
+        if self.entrypoint is not None:
+            entrypoint = self.entrypoint
+        if self.command is not None:
+            command = self.command
+        task_dir = Path(task.task_dir).resolve()
+        user = self._user_for(image, task_dir)
+        mounts = [
+            Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir), type="bind", read_only=True),
+            Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir), type="bind", read_only=False),
+        ]
+        memory = self.settings.container_memory
+        kwargs: dict[str, Any] = dict(
+            image=image,
+            command=command,
+            name=f"pytrain-task-{task.task_id}-{os.urandom(3).hex()}",
+            labels={
+                LABEL_MANAGED: "1",
+                LABEL_TASK_ID: str(task.task_id),
+                LABEL_MODEL: task.spec.model_name,
+                LABEL_WORKER: self.worker_id,
+            },
+            environment={"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", **self.environment},
+            mounts=mounts,
+            working_dir=CONTAINER_TASK_DIR,
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": "rw,exec,mode=1777"},
+            shm_size=self.settings.shm_size,
+            ulimits=[Ulimit(name="memlock", soft=self.memlock_bytes, hard=self.memlock_bytes), Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES)],
+            pids_limit=self.settings.container_pids_limit,
+            device_requests=device_requests or None,
+            init=True,  # tini as PID 1 forwards SIGTERM, so `docker stop` ends python at once
+            detach=True,
+        )
+        if entrypoint is not None:
+            kwargs["entrypoint"] = entrypoint
+        if user is not None:
+            kwargs["user"] = user
+        if memory:
+            kwargs["mem_limit"] = memory
+            kwargs["memswap_limit"] = memory  # no swap: over the limit means OOM-killed
+        return self.client.containers.create(**kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, task: PreparedTask, cancel: threading.Event, stop: threading.Event | None = None) -> RunResult:
+        """Run ``task`` in a container and block until it ends. See :class:`~pytrain.runners.base.Runner`.
+
+        Returns:
+            SUCCEEDED / FAILED (exit code, stderr tail) / OUT_OF_MEMORY / TIMED_OUT / CANCELLED /
+            INTERRUPTED. ``details`` holds ``image``, ``image_built``, ``image_seconds``,
+            ``container`` and ``seconds`` (the container's run time).
+
+        Raises:
+            RunnerError: the image cannot be built or the container cannot be created/started.
+            CredentialsError: the base image needs the NGC key and it is missing or rejected.
+        """
+        import docker.errors
+
+        self._check_task(task)
+        if cancel.is_set():
+            return RunResult(Outcome.CANCELLED, message="cancelled before the container started")
+        image = self.resolve_image()
+        details: dict[str, Any] = {"image": image}
+        if self.last_image_result is not None and self.image is None:
+            details["image_built"] = self.last_image_result.built
+            details["image_seconds"] = round(self.last_image_result.seconds, 3)
+        timeout = self._timeout(task)
+        log_path = task.log_path
+        container = None
+        try:
+            try:
+                container = self._create(task, image)
+                details["container"] = container.name
+                container.start()
+            except docker.errors.APIError as exc:
+                text = str(getattr(exc, "explanation", None) or exc)
+                hint = "check the GPU ids (nvidia-container-toolkit installed?) and the limits in PYTRAIN_* settings"
+                if "rlimit" in text:
+                    hint = "the host's own hard limits (ulimit -Hl / -Hs of dockerd) are lower than the container's; raise them on the host"
+                raise RunnerError(f"task {task.task_id}: cannot start a container from {image}: {text}", hint=hint) from exc
+            logger.info("task %s: container %s started from %s", task.task_id, container.name, image)
+            started = time.monotonic()
+            streamer = threading.Thread(target=self._stream_logs, args=(container, log_path), name=f"logs-{task.task_id}", daemon=True)
+            streamer.start()
+            forced: Outcome | None = None
+            while True:
+                container.reload()
+                if container.status in ("exited", "dead"):
+                    break
+                if cancel.is_set():
+                    forced = Outcome.CANCELLED
+                elif stop is not None and stop.is_set():
+                    forced = Outcome.INTERRUPTED
+                elif timeout is not None and time.monotonic() - started > timeout:
+                    forced = Outcome.TIMED_OUT
+                if forced is not None:
+                    logger.info("task %s: stopping container %s (%s)", task.task_id, container.name, forced.value)
+                    self._stop(container)
+                    break
+                time.sleep(_POLL_SECONDS)
+            state = self._final_state(container)
+            details["seconds"] = round(time.monotonic() - started, 3)
+            streamer.join(timeout=10)
+            return self._result(task, container, state, forced, timeout, details)
+        except docker.errors.DockerException as exc:
+            raise RunnerError(f"task {task.task_id}: the Docker engine failed during the run: {exc}", hint="is dockerd still running?") from exc
+        finally:
+            if container is not None:
+                self._remove(container)
+
+    def _stop(self, container: "Container") -> None:
+        import docker.errors
+
+        try:
+            container.stop(timeout=int(max(0, round(self.stop_grace_seconds))))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            try:
+                container.kill()
+            except docker.errors.APIError:
+                pass
+
+    def _final_state(self, container: "Container") -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            container.reload()
+            state = container.attrs.get("State") or {}
+            if not state.get("Running") or time.monotonic() > deadline:
+                return state
+            time.sleep(_POLL_SECONDS)
+
+    def _stream_logs(self, container: "Container", log_path: Path) -> None:
+        """Append the container's stdout+stderr to ``log_path`` as it comes (thread body)."""
+        try:
+            with open(log_path, "ab") as log:
+                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    log.write(chunk)
+                    log.flush()
+                    if self.on_output is not None:
+                        self.on_output(chunk)
+        except Exception as exc:  # noqa: BLE001 - a log-stream failure must not fail the run
+            logger.warning("log streaming of %s stopped: %s", getattr(container, "name", "?"), exc)
+
+    def _stderr_tail(self, container: "Container") -> str:
+        try:
+            raw = container.logs(stdout=False, stderr=True, tail=STDERR_TAIL_LINES)
+        except Exception:  # noqa: BLE001
+            return ""
+        return raw.decode("utf-8", errors="replace").rstrip()
+
+    def _result(self, task: PreparedTask, container: "Container", state: dict[str, Any], forced: Outcome | None,
+                timeout: float | None, details: dict[str, Any]) -> RunResult:
+        code = state.get("ExitCode")
+        if forced is Outcome.CANCELLED:
+            return RunResult(Outcome.CANCELLED, exit_code=code, message="cancelled; the container was stopped", details=details)
+        if forced is Outcome.INTERRUPTED:
+            return RunResult(Outcome.INTERRUPTED, exit_code=code, message="the worker is shutting down; the container was stopped", details=details)
+        if forced is Outcome.TIMED_OUT:
+            return RunResult(
+                Outcome.TIMED_OUT, exit_code=code, message=f"timed out after {timeout:g} s; the container was stopped",
+                stderr_tail=self._stderr_tail(container), details=details,
+            )
+        if code == 0:
+            return RunResult(Outcome.SUCCEEDED, exit_code=0, details=details)
+        tail = self._stderr_tail(container)
+        if state.get("OOMKilled"):
+            limit = self.settings.container_memory or "host memory"
+            return RunResult(Outcome.OUT_OF_MEMORY, exit_code=code, message=f"out of memory (limit {limit})", stderr_tail=tail, details=details)
+        last = tail.splitlines()[-1].strip() if tail else ""
+        message = f"training container exited with code {code}" + (f": {last}" if last else "")
+        if state.get("Error"):
+            message += f" ({state['Error']})"
+        return RunResult(Outcome.FAILED, exit_code=code, message=message, stderr_tail=tail, details=details)
+
+    def _remove(self, container: "Container") -> None:
+        import docker.errors
+
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            logger.warning("cannot remove container %s: %s", container.name, exc)
+
+    # ------------------------------------------------------------------------------------------
+    def cleanup_orphans(self, active_task_ids: set[int]) -> list[int]:
+        """Remove PyTrain training containers whose task is not in ``active_task_ids``.
+
+        The orchestrator calls this on start with the ids of the tasks that are still legitimately
+        running (on any worker sharing this Docker host); containers of every other task are left
+        over from a crashed worker and are removed (force: running ones are killed), so the task
+        can be re-queued without two trainings writing to one folder.
+
+        Returns:
+            The task ids whose containers were removed (sorted, unique).
+
+        Raises:
+            RunnerError: the Docker engine cannot be reached.
+        """
+        import docker.errors
+
+        removed: set[int] = set()
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": LABEL_MANAGED})
+        except docker.errors.DockerException as exc:
+            raise RunnerError(f"cannot list containers for orphan cleanup: {exc}", hint="is the Docker engine running?") from exc
+        for container in containers:
+            label = (container.labels or {}).get(LABEL_TASK_ID, "")
+            try:
+                task_id = int(label)
+            except ValueError:
+                continue
+            if task_id in active_task_ids:
+                continue
+            logger.warning("removing orphaned container %s of task %s", container.name, task_id)
+            self._remove(container)
+            removed.add(task_id)
+        return sorted(removed)
+
+
+__all__ = ["DockerRunner", "parse_gpus", "training_command", "LABEL_TASK_ID", "LABEL_MANAGED"]

@@ -1,0 +1,97 @@
+"""Registering datasets: ``pytrain sources sync`` puts every dataset folder into table ``sources``.
+
+A dataset is a folder directly under the sources root; its name is the source name (the database
+checks ``folder = name``). Tasks may only use registered datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from pytrain.db.models import SOURCE_NAME_PATTERN
+from pytrain.errors import SourceError
+from pytrain.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What ``sync_sources`` did.
+
+    Attributes:
+        added: datasets registered now.
+        registered: every registered dataset afterwards (sorted).
+        missing: registered datasets whose folder is gone (kept: old tasks name them).
+        skipped: ``{folder: reason}`` for folders that cannot be datasets.
+    """
+
+    added: list[str]
+    registered: list[str]
+    missing: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
+    """The dataset folders directly under ``sources_root``.
+
+    Returns:
+        ``(names, skipped)``: valid dataset names (sorted), and ``{name: reason}`` for folders that
+        were left out (bad name, symlink leaving the sources root).
+
+    Raises:
+        SourceError: ``sources_root`` is not a folder.
+    """
+    root = Path(sources_root)
+    if not root.is_dir():
+        raise SourceError(f"the sources root {root} is not a folder", hint="set PYTRAIN_SOURCES_DIR")
+    real_root = root.resolve()
+    names: list[str] = []
+    skipped: dict[str, str] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if not re.match(SOURCE_NAME_PATTERN, entry.name):
+            skipped[entry.name] = f"the name must match {SOURCE_NAME_PATTERN}"
+        elif not entry.resolve().is_relative_to(real_root):
+            skipped[entry.name] = f"it resolves to {entry.resolve()}, outside the sources root {real_root}"
+        else:
+            names.append(entry.name)
+    for name, reason in skipped.items():
+        log.warning("not registering dataset folder %r: %s", name, reason)
+    return names, skipped
+
+
+def sync_sources(settings: Settings | None = None, *, engine: Engine | None = None, sources_root: Path | None = None) -> SyncResult:
+    """Register every dataset folder of the sources root in table ``sources``.
+
+    Args:
+        settings: PyTrain settings (default: the process settings); gives the sources root and,
+            without ``engine``, the database.
+        engine: the database to register into.
+        sources_root: overrides ``settings.sources_dir``.
+
+    Returns:
+        A :class:`SyncResult`.
+
+    Raises:
+        SourceError: the sources root is not a folder.
+        DatabaseError: the database cannot be reached.
+    """
+    from pytrain.db import TaskQueue, get_engine
+
+    settings = settings or get_settings()
+    root = Path(sources_root or settings.sources_dir)
+    names, skipped = discover_datasets(root)
+    queue = TaskQueue(engine or get_engine(settings))
+    added = queue.register_sources(names)
+    registered = queue.registered_sources()
+    missing = sorted(set(registered) - set(names))
+    for name in added:
+        log.info("registered dataset %s", name)
+    return SyncResult(added=added, registered=registered, missing=missing, skipped=skipped)

@@ -1,0 +1,282 @@
+"""Data for training: the manifest, the clip Dataset, the decoded-clip cache and the shuffle buffer.
+
+Streaming by default: :class:`ClipDataset` decodes each clip when it is asked for and keeps
+nothing, so memory does not grow with the dataset (a 60 GB folder trains on a 16 GB machine).
+The opposite trade is :class:`ClipCache`: decoded clips are written once as ``.npy`` files on disk
+and read back in later epochs instead of decoding again (disk use: ``cache_pool x H x W x 3`` bytes
+per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; the OS page cache keeps hot files in memory without the
+process's RSS growing).
+
+Sampling (see :func:`pytrain.video.sample_indices`):
+
+- evaluation: the centre frame of each of ``num_frames`` equal segments (:func:`pytrain.video.read_clip`);
+- training: a random frame in each segment (temporal jitter), then :class:`~pytrain.training.transforms.TrainPreset`;
+- clips shorter than ``num_frames`` frames repeat frames (each frame shown ~``num_frames / length`` times);
+- with the cache, training draws its jittered frames from a pool of ``cache_pool`` evaluation-sampled
+  frames (default ``2 x num_frames``) decoded once, instead of from every frame of the video.
+
+Randomness is a pure function of ``(seed, epoch, index)``, so results do not depend on the number
+of DataLoader workers, and a resumed run sees the same clips as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from pytrain.errors import ConfigurationError, SourceError, TrainingError, VideoDecodeError
+from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS
+from pytrain.training.transforms import TrainPreset
+from pytrain.video import decode_clip, read_clip, sample_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One manifest row.
+
+    Attributes:
+        path: absolute path of the video.
+        rel_path: the path as written in the manifest (relative to the sources root).
+        label: class index into the task's ``class_list``.
+        split: ``train``, ``val`` or ``test``.
+    """
+
+    path: Path
+    rel_path: str
+    label: int
+    split: str
+
+
+def read_manifest(task_dir: Path, sources_root: Path, class_list: list[str]) -> tuple[list[Sample], list[dict[str, str]]]:
+    """Read ``manifest.csv``.
+
+    Rows whose label is not in ``class_list`` or whose file is missing are skipped, not fatal
+    (they are listed in ``skipped.json``); a malformed manifest is fatal.
+
+    Returns:
+        ``(samples, skipped)`` where ``skipped`` is ``[{"path": rel_path, "reason": ...}]``.
+
+    Raises:
+        ConfigurationError: missing manifest, wrong columns, unknown split, a path leaving the
+            sources root.
+    """
+    path = Path(task_dir) / MANIFEST
+    if not path.is_file():
+        raise ConfigurationError(f"no manifest at {path}", hint="the orchestrator writes it beside task.json")
+    root = Path(sources_root).resolve()
+    index = {name: i for i, name in enumerate(class_list)}
+    samples: list[Sample] = []
+    skipped: list[dict[str, str]] = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise ConfigurationError(f"{path}: columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            rel, label, split = row["path"], row["label"], row["split"]
+            if split not in SPLITS:
+                raise ConfigurationError(f"{path}:{line}: split {split!r} is not one of {SPLITS}")
+            full = (root / rel).resolve()
+            if not full.is_relative_to(root):
+                raise ConfigurationError(f"{path}:{line}: path {rel!r} leaves the sources root {root}")
+            if label not in index:
+                skipped.append({"path": rel, "reason": f"label {label!r} is not in the class list"})
+            elif not full.is_file():
+                skipped.append({"path": rel, "reason": "no such file"})
+            else:
+                samples.append(Sample(full, rel, index[label], split))
+    return samples, skipped
+
+
+def check_splits(samples: list[Sample]) -> None:
+    """Raise :class:`~pytrain.errors.SourceError` when no train or no test clip is left."""
+    for split in ("train", "test"):
+        if not any(s.split == split for s in samples):
+            raise SourceError(f"no readable {split} clip is left in the manifest", hint="see skipped.json for the files that were skipped")
+
+
+class ClipCache:
+    """Decoded clips as ``.npy`` files under ``root``, shared by all DataLoader workers.
+
+    A clip's key covers the file's absolute path, size and modification time and the decode
+    parameters, so a changed file is decoded again. Files are written atomically (temp + rename),
+    so concurrent workers and crashed runs never leave a half-written entry.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, path: Path, num_frames: int, height: int, width: int) -> Path:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{num_frames}|{height}|{width}"
+        digest = hashlib.sha1(key.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def read_clip(self, path: Path, num_frames: int, height: int, width: int) -> np.ndarray:
+        """:func:`pytrain.video.read_clip`, from the cache when present: ``(T, H, W, 3)`` uint8."""
+        file = self._file(path, num_frames, height, width)
+        try:
+            return np.load(file)
+        except (FileNotFoundError, ValueError, OSError):
+            pass
+        clip = read_clip(path, num_frames, height, width)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy", dir=file.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, clip)
+            os.replace(tmp, file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return clip
+
+
+class ClipDataset(Dataset):
+    """Clips of a list of samples: item -> ``(clip (T, H, W, 3) uint8 tensor, label int64 tensor)``.
+
+    Args:
+        samples: the clips (one split).
+        num_frames, height, width: clip size.
+        train: jitter + augmentation (items are ``(index, epoch)`` pairs from
+            :class:`ShuffleBufferSampler`); else deterministic evaluation clips (items are indices).
+        seed: base of the per-item random generator.
+        augment: training augmentation; ``None`` for temporal jitter only.
+        cache: decoded-clip cache, or ``None`` to stream.
+        cache_pool: frames per clip kept in the cache for training jitter (default ``2 * num_frames``).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        num_frames: int,
+        height: int,
+        width: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        augment: TrainPreset | None = None,
+        cache: ClipCache | None = None,
+        cache_pool: int | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.num_frames, self.height, self.width = num_frames, height, width
+        self.train = train
+        self.seed = seed
+        self.augment = augment
+        self.cache = cache
+        self.cache_pool = cache_pool or 2 * num_frames
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(item, (tuple, list)):
+            index, epoch = int(item[0]), int(item[1])
+        else:
+            index, epoch = int(item), 0
+        sample = self.samples[index]
+        clip = self._train_clip(sample, index, epoch) if self.train else self._eval_clip(sample)
+        return torch.from_numpy(clip), torch.tensor(sample.label, dtype=torch.int64)
+
+    def _eval_clip(self, sample: Sample) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.read_clip(sample.path, self.num_frames, self.height, self.width)
+        return read_clip(sample.path, self.num_frames, self.height, self.width)
+
+    def _train_clip(self, sample: Sample, index: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, epoch, index))
+        try:
+            if self.cache is not None:
+                pool = self.cache.read_clip(sample.path, self.cache_pool, self.height, self.width)
+                clip = pool[sample_indices(len(pool), self.num_frames, rng=rng)]
+            else:
+                clip = decode_clip(sample.path, self.num_frames, self.height, self.width, rng=rng)
+        except VideoDecodeError as exc:
+            # The pre-scan decoded the evaluation frames; a jittered frame can still be broken
+            # (e.g. damage in the middle of the file): fall back to the evaluation clip.
+            log.warning("%s; using its evaluation frames instead", exc)
+            try:
+                clip = read_clip(sample.path, self.num_frames, self.height, self.width)
+            except VideoDecodeError as again:
+                raise TrainingError(f"{again} (it passed the pre-scan, so the file changed during training?)") from again
+        if self.augment is not None:
+            clip = self.augment(clip, rng)
+        return clip
+
+
+class ShuffleBufferSampler(Sampler):
+    """Yields ``(index, epoch)`` pairs in PyTrain's shuffle-buffer order.
+
+    PyTrain's ``shuffle_size`` is the size of a shuffle buffer (``tf.data.Dataset.shuffle``):
+    clips enter a buffer of ``buffer_size`` in manifest order, and each step emits a uniformly
+    random clip from the buffer and refills its slot with the next clip. ``buffer_size >= len``
+    is a full uniform shuffle; ``buffer_size <= 1`` keeps the manifest order. The order depends
+    only on ``(seed, epoch)``.
+
+    For data-parallel training each of ``world_size`` ranks takes every ``world_size``-th item of
+    the same order (wrapping around so all ranks get the same count).
+
+    Args:
+        length: number of clips.
+        buffer_size: the shuffle buffer, in clips.
+        seed: base seed.
+        rank, world_size: this process's share under ``torchrun``.
+    """
+
+    def __init__(self, length: int, buffer_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.length = length
+        self.buffer_size = max(1, int(buffer_size))
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """The full (all ranks) order of this epoch."""
+        rng = np.random.default_rng((self.seed, self.epoch, 0x5EED))
+        buffer: list[int] = []
+        out: list[int] = []
+        for i in range(self.length):
+            if len(buffer) < self.buffer_size:
+                buffer.append(i)
+                continue
+            k = int(rng.integers(len(buffer)))
+            out.append(buffer[k])
+            buffer[k] = i
+        while buffer:
+            k = int(rng.integers(len(buffer)))
+            out.append(buffer[k])
+            buffer[k] = buffer[-1]
+            buffer.pop()
+        return out
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order()
+        total = len(self) * self.world_size
+        if order and total > len(order):
+            order = order + order[: total - len(order)]
+        for index in order[self.rank : total : self.world_size]:
+            yield index, self.epoch

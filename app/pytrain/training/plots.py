@@ -1,0 +1,66 @@
+"""``history.png`` (loss and accuracy per epoch) and ``confusion_<split>.png``, drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a container; must come before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss (left) and accuracy (right) of train and val per epoch from ``metrics.json``'s history."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("train", "-o"), ("val", "-s")):
+        ax_loss.plot(epochs, [h.get(f"{key}_loss") for h in history], style, label=key)
+        ax_acc.plot(epochs, [h.get(f"{key}_accuracy") for h in history], style, label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion(matrix: list[list[int]], class_list: list[str], path: Path, title: str) -> Path:
+    """A confusion matrix (rows true, columns predicted) with its counts written in the cells."""
+    plt = _pyplot()
+    m = np.asarray(matrix)
+    size = max(4.0, 0.6 * len(class_list) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(class_list)), class_list, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_list)), class_list)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    threshold = m.max() / 2 if m.size and m.max() > 0 else 0
+    for (i, j), value in np.ndenumerate(m):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Download the training image's Python dependencies as wheels into docker/wheelhouse/ (part of the
+# build context), so that docker/train.Dockerfile installs them with `pip --no-index` when the
+# build cannot reach a package index (CI; air-gapped GPU servers).
+#
+# Usage: scripts/build_wheelhouse.sh [--python-version 3.10] [--dest DIR]
+#   --python-version  the base image's Python (NGC PyTorch 24.x: 3.10; 25.x: 3.12; the test base
+#                     image: 3.11, the default). Wheels are downloaded for manylinux x86_64.
+#   --dest            default docker/wheelhouse
+# Env: PYTHON (host Python with pip; default .venv/bin/python, else python3).
+# Idempotent: pip skips wheels already in the folder. numpy stays < 2 (see requirements-train.txt).
+set -euo pipefail
+
+ROOT_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+PYVER="3.11"
+DEST="$ROOT_DIR/docker/wheelhouse"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --python-version) PYVER="$2"; shift 2 ;;
+        --dest) DEST="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "build_wheelhouse: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT_DIR/.venv/bin/python" ]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
+fi
+mkdir -p "$DEST"
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+echo "numpy<2" >"$CONSTRAINTS"
+
+"$PYTHON" -m pip download --quiet --disable-pip-version-check \
+    --only-binary=:all: --python-version "$PYVER" --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 \
+    --dest "$DEST" -r "$ROOT_DIR/docker/requirements-train.txt" -c "$CONSTRAINTS"
+echo "build_wheelhouse: $(ls "$DEST"/*.whl | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (python $PYVER)"

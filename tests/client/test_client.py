@@ -1,0 +1,131 @@
+"""pytrain.client and ``pytrain predict`` against the session's real Triton server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.clips import make_bad_files
+from fixtures.triton import TEST_CLASSES, make_task_folder, run_onnx, task_record
+from pytrain.client import ModelInfo, TritonClient
+from pytrain.errors import ClientError
+from pytrain.publish import publish_task
+from pytrain.serving import TritonServer, free_port
+from pytrain.settings import Settings
+from pytrain.video import read_clip
+
+pytestmark = pytest.mark.triton
+MODEL = "client_kitchen"
+
+
+@pytest.fixture(scope="module")
+def served_model(triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model ``client_kitchen`` published into the session server; returns its task folder."""
+    root = tmp_path_factory.mktemp("client_model")
+    task_dir = make_task_folder(root / "task", model_name=MODEL)
+    settings = Settings(model_repo_dir=triton_server.model_repository, results_dir=root / "results", triton_grpc_url=triton_server.grpc_url)
+    assert publish_task(task_dir, settings=settings, task_record=task_record(MODEL)).load_requested is True
+    return task_dir
+
+
+def clips_of(sources: Path) -> list[tuple[Path, str]]:
+    """One clip per folder of the synthetic dataset, with its class."""
+    folders = sorted(p for p in (sources / "dataset1").iterdir() if p.is_dir())
+    return [(sorted(f.glob("*.mp4"))[0], f.name.split("_")[0]) for f in folders]
+
+
+def test_predict_decodes_like_evaluation_and_matches_onnxruntime(triton_server: TritonServer, served_model: Path, synthetic_sources: Path) -> None:
+    videos = clips_of(synthetic_sources)
+    with TritonClient(triton_server.grpc_url) as client:
+        info = client.model_info(MODEL)
+        predictions = client.predict(MODEL, [v for v, _ in videos], top_k=4)
+
+    assert (info.num_frames, info.height, info.width, info.input_name, info.output_name) == (8, 32, 32, "time_distributed_input", "dense")
+    frames = np.stack([read_clip(v, 8, 32, 32) for v, _ in videos])
+    expected = run_onnx(served_model / "model.onnx", frames)
+    for row, probabilities, (_, cls) in zip(predictions, expected, videos):
+        assert [p.label for p in row] == [TEST_CLASSES[i] for i in np.argsort(-probabilities)]
+        np.testing.assert_allclose([p.probability for p in row], np.sort(probabilities)[::-1], atol=1e-5)
+        assert row[0].label == cls  # the nearest-colour model knows the synthetic classes
+
+
+def test_infer_returns_the_raw_probabilities(triton_server: TritonServer, served_model: Path) -> None:
+    frames = np.random.default_rng(1).integers(0, 256, size=(11, 8, 32, 32, 3), dtype=np.uint8)
+    with TritonClient(triton_server.grpc_url) as client:
+        probabilities = np.concatenate([client.infer(MODEL, frames[i : i + 4]) for i in range(0, 11, 4)])
+        top = client.predict_frames(MODEL, frames, top_k=1)  # 11 clips > max_batch_size: sent in chunks
+    np.testing.assert_allclose(probabilities, run_onnx(served_model / "model.onnx", frames), rtol=1e-6, atol=1e-7)
+    assert [t[0].label for t in top] == [TEST_CLASSES[i] for i in probabilities.argmax(axis=1)]
+
+
+def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer, served_model: Path) -> None:
+    config = triton_server.model_repository / MODEL / f"{MODEL}.config"
+    with TritonClient(triton_server.grpc_url) as client:
+        from_config = client.model_info(MODEL, "1", config_path=config)
+    assert from_config == ModelInfo(MODEL, "1", "time_distributed_input", "dense", 8, 32, 32, 4, max_batch_size=8)
+
+
+def test_unreachable_server_names_the_address_tried() -> None:
+    url = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ClientError, match=f"unreachable at {url}"):
+        with TritonClient(url, ready_timeout_s=1.0):
+            pass
+
+
+def test_unknown_model_is_reported_as_not_in_the_repository(triton_server: TritonServer) -> None:
+    with TritonClient(triton_server.grpc_url, load_timeout_s=1.0) as client:
+        with pytest.raises(ClientError, match="'no_such_model' is not in the model repository"):
+            client.predict_frames("no_such_model", np.zeros((1, 8, 32, 32, 3), np.uint8))
+
+
+def test_a_version_that_is_not_served_is_reported_not_ready(triton_server: TritonServer, served_model: Path) -> None:
+    with TritonClient(triton_server.grpc_url, load_timeout_s=1.0) as client:
+        with pytest.raises(ClientError, match=f"model '{MODEL}' version 7 is not ready"):
+            client.model_info(MODEL, 7)
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
+def test_an_undecodable_video_names_the_file(triton_server: TritonServer, served_model: Path, tmp_path: Path, kind: str) -> None:
+    bad = make_bad_files(tmp_path / "bad")[kind]
+    with TritonClient(triton_server.grpc_url) as client:
+        with pytest.raises(ClientError, match=f"cannot decode video {bad}"):
+            client.predict(MODEL, [bad])
+
+
+def test_wrong_clip_shape_is_rejected_before_sending(triton_server: TritonServer, served_model: Path) -> None:
+    with TritonClient(triton_server.grpc_url) as client:
+        with pytest.raises(ClientError, match=r"takes \(N, 8, 32, 32, 3\) uint8"):
+            client.predict_frames(MODEL, np.zeros((1, 8, 16, 16, 3), np.uint8))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")}
+    return subprocess.run([sys.executable, "-m", "pytrain.cli.main", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_predict_cli_prints_one_json_line_per_video(triton_server: TritonServer, served_model: Path, synthetic_sources: Path, tmp_path: Path) -> None:
+    videos = clips_of(synthetic_sources)[:2]
+    bad = make_bad_files(tmp_path / "bad")["text"]
+    result = run_cli("predict", "--model", MODEL, "--top-k", "2", "--url", triton_server.grpc_url, str(videos[0][0]), str(bad), str(videos[1][0]))
+
+    assert result.returncode == 1, result.stderr  # one video failed
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["video"] for line in lines] == [str(videos[0][0]), str(bad), str(videos[1][0])]
+    assert lines[0]["label"] == videos[0][1] and lines[2]["label"] == videos[1][1]
+    assert set(lines[0]) == {"video", "label", "probability", "top_k"} and len(lines[0]["top_k"]) == 2
+    assert lines[0]["probability"] == lines[0]["top_k"][0]["probability"] == round(lines[0]["probability"], 4)
+    assert "cannot decode video" in lines[1]["error"]
+
+
+def test_predict_cli_reports_an_unreachable_server_in_one_line() -> None:
+    url = f"127.0.0.1:{free_port()}"
+    result = run_cli("predict", "--model", MODEL, "--url", url, "--ready-timeout", "1", "x.mp4")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: Triton server unreachable at {url}")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,108 @@
+"""Generated Triton configs and the PyTrain INI config: validation, golden files, exact bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from pytrain.errors import PublishError
+from pytrain.publish import triton_config
+from pytrain.publish.examples import example_files
+from pytrain.spec import TensorSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SPEC = TensorSpec(class_list=["cooking", "drinking", "eating", "walking"], num_frames=8, height=32, width=32)
+
+
+def test_gpu_config_matches_golden_file() -> None:
+    text = triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4)
+    assert text == (GOLDEN / "config.pbtxt").read_text()
+
+
+def test_cpu_config_matches_golden_file() -> None:
+    text = triton_config.cpu_config_pbtxt("kitchen", SPEC, max_batch_size=4)
+    assert text == (GOLDEN / "cpu.pbtxt").read_text()
+
+
+def test_gpu_config_parses_into_model_config_with_required_fields() -> None:
+    config = text_format.Parse(triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4), model_config_pb2.ModelConfig())
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 4
+    assert config.HasField("dynamic_batching")
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    assert config.version_policy.latest.num_versions == 2
+    (inp,), (out,) = config.input, config.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("time_distributed_input", model_config_pb2.TYPE_UINT8, [8, 32, 32, 3])
+    assert (out.name, out.data_type, list(out.dims), out.label_filename) == ("dense", model_config_pb2.TYPE_FP32, [4], "labels.txt")
+
+
+def test_cpu_config_differs_from_gpu_config_only_in_runtime_and_instance_kind() -> None:
+    gpu = triton_config.parse_pbtxt(triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4))
+    cpu = triton_config.parse_pbtxt(triton_config.cpu_config_pbtxt("kitchen", SPEC, max_batch_size=4))
+    assert cpu.backend == "python" and not cpu.platform
+    assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "version_policy"):
+        assert getattr(cpu, field) == getattr(gpu, field), field
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"instance_group": [{"kind": "KIND_TPU"}]}, "KIND_TPU"),
+        ({"unknown_field": 1}, "unknown_field"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"backend": "python"}, "exactly one of platform and backend"),
+        ({"input": [{"name": "x", "data_type": "TYPE_UINT8", "dims": [0, 3]}]}, "dims"),
+    ],
+)
+def test_invalid_config_data_is_rejected_before_writing(change: dict, message: str) -> None:
+    data = {**triton_config.gpu_config_data("kitchen", SPEC, max_batch_size=4), **change}
+    with pytest.raises(PublishError, match=message):
+        triton_config.to_model_config(data)
+
+
+def test_unsupported_dtype_is_rejected() -> None:
+    with pytest.raises(PublishError, match="complex64"):
+        triton_config.triton_dtype("complex64")
+
+
+def test_pytrain_ini_is_byte_for_byte_the_seed_format() -> None:
+    spec = TensorSpec(class_list=["Other", "cooking", "drinking", "eating", "pouring"], num_frames=20, height=224, width=224)
+    text = triton_config.pytrain_ini(spec, epochs=50, shuffle_size=300, batch_size=4)
+    assert text.encode("utf-8") == (
+        b"[PREDICTION]\n"
+        b"num_frames = 20\n"
+        b"class_list = ['Other', 'cooking', 'drinking', 'eating', 'pouring']\n"
+        b"height = 224\n"
+        b"width = 224\n"
+        b"input_name = time_distributed_input\n"
+        b"output_name = dense\n"
+        b"\n"
+        b"[TRAINING]\n"
+        b"epochs = 50\n"
+        b"shuffle_size = 300\n"
+        b"batch_size = 4\n"
+    )
+
+
+def test_pytrain_ini_reads_back() -> None:
+    text = triton_config.pytrain_ini(SPEC, epochs=3, shuffle_size=10, batch_size=2)
+    assert triton_config.read_pytrain_ini(text) == {
+        "num_frames": 8, "class_list": SPEC.class_list, "height": 32, "width": 32,
+        "input_name": "time_distributed_input", "output_name": "dense", "epochs": 3, "shuffle_size": 10, "batch_size": 2,
+    }
+
+
+def test_labels_file_has_one_class_per_line_in_output_order() -> None:
+    assert triton_config.labels_text(SPEC) == "cooking\ndrinking\neating\nwalking\n"
+
+
+def test_examples_folder_is_in_sync_with_the_code() -> None:
+    for relative, text in example_files().items():
+        path = EXAMPLES / relative
+        assert path.is_file(), f"{path} missing: run python -m pytrain.publish.examples examples/"
+        assert path.read_text() == text, f"{path} is stale: run python -m pytrain.publish.examples examples/"
