@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     container_memory: str | None = Field(default=None, description="Memory limit of a training container, e.g. '16g'.")
     container_pids_limit: int = Field(default=4096, ge=64, description="pids limit of a training container.")
     shm_size: str = Field(default="8g", description="/dev/shm size of a training container (DataLoader workers need it).")
+    container_memlock: int = Field(
+        default=-1, ge=-1,
+        description="memlock ulimit of a training container in bytes; -1 = unlimited (NVIDIA's recommendation). "
+        "Lower it only where the host's own hard limit is lower (ulimit -Hl; some CI sandboxes).",
+    )
 
     @field_validator("sources_dir", "model_repo_dir", "model_tasks_dir", "results_dir", "data_dir")
     @classmethod

@@ -243,3 +243,13 @@ def test_gpu_requests_and_torchrun_command():
     assert training_command(1)[0] is None
     assert training_command(2)[0] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "pytrain.training"]
     assert training_command(-1)[0][2] == "--nproc_per_node=gpu"
+
+
+def test_host_path_translation_for_an_orchestrator_in_a_container(tmp_path):
+    from pytrain.runners.docker import _host_path
+
+    mounts = [("/app/model_tasks", "/srv/pytrain/model_tasks"), ("/app", "/srv/other"), ("/var/run/docker.sock", "/var/run/docker.sock")]
+    assert _host_path(Path("/app/model_tasks/task-1-m"), Path("/app/model_tasks"), None, mounts) == "/srv/pytrain/model_tasks/task-1-m"
+    assert _host_path(Path("/app/sources"), Path("/app/sources"), None, mounts) == "/srv/other/sources"
+    assert _host_path(Path("/app/sources/d1"), Path("/app/sources"), Path("/data/src"), mounts) == "/data/src/d1"
+    assert _host_path(tmp_path, tmp_path, None, []) == str(tmp_path.resolve())

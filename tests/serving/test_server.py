@@ -16,6 +16,7 @@ from pytrain.serving import TritonServer, free_port
 from pytrain.settings import Settings
 
 pytestmark = pytest.mark.triton
+pytest.importorskip("pytriton", reason="the embedded Triton server needs nvidia-pytriton")
 
 
 def ready_versions(url: str, model: str) -> list[str]:

@@ -9,11 +9,13 @@ import time
 
 def misbehaving_child(conn, num_frames: int, height: int, width: int) -> None:
     """Like ``pytrain.training.probe._child``, but hangs on ``*hang*`` paths and segfaults on ``*crash*``."""
+    conn.send("ready")
     while True:
         job = conn.recv()
         if job is None:
             return
         index, path = job
+        path = os.path.basename(path)
         if "hang" in path:
             time.sleep(3600)
         if "crash" in path:

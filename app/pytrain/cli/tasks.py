@@ -114,9 +114,8 @@ def submit(
     priority: Optional[int] = typer.Option(None, help="Higher runs first (default 0)."),
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
-    from pytrain.db import TaskRequest
-
     fields = {k: v for k, v in locals().items() if k not in ("sources", "classes") and v is not None}
+    from pytrain.db import TaskRequest
     request = TaskRequest.parse({**fields, "sources": _split(sources), "classes": _split(classes)})
     queue = _queue()
     registered = set(queue.registered_sources())

@@ -28,7 +28,7 @@ CPU_CONFIG_NAME = "cpu"
 # Versions Triton keeps loaded: the newest and the one before it, for rollback.
 NUM_SERVED_VERSIONS = 2
 # Wait at most this long for more requests to join a batch (microseconds).
-MAX_QUEUE_DELAY_US = 500
+MAX_QUEUE_DELAY_US = 100
 
 _NUMPY_TO_TRITON = {
     "bool": "TYPE_BOOL",

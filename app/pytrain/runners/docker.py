@@ -22,8 +22,9 @@ For each task it
 5. removes the container in every case (also when this process is interrupted).
 
 When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
-*host* paths: ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` say where the
-orchestrator's ``sources_dir`` / ``model_tasks_dir`` are on the host.
+*host* paths: the runner reads its own container's bind mounts from the engine and translates
+(``/app/model_tasks/task-1-m`` -> ``<checkout>/model_tasks/task-1-m``);
+``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` override that.
 
 Example::
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -107,15 +109,38 @@ def training_command(nproc: int | None) -> tuple[list[str] | None, list[str]]:
     return ["torchrun", "--standalone", f"--nproc_per_node={per_node}", "-m", "pytrain.training"], args
 
 
-def _host_path(path: Path, local_root: Path, host_root: Path | None) -> str:
-    """Translate a path under ``local_root`` (as this process sees it) into the Docker host's path."""
+def _host_path(path: Path, local_root: Path, host_root: Path | None, mounts: Sequence[tuple[str, str]] = ()) -> str:
+    """Translate a path as this process sees it into the Docker host's path.
+
+    ``host_root`` (from ``PYTRAIN_HOST_*_DIR``) wins; else, inside a container, the longest of
+    this container's own bind mounts (``(destination, source)``) that holds the path; else the
+    path itself.
+    """
     path = Path(path).resolve()
-    if host_root is None:
-        return str(path)
+    if host_root is not None:
+        try:
+            return str(Path(host_root) / path.relative_to(Path(local_root).resolve()))
+        except ValueError:
+            pass
+    best: tuple[str, str] | None = None
+    for destination, source in mounts:
+        dest = Path(destination)
+        if (path == dest or dest in path.parents) and (best is None or len(destination) > len(best[0])):
+            best = (destination, source)
+    if best is not None:
+        return str(Path(best[1]) / path.relative_to(best[0]))
+    return str(path)
+
+
+def _own_bind_mounts(client: "docker.DockerClient") -> list[tuple[str, str]]:
+    """``(destination, host source)`` of this process's container's bind mounts; ``[]`` on a host."""
+    if not Path("/.dockerenv").exists():
+        return []
     try:
-        return str(Path(host_root) / path.relative_to(Path(local_root).resolve()))
-    except ValueError:
-        return str(path)
+        attrs = client.api.inspect_container(socket.gethostname())
+    except Exception:  # noqa: BLE001 - not found / other engine: no translation
+        return []
+    return [(m["Destination"], m["Source"]) for m in attrs.get("Mounts") or [] if m.get("Type") == "bind"]
 
 
 class DockerRunner:
@@ -135,9 +160,9 @@ class DockerRunner:
             ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
         environment: extra environment variables for the container (never secrets).
         context_dir: repository root the image is built from (default: this checkout).
-        memlock_bytes: the container's locked-memory limit; ``-1`` (unlimited, NVIDIA's
-            recommendation) by default. A host whose own hard limit is lower (``ulimit -Hl``; some
-            CI sandboxes) cannot grant it: pass that limit there.
+        memlock_bytes: the container's locked-memory limit; default ``settings.container_memlock``
+            (``-1``: unlimited, NVIDIA's recommendation). A host whose own hard limit is lower
+            (``ulimit -Hl``; some CI sandboxes) cannot grant it: set that limit there.
 
     Raises:
         ConfigurationError: a size/limit setting is malformed.
@@ -163,7 +188,7 @@ class DockerRunner:
         host_model_tasks_dir: Path | None = None,
         environment: dict[str, str] | None = None,
         context_dir: Path | None = None,
-        memlock_bytes: int = -1,
+        memlock_bytes: int | None = None,
     ) -> None:
         for name, value in (("PYTRAIN_CONTAINER_MEMORY", settings.container_memory), ("PYTRAIN_SHM_SIZE", settings.shm_size)):
             if not _size_ok(value):
@@ -187,6 +212,8 @@ class DockerRunner:
         self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
         self.environment = dict(environment or {})
         self.context_dir = context_dir
+        if memlock_bytes is None:
+            memlock_bytes = settings.container_memlock
         if memlock_bytes < -1:
             raise ConfigurationError(f"memlock_bytes must be -1 (unlimited) or >= 0, got {memlock_bytes}")
         self.memlock_bytes = memlock_bytes
@@ -255,9 +282,10 @@ class DockerRunner:
             command = self.command
         task_dir = Path(task.task_dir).resolve()
         user = self._user_for(image, task_dir)
+        own = _own_bind_mounts(self.client)
         mounts = [
-            Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir), type="bind", read_only=True),
-            Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir), type="bind", read_only=False),
+            Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
+            Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
         ]
         memory = self.settings.container_memory
         kwargs: dict[str, Any] = dict(

@@ -248,6 +248,11 @@ def read_api_key(path: Path) -> str:
             and says how to get a key; it never contains the key).
     """
     path = Path(path).expanduser()
+    if path.is_dir():  # docker-compose creates a directory where a bind-mounted file is missing
+        raise CredentialsError(
+            f"the NGC API key file {path} is a directory (was the key file missing on the host when the container started?)",
+            hint=f"save the key from {NGC_KEY_URL} in the host file named by NGC_API_KEY_FILE in .env (default ~/api.key), then restart",
+        )
     try:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:

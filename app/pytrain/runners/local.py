@@ -115,6 +115,9 @@ class LocalRunner:
         task.task_dir.mkdir(parents=True, exist_ok=True)
         log_path = task.log_path
         pid_path = task.task_dir / PID_FILE
+        # This worker holds the lease now: a run still alive in this folder is a lost one (its
+        # worker died) and must not train alongside the new run.
+        self._kill_recorded_run(task.task_dir, task.task_id)
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n=== pytrain local runner: {' '.join(argv)}\n".encode())
             log_file.flush()
@@ -196,16 +199,23 @@ class LocalRunner:
             task_dir = pid_path.parent
             try:
                 task_id = int(task_dir.name.split("-")[1])
-                pid = int(pid_path.read_text().split()[0])
-            except (ValueError, IndexError, OSError):
+            except (ValueError, IndexError):
                 continue
-            if task_id in active_task_ids:
-                continue
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                cmdline = ""
-            if str(task_dir) in cmdline:
-                log.warning("task %s: killing orphaned run (process group %s) left by a crashed worker", task_id, pid)
-                _kill_group(pid, self.grace_seconds)
-            pid_path.unlink(missing_ok=True)
+            if task_id not in active_task_ids:
+                self._kill_recorded_run(task_dir, task_id)
+
+    def _kill_recorded_run(self, task_dir: Path, task_id: int) -> None:
+        """Kill the process group recorded in ``task_dir/runner.pid`` if it still runs this task."""
+        pid_path = task_dir / PID_FILE
+        try:
+            pid = int(pid_path.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError, OSError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmdline = ""
+        if str(task_dir) in cmdline:  # the same pid could belong to an unrelated process by now
+            log.warning("task %s: killing a lost run (process group %s) left by a crashed worker", task_id, pid)
+            _kill_group(pid, self.grace_seconds)
+        pid_path.unlink(missing_ok=True)

@@ -33,6 +33,8 @@ class TritonPythonModel:
         threads = int(os.environ.get("PYTRAIN_ORT_THREADS", "0"))
         if threads > 0:
             options.intra_op_num_threads = threads
+        # Idle onnxruntime threads spinning would steal the CPU from Triton's gRPC threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PYTRAIN_ORT_SPIN", "0"))
         self.session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
         onnx_inputs = [i.name for i in self.session.get_inputs()]
         onnx_outputs = [o.name for o in self.session.get_outputs()]

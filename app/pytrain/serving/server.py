@@ -131,7 +131,7 @@ class TritonServer:
             ``poll_seconds``) or ``none``.
         config_name: ``--model-config-name`` (``configs/<name>.pbtxt``); ``None`` uses
             ``config.pbtxt`` (needs the ONNX Runtime backend, absent from the wheel).
-        work_dir: backend folder and log file; default ``<data_dir>/triton``.
+        work_dir: backend folder and log file; default ``<PYTRAIN_DATA_DIR>/triton``.
         startup_timeout_s: how long :meth:`start` waits for readiness, seconds.
         poll_seconds: repository poll interval in ``poll`` mode, seconds.
         ort_threads: onnxruntime threads per model instance (0: onnxruntime decides).
@@ -161,7 +161,11 @@ class TritonServer:
         self.host = host
         self.model_control_mode = model_control_mode
         self.config_name = config_name
-        self.work_dir = Path(work_dir) if work_dir else self.model_repository.parent / ".triton"
+        if work_dir is None:
+            from pytrain.settings import get_settings
+
+            work_dir = get_settings().data_dir / "triton"
+        self.work_dir = Path(work_dir)
         self.startup_timeout_s = startup_timeout_s
         self.poll_seconds = poll_seconds
         self.ort_threads = ort_threads
@@ -211,8 +215,9 @@ class TritonServer:
             f"--model-control-mode={self.model_control_mode}",
             "--exit-on-error=false",  # one broken model must not take the others down
             "--strict-readiness=false",
-            # Clips are ~0.6 MB (16x112x112x3) to 3 MB (20x224x224x3) each: start with room for a batch.
-            "--backend-config=python,shm-default-byte-size=33554432",
+            # Clips are ~0.6 MB (16x112x112x3) to 3 MB (20x224x224x3) each: start with room for a batch
+            # of small clips (the region grows for more) but small enough for a 64 MB /dev/shm.
+            "--backend-config=python,shm-default-byte-size=8388608",
             "--log-verbose=0",
         ]
         if self.config_name:

@@ -14,7 +14,7 @@ Architectures (see :data:`ARCHITECTURES`):
 - ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v2_s``, ``swin3d_t``: torchvision's
   video models. ``mvit_v2_s`` has fixed-size relative position embeddings and needs exactly
   ``16 x 224 x 224`` clips; ``s3d``'s final ``AvgPool3d((2, 7, 7))`` (which needs >= 14 x 224 x
-  224) is replaced by a global average pool, identical at 16 x 224 x 224 and valid at any size.
+  224) is replaced by a global average pool, identical at 16 x 224 x 224 and valid from 8 x 32 x 32.
 - ``frames_resnet18``, ``frames_mobilenet_v3_small``, ``frames_efficientnet_b0``: a torchvision
   image CNN applied to every frame, then a temporal head (``mean``: average over time, or
   ``gru``: a GRU over the frame features) -- PyTrain's TimeDistributed(CNN) + pooling models.
@@ -60,6 +60,7 @@ class Architecture:
         family: ``tiny``, ``video`` (torchvision 3D model) or ``frames`` (2D CNN per frame).
         mean, std: input statistics of its (pretrained) weights, used by :class:`Preprocess`.
         fixed_size: ``(T, H, W)`` the architecture requires, or ``None`` for any size.
+        min_size: smallest ``(T, H, W)`` its pooling layers take.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Architecture:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     fixed_size: tuple[int, int, int] | None = None
+    min_size: tuple[int, int, int] = (1, 1, 1)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -76,7 +78,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("r3d_18", "video", KINETICS_MEAN, KINETICS_STD),
         Architecture("mc3_18", "video", KINETICS_MEAN, KINETICS_STD),
         Architecture("r2plus1d_18", "video", KINETICS_MEAN, KINETICS_STD),
-        Architecture("s3d", "video", KINETICS_MEAN, KINETICS_STD),
+        Architecture("s3d", "video", KINETICS_MEAN, KINETICS_STD, min_size=(8, 32, 32)),
         Architecture("mvit_v2_s", "video", MVIT_MEAN, MVIT_STD, fixed_size=(16, 224, 224)),
         Architecture("swin3d_t", "video", IMAGENET_MEAN, IMAGENET_STD),
         Architecture("frames_resnet18", "frames", IMAGENET_MEAN, IMAGENET_STD),
@@ -201,6 +203,12 @@ def build_model(
         raise ConfigurationError(
             f"{architecture} needs clips of exactly {t} frames of {h}x{w}, the task asks for {num_frames} frames of {height}x{width}",
             hint=f"set num_frames={t}, height={h}, width={w}, or pick another architecture",
+        )
+    if any(have < need for have, need in zip((num_frames, height, width), arch.min_size)):
+        t, h, w = arch.min_size
+        raise ConfigurationError(
+            f"{architecture} needs clips of at least {t} frames of {h}x{w}, the task asks for {num_frames} frames of {height}x{width}",
+            hint="raise num_frames/height/width, or pick another architecture",
         )
     args = dict(
         architecture=architecture, num_classes=num_classes, num_frames=num_frames, height=height, width=width,

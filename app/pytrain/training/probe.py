@@ -19,15 +19,19 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from pytrain.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
+_STARTUP_TIMEOUT_S = 120.0
 
 
 def _child(conn, num_frames: int, height: int, width: int) -> None:  # runs in the spawned child
     from pytrain.errors import VideoDecodeError
     from pytrain.video import read_clip
 
+    conn.send("ready")  # the per-file timeout starts after the imports
     while True:
         try:
             job = conn.recv()
@@ -60,6 +64,9 @@ class _Worker:
         self.process = ctx.Process(target=self._target, args=(child_conn, *self._args), daemon=True)
         self.process.start()
         child_conn.close()
+        if not self.conn.poll(_STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
+            self.process.kill()
+            raise TrainingError(f"the decoder probe process did not start within {_STARTUP_TIMEOUT_S:g} s")
 
     def check(self, index: int, path: str, timeout: float) -> str | None:
         """``None`` when ``path`` decodes, else the reason; restarts the child when it hangs or dies."""

@@ -1,0 +1,184 @@
+"""Loader, cache, memory and training throughput of the training entrypoint's data path (issue 3).
+
+Prints, on a folder of mp4 clips (or a synthetic one it makes):
+
+1. a plain decord baseline: ``decord.VideoReader(path, width=W, height=H, num_threads=1)``
+   ``.get_batch(uniform indices)`` over the files, one thread, in clips/s;
+2. the training loader (``ClipDataset`` with jitter + augmentation, DataLoader) with 0 and N
+   workers, first epoch (every clip decoded), in clips/s, and per worker;
+3. the same loader reading the decoded-clip cache (second epoch), in clips/s;
+4. peak RSS of a full pass over the dataset at 1x and 4x the number of files (the file list
+   repeated), each in a fresh subprocess (``ru_maxrss`` of the process and of its workers);
+5. training clips/s (forward + backward + AdamW step, random uint8 clips, batch 4) for ``tiny``
+   and ``r3d_18`` on the CPU.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_loader.py                        # synthetic 48 clips, 112x112, 16 frames
+    .venv/bin/python benchmarks/bench_loader.py --folder sources/kitchen --workers 4 --frames 16 --size 112
+
+Targets (issue 3): loader per worker >= baseline; cached >= 10x baseline; RSS flat within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "app"))
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.mp4"))
+
+
+def baseline(files: list[Path], frames: int, size: int) -> float:
+    import decord
+    import numpy as np
+
+    start = time.perf_counter()
+    for path in files:
+        reader = decord.VideoReader(str(path), width=size, height=size, num_threads=1)
+        n = len(reader)
+        idx = np.floor((np.arange(frames) + 0.5) * n / frames).astype(int).tolist()
+        reader.get_batch(idx).asnumpy()
+    return len(files) / (time.perf_counter() - start)
+
+
+def _dataset(files: list[Path], frames: int, size: int, cache_dir: str | None):
+    from pytrain.training.data import ClipCache, ClipDataset, Sample
+    from pytrain.training.transforms import TrainPreset
+
+    samples = [Sample(p, p.name, 0, "train") for p in files]
+    cache = ClipCache(Path(cache_dir)) if cache_dir else None
+    return ClipDataset(samples, frames, size, size, train=True, augment=TrainPreset(), cache=cache)
+
+
+def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cache_dir: str | None = None, epochs: int = 1) -> list[float]:
+    """clips/s of each epoch through a DataLoader (batch 4) with the shuffle-buffer sampler."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pytrain.training.data import ShuffleBufferSampler
+
+    ds = _dataset(files, frames, size, cache_dir)
+    sampler = ShuffleBufferSampler(len(ds), 300)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    rates = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        count = sum(batch[0].shape[0] for batch in loader)
+        rates.append(count / (time.perf_counter() - start))
+    del loader
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return rates
+
+
+def rss_child(files: list[Path], frames: int, size: int, workers: int) -> dict:
+    loader_pass(files, frames, size, workers)
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"files": len(files), "peak_rss_mb": round(self_mb, 1), "peak_worker_rss_mb": round(children_mb, 1)}
+
+
+def peak_rss(files_json: Path, frames: int, size: int, workers: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(files_json), "--frames", str(frames), "--size", str(size), "--workers", str(workers)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def train_rate(architecture: str, frames: int, size: int, steps: int) -> float:
+    import torch
+
+    from pytrain.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(architecture, 4, frames, size, size).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    clips = torch.randint(0, 256, (4, frames, size, size, 3), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(clips), labels).backward()
+        opt.step()
+
+    step()  # warm-up: allocator and kernel selection
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * 4 / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", type=Path, help="folder of mp4 clips (default: a synthetic dataset in a temp folder)")
+    parser.add_argument("--clips", type=int, default=8, help="synthetic clips per folder (6 folders)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=112, help="decode to size x size")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.rss_child:
+        files = [Path(p) for p in json.loads(args.rss_child.read_text())]
+        print(json.dumps(rss_child(files, args.frames, args.size, args.workers)))
+        return
+
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="pytrain-bench-"))
+    try:
+        folder = args.folder
+        if folder is None:
+            from pytrain.sources.synthetic import make_dataset
+
+            folder = make_dataset(tmp / "clips", clips_per_folder=args.clips, height=160, width=160, frame_counts=(48, 60, 75))
+        files = _files(folder)
+        if not files:
+            raise SystemExit(f"no mp4 files under {folder}")
+        print(f"# {len(files)} clips from {folder}; {args.frames} frames at {args.size}x{args.size}; "
+              f"{os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        base = baseline(files, args.frames, args.size)
+        print(f"decord baseline (1 thread)          {base:8.1f} clips/s")
+        for workers in sorted({0, args.workers}):
+            rate = loader_pass(files, args.frames, args.size, workers)[0]
+            per = rate / max(1, workers)
+            print(f"loader, {workers} workers, first epoch   {rate:8.1f} clips/s  ({per:.1f} per worker, {per / base:.2f}x baseline)")
+        cache_dir = str(tmp / "cache")
+        first, cached = loader_pass(files, args.frames, args.size, 0, cache_dir=cache_dir, epochs=2)
+        print(f"cache fill (epoch 1, 0 workers)     {first:8.1f} clips/s")
+        print(f"cached epoch (0 workers)            {cached:8.1f} clips/s  ({cached / base:.1f}x baseline)")
+        rss = []
+        for factor in (1, 4):
+            listing = tmp / f"files{factor}.json"
+            listing.write_text(json.dumps([str(p) for p in files] * factor))
+            rss.append(peak_rss(listing, args.frames, args.size, args.workers))
+            print(f"peak RSS, {factor}x files ({rss[-1]['files']:5d}), {args.workers} workers: main {rss[-1]['peak_rss_mb']:7.1f} MB, "
+                  f"largest worker {rss[-1]['peak_worker_rss_mb']:7.1f} MB")
+        growth = rss[1]["peak_rss_mb"] / rss[0]["peak_rss_mb"] - 1
+        print(f"RSS growth 1x -> 4x (main)          {100 * growth:+8.1f} %")
+        if not args.skip_train:
+            for arch in ("tiny", "r3d_18"):
+                print(f"training {arch:7s} (batch 4, CPU)       {train_rate(arch, args.frames, args.size, args.train_steps):8.2f} clips/s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

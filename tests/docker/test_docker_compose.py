@@ -1,0 +1,106 @@
+"""docker-compose.yml and .env.example: validated by docker-compose itself, and the structure the
+issue asks for (healthy database first, migrations, mounts, Triton ports and explicit control)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return None
+
+
+def test_compose_config_validates_with_env_example():
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed (apt-get install -y docker-compose)")
+    proc = subprocess.run(
+        [*command, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    assert set(resolved["services"]) == {"postgres", "orchestrator", "triton"}
+    env = resolved["services"]["orchestrator"]["environment"]
+    assert env["PYTRAIN_DATABASE_URL"] == "postgresql+psycopg://pytrain:change-me@postgres:5432/pytrain"
+
+
+def test_compose_requires_a_database_password(tmp_path):
+    command = _compose_command()
+    if command is None:
+        pytest.skip("docker-compose is not installed")
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    proc = subprocess.run(
+        [*command, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert proc.returncode != 0 and "POSTGRES_PASSWORD" in proc.stderr
+
+
+def test_compose_structure():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+
+    postgres = services["postgres"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "pgdata:/var/lib/postgresql/data" in postgres["volumes"] and "pgdata" in compose["volumes"]
+
+    orchestrator = services["orchestrator"]
+    assert orchestrator["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pytrain db upgrade && exec pytrain orchestrate" in orchestrator["entrypoint"][-1]
+    volumes = orchestrator["volumes"]
+    for expected in ("./sources:/app/sources", "./model_repo:/app/model_repo", "./model_tasks:/app/model_tasks",
+                     "./results:/app/results", "/var/run/docker.sock:/var/run/docker.sock"):
+        assert expected in volumes
+    key_mounts = [v for v in volumes if "/run/secrets/ngc_api.key" in v]
+    assert len(key_mounts) == 1 and key_mounts[0].endswith(":ro")
+    env = orchestrator["environment"]
+    assert env["PYTRAIN_RUNNER"] == "docker" and env["PYTRAIN_NGC_API_KEY_FILE"] == "/run/secrets/ngc_api.key"
+    assert not any("API_KEY=" in str(v) or "nvapi-" in str(v) for v in env.values() if v)  # the key itself never in env
+    assert orchestrator["build"]["dockerfile"] == "docker/orchestrator.Dockerfile"
+
+    triton = services["triton"]
+    assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:") and triton["image"].endswith("-py3")
+    assert "--model-repository=/models" in triton["command"] and "--model-control-mode=explicit" in triton["command"]
+    assert "./model_repo:/models:ro" in triton["volumes"]
+    assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_env_example_documents_every_interpolated_variable():
+    import re
+
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    documented = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert names <= documented, names - documented
+
+
+def test_dockerfiles_pin_base_images_and_run_training_as_non_root():
+    train = (ROOT / "docker" / "train.Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3$", train, re.MULTILINE)
+    assert 'ENTRYPOINT ["python", "-m", "pytrain.training"]' in train
+    assert re.search(r"^USER \$\{PYTRAIN_UID\}", train, re.MULTILINE)
+    assert "--no-index" in train
+    orchestrator = (ROOT / "docker" / "orchestrator.Dockerfile").read_text()
+    assert orchestrator.startswith("#") and "FROM python:3.11-slim" in orchestrator
+    assert "torch" not in orchestrator.split("RUN pip install", 1)[1].split("\n", 1)[0]
+
+
+

@@ -1,0 +1,97 @@
+"""The ``pytrain`` commands of this part, run in-process through ``pytrain.cli.main.main``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytrain.cli.main import main
+from pytrain.db import TaskQueue
+from pytrain.settings import get_settings
+
+
+@pytest.fixture
+def cli(settings, monkeypatch, capsys):
+    """``cli(*args) -> (exit_code, stdout, stderr)`` with PYTRAIN_* pointing at the test's database and folders."""
+    for name in ("database_url", "sources_dir", "model_tasks_dir", "model_repo_dir", "results_dir", "data_dir", "worker_id"):
+        value = getattr(settings, name)
+        monkeypatch.setenv(f"PYTRAIN_{name.upper()}", value.get_secret_value() if hasattr(value, "get_secret_value") else str(value))
+    for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds"):
+        monkeypatch.setenv(f"PYTRAIN_{name.upper()}", str(getattr(settings, name)))
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_submit_inserts_a_validated_task_with_database_defaults(cli, engine, synced):
+    code, out, _ = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--epochs", "3", "--priority", "2")
+    assert (code, out.strip()) == (0, "task 1 queued (kitchen)")
+    row = TaskQueue(engine).get(1)
+    assert (row["classes"], row["epochs"], row["priority"], row["num_frames"], row["architecture"]) == (
+        ["cooking", "drinking"], 3, 2, 20, "r3d_18")
+
+
+def test_submit_rejects_bad_values_with_one_line_and_exit_1(cli, engine, synced):
+    code, out, err = cli("submit", "-m", "bad name", "-s", "dataset1", "-c", "cooking", "--epochs", "0")
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: invalid task: model_name: String should match pattern")
+    assert "epochs: Input should be greater than or equal to 1" in err
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_submit_rejects_unregistered_dataset_and_names_sync(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset7", "-c", "cooking,drinking")
+    assert code == 1
+    assert err.strip() == "error: dataset(s) ['dataset7'] are not registered (hint: run `pytrain sources sync`)"
+
+
+def test_tasks_show_and_cancel(cli, engine, synced):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]})
+    queue.heartbeat(queue.claim("w", 30), 30, {"event": "epoch", "epoch": 3, "epochs": 50, "train_loss": 0.25, "val_accuracy": 0.5})
+    code, out, _ = cli("tasks")
+    assert code == 0
+    assert "kitchen" in out and "running" in out and "epoch 3/50, loss 0.250, val acc 0.50" in out
+    code, out, _ = cli("tasks", "--json")
+    assert json.loads(out.splitlines()[0])["id"] == task_id
+    code, out, _ = cli("show", str(task_id))
+    assert json.loads(out)["progress"]["epoch"] == 3
+    assert cli("cancel", str(task_id))[1].strip() == f"task {task_id} cancelled"
+    assert cli("cancel", str(task_id))[1].strip() == f"task {task_id} had already ended (cancelled); nothing to cancel"
+    code, _, err = cli("show", "999")
+    assert (code, err.strip()) == (1, "error: no training task with id 999 (hint: `pytrain tasks` lists them)")
+
+
+def test_sources_sync_registers_folders(cli, settings):
+    (settings.sources_dir / "dataset1" / "cooking_a").mkdir(parents=True)
+    code, out, _ = cli("sources", "sync")
+    assert code == 0
+    assert "registered: dataset1" in out and "added: dataset1" in out
+    assert cli("sources", "list")[1].strip() == "dataset1"
+
+
+def test_orchestrate_exit_when_idle_returns_on_an_empty_queue(cli):
+    code, out, _ = cli("orchestrate", "--exit-when-idle")
+    assert (code, out.strip()) == (0, "worker test-worker: 0 task(s) run")
+
+
+def test_commands_refuse_a_database_without_schema_until_db_upgrade(cli, monkeypatch, empty_database_url):
+    monkeypatch.setenv("PYTRAIN_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    code, _, err = cli("orchestrate", "--exit-when-idle")
+    assert (code, err.strip()) == (1, "error: the database has no PyTrain schema (hint: run `pytrain db upgrade`)")
+    assert cli("db", "upgrade")[:2] == (0, "database schema at revision 0001\n")
+    assert cli("tasks")[0] == 0

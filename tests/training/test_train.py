@@ -1,0 +1,157 @@
+"""Training end to end: learning, outputs, the CLI, bad files, failures and resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from fixtures.clips import make_bad_files
+
+from pytrain.errors import ConfigurationError
+from pytrain.spec import PLOTS, TensorSpec
+from pytrain.training.train import TrainConfig, evaluate, main
+from pytrain.video import read_clip
+from training.conftest import write_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _args(task_dir: Path, **kw) -> argparse.Namespace:
+    return argparse.Namespace(**{"task_dir": str(task_dir), "sources_root": None, "device": "cpu", "num_workers": 0, "cache_dir": None, **kw})
+
+
+def _events(task_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (task_dir / "progress.jsonl").read_text().splitlines()]
+
+
+def _cli(task_dir: Path, *extra: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "app")}
+    cmd = [sys.executable, "-m", "pytrain.training", "--task-dir", str(task_dir), "--device", "cpu", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):
+    task = tmp_path / "task"
+    spec = write_task(task, synthetic_sources, epochs=6)
+    result = main(_args(task, cache_dir=str(tmp_path / "cache")))
+
+    assert result["test_accuracy"] >= 0.9
+    assert result["top_k"]["top1"] == result["test_accuracy"] and result["top_k"]["top4"] == 1.0
+    for name in ("model.onnx", "tensor_spec.json", "metrics.json", "skipped.json", "checkpoint_best.pt", "checkpoint_last.pt", *PLOTS):
+        assert (task / name).stat().st_size > 0, name
+    assert all((task / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in PLOTS)
+
+    saved = json.loads((task / "metrics.json").read_text())
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4, 5, 6]
+    assert set(saved["splits"]["test"]["per_class"]) == set(spec.class_list)
+    assert np.array(saved["confusion_matrices"]["test"]).sum() == 12 and np.array(saved["confusion_matrices"]["train"]).sum() == 30
+    assert saved["skipped"] == [] and saved["wall_time_s"] > 0 and saved["train_clips_per_second"] > 0
+    assert saved["export"]["parity"]["max_abs_diff"] <= saved["export"]["parity"]["atol"]
+
+    events = _events(task)
+    assert [e["event"] for e in events] == ["start"] + ["epoch"] * 6 + ["done"]
+    assert {"epoch", "epochs", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "clips_per_second", "lr"} <= set(events[1])
+    assert events[-1]["test_accuracy"] == result["test_accuracy"]
+    assert any((tmp_path / "cache").glob("*/*.npy"))
+
+    # the exported model classifies a real clip like the trained one
+    session = ort.InferenceSession(str(task / "model.onnx"), providers=["CPUExecutionProvider"])
+    tensor_spec = TensorSpec.load(task)
+    clip = sorted((synthetic_sources / "dataset1").glob("drinking_*/*.mp4"))[-1]
+    probs = session.run(None, {tensor_spec.input_name: read_clip(clip, 8, 32, 32)[None]})[0]
+    assert tensor_spec.class_list[int(probs.argmax())] == "drinking"
+
+
+def test_evaluation_is_deterministic(tmp_path, synthetic_sources):
+    from pytrain.training.data import ClipDataset, Sample
+    from pytrain.training.models import build_model
+
+    clips = sorted((synthetic_sources / "dataset1").glob("*/*.mp4"))[:6]
+    loader = torch.utils.data.DataLoader(ClipDataset([Sample(p, p.name, i % 3, "val") for i, p in enumerate(clips)], 8, 32, 32), batch_size=4)
+    torch.manual_seed(0)
+    model = build_model("tiny", 3, 8, 32, 32)
+    first = evaluate(model, torch.nn.CrossEntropyLoss(), loader, torch.device("cpu"), show_progress=False)
+    second = evaluate(model, torch.nn.CrossEntropyLoss(), loader, torch.device("cpu"), show_progress=False)
+    assert np.array_equal(first["probabilities"], second["probabilities"]) and first["loss"] == second["loss"]
+
+
+def test_task_extra_settings_are_type_checked():
+    assert TrainConfig.from_extra({"patience": 3, "label_smoothing": 0}).label_smoothing == 0.0
+    with pytest.raises(ConfigurationError, match="patience='3' should be a int"):
+        TrainConfig.from_extra({"patience": "3"})
+
+
+def test_cli_trains_with_workers_and_skips_bad_files(tmp_path, synthetic_sources):
+    sources = tmp_path / "sources"
+    bad = make_bad_files(sources / "dataset1" / "broken")
+    for clip in (synthetic_sources / "dataset1").glob("*/*.mp4"):
+        (sources / clip.relative_to(synthetic_sources)).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(clip, sources / clip.relative_to(synthetic_sources))
+    task = tmp_path / "task"
+    write_task(task, synthetic_sources, epochs=2)
+    with (task / "manifest.csv").open("a") as handle:
+        for name, path in bad.items():
+            handle.write(f"{path.relative_to(sources).as_posix()},cooking,{'train' if name != 'text' else 'test'}\n")
+    proc = _cli(task, "--sources-root", str(sources), "--num-workers", "1")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+
+    skipped = json.loads((task / "skipped.json").read_text())
+    assert sorted(s["path"].rsplit("/", 1)[-1] for s in skipped) == ["empty.mp4", "notes.mp4", "truncated.mp4"]
+    assert all(s["reason"] for s in skipped)
+    assert {"path": "dataset1/broken/empty.mp4", "reason": "the file is empty"} in skipped
+    assert json.loads((task / "metrics.json").read_text())["skipped"] == skipped
+    assert _events(task)[-1]["event"] == "done"
+
+
+def test_cli_failure_exits_non_zero_with_one_error_line(tmp_path, synthetic_sources):
+    task = tmp_path / "task"
+    write_task(task, synthetic_sources)
+    (task / "manifest.csv").unlink()
+    proc = _cli(task)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: no manifest at ")
+    assert not (task / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run_ends_like_an_uninterrupted_run(tmp_path, synthetic_sources):
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    for task in (reference, crashed):
+        write_task(task, synthetic_sources, epochs=8, extra={"hflip": 0.5})
+    proc = _cli(reference)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+
+    proc = _cli(crashed)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (crashed / "progress.jsonl").exists() and any(e["event"] == "epoch" for e in _events(crashed)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = [e["epoch"] for e in _events(crashed) if e["event"] == "epoch"]
+    assert 1 <= done[-1] < 8, "the run was not killed mid-training"
+
+    proc = _cli(crashed)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    starts = [e for e in _events(crashed) if e["event"] == "start"]
+    assert starts[-1]["resumed_from_epoch"] >= 1
+    a = torch.load(reference / "checkpoint_last.pt", weights_only=False)
+    b = torch.load(crashed / "checkpoint_last.pt", weights_only=False)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["train_loss"] for h in a["state"]["history"]] == [h["train_loss"] for h in b["state"]["history"]]
