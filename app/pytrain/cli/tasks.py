@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Optional
 
 import typer
@@ -168,7 +169,8 @@ def tasks(
             "" if row["version"] is None else str(row["version"]), row["worker_id"] or "",
             row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
         )
-    Console().print(table)
+    # Piped output (scripts, tests) gets a wide console so no column is squeezed away.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
