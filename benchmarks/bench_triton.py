@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 from pytrain.client import TritonClient  # noqa: E402
 from pytrain.publish import publish_task  # noqa: E402
 from pytrain.serving import TritonServer, free_port  # noqa: E402
+from pytrain.serving.server import default_ort_threads  # noqa: E402
 from pytrain.settings import Settings  # noqa: E402
 from pytrain.spec import TaskSpec, TensorSpec  # noqa: E402
 
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--iterations", type=int, default=50, help="timed requests per batch size")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads, both sides")
+    parser.add_argument("--threads", type=int, default=default_ort_threads(),
+                        help="onnxruntime intra-op threads, both sides (default: the embedded server's, half the CPUs)")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         session = ort.InferenceSession(str(published.path / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
+        all_cores = None
+        if args.threads != os.cpu_count():  # also show in-process onnxruntime using every core
+            options_all = ort.SessionOptions()
+            options_all.intra_op_num_threads = os.cpu_count() or 1
+            all_cores = ort.InferenceSession(str(published.path / "model.onnx"), sess_options=options_all, providers=["CPUExecutionProvider"])
 
         rng = np.random.default_rng(0)
         print(f"model: {spec.architecture or 'task model'}  clip: {spec.num_frames}x{spec.height}x{spec.width}x3 uint8 "
@@ -132,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         with server, TritonClient(server.grpc_url, inference_timeout_s=120, shared_memory=False) as payload, \
                 TritonClient(server.grpc_url, inference_timeout_s=120, shared_memory=True) as shm:
             paths = {
-                "onnxruntime in-process": lambda frames: session.run([spec.output_name], {spec.input_name: frames})[0],
+                f"in-process, {args.threads} thread{'s' if args.threads > 1 else ''}": lambda frames: session.run([spec.output_name], {spec.input_name: frames})[0],
+                **({f"in-process, {os.cpu_count()} threads": lambda frames: all_cores.run([spec.output_name], {spec.input_name: frames})[0]}
+                   if all_cores is not None else {}),
                 "Triton gRPC": lambda frames: payload.infer(MODEL, frames),
                 "Triton gRPC + shm input": lambda frames: shm.infer(MODEL, frames),
             }
@@ -149,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, samples in zip(paths, timings):
                     p50, p99 = percentiles(samples)
                     rows.append((name, batch, p50, p99, batch * len(samples) / sum(samples), p50 / local_p50))
-        print(f"{'path':<26}{'batch':>6}{'p50 ms':>10}{'p99 ms':>10}{'clips/s':>10}{'p50 vs in-process':>19}")
+        print(f"{'path (sequential requests)':<28}{'batch':>6}{'p50 ms':>10}{'p99 ms':>10}{'clips/s':>10}{'p50 vs in-process':>19}")
         for name, batch, p50, p99, rate, ratio in rows:
-            print(f"{name:<26}{batch:>6}{p50:>10.2f}{p99:>10.2f}{rate:>10.1f}{ratio:>18.2f}x")
-        for name in list(paths)[1:]:
+            print(f"{name:<28}{batch:>6}{p50:>10.2f}{p99:>10.2f}{rate:>10.1f}{ratio:>18.2f}x")
+        for name in [n for n in paths if n.startswith("Triton")]:
             one = [r for r in rows if r[1] == 1 and r[0] == name]
             if one:
                 ratio = one[0][5]

@@ -29,7 +29,9 @@ def served_model(triton_server: TritonServer, tmp_path_factory: pytest.TempPathF
     """Model ``client_kitchen`` published into the session server; returns its task folder."""
     root = tmp_path_factory.mktemp("client_model")
     task_dir = make_task_folder(root / "task", model_name=MODEL)
-    settings = Settings(model_repo_dir=triton_server.model_repository, results_dir=root / "results", triton_grpc_url=triton_server.grpc_url)
+    settings = Settings(
+        model_repo_dir=triton_server.model_repository, results_dir=root / "results", triton_grpc_url=triton_server.grpc_url, max_batch_size=8
+    )
     assert publish_task(task_dir, settings=settings, task_record=task_record(MODEL)).load_requested is True
     return task_dir
 
@@ -62,6 +64,23 @@ def test_infer_returns_the_raw_probabilities(triton_server: TritonServer, served
         top = client.predict_frames(MODEL, frames, top_k=1)  # 11 clips > max_batch_size: sent in chunks
     np.testing.assert_allclose(probabilities, run_onnx(served_model / "model.onnx", frames), rtol=1e-6, atol=1e-7)
     assert [t[0].label for t in top] == [TEST_CLASSES[i] for i in probabilities.argmax(axis=1)]
+
+
+def test_shared_memory_and_grpc_payload_give_the_same_answer_and_clean_up(triton_server: TritonServer, served_model: Path) -> None:
+    frames = np.random.default_rng(2).integers(0, 256, size=(5, 8, 32, 32, 3), dtype=np.uint8)
+    with TritonClient(triton_server.grpc_url, shared_memory=False) as payload:
+        by_payload = payload.infer(MODEL, frames)
+    with TritonClient(triton_server.grpc_url, shared_memory=True) as shm:
+        by_shm = shm.infer(MODEL, frames)
+        chunked = shm.predict_frames(MODEL, np.concatenate([frames, frames]), top_k=1)  # 10 clips: 2 requests
+        assert shm._use_shm, "the loopback server should accept the region"
+        regions = shm._grpc.get_system_shared_memory_status(as_json=True).get("regions", {})
+        assert len(regions) == 1
+    np.testing.assert_array_equal(by_shm, by_payload)
+    assert [c[0].label for c in chunked] == [TEST_CLASSES[i] for i in np.concatenate([by_payload, by_payload]).argmax(axis=1)]
+    with TritonClient(triton_server.grpc_url) as check:
+        assert check._grpc.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
+    assert not [p for p in Path("/dev/shm").glob("pytrain_*")]
 
 
 def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer, served_model: Path) -> None:

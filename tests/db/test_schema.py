@@ -124,3 +124,32 @@ def test_models_match_migrations(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_plain_sql_cancel_of_queued_task_stamps_end_time_and_reason(engine):
+    with engine.begin() as conn:
+        task_id = conn.execute(text(MINIMAL_INSERT)).mappings().one()["id"]
+        conn.execute(text("UPDATE training_tasks SET status = 'cancelled' WHERE id = :id"), {"id": task_id})
+        row = conn.execute(text("SELECT * FROM training_tasks WHERE id = :id"), {"id": task_id}).mappings().one()
+    assert (row["status"], row["error"]) == ("cancelled", "cancelled before it started")
+    assert row["finished_at"] is not None
+
+
+def test_schema_one_revision_behind_is_refused_then_upgraded_step_by_step(empty_database_url):
+    from alembic import command
+
+    from pytrain.db.schema import alembic_config
+
+    engine = create_engine(empty_database_url)
+    try:
+        assert upgrade(engine, "0001") == "0001"
+        with pytest.raises(SchemaOutOfDateError, match=f"at revision 0001, this PyTrain needs {head_revision()}"):
+            check_schema(engine)
+        assert upgrade(engine) == head_revision()
+        config = alembic_config()
+        with engine.begin() as conn:  # every migration can be undone
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        assert current_revision(engine) is None
+    finally:
+        engine.dispose()

@@ -192,3 +192,56 @@ def test_orchestrator_killed_mid_task_leaves_an_orphan_that_a_restart_removes_an
     assert (e2e_settings.model_repo_dir / model / str(row["version"]) / "model.onnx").is_file()
     key = e2e_settings.ngc_api_key_file.read_text().strip()
     assert key not in _row_json(engine, task_id)
+
+
+def _fault_runner(settings: Any, client: Any, context: Path, code: str, **overrides: Any) -> Any:
+    from pytrain.runners.docker import DockerRunner
+
+    return DockerRunner(settings.model_copy(update=overrides) if overrides else settings, client=client, context_dir=context,
+                        entrypoint=["python", "-c", code], command=[], stop_grace_seconds=2)
+
+
+def test_container_faults_are_recorded_in_the_task_row(e2e_settings, engine, docker_client, docker_tracker, docker_context, train_image):
+    """Exit 1 -> failed with the stderr tail; OOM-killed -> "out of memory (limit 64m)";
+    timeout -> timed out; cancelled through the database mid-run -> cancelled within seconds."""
+    from pytrain.db import TaskQueue
+    from pytrain.orchestrator import Orchestrator
+
+    queue = TaskQueue(engine)
+
+    def run_one(runner: Any, model: str) -> dict[str, Any]:
+        task_id = _insert_row(engine, model)
+        Orchestrator(e2e_settings, engine=engine, runner=runner).run(exit_when_idle=True)
+        return queue.get(task_id)
+
+    row = run_one(_fault_runner(e2e_settings, docker_client, docker_context,
+                                "import sys; print('error: no clip could be decoded', file=sys.stderr); sys.exit(1)"), "fault_exit")
+    assert row["status"] == "failed"
+    assert row["error"].startswith("training container exited with code 1: error: no clip could be decoded (log: ")
+
+    row = run_one(_fault_runner(e2e_settings, docker_client, docker_context,
+                                "blocks = []\nwhile True:\n    blocks.append(bytearray(16 << 20))\n", container_memory="64m"), "fault_oom")
+    assert row["status"] == "failed"
+    assert row["error"].startswith("out of memory (limit 64m)"), row["error"]
+
+    timed = _fault_runner(e2e_settings, docker_client, docker_context, "import time; time.sleep(300)", task_timeout_seconds=2.0)
+    row = run_one(timed, "fault_timeout")
+    assert row["status"] == "failed" and row["error"].startswith("timed out after 2 s"), row["error"]
+
+    # cancellation through the database while the container runs
+    task_id = _insert_row(engine, "fault_cancel")
+    runner = _fault_runner(e2e_settings, docker_client, docker_context, "import time; print('epoch 1', flush=True); time.sleep(300)")
+    worker = Orchestrator(e2e_settings, engine=engine, runner=runner)
+    thread = threading.Thread(target=worker.run, kwargs={"exit_when_idle": True}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not docker_client.containers.list(filters={"label": f"org.pytrain.task-id={task_id}"}):
+        time.sleep(0.2)
+    assert docker_client.containers.list(filters={"label": f"org.pytrain.task-id={task_id}"}), "the container never started"
+    cancelled_at = time.monotonic()
+    assert queue.cancel(task_id)
+    thread.join(timeout=30)
+    print(f"\ncancel in the database -> container gone, row final in {time.monotonic() - cancelled_at:.2f} s")
+    assert not thread.is_alive()
+    assert queue.get(task_id)["status"] == "cancelled"
+    assert docker_client.containers.list(all=True, filters={"label": f"org.pytrain.task-id={task_id}"}) == []

@@ -124,6 +124,7 @@ def test_container_exiting_1_fails_with_stderr_tail(docker_client, docker_tracke
     assert result.exit_code == 1
     assert result.stderr_tail == "boom: dataset is empty"
     assert result.message == "training container exited with code 1: boom: dataset is empty"
+    assert result.details["command"][:2] == ["python", "-c"]
     assert "working" in task.log_path.read_text()
     assert docker_client.containers.list(all=True, filters={"label": "org.pytrain.task-id=102"}) == []
 

@@ -41,6 +41,8 @@ class FakeRunner:
         if self.mode == "fail":
             return RunResult(Outcome.FAILED, 2, "training exited with code 2: boom", "boom")
         if self.mode == "wait":
+            with open(task.task_dir / "progress.jsonl", "a") as progress:  # live progress for the heartbeat
+                progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": 9, "train_loss": 2.0}) + "\n")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if cancel.is_set():

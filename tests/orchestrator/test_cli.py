@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pytrain.cli.main import main
-from pytrain.db import TaskQueue
+from pytrain.db import TaskQueue, head_revision
 from pytrain.settings import get_settings
 
 
@@ -93,5 +93,23 @@ def test_commands_refuse_a_database_without_schema_until_db_upgrade(cli, monkeyp
     get_settings.cache_clear()
     code, _, err = cli("orchestrate", "--exit-when-idle")
     assert (code, err.strip()) == (1, "error: the database has no PyTrain schema (hint: run `pytrain db upgrade`)")
-    assert cli("db", "upgrade")[:2] == (0, "database schema at revision 0001\n")
+    assert cli("db", "upgrade")[:2] == (0, f"database schema at revision {head_revision()}\n")
     assert cli("tasks")[0] == 0
+
+
+def test_tasks_watch_redraws_until_ctrl_c(cli, engine, monkeypatch):
+    import pytrain.cli.tasks as tasks_cli
+
+    TaskQueue(engine).submit({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]})
+    sleeps = []
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks_cli.time, "sleep", fake_sleep)
+    code, out, _ = cli("tasks", "--watch", "1")
+    assert code == 0
+    assert sleeps == [1.0, 1.0]
+    assert "kitchen" in out and "queued" in out

@@ -105,8 +105,9 @@ def test_stop_interrupts_the_run(prepared, settings):
     assert result.outcome is Outcome.INTERRUPTED
 
 
-@pytest.mark.parametrize(("gpus", "visible"), [(None, ""), ("1,2", "1,2")])
-def test_gpus_become_cuda_visible_devices(prepared, settings, gpus, visible):
+@pytest.mark.parametrize(("gpus", "visible"), [(None, "7"), ("1,2", "1,2"), ("all", "<unset>")])
+def test_gpus_become_cuda_visible_devices(prepared, settings, monkeypatch, gpus, visible):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # the worker's own environment
     task = prepared(gpus=gpus)
     assert runner("env", settings).run(task, threading.Event()).outcome is Outcome.SUCCEEDED
     assert (task.task_dir / "env.txt").read_text() == visible
@@ -117,3 +118,9 @@ def test_missing_entrypoint_raises_runner_error(prepared, settings):
 
     with pytest.raises(RunnerError, match="cannot start /nonexistent/python"):
         LocalRunner(settings, command=["/nonexistent/python"]).run(prepared(), threading.Event())
+
+
+def test_get_runner_picks_the_local_runner(settings):
+    from pytrain.runners import get_runner
+
+    assert isinstance(get_runner(settings), LocalRunner)

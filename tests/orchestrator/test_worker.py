@@ -201,3 +201,57 @@ def test_default_worker_id_is_stable_and_names_the_gpus():
     assert default_worker_id("0,1") == f"{socket.gethostname()}-gpu0_1"
     assert default_worker_id(None) == f"{socket.gethostname()}-cpu"
     assert default_worker_id("0,1") == default_worker_id("0,1")
+
+
+def test_running_task_shows_live_progress_from_the_heartbeat(settings, engine, synced):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    runner = FakeRunner("wait")
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
+    thread = in_thread(worker)
+    try:
+        assert runner.started.wait(10)
+        deadline = time.monotonic() + 5
+        while queue.get(task_id)["progress"] == {} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        row = queue.get(task_id)
+        assert row["status"] == "running"
+        assert row["progress"] == {"event": "epoch", "epoch": 1, "epochs": 9, "train_loss": 2.0}
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_worker_that_lost_its_lease_stops_its_run_and_leaves_the_row_alone(settings, engine, synced):
+    from sqlalchemy import text
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    runner = FakeRunner("wait")
+    thread = in_thread(Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher()), max_tasks=1)
+    assert runner.started.wait(10)
+    # Another worker sees the lease as expired (as if this worker had stalled) and re-queues the task.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE training_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
+    assert [row["id"] for row in queue.requeue_lost(3)] == [task_id]
+    thread.join(10)
+    assert not thread.is_alive()  # the run was stopped: it must not train alongside the next claim
+    row = queue.get(task_id)
+    assert (row["status"], row["attempts"], row["finished_at"]) == ("queued", 1, None)
+
+
+def test_worker_fails_a_task_whose_last_allowed_run_was_lost(settings, engine, synced):
+    from sqlalchemy import text
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    queue.claim("crashed-host-gpu0", 30)
+    with engine.begin() as conn:  # two runs were lost before; the third just lost its lease
+        conn.execute(text("UPDATE training_tasks SET attempts = 2, lease_expires_at = now() - interval '1 second' WHERE id = :id"),
+                     {"id": task_id})
+    runner = FakeRunner()
+    assert Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher()).run(exit_when_idle=True) == 0
+    assert runner.runs == []
+    row = queue.get(task_id)
+    assert (row["status"], row["attempts"]) == ("failed", 3)
+    assert row["error"].endswith("(run 3 of 3 lost); giving up (PYTRAIN_MAX_ATTEMPTS reached)")

@@ -26,7 +26,9 @@ from pytrain.settings import Settings
 
 settings = Settings()
 runner = LocalRunner(settings, command=[sys.executable, sys.argv[1], "hang-then-succeed"], grace_seconds=1.0)
-Orchestrator(settings, runner=runner, publisher=lambda *a, **k: None).run()
+worker = Orchestrator(settings, runner=runner, publisher=lambda *a, **k: None)
+worker.install_signal_handlers()
+worker.run()
 """
 
 
@@ -96,3 +98,24 @@ def test_restarted_worker_kills_its_orphaned_run_and_requeues_the_task_at_once(s
     assert worker.run(exit_when_idle=True) == 1
     assert queue.get(task_id)["status"] == "succeeded"
     assert not (Path(settings.model_tasks_dir) / f"task-{task_id}-kitchen" / "runner.pid").exists()
+
+
+def test_sigterm_interrupts_the_run_requeues_the_task_and_exits(settings, engine, synced):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    proc = start_doomed_worker(settings, "host-gpu0")
+    task_dir = settings.model_tasks_dir / f"task-{task_id}-kitchen"
+    try:
+        wait_for((task_dir / "hanging").exists, timeout=30)
+        orphan = int((task_dir / "hanging").read_text())
+        grandchild = int((task_dir / "grandchild.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    row = queue.get(task_id)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
+    assert row["error"] == "interrupted: worker host-gpu0 shut down during the run; re-queued"
+    wait_for(lambda: not pid_alive(orphan) and not pid_alive(grandchild), timeout=5)  # nothing left running

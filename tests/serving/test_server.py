@@ -84,3 +84,30 @@ def test_a_server_that_exits_during_start_up_reports_its_exit_code_and_log(tmp_p
     with pytest.raises(ServingError, match="exited with code"):
         server.start()
     assert not server.is_running()
+
+
+def test_the_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    script = f"""
+import os, sys
+from pathlib import Path
+from pytrain.serving import TritonServer, free_port
+server = TritonServer(Path({str(tmp_path / 'repo')!r}), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      work_dir=Path({str(tmp_path / 'work')!r}))
+server.start()
+print(server.process.pid, flush=True)
+os.kill(os.getpid(), 9)
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert result.returncode == -9, result.stderr
+    pid = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}/status").exists() else ""
+        if "zombie" in status:
+            break
+        time.sleep(0.2)
+    status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else "gone"
+    assert status == "gone" or "zombie" in status

@@ -155,3 +155,18 @@ def test_resume_after_a_killed_run_ends_like_an_uninterrupted_run(tmp_path, synt
     assert a["state"]["epoch"] == b["state"]["epoch"] == 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [h["train_loss"] for h in a["state"]["history"]] == [h["train_loss"] for h in b["state"]["history"]]
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_on_cpu_keeps_ranks_in_step(tmp_path, synthetic_sources):
+    task = tmp_path / "task"
+    write_task(task, synthetic_sources, epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "app")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+           "-m", "pytrain.training", "--task-dir", str(task), "--device", "cpu", "--num-workers", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = _events(task)
+    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "done"]  # rank 0 writes alone
+    assert events[0]["world_size"] == 2 and events[1]["clips_per_second"] > 0
+    assert json.loads((task / "metrics.json").read_text())["world_size"] == 2

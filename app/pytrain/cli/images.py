@@ -11,6 +11,7 @@ Every flag also reads the ``PYTRAIN_*`` variable that ``--help`` names.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import threading
@@ -96,7 +97,7 @@ def run_command(
     gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="'all', '0' or '0,1' (env PYTRAIN_GPUS); unset: CPU."),
     memory: Optional[str] = typer.Option(None, "--memory", envvar="PYTRAIN_CONTAINER_MEMORY", help="Memory limit, e.g. 16g (env PYTRAIN_CONTAINER_MEMORY)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", envvar="PYTRAIN_TASK_TIMEOUT_SECONDS", help="Seconds before the container is stopped."),
-    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="Override the entrypoint (e.g. 'bash -c \"...\"' for debugging), split on spaces."),
+    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="Override the entrypoint for debugging, split like a shell does (e.g. 'sh -c \"ls /task\"')."),
 ) -> None:
     """Run one training container for a task folder, streaming its output; exit with its code."""
     from pytrain.runners.base import Outcome, PreparedTask
@@ -128,7 +129,7 @@ def run_command(
     runner = DockerRunner(
         settings, client=docker_client(), image=image, on_output=echo,
         on_build_line=lambda line: typer.echo(line, err=True),
-        entrypoint=entrypoint.split() if entrypoint else None,
+        entrypoint=shlex.split(entrypoint) if entrypoint else None,
     )
     prepared = PreparedTask(spec=task_spec, task_dir=folder, sources_root=root, timeout_seconds=settings.task_timeout_seconds, gpus=settings.gpus)
     cancel = threading.Event()

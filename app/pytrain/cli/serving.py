@@ -38,6 +38,8 @@ def serve(
     from pytrain.serving import TritonServer
     from pytrain.settings import get_settings
 
+    if mode not in ("explicit", "poll", "none"):
+        raise typer.BadParameter(f"{mode!r} is not one of explicit, poll, none", param_hint="--model-control-mode")
     settings = get_settings()
     overrides: dict[str, object] = {"model_control_mode": mode}
     for key, value in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
@@ -74,9 +76,9 @@ def predict(
 ) -> None:
     """Classify videos over gRPC; prints one JSON object per video.
 
-    Output: {"video": PATH, "label": "cooking", "probability": 0.7779} and, with --top-k K > 1,
-    "top_k": [{"label", "probability"}, ...]. A video that cannot be decoded prints
-    {"video": PATH, "error": ...}, and the command exits 1 after the others.
+    Each line is {"video": PATH, "label": "cooking", "probability": 0.7779}, plus "top_k": [{"label", "probability"}, ...] with --top-k K > 1.
+
+    A video that cannot be decoded prints {"video": PATH, "error": ...}; the command then exits 1 after the others.
     """
     from pytrain.client import TritonClient
 

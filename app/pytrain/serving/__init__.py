@@ -10,6 +10,13 @@ Public API::
 next to each ``model.onnx``; it is not imported by PyTrain itself.
 """
 
-from pytrain.serving.server import TritonInstallation, TritonServer, free_port, locate_tritonserver, prepare_backend_dir
+from pytrain.serving.server import (
+    TritonInstallation,
+    TritonServer,
+    default_ort_threads,
+    free_port,
+    locate_tritonserver,
+    prepare_backend_dir,
+)
 
-__all__ = ["TritonServer", "TritonInstallation", "locate_tritonserver", "prepare_backend_dir", "free_port"]
+__all__ = ["TritonServer", "TritonInstallation", "locate_tritonserver", "prepare_backend_dir", "free_port", "default_ort_threads"]

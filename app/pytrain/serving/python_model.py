@@ -9,6 +9,10 @@ Tensors (names from the model config, the same as the ONNX graph's):
     input:  ``(N, T, H, W, 3)`` uint8 RGB frames, N <= max_batch_size.
     output: ``(N, num_classes)`` float32 probabilities.
 
+Environment (set by :class:`pytrain.serving.TritonServer`): ``PYTRAIN_ORT_THREADS`` (onnxruntime
+intra-op threads, 0 = its default) and ``PYTRAIN_ORT_SPIN`` (``1`` lets idle onnxruntime threads
+spin; default ``0`` leaves the CPU to Triton's own threads).
+
 Requests gathered by Triton's dynamic batcher are concatenated into one onnxruntime call and split
 back per request, so batching behaves as with the ONNX Runtime backend.
 """

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -111,12 +110,23 @@ def prepare_backend_dir(install: TritonInstallation, work_dir: Path) -> Path:
     return backends
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # A test run or CLI that dies without cleanup must not leave tritonserver behind.
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def default_ort_threads() -> int:
+    """onnxruntime threads per served model instance: half the CPUs, at least 1."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+# Runs the server through a tiny launcher that asks the kernel to send it SIGTERM when PyTrain's
+# process dies (PR_SET_PDEATHSIG survives exec), so a test run or CLI killed without cleanup does
+# not leave tritonserver behind. A launcher instead of Popen's preexec_fn, which is unsafe in a
+# process with threads (gRPC, the orchestrator's heartbeat).
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "except Exception:\n"
+    "    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 
 class TritonServer:
@@ -134,7 +144,9 @@ class TritonServer:
         work_dir: backend folder and log file; default ``<PYTRAIN_DATA_DIR>/triton``.
         startup_timeout_s: how long :meth:`start` waits for readiness, seconds.
         poll_seconds: repository poll interval in ``poll`` mode, seconds.
-        ort_threads: onnxruntime threads per model instance (0: onnxruntime decides).
+        ort_threads: onnxruntime intra-op threads per model instance; default half the CPUs
+            (at least 1), leaving the rest to Triton's gRPC threads and the clients: on 2 cores
+            one thread gave lower latency than two (see ``benchmarks/bench_triton.py``).
 
     Raises (from :meth:`start`):
         ServingError: binary missing, a port in use, the server exited, or not ready in time;
@@ -154,7 +166,7 @@ class TritonServer:
         work_dir: Path | None = None,
         startup_timeout_s: float = 180.0,
         poll_seconds: int = 2,
-        ort_threads: int = 0,
+        ort_threads: int | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
@@ -168,7 +180,7 @@ class TritonServer:
         self.work_dir = Path(work_dir)
         self.startup_timeout_s = startup_timeout_s
         self.poll_seconds = poll_seconds
-        self.ort_threads = ort_threads
+        self.ort_threads = ort_threads if ort_threads is not None else default_ort_threads()
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle = None
 
@@ -258,14 +270,13 @@ class TritonServer:
         self._log_handle = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
-                cmd,
+                [sys.executable, "-c", _LAUNCHER, *cmd],
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.environment(install),
                 cwd=self.work_dir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self._close_log()

@@ -181,8 +181,8 @@ def train_one_epoch(
     """One pass over ``loader`` of ``(clips (N, T, H, W, 3) uint8, labels (N,) int64)``.
 
     Returns:
-        ``{"loss", "accuracy", "clips", "seconds", "clips_per_second"}`` of this process (mean
-        loss over clips; seconds include waiting for data).
+        ``{"loss", "accuracy", "clips", "seconds", "clips_per_second"}`` over all ranks under
+        ``torchrun`` (mean loss over clips; seconds include waiting for data).
     """
     model.train()
     total_loss, correct, count = 0.0, 0, 0
@@ -204,6 +204,10 @@ def train_one_epoch(
         correct += int((logits.detach().argmax(1) == labels).sum())
         count += n
     seconds = time.perf_counter() - start
+    if dist.is_available() and dist.is_initialized():  # totals over all ranks
+        totals = torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        total_loss, correct, count = float(totals[0]), int(totals[1]), int(totals[2])
     if count == 0:
         raise TrainingError("the training loader yielded no clips")
     return {"loss": total_loss / count, "accuracy": correct / count, "clips": count, "seconds": seconds, "clips_per_second": count / seconds}
@@ -338,9 +342,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     task_dir = Path(args.task_dir).resolve()
     spec = TaskSpec.load(task_dir)
     cfg = TrainConfig.from_extra(spec.extra)
-    sources_root = Path(args.sources_root or spec.sources_root or "")
-    if not str(args.sources_root or spec.sources_root or "") or not sources_root.is_dir():
-        raise ConfigurationError(f"sources root {str(sources_root)!r} is not a folder", hint="pass --sources-root (or set sources_root in task.json)")
+    root_arg = args.sources_root or spec.sources_root
+    if not root_arg or not Path(root_arg).is_dir():
+        raise ConfigurationError(f"sources root {root_arg!r} is not a folder", hint="pass --sources-root (or set sources_root in task.json)")
+    sources_root = Path(root_arg)
 
     ddp, device = _setup_distributed(args.device)
     progress = ProgressLog(task_dir / PROGRESS, enabled=ddp.main)
@@ -423,13 +428,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         tr = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, grad_clip=cfg.grad_clip,
                              desc=f"epoch {epoch}/{spec.epochs}", show_progress=show)
+        if ddp.world_size > 1:
+            # BatchNorm running statistics are per rank: give every rank rank 0's, so all ranks
+            # evaluate (and decide early stopping on) the model rank 0 checkpoints
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         va = evaluate(model, criterion, eval_loaders["val"], device, desc="val", show_progress=show) if by_split["val"] else None
         monitored = va["loss"] if va is not None else tr["loss"]
         row = {
             "epoch": epoch, "epochs": spec.epochs,
             "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
             "val_loss": va["loss"] if va else None, "val_accuracy": va["accuracy"] if va else None,
-            "clips_per_second": tr["clips_per_second"] * ddp.world_size, "lr": optimizer.param_groups[0]["lr"],
+            "clips_per_second": tr["clips_per_second"], "lr": optimizer.param_groups[0]["lr"],
             "seconds": tr["seconds"],
         }
         state["history"].append(row)
@@ -450,9 +460,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 save_checkpoint(checkpoint, best_path)
             save_checkpoint(checkpoint, last_path)  # last: a crash before this line redoes the epoch
             progress.write("epoch", **row)
-        log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %s acc %s | %.1f clips/s | lr %.2e%s",
-                 epoch, spec.epochs, tr["loss"], tr["accuracy"], _fmt(row["val_loss"]), _fmt(row["val_accuracy"]),
-                 row["clips_per_second"], row["lr"], " | early stop" if state["stopped_early"] else "")
+        if ddp.main:
+            log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %s acc %s | %.1f clips/s | lr %.2e%s",
+                     epoch, spec.epochs, tr["loss"], tr["accuracy"], _fmt(row["val_loss"]), _fmt(row["val_accuracy"]),
+                     row["clips_per_second"], row["lr"], " | early stop" if state["stopped_early"] else "")
         if ddp.world_size > 1:
             dist.barrier()
 
@@ -478,8 +489,6 @@ def _finish(spec, cfg, task_dir, model, criterion, eval_loaders, by_split, skipp
             continue
         ev = evaluate(model, criterion, eval_loaders[split], device, desc=split)
         reports[split] = {"loss": ev["loss"], **metrics.classification_report(ev["labels"], ev["probabilities"], spec.class_list)}
-        if split == "test":
-            test_probs = ev["probabilities"]
     tensor_spec = TensorSpec(class_list=list(spec.class_list), num_frames=spec.num_frames, height=spec.height, width=spec.width,
                              input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture)
     parity_set = data_mod.ClipDataset(by_split["test"][:4], spec.num_frames, spec.height, spec.width)
