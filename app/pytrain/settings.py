@@ -62,7 +62,7 @@ class Settings(BaseSettings):
 
     # --- orchestrator ---------------------------------------------------------------------
     runner: Literal["local", "docker"] = Field(default="local", description="How a claimed task is run.")
-    worker_id: str | None = Field(default=None, description="Worker name in the task row; default <hostname>-<pid>.")
+    worker_id: str | None = Field(default=None, description="Worker id in the task row; default <hostname>-gpu<ids> or <hostname>-cpu (stable across restarts).")
     lease_seconds: float = Field(default=60.0, gt=0, description="A running task whose lease is older than this is re-queued (seconds).")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")
     poll_seconds: float = Field(default=5.0, gt=0, description="Polling fallback when no NOTIFY arrives (seconds).")

@@ -12,7 +12,6 @@ engine and the test base image (``fixtures.docker``).
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import secrets
@@ -101,8 +100,7 @@ def new_train_images(docker_client):
 def _predict(triton_server: Any, sources: Path) -> list[Any]:
     from pytrain.client import TritonClient
 
-    clip = sorted((sources / "dataset1" / "eating").glob("*.mp4"))[0] if (sources / "dataset1" / "eating").is_dir() \
-        else sorted((sources / "dataset1").glob("eating*/*.mp4"))[0]
+    clip = sorted((sources / "dataset1").glob("eating*/*.mp4"))[0]
     with TritonClient(triton_server.grpc_url) as client:
         return client.predict(MODEL, [clip], top_k=4)
 

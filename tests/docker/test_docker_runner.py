@@ -200,7 +200,9 @@ def test_cleanup_orphans_removes_containers_of_inactive_tasks(docker_client, doc
             labels={LABEL_MANAGED: "1", LABEL_TASK_ID: str(task_id)},
         ))
 
-    keep, orphan, exited = start(201), start(202), start(203)
+    keep = start(201)
+    start(202)  # an orphan: its task is not active
+    exited = start(203)
     exited.stop(timeout=0)
     runner = _runner(_settings(tmp_path, "unused"), docker_client, docker_context, train_image.tag, "pass")
     removed = runner.cleanup_orphans({201, 999})

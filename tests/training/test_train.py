@@ -37,7 +37,18 @@ def _events(task_dir: Path) -> list[dict]:
 def _cli(task_dir: Path, *extra: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "app")}
     cmd = [sys.executable, "-m", "pytrain.training", "--task-dir", str(task_dir), "--device", "cpu", *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    # own process group: a run that outlives its test is killed with all its children (see _wait)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """``communicate`` that kills the run's whole process group when it times out."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
 
 
 def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):
@@ -103,7 +114,7 @@ def test_cli_trains_with_workers_and_skips_bad_files(tmp_path, synthetic_sources
         for name, path in bad.items():
             handle.write(f"{path.relative_to(sources).as_posix()},cooking,{'train' if name != 'text' else 'test'}\n")
     proc = _cli(task, "--sources-root", str(sources), "--num-workers", "1")
-    out, err = proc.communicate(timeout=240)
+    out, err = _wait(proc, 240)
     assert proc.returncode == 0, err[-3000:]
 
     skipped = json.loads((task / "skipped.json").read_text())
@@ -119,7 +130,7 @@ def test_cli_failure_exits_non_zero_with_one_error_line(tmp_path, synthetic_sour
     write_task(task, synthetic_sources)
     (task / "manifest.csv").unlink()
     proc = _cli(task)
-    _, err = proc.communicate(timeout=120)
+    _, err = _wait(proc, 120)
     assert proc.returncode == 1
     assert err.strip().splitlines()[-1].startswith("error: no manifest at ")
     assert not (task / "model.onnx").exists()
@@ -131,7 +142,7 @@ def test_resume_after_a_killed_run_ends_like_an_uninterrupted_run(tmp_path, synt
     for task in (reference, crashed):
         write_task(task, synthetic_sources, epochs=8, extra={"hflip": 0.5})
     proc = _cli(reference)
-    _, err = proc.communicate(timeout=240)
+    _, err = _wait(proc, 240)
     assert proc.returncode == 0, err[-3000:]
 
     proc = _cli(crashed)
@@ -140,13 +151,13 @@ def test_resume_after_a_killed_run_ends_like_an_uninterrupted_run(tmp_path, synt
         if (crashed / "progress.jsonl").exists() and any(e["event"] == "epoch" for e in _events(crashed)):
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the crash: the run and its probe/loader children die at once
     proc.communicate(timeout=60)
     done = [e["epoch"] for e in _events(crashed) if e["event"] == "epoch"]
     assert 1 <= done[-1] < 8, "the run was not killed mid-training"
 
     proc = _cli(crashed)
-    _, err = proc.communicate(timeout=240)
+    _, err = _wait(proc, 240)
     assert proc.returncode == 0, err[-3000:]
     starts = [e for e in _events(crashed) if e["event"] == "start"]
     assert starts[-1]["resumed_from_epoch"] >= 1
@@ -162,10 +173,11 @@ def test_torchrun_data_parallel_on_cpu_keeps_ranks_in_step(tmp_path, synthetic_s
     task = tmp_path / "task"
     write_task(task, synthetic_sources, epochs=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "app")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "pytrain.training", "--task-dir", str(task), "--device", "cpu", "--num-workers", "0"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = _wait(proc, 180)
+    assert proc.returncode == 0, err[-3000:]
     events = _events(task)
     assert [e["event"] for e in events] == ["start", "epoch", "epoch", "done"]  # rank 0 writes alone
     assert events[0]["world_size"] == 2 and events[1]["clips_per_second"] > 0

@@ -66,7 +66,7 @@ def build_command(
 
 
 def _task_from_spec(spec_arg: str, manifest: Optional[Path], tasks_dir: Path):
-    from pytrain.spec import MANIFEST, TaskSpec, _from_dict, task_dir_name
+    from pytrain.spec import MANIFEST, TaskSpec, task_dir_name
 
     path = Path(spec_arg)
     text = path.read_text(encoding="utf-8") if path.is_file() else spec_arg
@@ -74,7 +74,12 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], tasks_dir: Path):
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"--spec is neither a task.json file nor JSON: {exc}") from exc
-    spec = _from_dict(TaskSpec, data, "--spec")
+    if not isinstance(data, dict):
+        raise ConfigurationError("--spec must be a JSON object (the fields of task.json)")
+    try:
+        spec = TaskSpec(**data)
+    except TypeError as exc:
+        raise ConfigurationError(f"--spec: {exc}", hint="fields: see pytrain.spec.TaskSpec (task_id, model_name, class_list, ...)") from exc
     task_dir = tasks_dir / task_dir_name(spec.task_id, spec.model_name)
     task_dir.mkdir(parents=True, exist_ok=True)
     spec.save(task_dir)

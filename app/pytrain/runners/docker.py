@@ -40,7 +40,6 @@ import re
 import socket
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 

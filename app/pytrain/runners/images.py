@@ -31,7 +31,6 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import json
 import logging
 import os
 import tarfile
@@ -551,6 +550,3 @@ __all__ = [
     "read_api_key",
 ]
 
-
-def _dump(inputs: BuildInputs) -> str:  # debugging aid for `pytrain image tag --verbose`
-    return json.dumps({"tag": inputs.tag, "buildargs": inputs.buildargs, "files": inputs.files}, indent=2)
