@@ -167,3 +167,64 @@ def test_api_key_absent_from_inspect_history_logs_and_errors(docker_client, dock
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         assert out and key not in out
     assert key not in (images.cache_dir() / "train-image.json").read_text()
+
+
+class _FakeImages:
+    def __init__(self, pulled: list) -> None:
+        self.pulled = pulled
+
+    def get(self, name: str) -> None:
+        import docker.errors
+
+        raise docker.errors.ImageNotFound(f"No such image: {name}")
+
+    def pull(self, name: str, auth_config: dict | None = None) -> None:
+        self.pulled.append((name, auth_config))
+
+
+class _FakeClient:
+    """Stands in for the registry side only (unreachable here); the real SDK error types are used."""
+
+    def __init__(self, login_error: Exception | None = None) -> None:
+        self.logins: list[dict] = []
+        self.pulled: list = []
+        self.images = _FakeImages(self.pulled)
+        self.login_error = login_error
+
+    def login(self, **kwargs: Any) -> dict:
+        self.logins.append(kwargs)
+        if self.login_error is not None:
+            raise self.login_error
+        return {"Status": "Login Succeeded"}
+
+
+def test_ngc_login_uses_oauthtoken_and_the_key_only_for_the_registry(tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    key = "nvapi-" + secrets.token_hex(16)
+    (tmp_path / "api.key").write_text(key + "\n")
+    client = _FakeClient()
+    assert images.ensure_base_image(client, "nvcr.io/nvidia/pytorch:24.10-py3", tmp_path / "api.key") is True
+    assert client.logins == [{"username": "$oauthtoken", "password": key, "registry": "nvcr.io", "reauth": True}]
+    assert client.pulled == [("nvcr.io/nvidia/pytorch:24.10-py3", {"username": "$oauthtoken", "password": key})]
+    assert key not in caplog.text
+
+    # a base image on another registry never reads the key file
+    other = _FakeClient()
+    assert images.ensure_base_image(other, "python:3.11-slim", tmp_path / "absent.key") is True
+    assert other.logins == [] and other.pulled == [("python:3.11-slim", None)]
+
+
+def test_rejected_ngc_key_is_a_credentials_error_without_the_key(tmp_path):
+    import docker.errors
+    import requests
+
+    key = "nvapi-" + secrets.token_hex(16)
+    (tmp_path / "api.key").write_text(key)
+    response = requests.Response()
+    response.status_code = 401
+    error = docker.errors.APIError(f"401 Client Error: unauthorized: password {key}", response=response, explanation=f"unauthorized {key}")
+    with pytest.raises(CredentialsError) as info:
+        images.ensure_base_image(_FakeClient(login_error=error), "nvcr.io/nvidia/pytorch:24.10-py3", tmp_path / "api.key")
+    text = f"{info.value} {info.value!r} {info.value.__cause__!r} {info.value.__context__!r}"
+    assert "rejected the NGC API key" in text and images.NGC_KEY_URL in text
+    assert key not in text

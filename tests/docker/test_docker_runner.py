@@ -256,3 +256,26 @@ def test_host_path_translation_for_an_orchestrator_in_a_container(tmp_path):
     assert _host_path(Path("/app/sources"), Path("/app/sources"), None, mounts) == "/srv/other/sources"
     assert _host_path(Path("/app/sources/d1"), Path("/app/sources"), Path("/data/src"), mounts) == "/data/src/d1"
     assert _host_path(tmp_path, tmp_path, None, []) == str(tmp_path.resolve())
+
+
+def test_training_command_recorded_and_argument_errors_before_any_container(docker_client, docker_tracker, docker_context, tmp_path, train_image):
+    """Arguments are checked before anything is created (docker-py's habit)."""
+    from pytrain.errors import ConfigurationError, RunnerError
+    from pytrain.runners.docker import DockerRunner
+
+    with pytest.raises(ConfigurationError, match="PYTRAIN_CONTAINER_MEMORY"):
+        DockerRunner(_settings(tmp_path, "unused", container_memory="lots"), client=docker_client)
+    with pytest.raises(ConfigurationError, match="invalid GPU list"):
+        DockerRunner(_settings(tmp_path, "unused", gpus="first"), client=docker_client)
+    settings = _settings(tmp_path, "unused")
+    runner = DockerRunner(settings, client=docker_client, image=train_image.tag, memlock_bytes=_host_memlock(),
+                          command=["--help"])
+    task = _prepared(settings, 601)
+    (task.task_dir / MANIFEST).unlink()
+    with pytest.raises(RunnerError, match="manifest.csv is missing"):
+        runner.run(task, threading.Event())
+    task = _prepared(settings, 602)
+    result = runner.run(task, threading.Event())  # the real entrypoint, asked for --help
+    assert result.outcome is Outcome.SUCCEEDED, task.log_path.read_text()
+    assert result.details["command"] == ["python", "-m", "pytrain.training", "--help"]
+    assert "--task-dir" in task.log_path.read_text()

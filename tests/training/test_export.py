@@ -70,6 +70,7 @@ def test_export_refuses_parity_clips_of_the_wrong_size(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["r3d_18", "frames_mobilenet_v3_small"])
 def test_torchvision_architectures_export_with_parity(tmp_path, synthetic_sources, architecture):
+    pytest.importorskip("torchvision")
     spec = _spec(4, 32, 32)
     report = export_checkpoint(_checkpoint(architecture, 4, 32, 32), tmp_path, spec, _real_clips(synthetic_sources, 2, 4, 32, 32))
     assert report["parity"]["max_abs_diff"] <= PARITY_ATOL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -13,7 +15,14 @@ SMALL = {name: (4, 32, 32) for name in ARCHITECTURES} | {"tiny": (8, 32, 32), "s
 FAST = [name for name in ARCHITECTURES if name != "mvit_v2_s"]
 
 
+def _needs_torchvision(name: str) -> None:
+    # the Docker test image has torch alone: only torchvision architectures are skipped there
+    if name != "tiny":
+        pytest.importorskip("torchvision")
+
+
 def _forward(name: str, batch: int = 2, **kwargs) -> torch.Tensor:
+    _needs_torchvision(name)
     t, h, w = SMALL[name]
     torch.manual_seed(0)
     model = build_model(name, 3, t, h, w, **kwargs).eval()
@@ -39,6 +48,13 @@ def test_per_frame_model_with_gru_head_runs():
     assert _forward("frames_mobilenet_v3_small", temporal_head="gru").shape == (2, 3)
 
 
+def test_torchvision_architecture_without_torchvision_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes "import torchvision" fail
+    with pytest.raises(ConfigurationError, match="needs torchvision") as info:
+        build_model("r3d_18", 3, 4, 32, 32)
+    assert "'tiny'" in info.value.hint
+
+
 def test_mvit_v2_s_refuses_other_clip_sizes():
     with pytest.raises(ConfigurationError, match="exactly 16 frames of 224x224"):
         build_model("mvit_v2_s", 3, 8, 112, 112)
@@ -57,6 +73,7 @@ def test_unknown_architecture_names_the_known_ones():
 
 @pytest.mark.parametrize("name", ["r3d_18", "frames_resnet18"])
 def test_pretrained_weights_absent_from_the_cache_is_a_clear_error(name, tmp_path, monkeypatch):
+    _needs_torchvision(name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
     with pytest.raises(ConfigurationError, match="not in the local torch cache") as info:
         build_model(name, 3, 4, 32, 32, pretrained=True)
@@ -65,7 +82,7 @@ def test_pretrained_weights_absent_from_the_cache_is_a_clear_error(name, tmp_pat
 
 
 def test_pretrained_weights_are_loaded_from_the_cache_when_present(tmp_path, monkeypatch):
-    import torchvision
+    torchvision = pytest.importorskip("torchvision")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = torchvision.models.get_model_weights("r3d_18").DEFAULT.url

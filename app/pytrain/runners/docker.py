@@ -257,7 +257,7 @@ class DockerRunner:
         self.last_image_result = result
         return result.tag
 
-    def _user_for(self, image: str, task_dir: Path) -> str | None:
+    def _user_for(self, config: dict[str, Any], task_dir: Path, sources_root: Path) -> str | None:
         """Which user the container runs as, and make the task folder writable for it.
 
         As root (the orchestrator container, CI), the task folder is handed to the image's
@@ -265,7 +265,10 @@ class DockerRunner:
         """
         if os.geteuid() != 0:
             return f"{os.getuid()}:{os.getgid()}"
-        user = (self.client.images.get(image).attrs.get("Config") or {}).get("User") or ""
+        if Path(sources_root).stat().st_mode & 0o005 != 0o005:
+            logger.warning("sources root %s is not readable by others; the container's non-root user may not read it "
+                           "(chmod o+rx it and its dataset folders)", sources_root)
+        user = config.get("User") or ""
         uid_text, _, gid_text = user.partition(":")
         if not uid_text.isdigit() or int(uid_text) == 0:
             return None  # the image's own user (names cannot be resolved here)
@@ -289,7 +292,8 @@ class DockerRunner:
         if self.command is not None:
             command = self.command
         task_dir = Path(task.task_dir).resolve()
-        user = self._user_for(image, task_dir)
+        config = self.client.images.get(image).attrs.get("Config") or {}
+        user = self._user_for(config, task_dir, Path(task.sources_root))
         own = _own_bind_mounts(self.client)
         mounts = [
             Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
@@ -325,7 +329,7 @@ class DockerRunner:
         )
         if entrypoint is not None:
             kwargs["entrypoint"] = entrypoint
-        command_line = [*(entrypoint or ["<image entrypoint>"]), *command]
+        command_line = [*(entrypoint or config.get("Entrypoint") or []), *command]
         if user is not None:
             kwargs["user"] = user
         if memory:

@@ -308,22 +308,24 @@ def ensure_base_image(client: "docker.DockerClient", base_image: str, key_file: 
     registry = _registry_of(base_image)
     key: str | None = None
     auth: dict[str, str] | None = None
+    # Errors are raised *outside* the except blocks: the SDK's exception may quote the request,
+    # and chaining (even suppressed, via __context__) would keep it reachable.
+    failure: tuple[int | None, str] | None = None
     if registry == NGC_REGISTRY:
         key = read_api_key(key_file)
         try:
             # Kept in the client's memory only (not in ~/.docker/config.json).
             client.login(username=NGC_USERNAME, password=key, registry=NGC_REGISTRY, reauth=True)
         except docker.errors.APIError as exc:
-            status = getattr(exc, "status_code", None)
-            if status in (401, 403) or "unauthorized" in _redact(str(exc), key).lower():
+            failure = (getattr(exc, "status_code", None), _redact(str(getattr(exc, "explanation", None) or exc), key))
+        if failure is not None:
+            status, text = failure
+            if status in (401, 403) or "unauthorized" in text.lower():
                 raise CredentialsError(
                     f"{NGC_REGISTRY} rejected the NGC API key from {Path(key_file).expanduser()}",
                     hint=f"generate a new key at {NGC_KEY_URL} and replace the file's content (username is {NGC_USERNAME}, set by PyTrain)",
-                ) from None
-            raise RunnerError(
-                f"login to {NGC_REGISTRY} failed: {_redact(getattr(exc, 'explanation', None) or str(exc), key)}",
-                hint="check the host's network access to nvcr.io",
-            ) from None
+                )
+            raise RunnerError(f"login to {NGC_REGISTRY} failed: {text}", hint="check the host's network access to nvcr.io")
         auth = {"username": NGC_USERNAME, "password": key}
     logger.info("pulling base image %s", base_image)
     started = time.monotonic()
@@ -331,16 +333,18 @@ def ensure_base_image(client: "docker.DockerClient", base_image: str, key_file: 
         # The SDK splits "repo:tag" / "repo@sha256:..." itself and defaults to "latest".
         client.images.pull(base_image, auth_config=auth)
     except docker.errors.APIError as exc:
-        text = _redact(getattr(exc, "explanation", None) or str(exc), key)
-        if key is not None and ("unauthorized" in text.lower() or getattr(exc, "status_code", None) in (401, 403)):
+        failure = (getattr(exc, "status_code", None), _redact(str(getattr(exc, "explanation", None) or exc), key))
+    if failure is not None:
+        status, text = failure
+        if key is not None and ("unauthorized" in text.lower() or status in (401, 403)):
             raise CredentialsError(
                 f"{NGC_REGISTRY} refused to serve {base_image} with the NGC API key from {Path(key_file).expanduser()}",
                 hint=f"check the key at {NGC_KEY_URL} and that your NGC account may pull this image",
-            ) from None
+            )
         raise RunnerError(
             f"cannot pull base image {base_image}: {text}",
             hint="check the image name and the network, or build/load the base image on this host first",
-        ) from None
+        )
     logger.info("pulled %s in %.1f s", base_image, time.monotonic() - started)
     return True
 
