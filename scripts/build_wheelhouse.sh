@@ -27,12 +27,31 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 mkdir -p "$DEST"
 CONSTRAINTS="$(mktemp)"
-trap 'rm -f "$CONSTRAINTS"' EXIT
+REQUIREMENTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS" "$REQUIREMENTS"' EXIT
 echo "numpy<2" >"$CONSTRAINTS"
+# pip download evaluates environment markers for the host's Python, not --python-version: resolve
+# them for the target here (e.g. onnxruntime==1.23.2; python_version < "3.11" for NGC 24.x).
+"$PYTHON" - "$PYVER" "$ROOT_DIR/docker/requirements-train.txt" >"$REQUIREMENTS" <<'PY'
+import sys
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+version = sys.argv[1]
+for line in open(sys.argv[2], encoding="utf-8"):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    if req.marker is None or req.marker.evaluate({"python_version": version, "python_full_version": version + ".0"}):
+        req.marker = None
+        print(req)
+PY
 
 "$PYTHON" -m pip download --quiet --disable-pip-version-check \
     --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64 \
-    --dest "$DEST" -r "$ROOT_DIR/docker/requirements-train.txt" -c "$CONSTRAINTS"
+    --dest "$DEST" -r "$REQUIREMENTS" -c "$CONSTRAINTS"
 echo "build_wheelhouse: $(ls "$DEST"/*.whl | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (python $PYVER)"
