@@ -3,7 +3,8 @@
 #
 # Usage:
 #   app/container_up.sh [options] TASK_DIR
-#   app/container_up.sh [options] --spec task.json|'{"task_id": 0, ...}' --manifest manifest.csv
+#   app/container_up.sh [options] --spec '{"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}'
+#   app/container_up.sh [options] --spec task.json --manifest manifest.csv
 #
 # Rebuilds the training image (content-hash tag: nothing is rebuilt when nothing changed), then
 # runs `python -m pytrain.training --task-dir /task --sources-root /sources` in one container,
@@ -19,7 +20,9 @@
 #   --memory 16g          container memory limit        (env PYTRAIN_CONTAINER_MEMORY)
 #   --timeout SECONDS     stop the container after this (env PYTRAIN_TASK_TIMEOUT_SECONDS)
 #   --entrypoint 'CMD'    run CMD instead of the training (e.g. --entrypoint 'python -c "import torch"')
-#   --spec, --manifest    make the task folder under model_tasks/ from a spec and a manifest
+#   --spec ROW|FILE       make the task folder under model_tasks/ from a training_tasks row (JSON:
+#                         model_name, sources, classes, optional columns; resolved and split as the
+#                         orchestrator does), or from task.json fields plus --manifest manifest.csv
 #   -h, --help            this help
 #
 # Needs a Docker engine (as root: scripts/start_dockerd.sh) and the NGC API key in ~/api.key when
@@ -28,14 +31,15 @@
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 if [ $# -eq 0 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+    usage
     [ $# -eq 0 ] && exit 2 || exit 0
 fi
 for arg in "$@"; do
     if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
-        sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+        usage
         exit 0
     fi
 done

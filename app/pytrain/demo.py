@@ -123,11 +123,11 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     step(2, "PostgreSQL")
     engine = get_engine(settings)
     upgrade(engine)
-    console.print(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+    console.print(f"database ready: {engine.url.render_as_string(hide_password=True)}", soft_wrap=True)
 
     step(3, "register the dataset")
     synced = sync_sources(settings, engine=engine)
-    console.print(f"sources registered: {synced}")
+    console.print(f"registered datasets: {', '.join(synced.registered)} (new: {', '.join(synced.added) or 'none'})")
 
     step(4, "insert a training task (SQL)")
     row = {
@@ -166,7 +166,7 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     thread = threading.Thread(target=work, name="pytrain-demo-orchestrator", daemon=True)
     thread.start()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console,
     ) as progress:
         bar = progress.add_task(f"task {task_id}: queued", total=options.epochs, info="")
@@ -230,6 +230,6 @@ def _predict(settings: Settings, model: str, version: int | None, rows: list[dic
                 result = {"video": str(path.relative_to(settings.sources_dir)), "label": best.label,
                           "probability": round(float(best.probability), 4), "true_label": row["label"]}
                 mark = "[green]ok[/]" if best.label == row["label"] else "[red]wrong[/]"
-                console.print(f"{json.dumps(result)}  {mark}")
+                console.print(f"{json.dumps(result)}  {mark}", soft_wrap=True)
                 results.append(result)
     return results

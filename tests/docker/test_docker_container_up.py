@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_help_explains_usage():
 
 
 @pytest.mark.docker
-def test_container_up_builds_runs_streams_and_exits_with_the_container_code(docker_client, docker_tracker, docker_base_image, tmp_path):
+def test_container_up_builds_runs_streams_and_exits_with_the_container_code(docker_client, docker_tracker, docker_base_image, synthetic_sources, tmp_path):
     from pytrain.runners.images import cache_dir
 
     env = _env(tmp_path, docker_base_image)
@@ -64,6 +65,18 @@ def test_container_up_builds_runs_streams_and_exits_with_the_container_code(dock
         assert "failed: exit code 3; training container exited with code 3: bad" in proc.stderr
         assert (tmp_path / "model_tasks" / "task-8-debug2" / "task.json").is_file()
         assert "Successfully built" not in proc.stderr
+
+        # a training_tasks row on the command line: resolved and split like the orchestrator does
+        sources = tmp_path / "sources"
+        shutil.copytree(synthetic_sources / "dataset1", sources / "dataset1")
+        for dirpath, _, _ in os.walk(sources):
+            os.chmod(dirpath, 0o755)
+        row = json.dumps({"id": 9, "model_name": "rowspec", "sources": ["dataset1"], "classes": ["cooking", "walking"], "architecture": "tiny"})
+        proc = subprocess.run([str(SCRIPT), "--no-build", "--spec", row, "--entrypoint", "sh -c 'tail -n +2 /task/manifest.csv | wc -l'"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == "24"  # 2 cooking folders + 1 walking folder, 8 clips each
+        assert TaskSpec.load(tmp_path / "model_tasks" / "task-9-rowspec").class_list == ["cooking", "walking"]
     finally:
         if tag is not None:  # built from the checkout for this test
             docker_tracker.track_image(tag)

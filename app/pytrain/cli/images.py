@@ -65,7 +65,20 @@ def build_command(
     typer.echo(result.tag)
 
 
-def _task_from_spec(spec_arg: str, manifest: Optional[Path], tasks_dir: Path):
+# The training_tasks columns' defaults (pytrain.db.models), for a row given on the command line.
+_ROW_DEFAULTS = {
+    "id": 0, "architecture": "r3d_18", "pretrained": False, "num_frames": 20, "height": 224, "width": 224, "epochs": 50,
+    "batch_size": 4, "shuffle_size": 300, "learning_rate": 0.001, "seed": 0, "train_fraction": 0.6, "val_fraction": 0.2,
+    "test_fraction": 0.2, "include_other": False,
+}
+
+
+def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
+    """Make a task folder from ``--spec``: a ``task.json`` (with ``--manifest``) or a task row.
+
+    A task row (``model_name``, ``sources``, ``classes`` and optional columns, as inserted into
+    ``training_tasks``) is resolved and split exactly as the orchestrator does.
+    """
     from pytrain.spec import MANIFEST, TaskSpec, task_dir_name
 
     path = Path(spec_arg)
@@ -73,14 +86,22 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], tasks_dir: Path):
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"--spec is neither a task.json file nor JSON: {exc}") from exc
+        raise ConfigurationError(f"--spec is neither a JSON file nor JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigurationError("--spec must be a JSON object (the fields of task.json)")
+        raise ConfigurationError("--spec must be a JSON object (task.json fields, or a training_tasks row)")
+    if "class_list" not in data:  # a task row: prepare it like the orchestrator
+        from pytrain.orchestrator.prepare import prepare_task
+
+        missing = sorted({"model_name", "sources", "classes"} - set(data))
+        if missing:
+            raise ConfigurationError(f"--spec row lacks {missing}", hint='e.g. {"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}')
+        prepared = prepare_task({**_ROW_DEFAULTS, **data}, settings, registered=None, gpus=settings.gpus)
+        return prepared.spec, prepared.task_dir
     try:
         spec = TaskSpec(**data)
     except TypeError as exc:
         raise ConfigurationError(f"--spec: {exc}", hint="fields: see pytrain.spec.TaskSpec (task_id, model_name, class_list, ...)") from exc
-    task_dir = tasks_dir / task_dir_name(spec.task_id, spec.model_name)
+    task_dir = settings.model_tasks_dir / task_dir_name(spec.task_id, spec.model_name)
     task_dir.mkdir(parents=True, exist_ok=True)
     spec.save(task_dir)
     if manifest is not None:
@@ -93,7 +114,8 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], tasks_dir: Path):
 @image_app.command("run")
 def run_command(
     task_dir: Optional[Path] = typer.Argument(None, help="An existing task folder (task.json + manifest.csv)."),
-    spec: Optional[str] = typer.Option(None, "--spec", help="A task.json file or inline JSON instead of TASK_DIR; the folder is made under the tasks dir."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Instead of TASK_DIR: a training_tasks row as JSON (model_name, sources, classes, ...; "
+                                       "split like the orchestrator does) or task.json fields with --manifest. File or inline."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest.csv for --spec."),
     no_build: bool = typer.Option(False, "--no-build", help="Reuse the last built training image (app/docker_components/cache/train-image.json)."),
     image: Optional[str] = typer.Option(None, "--image", help="Run this image (implies --no-build)."),
@@ -114,7 +136,9 @@ def run_command(
     if (task_dir is None) == (spec is None):
         raise ConfigurationError("give either a task folder or --spec", hint="app/container_up.sh --help")
     if spec is not None:
-        task_spec, folder = _task_from_spec(spec, manifest, settings.model_tasks_dir)
+        if sources_root is not None:
+            settings = settings.model_copy(update={"sources_dir": Path(sources_root).resolve()})
+        task_spec, folder = _task_from_spec(spec, manifest, settings)
     else:
         folder = Path(task_dir).resolve()
         task_spec = TaskSpec.load(folder)

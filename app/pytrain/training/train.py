@@ -42,7 +42,7 @@ from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, PLOTS, PROGRESS, SKIPPED, TaskSpec, TensorSpec, write_json_atomic
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
-from pytrain.training.models import build_model
+from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import scan_videos
 from pytrain.training.transforms import TrainPreset
 
@@ -383,7 +383,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         dropout=cfg.dropout, temporal_head=cfg.temporal_head)
     model_args = dict(model.model_args)
     model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and ARCHITECTURES[spec.architecture].family != "frames":  # 3D convolutions only
         model.preprocess.channels_last_3d = True
         model.to(memory_format=torch.channels_last_3d)
     train_model: nn.Module = model
@@ -403,7 +403,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     last_path, best_path = task_dir / CHECKPOINT_LAST, task_dir / CHECKPOINT_BEST
     resumed_from = 0
     if last_path.is_file():
-        checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # written atomically, so this is damage from outside
+            raise TrainingError(f"cannot read {last_path}: {exc}", hint="delete it to start the task over") from exc
         if checkpoint.get("model_args") != model_args:
             raise TrainingError(
                 f"{last_path} was written for another model ({checkpoint.get('model_args')}), not {model_args}",
