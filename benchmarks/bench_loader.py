@@ -70,6 +70,10 @@ def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cach
 
     from pytrain.training.data import ShuffleBufferSampler
 
+    # one intra-op thread, like the DataLoader workers: with 0 workers the main process collates,
+    # and OpenMP's spinning threads on busy shared cores made torch.stack 10x slower here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     ds = _dataset(files, frames, size, cache_dir)
     sampler = ShuffleBufferSampler(len(ds), 300)
     loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
@@ -80,7 +84,7 @@ def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cach
         count = sum(batch[0].shape[0] for batch in loader)
         rates.append(count / (time.perf_counter() - start))
     del loader
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    torch.set_num_threads(threads)
     return rates
 
 
@@ -99,7 +103,7 @@ def peak_rss(files_json: Path, frames: int, size: int, workers: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_rate(architecture: str, frames: int, size: int, steps: int) -> float:
+def train_rate(architecture: str, frames: int, size: int, steps: int, min_seconds: float = 5.0) -> float:
     import torch
 
     from pytrain.training.models import build_model
@@ -116,11 +120,14 @@ def train_rate(architecture: str, frames: int, size: int, steps: int) -> float:
         loss_fn(model(clips), labels).backward()
         opt.step()
 
-    step()  # warm-up: allocator and kernel selection
-    start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(2):  # warm-up: allocator, oneDNN kernel selection
         step()
-    return steps * 4 / (time.perf_counter() - start)
+    start = time.perf_counter()
+    done = 0
+    while done < steps or time.perf_counter() - start < min_seconds:  # at least `steps` and `min_seconds`
+        step()
+        done += 1
+    return done * 4 / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -130,7 +137,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112, help="decode to size x size")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=2, help="at least this many timed steps (and at least 5 s) per model")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -36,7 +36,7 @@ def test_help_explains_usage():
 
 
 @pytest.mark.docker
-def test_container_up_builds_runs_streams_and_exits_with_the_container_code(docker_client, docker_tracker, docker_base_image, synthetic_sources, tmp_path):
+def test_container_up_builds_runs_streams_and_exits_with_the_container_code(docker_client, docker_tracker, docker_base_image, docker_wheelhouse, synthetic_sources, tmp_path):
     from pytrain.runners.images import cache_dir
 
     env = _env(tmp_path, docker_base_image)

@@ -83,6 +83,23 @@ def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):
     assert tensor_spec.class_list[int(probs.argmax())] == "drinking"
 
 
+def test_rerun_of_a_finished_task_reuses_the_scan_and_reexports(tmp_path, synthetic_sources, monkeypatch):
+    import pytrain.training.train as train_mod
+
+    task = tmp_path / "task"
+    write_task(task, synthetic_sources, epochs=1)
+    main(_args(task))
+    scanned: list[list] = []
+    real_scan = train_mod.scan_videos
+    monkeypatch.setattr(train_mod, "scan_videos", lambda paths, *a, **kw: scanned.append(list(paths)) or real_scan(paths, *a, **kw))
+    (task / "model.onnx").unlink()
+    again = main(_args(task))
+    assert scanned == [[]]  # every file's earlier result still holds
+    assert (task / "model.onnx").is_file() and again["epochs_run"] == 1
+    assert [e["event"] for e in _events(task)] == ["start", "epoch", "done", "start", "done"]
+    assert _events(task)[-2]["resumed_from_epoch"] == 1
+
+
 def test_evaluation_is_deterministic(tmp_path, synthetic_sources):
     from pytrain.training.data import ClipDataset, Sample
     from pytrain.training.models import build_model

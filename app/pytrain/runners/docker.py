@@ -14,6 +14,9 @@ For each task it
    - a memory limit without swap (``settings.container_memory``) and a pids limit,
    - no network, a read-only root file system and a tmpfs ``/tmp``,
    - the dataset mounted read-only at ``/sources`` and only the task folder writable at ``/task``;
+   - the image's non-root user (uid 1000; as root the runner hands the task folder to it), or,
+     when the runner itself is not root, this process's uid:gid so the files stay the user's;
+   - tini as PID 1 (``init``), so ``docker stop`` reaches python at once;
 
 3. streams the container's output into the task folder's ``train.log``;
 4. waits for the end, the task's timeout, ``cancel`` or ``stop``, and maps the exit to an

@@ -35,8 +35,11 @@ class Preprocess(nn.Module):
 
     Args:
         mean, std: per-channel statistics of ``x / 255`` (RGB order).
+
+    Attributes:
         channels_last_3d: return the tensor in ``torch.channels_last_3d`` memory format (faster
-            3D convolutions with cuDNN); used on CUDA only and never in the exported graph.
+            3D convolutions with cuDNN). Training sets it on CUDA only; export rebuilds the model
+            from its checkpoint, so it is never in the exported graph.
     """
 
     def __init__(self, mean: tuple[float, float, float] = KINETICS_MEAN, std: tuple[float, float, float] = KINETICS_STD) -> None:

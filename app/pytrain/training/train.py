@@ -312,15 +312,33 @@ def _worker_init(_: int) -> None:
 
 
 def _prepare_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: Path, ddp: _Distributed, processes: int) -> tuple[dict[str, list], list[dict[str, str]]]:
-    """Read the manifest and pre-scan every file (rank 0); other ranks read ``skipped.json``."""
+    """Read the manifest and pre-scan every file (rank 0); other ranks read ``skipped.json``.
+
+    Scan results are kept in ``scan.json`` in the task folder, so a resumed run only scans the
+    files that changed.
+    """
     samples, skipped = data_mod.read_manifest(task_dir, sources_root, spec.class_list)
     skipped_path = task_dir / SKIPPED
     if ddp.main:
-        log.info("pre-scanning %d files (timeout %g s per file, %d processes)", len(samples), cfg.decode_timeout_s, processes)
-        bad = scan_videos([s.path for s in samples], spec.num_frames, spec.height, spec.width, timeout=cfg.decode_timeout_s, processes=processes)
-        for i, reason in sorted(bad.items()):
-            skipped.append({"path": samples[i].rel_path, "reason": reason})
-            log.warning("skipping %s: %s", samples[i].rel_path, reason)
+        # results of earlier runs of this task (a resume) are kept while the file is unchanged
+        scan_path = task_dir / SCAN_RESULTS
+        try:
+            previous = json.loads(scan_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            previous = {}
+        stamps = [_stamp(s.path, spec) for s in samples]
+        todo = [i for i, s in enumerate(samples) if previous.get(s.rel_path, {}).get("stamp") != stamps[i]]
+        log.info("pre-scanning %d of %d files (timeout %g s per file, %d processes)", len(todo), len(samples), cfg.decode_timeout_s, processes)
+        found = scan_videos([samples[i].path for i in todo], spec.num_frames, spec.height, spec.width, timeout=cfg.decode_timeout_s, processes=processes)
+        results = {s.rel_path: previous[s.rel_path] for s in samples if s.rel_path in previous}
+        for k, i in enumerate(todo):
+            results[samples[i].rel_path] = {"stamp": stamps[i], "reason": found.get(k)}
+        write_json_atomic(scan_path, results)
+        for s in samples:
+            reason = results[s.rel_path]["reason"]
+            if reason is not None:
+                skipped.append({"path": s.rel_path, "reason": reason})
+                log.warning("skipping %s: %s", s.rel_path, reason)
         write_json_atomic(skipped_path, skipped)
     if ddp.world_size > 1:
         dist.barrier()
@@ -330,6 +348,14 @@ def _prepare_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root
     data_mod.check_splits(samples)
     by_split = {split: [s for s in samples if s.split == split] for split in ("train", "val", "test")}
     return by_split, skipped
+
+
+SCAN_RESULTS = "scan.json"  # {manifest path: {"stamp": [...], "reason": str | None}}
+
+
+def _stamp(path: Path, spec: TaskSpec) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, spec.num_frames, spec.height, spec.width]
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -431,6 +457,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         tr = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, grad_clip=cfg.grad_clip,
                              desc=f"epoch {epoch}/{spec.epochs}", show_progress=show)
+        if not math.isfinite(tr["loss"]):
+            raise TrainingError(f"the training loss became {tr['loss']} in epoch {epoch}", hint="lower learning_rate (or check the clips)")
         if ddp.world_size > 1:
             # BatchNorm running statistics are per rank: give every rank rank 0's, so all ranks
             # evaluate (and decide early stopping on) the model rank 0 checkpoints
