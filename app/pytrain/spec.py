@@ -60,23 +60,36 @@ def task_dir_name(task_id: int, model_name: str) -> str:
     return f"task-{task_id}-{model_name}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as pretty JSON to ``path`` so that the file appears whole or not at all.
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that the file appears whole or not at all.
 
     Writes a temporary file in the same folder, fsyncs it, then ``os.replace``-s it.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as pretty JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _read_json(path: Path, missing_hint: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"no {path.name} at {path}", hint=missing_hint) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
@@ -159,12 +172,7 @@ class TaskSpec:
             ConfigurationError: the file is missing, not JSON, or has unknown/missing fields.
         """
         path = Path(task_dir) / TASK_SPEC
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigurationError(f"no task spec at {path}", hint="the orchestrator writes it; pass the task folder") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+        data = _read_json(path, "the orchestrator writes it; pass the task folder")
         return _from_dict(cls, data, str(path))
 
 
@@ -226,12 +234,7 @@ class TensorSpec:
         path = Path(folder_or_file)
         if path.is_dir():
             path = path / TENSOR_SPEC
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigurationError(f"no tensor spec at {path}", hint="the training run writes it beside model.onnx") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+        data = _read_json(path, "the training run writes it beside model.onnx")
         data.pop("input_shape", None)
         data.pop("output_shape", None)
         return _from_dict(cls, data, str(path))

@@ -11,15 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import SplitError
 from pytrain.sources.resolve import ResolvedClasses
-from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS
+from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -111,16 +109,7 @@ def write_manifest(rows: list[ManifestRow], task_dir: Path) -> Path:
     for row in rows:
         writer.writerow((row.path, row.label, row.split))
     path = Path(task_dir) / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=task_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
