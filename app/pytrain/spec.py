@@ -19,6 +19,9 @@ file                   written by                what
 ``metrics.json``       training                  history, test metrics, confusion matrices
 ``skipped.json``       training                  ``[{"path": ..., "reason": ...}]``
 ``history.png`` etc.   training                  plots
+``scan.json``          training                  pre-scan of every video (readable or why
+                                                 not), reused by a resumed run
+``clip_cache/``        training                  decoded clips, only with ``extra.cache``
 =====================  ========================  =============================================
 """
 

@@ -68,3 +68,16 @@ def test_manifest_has_relative_paths_and_contract_columns(tree, tmp_path):
     assert all(line[0].startswith("d/") and (root / line[0]).is_file() for line in lines[1:])
     assert read_manifest(task_dir) == rows
     assert sorted(p.name for p in task_dir.iterdir()) == ["manifest.csv"]  # videos are never copied
+
+
+def test_manifest_interleaves_classes_inside_each_split(tree):
+    # Training streams train rows in manifest order through a shuffle buffer: a class-sorted
+    # manifest would feed single-class batches once a class outgrows the buffer.
+    root = tree({"d": {"cooking_a": 30, "drinking": 30}})
+    resolved = resolve_classes(root, ["d"], ["cooking", "drinking"])
+    rows = split_clips(resolved, train_fraction=0.6, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert [r.split for r in rows] == ["train"] * 36 + ["val"] * 12 + ["test"] * 12
+    first_half = [r.label for r in rows[:18]]
+    assert set(first_half) == {"cooking", "drinking"}
+    changes = sum(a.label != b.label for a, b in zip(rows[:36], rows[1:36]))
+    assert changes >= 10  # sorted by class would give exactly 1

@@ -72,7 +72,10 @@ def split_clips(
     """Split every class of ``resolved`` into train/val/test.
 
     Returns:
-        Manifest rows sorted by split (train, val, test), then label, then path.
+        Manifest rows grouped by split (train, val, test); inside a split the rows are in a
+        seeded random order, so classes are interleaved. Training streams the train rows in
+        manifest order through a ``shuffle_size`` buffer; a class-sorted manifest would give
+        single-class batches whenever a class has more clips than the buffer holds.
 
     Raises:
         SplitError: a class has too few clips for the split (the message names the class, its
@@ -98,7 +101,12 @@ def split_clips(
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             rows.append(ManifestRow(path=path, label=label, split=split))
     order = {name: i for i, name in enumerate(SPLITS)}
-    return sorted(rows, key=lambda r: (order[r.split], r.label, r.path))
+    rows.sort(key=lambda r: (order[r.split], r.label, r.path))
+    mixer = random.Random(f"{seed}/order")
+    grouped = {name: [r for r in rows if r.split == name] for name in SPLITS}
+    for split_rows in grouped.values():
+        mixer.shuffle(split_rows)
+    return [row for name in SPLITS for row in grouped[name]]
 
 
 def write_manifest(rows: list[ManifestRow], task_dir: Path) -> Path:
