@@ -86,11 +86,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _read_json(path: Path, missing_hint: str) -> dict[str, Any]:
+def _read_json(path: Path, what: str, missing_hint: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigurationError(f"no {path.name} at {path}", hint=missing_hint) from exc
+        raise ConfigurationError(f"no {what} at {path}", hint=missing_hint) from exc
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
 
@@ -175,7 +175,7 @@ class TaskSpec:
             ConfigurationError: the file is missing, not JSON, or has unknown/missing fields.
         """
         path = Path(task_dir) / TASK_SPEC
-        data = _read_json(path, "the orchestrator writes it; pass the task folder")
+        data = _read_json(path, "task spec", "the orchestrator writes it; pass the task folder")
         return _from_dict(cls, data, str(path))
 
 
@@ -237,7 +237,7 @@ class TensorSpec:
         path = Path(folder_or_file)
         if path.is_dir():
             path = path / TENSOR_SPEC
-        data = _read_json(path, "the training run writes it beside model.onnx")
+        data = _read_json(path, "tensor spec", "the training run writes it beside model.onnx")
         data.pop("input_shape", None)
         data.pop("output_shape", None)
         return _from_dict(cls, data, str(path))

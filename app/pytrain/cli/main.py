@@ -59,7 +59,9 @@ def format_error(exc: BaseException) -> str:
     cause = exc.__cause__
     while cause is not None:
         text = str(cause).strip().splitlines()
-        parts.append(f"caused by {type(cause).__name__}: {text[0] if text else ''}")
+        first = text[0] if text else ""
+        if not first or first not in parts[-1]:  # SQLAlchemy wraps the driver's error with the same text
+            parts.append(f"caused by {type(cause).__name__}: {first}")
         cause = cause.__cause__
     return "; ".join(parts)
 
@@ -78,15 +80,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # click's own usage errors (bad option value, unknown option, ...)
+        click_exception, abort = _click_exception_types()
+        if isinstance(exc, click_exception):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             sys.exit(1)
         raise
+
+
+def _click_exception_types() -> tuple[type[BaseException], type[BaseException]]:
+    """``(ClickException, Abort)`` of the click that typer uses.
+
+    Older typer releases run on the ``click`` package; newer ones vendor it as ``typer._click``
+    and need no ``click`` installed, so the classes are found through typer's own exports.
+    """
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return click_exception, typer.Abort
 
 
 if __name__ == "__main__":

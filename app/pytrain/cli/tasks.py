@@ -124,8 +124,55 @@ def submit(
     unregistered = [s for s in request.sources if s not in registered]
     if unregistered:
         raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
+    _check_architecture(request.architecture)
+    _check_task_data(request, _settings(), registered)
     task_id = queue.submit(request.columns())
     typer.echo(f"task {task_id} queued ({request.model_name})")
+
+
+def _check_architecture(architecture: str | None) -> None:
+    """Reject an architecture training does not know; skipped where the training extra is not installed."""
+    if architecture is None:
+        return
+    try:
+        from pytrain.training.models import ARCHITECTURES
+    except ImportError:  # an orchestrator-only install: the training run reports it
+        return
+    if architecture not in ARCHITECTURES:
+        raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"--architecture one of {sorted(ARCHITECTURES)}")
+
+
+def _check_task_data(request, settings, registered: set[str]) -> None:
+    """The orchestrator's checks of the task's data, run before the insert: every selected class
+    has a folder, at least two classes, enough clips per class for the split.
+
+    Skipped when a dataset folder is not on this machine (the orchestrator may see the sources
+    under another mount); the orchestrator checks again when it prepares the task.
+
+    Raises:
+        SourceError, SplitError, ConfigurationError: as the orchestrator would fail the task.
+    """
+    from pytrain.db import TASK_DEFAULTS
+    from pytrain.sources import resolve_classes, split_clips
+
+    if not all((settings.sources_dir / name).is_dir() for name in request.sources):
+        return
+    values = {**TASK_DEFAULTS, **request.columns()}
+    resolved = resolve_classes(
+        settings.sources_dir, request.sources, request.classes, include_other=values["include_other"], registered=registered
+    )
+    if len(resolved.class_list) < 2:
+        raise ConfigurationError(
+            f"class list {resolved.class_list} has fewer than 2 classes",
+            hint="select at least two classes (-c a,b), or --include-other",
+        )
+    split_clips(
+        resolved,
+        train_fraction=values["train_fraction"],
+        val_fraction=values["val_fraction"],
+        test_fraction=values["test_fraction"],
+        seed=values["seed"],
+    )
 
 
 def _progress_text(task: dict[str, Any]) -> str:
@@ -163,12 +210,16 @@ def _tasks_table(rows: list[dict[str, Any]]):
 
 
 def tasks(
-    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Newest N tasks."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status: queued, running, succeeded, failed or cancelled."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Newest N tasks."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Redraw every N seconds until Ctrl-C."),
 ) -> None:
     """List training tasks with their status and progress, newest first."""
+    from pytrain.db import STATUSES
+
+    if status is not None and status not in STATUSES:
+        raise typer.BadParameter(f"{status!r} is not one of {', '.join(STATUSES)}", param_hint="--status")
     queue = _queue()
     if as_json:
         for row in queue.list(status=status, limit=limit):

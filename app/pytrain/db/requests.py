@@ -67,9 +67,21 @@ class TaskRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg']}" for e in exc.errors())
-            raise ConfigurationError(f"invalid task: {problems}") from exc
+            problems = "; ".join(_problem(e) for e in exc.errors())
+            # The message names every field, value and rule; pydantic's own text would only repeat it.
+            raise ConfigurationError(
+                f"invalid task: {problems}", hint="see `pytrain submit --help` and the column table in the README"
+            ) from None
 
     def columns(self) -> dict[str, Any]:
         """The columns to insert: only those given, so the database fills in its defaults."""
         return self.model_dump(exclude_none=True)
+
+
+def _problem(error: Any) -> str:
+    """``field=value: rule`` for a field error; the bare rule for a whole-task one (the fractions)."""
+    message = error["msg"].removeprefix("Value error, ")
+    field = ".".join(str(p) for p in error["loc"])
+    if not field:
+        return message
+    return f"{field}={error['input']!r}: {message}"

@@ -255,5 +255,13 @@ def read_pytrain_ini(text: str) -> dict[str, Any]:
             "shuffle_size": train.getint("shuffle_size"),
             "batch_size": train.getint("batch_size"),
         }
-    except (configparser.Error, KeyError, ValueError, SyntaxError) as exc:
-        raise PublishError(f"invalid PyTrain model config: {type(exc).__name__}: {exc}") from exc
+    except KeyError as exc:
+        raise PublishError(
+            f"invalid PyTrain model config: missing section or key {exc}", hint="expected [PREDICTION] and [TRAINING] as publishing writes them"
+        ) from exc
+    except (configparser.Error, ValueError, SyntaxError) as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # configparser's messages quote the offending lines below
+        raise PublishError(
+            f"invalid PyTrain model config: {type(exc).__name__}: {first_line}",
+            hint="expected [PREDICTION] and [TRAINING] as publishing writes them",
+        ) from exc
