@@ -4,11 +4,16 @@ Prints, on a folder of mp4 clips (or a synthetic one it makes):
 
 1. a plain decord baseline: ``decord.VideoReader(path, width=W, height=H, num_threads=1)``
    ``.get_batch(uniform indices)`` over the files, one thread, in clips/s;
-2. the training loader (``ClipDataset`` with jitter + augmentation, DataLoader) with 0 and N
-   workers and no cache (every clip decoded, as in a first epoch), in clips/s, and per worker;
+2. the training loader (``ClipDataset`` with jitter, DataLoader) with 0 and N workers and no
+   cache (every clip decoded, as in a first epoch), in clips/s, and per worker. The random resized
+   crop + flip runs in the training step (``apply_boxes`` on the batch, on the device), not in the
+   workers; the timed loop applies it too, on this CPU, so the figures are what a CPU-only
+   training step gets (with workers it runs in the main process, beside them); its cost per clip
+   is printed on its own line;
 3. the same loader reading the decoded-clip cache (epochs 2 and 3), in clips/s;
-4. peak RSS of a full pass over the dataset at 1x and 4x the number of files (the file list
-   repeated), each in a fresh subprocess (``ru_maxrss`` of the process and of its workers);
+4. peak RSS of a full pass over the dataset at 1x and 4x the number of files (4x: the files plus
+   three copies of each, so every path and cache key is distinct), each in a fresh subprocess
+   (``ru_maxrss`` of the process and of its workers);
 5. training clips/s (forward + backward + AdamW step, random uint8 clips, batch 4) for ``tiny``
    and ``r3d_18`` on the CPU.
 
@@ -69,6 +74,7 @@ def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cach
     from torch.utils.data import DataLoader
 
     from pytrain.training.data import ShuffleBufferSampler
+    from pytrain.training.transforms import apply_boxes
 
     # one intra-op thread, like the DataLoader workers: with 0 workers the main process collates,
     # and OpenMP's spinning threads on busy shared cores made torch.stack 10x slower here
@@ -81,11 +87,34 @@ def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cach
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         start = time.perf_counter()
-        count = sum(batch[0].shape[0] for batch in loader)
+        count = 0
+        for clips, _, boxes in loader:  # the training step's augmentation, as train_one_epoch does it
+            count += apply_boxes(clips, boxes).shape[0]
         rates.append(count / (time.perf_counter() - start))
     del loader
     torch.set_num_threads(threads)
     return rates
+
+
+def augment_ms(frames: int, size: int, batch: int = 4, repeats: int = 50) -> float:
+    """Milliseconds per clip of the training step's crop + flip (``apply_boxes``) on this CPU."""
+    import numpy as np
+    import torch
+
+    from pytrain.training.transforms import TrainPreset, apply_boxes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    preset = TrainPreset()
+    clips = torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8)
+    boxes = [torch.from_numpy(np.stack([preset.draw(size, size, np.random.default_rng((r, i))) for i in range(batch)])) for r in range(repeats)]
+    apply_boxes(clips, boxes[0])  # warm-up
+    start = time.perf_counter()
+    for b in boxes:  # the mean over many boxes: the cost depends on the crop size and the flip
+        apply_boxes(clips, b)
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return 1000 * seconds / (repeats * batch)
 
 
 def rss_child(files: list[Path], frames: int, size: int, workers: int) -> dict:
@@ -176,10 +205,17 @@ def main() -> None:
         if args.workers:
             cached_n = max(loader_pass(files, args.frames, args.size, args.workers, cache_dir=cache_dir, epochs=2))
             print(f"cached epoch ({args.workers} workers)            {cached_n:8.1f} clips/s  ({cached_n / base:.1f}x baseline)")
+        print(f"augmentation in the step (CPU)      {augment_ms(args.frames, args.size):8.2f} ms/clip (crop + flip of a batch of 4; on a GPU: on the GPU)")
         rss = []
+        copies = tmp / "copies"
+        for k in range(1, 4):  # distinct files for 4x: same content, own paths (and cache keys)
+            for i, path in enumerate(files):
+                target = copies / str(k) / f"{i:05d}_{path.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
         for factor in (1, 4):
             listing = tmp / f"files{factor}.json"
-            listing.write_text(json.dumps([str(p) for p in files] * factor))
+            listing.write_text(json.dumps([str(p) for p in files] + ([str(p) for p in sorted(copies.rglob("*.mp4"))] if factor == 4 else [])))
             rss.append(peak_rss(listing, args.frames, args.size, args.workers))
             print(f"peak RSS, {factor}x files ({rss[-1]['files']:5d}), {args.workers} workers: main {rss[-1]['peak_rss_mb']:7.1f} MB, "
                   f"largest worker {rss[-1]['peak_worker_rss_mb']:7.1f} MB")

@@ -109,6 +109,37 @@ def test_a_version_that_is_not_served_is_reported_not_ready(triton_server: Trito
             client.model_info(MODEL, 7)
 
 
+def test_a_model_published_without_asking_the_server_to_load_it_names_the_fix(triton_server: TritonServer, tmp_path: Path) -> None:
+    """Explicit model control (`pytrain serve`'s default) serves a model published after its start
+    only when publishing asked it to load it (PYTRAIN_TRITON_GRPC_URL); the error says so."""
+    name = "client_not_loaded"
+    settings = Settings(model_repo_dir=triton_server.model_repository, results_dir=tmp_path / "results", max_batch_size=8)
+    assert publish_task(make_task_folder(tmp_path / "task", model_name=name), settings=settings,
+                        task_record=task_record(name)).load_requested is None
+    with TritonClient(triton_server.grpc_url, load_timeout_s=1.0) as client:
+        with pytest.raises(ClientError) as caught:
+            client.wait_model_ready(name)
+    assert str(caught.value).startswith(f"model '{name}' is not ready on Triton at {triton_server.grpc_url} after 1 s (")
+    assert caught.value.hint == (
+        "Triton has not loaded it; set PYTRAIN_TRITON_GRPC_URL=<its host:port> for `pytrain orchestrate` / "
+        "`pytrain publish` so publishing loads new models, or restart `pytrain serve`"
+    )
+
+
+def test_a_malformed_pytrain_config_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "kitchen.config"
+    config.write_text("hello\nworld\n")
+    with pytest.raises(ClientError) as caught:
+        ModelInfo.from_pytrain_config(config)
+    assert str(caught.value) == (
+        f"{config}: invalid PyTrain model config: MissingSectionHeaderError: File contains no section headers. "
+        "(hint: expected [PREDICTION] and [TRAINING] as publishing writes them)"
+    )
+    config.write_text("[PREDICTION]\nnum_frames = 4\n")
+    with pytest.raises(ClientError, match=r"missing section or key 'TRAINING'"):
+        ModelInfo.from_pytrain_config(config)
+
+
 @pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
 def test_an_undecodable_video_names_the_file(triton_server: TritonServer, served_model: Path, tmp_path: Path, kind: str) -> None:
     bad = make_bad_files(tmp_path / "bad")[kind]

@@ -43,13 +43,108 @@ def test_submit_inserts_a_validated_task_with_database_defaults(cli, engine, syn
         ["cooking", "drinking"], 3, 2, 20, "r3d_18")
 
 
-def test_submit_rejects_bad_values_with_one_line_and_exit_1(cli, engine, synced):
+def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cli, engine, synced):
     code, out, err = cli("submit", "-m", "bad name", "-s", "dataset1", "-c", "cooking", "--epochs", "0")
     assert code == 1
-    assert len(err.strip().splitlines()) == 1
-    assert err.startswith("error: invalid task: model_name: String should match pattern")
-    assert "epochs: Input should be greater than or equal to 1" in err
+    assert err.strip() == (
+        "error: invalid task: model_name='bad name': String should match pattern '^[A-Za-z0-9_-]{1,64}$'; "
+        "epochs=0: Input should be greater than or equal to 1 "
+        "(hint: see `pytrain submit --help` and the column table in the README)"
+    )
     assert TaskQueue(engine).counts() == {}
+
+
+def test_submit_rejects_fractions_not_summing_to_one(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--train-fraction", "0.5")
+    assert code == 1
+    assert err.strip() == (
+        "error: invalid task: train/val/test fractions [0.5, 0.2, 0.2] must sum to 1 "
+        "(hint: see `pytrain submit --help` and the column table in the README)"
+    )
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_submit_rejects_a_class_with_no_folder_before_inserting(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,flying")
+    assert code == 1
+    assert err.strip() == (
+        "error: class(es) ['flying'] have no folder in dataset(s) ['dataset1'] (hint: classes found: "
+        "['cooking', 'drinking', 'eating']; a class folder is named <class> or <class>_<subclass>)"
+    )
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_submit_rejects_a_single_class_without_include_other(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking")
+    assert code == 1
+    assert err.strip() == (
+        "error: class list ['cooking'] has fewer than 2 classes (hint: select at least two classes (-c a,b), or --include-other)"
+    )
+    assert cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking", "--include-other")[:2] == (0, "task 1 queued (kitchen)\n")
+
+
+def test_submit_rejects_a_class_with_too_few_clips_for_the_split(cli, engine, synced):
+    from fixtures.clips import write_tree
+
+    write_tree(synced, {"dataset1": {"walking_dog": 1}})
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,walking")
+    assert code == 1
+    assert err.startswith("error: class 'walking' has 1 clip(s); a 0.6/0.2/0.2 ") and len(err.strip().splitlines()) == 1
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_submit_rejects_an_unknown_architecture(cli, engine, synced):
+    pytest.importorskip("torch", reason="the architecture list comes with the training extra")
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--architecture", "resnet9000")
+    assert code == 1
+    assert err.startswith("error: unknown architecture 'resnet9000' (hint: --architecture one of [")
+    assert "'tiny'" in err and "'r3d_18'" in err
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_a_bad_option_value_is_a_usage_error_not_a_traceback(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--epochs", "abc")
+    assert code == 2
+    assert "Error: Invalid value for '--epochs'" in err
+    assert "Traceback" not in err
+    code, _, err = cli("tasks", "--no-such-option")
+    assert (code, err.strip().splitlines()[-1]) == (2, "Error: No such option: --no-such-option")
+
+
+def test_tasks_rejects_an_unknown_status_and_a_limit_below_one(cli, engine):
+    code, _, err = cli("tasks", "--status", "done")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "Error: Invalid value for --status: 'done' is not one of queued, running, succeeded, failed, cancelled")
+    code, _, err = cli("tasks", "-n", "-1")
+    assert code == 2
+    assert "Invalid value for '--limit' / '-n'" in err
+
+
+def test_a_bad_pytrain_variable_is_one_line_naming_it_and_its_value(cli, monkeypatch):
+    monkeypatch.setenv("PYTRAIN_POLL_SECONDS", "soon")
+    get_settings.cache_clear()
+    code, _, err = cli("tasks")
+    assert code == 1
+    assert err.strip() == (
+        "error: invalid settings: PYTRAIN_POLL_SECONDS='soon': Input should be a valid number, unable to parse string "
+        "as a number (hint: fix or unset those PYTRAIN_* environment variables)"
+    )
+
+
+def test_a_cause_that_repeats_the_message_is_not_printed_twice():
+    from pytrain.cli.main import format_error
+    from pytrain.errors import DatabaseError
+
+    driver = ConnectionError("connection refused")
+    try:
+        try:
+            raise RuntimeError("(psycopg.OperationalError) connection refused") from driver
+        except RuntimeError as wrapped:
+            raise DatabaseError("cannot reach the database") from wrapped
+    except DatabaseError as exc:
+        assert format_error(exc) == (
+            "cannot reach the database; caused by RuntimeError: (psycopg.OperationalError) connection refused")
 
 
 def test_submit_rejects_unregistered_dataset_and_names_sync(cli, engine, synced):

@@ -134,6 +134,37 @@ def test_stop_requeues_the_running_task_without_counting_an_attempt(settings, en
     assert row["error"] == "interrupted: worker test-worker shut down during the run; re-queued"
 
 
+@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "finish")])
+def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_lost(settings, engine, synced, caplog, mode, write):
+    """A beat landing just after the worker's own final write (re-queue on SIGTERM, finish) must not
+    log "lost the run (lease expired)": the worker ended the run, no lease expired."""
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    runner = FakeRunner(mode)
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
+    original = getattr(worker.queue, write)
+    beats_after_write: list[str] = []
+
+    def write_then_beat(*args, **kwargs):
+        result = original(*args, **kwargs)
+        heartbeat = worker._heartbeat
+        heartbeat.beat()  # the heartbeat thread waking up right after the write
+        beats_after_write.append(heartbeat.state)
+        return result
+
+    setattr(worker.queue, write, write_then_beat)
+    caplog.set_level("INFO", logger="pytrain.orchestrator.worker")
+    thread = in_thread(worker, exit_when_idle=True)
+    assert runner.started.wait(10)
+    if mode == "wait":
+        worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert beats_after_write == ["ok"]
+    assert queue.get(task_id)["status"] == ("queued" if mode == "wait" else "succeeded")
+    assert not [r for r in caplog.records if "lost the run" in r.getMessage()]
+
+
 def test_stop_with_finish_running_lets_the_task_finish_and_claims_no_more(settings, engine, synced):
     queue = TaskQueue(engine)
     first, second = queue.submit(TASK), queue.submit(TASK)

@@ -206,3 +206,16 @@ def test_publish_cli_prints_the_version(task_folder: Path, repo_settings: Settin
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert (line["model"], line["version"]) == ("kitchen", 1)
+
+
+def test_publishing_a_folder_that_is_not_a_task_folder_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    settings = Settings(model_repo_dir=tmp_path / "model_repo", results_dir=tmp_path / "results")
+    with pytest.raises(PublishError) as caught:
+        publish_task(folder, settings=settings, task_record={})
+    assert str(caught.value) == (
+        f"{folder} has no task.json, so it is not a task folder and names no model "
+        "(hint: pass a finished task folder model_tasks/task-<id>-<model>/)"
+    )
+    assert not (tmp_path / "model_repo").exists() or list((tmp_path / "model_repo").iterdir()) == []

@@ -97,6 +97,18 @@ def test_pytrain_ini_reads_back() -> None:
     }
 
 
+@pytest.mark.parametrize("text, message", [
+    ("hello\nworld\n", "invalid PyTrain model config: MissingSectionHeaderError: File contains no section headers."),
+    ("[PREDICTION]\nnum_frames = 4\n", "invalid PyTrain model config: missing section or key 'TRAINING'"),
+    ("[PREDICTION]\nnum_frames = four\n[TRAINING]\n", "invalid PyTrain model config: ValueError: invalid literal for int() with base 10: 'four'"),
+])
+def test_a_malformed_pytrain_ini_is_one_line_naming_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(PublishError) as caught:
+        triton_config.read_pytrain_ini(text)
+    assert caught.value.message == message
+    assert caught.value.hint == "expected [PREDICTION] and [TRAINING] as publishing writes them"
+
+
 def test_labels_file_has_one_class_per_line_in_output_order() -> None:
     assert triton_config.labels_text(SPEC) == "cooking\ndrinking\neating\nwalking\n"
 

@@ -13,7 +13,7 @@ from fixtures.clips import make_bad_files, make_lavfi_clip
 from pytrain.training import data as data_mod
 from pytrain.training.data import ClipCache, ClipDataset, Sample, ShuffleBufferSampler, read_manifest
 from pytrain.training.probe import scan_videos
-from pytrain.training.transforms import TrainPreset
+from pytrain.training.transforms import TrainPreset, apply_boxes
 from pytrain.video import read_clip, sample_indices
 from training.conftest import write_task
 
@@ -44,9 +44,13 @@ def test_clip_dataset_returns_uint8_clips_of_the_task_size(tmp_path, size, rate,
     samples = [Sample(clip, clip.name, 1, "train")]
     for train in (False, True):
         ds = ClipDataset(samples, 8, 40, 56, train=train, augment=TrainPreset() if train else None)
-        frames, label = ds[(0, 3)] if train else ds[0]
+        frames, label, *box = ds[(0, 3)] if train else ds[0]
         assert frames.shape == (8, 40, 56, 3) and frames.dtype == torch.uint8
         assert label.item() == 1 and label.dtype == torch.int64
+        assert len(box) == int(train)
+        if train:
+            assert box[0].shape == (5,) and box[0].dtype == torch.int64
+            assert apply_boxes(frames[None], box[0][None]).shape == (1, 8, 40, 56, 3)
 
 
 def test_clip_shorter_than_num_frames_is_padded_by_repetition(tmp_path):
@@ -67,8 +71,64 @@ def test_eval_clips_are_deterministic_and_equal_to_read_clip(synthetic_sources):
 def test_train_clips_depend_only_on_seed_epoch_and_index(synthetic_sources):
     clip = sorted((synthetic_sources / "dataset1").glob("*/*.mp4"))[0]
     ds = ClipDataset([Sample(clip, "x", 0, "train")], 8, 32, 32, train=True, seed=3, augment=TrainPreset())
-    assert torch.equal(ds[(0, 1)][0], ds[(0, 1)][0])
+    assert all(torch.equal(a, b) for a, b in zip(ds[(0, 1)], ds[(0, 1)]))
     assert any(not torch.equal(ds[(0, 1)][0], ds[(0, e)][0]) for e in range(2, 6))
+    assert any(not torch.equal(ds[(0, 1)][2], ds[(0, e)][2]) for e in range(2, 6))
+
+
+def test_train_items_augmented_in_the_step_equal_the_per_clip_transform(synthetic_sources):
+    # the crop + flip moved from the workers to the training step: same boxes, same pixels
+    import decord
+
+    clip = sorted((synthetic_sources / "dataset1").glob("*/*.mp4"))[0]
+    length = len(decord.VideoReader(str(clip), num_threads=1))
+    preset = TrainPreset(hflip=0.5)
+    ds = ClipDataset([Sample(clip, "x", 0, "train")], 8, 32, 32, train=True, seed=3, augment=preset)
+    for epoch in range(6):
+        frames, _, box = ds[(0, epoch)]
+        rng = np.random.default_rng((3, epoch, 0))
+        indices = sample_indices(length, 8, rng=rng)  # the jitter draws first, then the box
+        assert np.array_equal(frames.numpy(), read_clip(clip, length, 32, 32)[indices])
+        expected = preset(frames.numpy(), rng)
+        assert np.array_equal(apply_boxes(frames[None], box[None])[0].numpy(), expected)
+
+
+def test_train_items_without_augment_carry_the_identity_box(synthetic_sources):
+    clip = sorted((synthetic_sources / "dataset1").glob("*/*.mp4"))[0]
+    frames, _, box = ClipDataset([Sample(clip, "x", 0, "train")], 8, 32, 40, train=True)[(0, 2)]
+    assert box.tolist() == [0, 0, 32, 40, 0]
+    assert torch.equal(apply_boxes(frames[None], box[None])[0], frames)
+
+
+def test_apply_boxes_crops_resizes_and_flips_each_clip_by_its_own_box():
+    clips = torch.zeros((3, 2, 16, 16, 3), dtype=torch.uint8)
+    clips[:, :, 4:12, 2:10] = 77  # an 8x8 patch: cropped and resized it fills the frame
+    clips[:, :, :, 0] = torch.tensor([1, 2, 3], dtype=torch.uint8)  # the left column, to see flips
+    boxes = torch.tensor([[0, 0, 16, 16, 0], [4, 2, 8, 8, 0], [0, 0, 16, 16, 1]])
+    out = apply_boxes(clips, boxes)
+    assert out.shape == clips.shape and out.dtype == torch.uint8
+    assert torch.equal(out[0], clips[0])
+    assert bool((out[1] == 77).all())
+    assert torch.equal(out[2], clips[2].flip(2)) and out[2][0, 0, -1].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="2 boxes for 3 clips"):
+        apply_boxes(clips, boxes[:2])
+
+
+def test_apply_boxes_batched_gpu_path_agrees_with_the_cpu_uint8_kernel():
+    # the GPU path (one float grid_sample per batch) runs here on the CPU: within 1 of the CPU path
+    from pytrain.training.transforms import _sample_boxes
+
+    rng = np.random.default_rng(0)
+    preset = TrainPreset(scale=(0.2, 1.0), hflip=0.5)
+    for h, w in ((112, 112), (37, 29), (32, 48)):
+        clips = torch.from_numpy(rng.integers(0, 256, (6, 3, h, w, 3), dtype=np.uint8))
+        boxes = torch.from_numpy(np.stack([preset.draw(h, w, rng) for _ in range(6)]))
+        boxes[0] = torch.tensor([0, 0, h, w, 1])  # a flip alone
+        cpu = apply_boxes(clips, boxes).to(torch.int16)
+        gpu = _sample_boxes(clips, boxes.tolist()).to(torch.int16)
+        assert gpu.shape == (6, 3, h, w, 3)
+        assert int((cpu - gpu).abs().max()) <= 1
+        assert torch.equal(cpu[0], gpu[0])
 
 
 def test_cache_serves_clips_without_decoding_again(synthetic_sources, tmp_path, monkeypatch):
@@ -78,6 +138,7 @@ def test_cache_serves_clips_without_decoding_again(synthetic_sources, tmp_path, 
     training = ClipDataset([Sample(clip, "x", 0, "train")], 8, 32, 32, train=True, cache=cache)
     first_eval, first_train = evaluation[0][0], training[(0, 1)][0]
     assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 2  # eval clip + training pool
+    assert isinstance(cache.read_clip(clip, 16, 32, 32, mmap=True), np.memmap)  # the pool: mapped, not read
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the clip is cached")

@@ -28,11 +28,12 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    model_repo: Optional[Path] = typer.Option(None, "--model-repo", help="Model repository (default PYTRAIN_MODEL_REPO_DIR)."),
-    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default PYTRAIN_TRITON_GRPC_PORT, 8001)."),
-    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default PYTRAIN_TRITON_HTTP_PORT, 8000)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Metrics port (default PYTRAIN_TRITON_METRICS_PORT, 8002)."),
-    mode: str = typer.Option("explicit", "--model-control-mode", help="explicit (load all at start, publish loads new versions), poll or none."),
+    model_repo: Optional[Path] = typer.Option(None, "--model-repo", exists=True, file_okay=False,
+                                              help="An existing model repository (default PYTRAIN_MODEL_REPO_DIR, created when missing)."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", min=1, max=65535, help="gRPC port (default PYTRAIN_TRITON_GRPC_PORT, 8001)."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", min=1, max=65535, help="HTTP port (default PYTRAIN_TRITON_HTTP_PORT, 8000)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=1, max=65535, help="Metrics port (default PYTRAIN_TRITON_METRICS_PORT, 8002)."),
+    mode: str = typer.Option("explicit", "--model-control-mode", help="explicit (load every model at start; later ones load when publishing has PYTRAIN_TRITON_GRPC_URL set to this server), poll (watch the repository) or none."),
 ) -> None:
     """Start the embedded Triton server (CPU, Python backend) and serve until Ctrl-C."""
     from pytrain.serving import TritonServer

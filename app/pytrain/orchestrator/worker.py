@@ -82,8 +82,16 @@ class _Heartbeat(threading.Thread):
         self.task_dir: Path | None = None
         self.state = "ok"  # ok | cancelled | lost
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._ended = False
 
     def beat(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._beat()
+
+    def _beat(self) -> None:
         progress = read_progress(self.task_dir) if self.task_dir is not None else None
         try:
             state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, progress)
@@ -103,6 +111,12 @@ class _Heartbeat(threading.Thread):
             self.beat()
             if self.state != "ok":
                 return
+
+    def end(self) -> None:
+        """No beat from now on: the worker is about to record the run's outcome. A beat after that
+        write would find the run no longer running and wrongly report it lost."""
+        with self._lock:  # waits for a beat in flight
+            self._ended = True
 
     def stop(self) -> None:
         self._done.set()
@@ -149,6 +163,7 @@ class Orchestrator:
         self._listener = None
         self._started = False
         self.current: Run | None = None
+        self._heartbeat: _Heartbeat | None = None  # the running task's
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, *, interrupt_running: bool = True) -> None:
@@ -266,9 +281,11 @@ class Orchestrator:
         cancel = threading.Event()
         heartbeat = _Heartbeat(self.queue, run, self.settings, cancel)
         heartbeat.start()
+        self._heartbeat = heartbeat
         try:
             return self._process(run, cancel, heartbeat)
         finally:
+            self._heartbeat = None
             heartbeat.stop()
 
     def _process(self, run: Run, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
@@ -297,10 +314,12 @@ class Orchestrator:
             return "lost"
         if heartbeat.state == "cancelled" or result.outcome is Outcome.CANCELLED:
             if self.queue.status(task_id) == "cancelled":
+                heartbeat.end()
                 self.queue.finish(run, "cancelled", error="cancelled while running", progress=progress)
                 return "cancelled"
             return self._fail(run, "the run was stopped unexpectedly (cancel without a cancelled task)", progress)
         if result.outcome is Outcome.INTERRUPTED:
+            heartbeat.end()
             self.queue.requeue(run, f"interrupted: worker {self.worker_id} shut down during the run; re-queued")
             return "queued"
         if result.outcome is not Outcome.SUCCEEDED:
@@ -319,6 +338,7 @@ class Orchestrator:
         except json.JSONDecodeError as exc:
             return self._fail(run, f"{metrics_path} is not valid JSON: {exc}", progress)
         if self.queue.status(run.task_id) == "cancelled":  # cancelled in the last seconds: do not publish
+            self._end_heartbeat()
             self.queue.finish(run, "cancelled", error="cancelled before publishing", metrics=metrics, progress=progress)
             return "cancelled"
         record = _json_safe({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
@@ -331,6 +351,7 @@ class Orchestrator:
         except Exception as exc:
             log.exception("task %s: publishing crashed", run.task_id)
             return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
+        self._end_heartbeat()
         if not self.queue.finish(run, "succeeded", metrics=metrics, version=version, progress=progress):
             log.warning("task %s: finished, but the run was no longer this worker's", run.task_id)
             return "lost"
@@ -338,8 +359,13 @@ class Orchestrator:
 
     def _fail(self, run: Run, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
         log.error("task %s failed: %s", run.task_id, message)
+        self._end_heartbeat()
         self.queue.finish(run, "failed", error=message[:_MAX_ERROR_CHARS], progress=progress, metrics=metrics)
         return "failed"
+
+    def _end_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.end()
 
     # -- waking up -------------------------------------------------------------------------
     def _listen(self) -> None:

@@ -110,6 +110,11 @@ def publish_task(
     task_dir = Path(task_dir)
     task_spec = _load_task_spec(task_dir)
     model_name = str(task_record.get("model_name") or (task_spec.model_name if task_spec else ""))
+    if not model_name:
+        raise PublishError(
+            f"{task_dir} has no {task_files.TASK_SPEC}, so it is not a task folder and names no model",
+            hint="pass a finished task folder model_tasks/task-<id>-<model>/",
+        )
     if not MODEL_NAME_RE.match(model_name):
         raise PublishError(
             f"task folder {task_dir}: model name {model_name!r} is not a valid Triton model name",

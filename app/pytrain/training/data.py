@@ -4,13 +4,17 @@ Streaming by default: :class:`ClipDataset` decodes each clip when it is asked fo
 nothing, so memory does not grow with the dataset (a 60 GB folder trains on a 16 GB machine).
 The opposite trade is :class:`ClipCache`: decoded clips are written once as ``.npy`` files on disk
 and read back in later epochs instead of decoding again (disk use: ``cache_pool x H x W x 3`` bytes
-per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; the OS page cache keeps hot files in memory without the
-process's RSS growing).
+per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; training pools are memory-mapped and only the frames a
+clip uses are copied, and the OS page cache keeps hot files in memory without the process's RSS
+growing).
 
 Sampling (see :func:`pytrain.video.sample_indices`):
 
 - evaluation: the centre frame of each of ``num_frames`` equal segments (:func:`pytrain.video.read_clip`);
-- training: a random frame in each segment (temporal jitter), then :class:`~pytrain.training.transforms.TrainPreset`;
+- training: a random frame in each segment (temporal jitter), and the clip's random resized crop +
+  flip box drawn by :meth:`~pytrain.training.transforms.TrainPreset.draw`; the box is applied to the
+  batch in the training step, on the device (:func:`~pytrain.training.transforms.apply_boxes`), so
+  the workers only decode;
 - clips shorter than ``num_frames`` frames repeat frames (each frame shown ~``num_frames / length`` times);
 - with the cache, training draws its jittered frames from a pool of ``cache_pool`` evaluation-sampled
   frames (default ``2 x num_frames``) decoded once, instead of from every frame of the video.
@@ -37,7 +41,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import ConfigurationError, SourceError, TrainingError, VideoDecodeError
 from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS
-from pytrain.training.transforms import TrainPreset
+from pytrain.training.transforms import TrainPreset, full_box
 from pytrain.video import decode_clip, read_clip, sample_indices
 
 log = logging.getLogger(__name__)
@@ -127,11 +131,15 @@ class ClipCache:
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.npy"
 
-    def read_clip(self, path: Path, num_frames: int, height: int, width: int) -> np.ndarray:
-        """:func:`pytrain.video.read_clip`, from the cache when present: ``(T, H, W, 3)`` uint8."""
+    def read_clip(self, path: Path, num_frames: int, height: int, width: int, *, mmap: bool = False) -> np.ndarray:
+        """:func:`pytrain.video.read_clip`, from the cache when present: ``(T, H, W, 3)`` uint8.
+
+        With ``mmap`` a cached clip comes back memory-mapped read-only (index it to copy the frames
+        you need; nothing else is read).
+        """
         file = self._file(path, num_frames, height, width)
         try:
-            return np.load(file)
+            return np.load(file, mmap_mode="r" if mmap else None)
         except (FileNotFoundError, ValueError, OSError):
             pass
         clip = read_clip(path, num_frames, height, width)
@@ -148,15 +156,25 @@ class ClipCache:
 
 
 class ClipDataset(Dataset):
-    """Clips of a list of samples: item -> ``(clip (T, H, W, 3) uint8 tensor, label int64 tensor)``.
+    """Clips of a list of samples.
+
+    Items:
+
+    - evaluation: ``(clip (T, H, W, 3) uint8, label () int64)``, the clip equal to
+      :func:`pytrain.video.read_clip`'s;
+    - training: ``(clip (T, H, W, 3) uint8, label () int64, box (5,) int64)``: the clip with
+      temporal jitter only, and its augmentation box (``(top, left, height, width, flip)``, see
+      :mod:`~pytrain.training.transforms`) for the training step to apply to the
+      batch with :func:`~pytrain.training.transforms.apply_boxes`.
 
     Args:
         samples: the clips (one split).
         num_frames, height, width: clip size.
-        train: jitter + augmentation (items are ``(index, epoch)`` pairs from
+        train: jitter + augmentation boxes (items are ``(index, epoch)`` pairs from
             :class:`ShuffleBufferSampler`); else deterministic evaluation clips (items are indices).
         seed: base of the per-item random generator.
-        augment: training augmentation; ``None`` for temporal jitter only.
+        augment: draws the training boxes; ``None`` for temporal jitter only (every box is the
+            whole frame, unflipped).
         cache: decoded-clip cache, or ``None`` to stream.
         cache_pool: frames per clip kept in the cache for training jitter (default ``2 * num_frames``).
     """
@@ -188,26 +206,30 @@ class ClipDataset(Dataset):
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         if isinstance(item, (tuple, list)):
             index, epoch = int(item[0]), int(item[1])
         else:
             index, epoch = int(item), 0
         sample = self.samples[index]
-        clip = self._train_clip(sample, index, epoch) if self.train else self._eval_clip(sample)
-        return torch.from_numpy(clip), torch.tensor(sample.label, dtype=torch.int64)
+        label = torch.tensor(sample.label, dtype=torch.int64)
+        if not self.train:
+            return torch.from_numpy(self._eval_clip(sample)), label
+        clip, box = self._train_clip(sample, index, epoch)
+        return torch.from_numpy(clip), label, torch.from_numpy(box)
 
     def _eval_clip(self, sample: Sample) -> np.ndarray:
         if self.cache is not None:
             return self.cache.read_clip(sample.path, self.num_frames, self.height, self.width)
         return read_clip(sample.path, self.num_frames, self.height, self.width)
 
-    def _train_clip(self, sample: Sample, index: int, epoch: int) -> np.ndarray:
+    def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng((self.seed, epoch, index))
         try:
             if self.cache is not None:
-                pool = self.cache.read_clip(sample.path, self.cache_pool, self.height, self.width)
-                clip = pool[sample_indices(len(pool), self.num_frames, rng=rng)]
+                pool = self.cache.read_clip(sample.path, self.cache_pool, self.height, self.width, mmap=True)
+                # fancy indexing copies just these frames out of the mapping (or the fresh array)
+                clip = np.asarray(pool[sample_indices(len(pool), self.num_frames, rng=rng)])
             else:
                 clip = decode_clip(sample.path, self.num_frames, self.height, self.width, rng=rng)
         except VideoDecodeError as exc:
@@ -218,9 +240,9 @@ class ClipDataset(Dataset):
                 clip = read_clip(sample.path, self.num_frames, self.height, self.width)
             except VideoDecodeError as again:
                 raise TrainingError(f"{again} (it passed the pre-scan, so the file changed during training?)") from again
-        if self.augment is not None:
-            clip = self.augment(clip, rng)
-        return clip
+        # drawn after the jitter, from the same generator: the boxes the in-worker transform drew
+        box = self.augment.draw(self.height, self.width, rng) if self.augment is not None else full_box(self.height, self.width)
+        return clip, box
 
 
 class ShuffleBufferSampler(Sampler):

@@ -44,7 +44,7 @@ from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import scan_videos
-from pytrain.training.transforms import TrainPreset
+from pytrain.training.transforms import TrainPreset, apply_boxes
 
 log = logging.getLogger("pytrain.training")
 
@@ -178,7 +178,11 @@ def train_one_epoch(
     desc: str = "train",
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """One pass over ``loader`` of ``(clips (N, T, H, W, 3) uint8, labels (N,) int64)``.
+    """One pass over ``loader`` of ``(clips (N, T, H, W, 3) uint8, labels (N,) int64, boxes (N, 5) int64)``.
+
+    The augmentation boxes (random resized crop + flip, drawn by the dataset) are applied here, on
+    the device, to the whole batch (:func:`~pytrain.training.transforms.apply_boxes`): the workers
+    only decode. A loader of ``(clips, labels)`` pairs trains without augmentation.
 
     Returns:
         ``{"loss", "accuracy", "clips", "seconds", "clips_per_second"}`` over all ranks under
@@ -187,9 +191,11 @@ def train_one_epoch(
     model.train()
     total_loss, correct, count = 0.0, 0, 0
     start = time.perf_counter()
-    for clips, labels in _progress_bar(loader, len(loader), desc, show_progress):
+    for clips, labels, *boxes in _progress_bar(loader, len(loader), desc, show_progress):
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if boxes:
+            clips = apply_boxes(clips, boxes[0])
         with _autocast(device):
             logits = model(clips)
             loss = criterion(logits, labels)
