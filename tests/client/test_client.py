@@ -179,3 +179,10 @@ def test_predict_cli_reports_an_unreachable_server_in_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: Triton server unreachable at {url}")
     assert "Traceback" not in result.stderr
+
+
+def test_predict_cli_rejects_a_version_that_is_not_an_integer_before_connecting() -> None:
+    result = run_cli("predict", "--model", MODEL, "--version", "latest", "--url", f"127.0.0.1:{free_port()}", "x.mp4")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: Invalid value for '--version': Input should be a valid integer")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -213,13 +213,17 @@ def test_submit_rejected_by_check_constraint_names_it(queue):
     assert queue.counts() == {}
 
 
-def test_task_request_validates_before_insert():
-    with pytest.raises(ConfigurationError, match="model_name: String should match pattern") as info:
+def test_task_request_validates_before_insert_naming_each_bad_value():
+    with pytest.raises(ConfigurationError) as info:
         TaskRequest.parse({**TASK, "model_name": "bad name"})
-    with pytest.raises(ConfigurationError, match=r"fractions \[0.5, 0.2, 0.2\] must sum to 1"):
+    assert info.value.message == "invalid task: model_name='bad name': String should match pattern '^[A-Za-z0-9_-]{1,64}$'"
+    assert info.value.hint == "see `pytrain submit --help` and the column table in the README"
+    assert info.value.__cause__ is None  # the message already says all pydantic's would
+    with pytest.raises(ConfigurationError) as info:
         TaskRequest.parse({**TASK, "train_fraction": 0.5})
-    with pytest.raises(ConfigurationError, match="epochs: Input should be greater than or equal to 1"):
+    assert info.value.message == "invalid task: train/val/test fractions [0.5, 0.2, 0.2] must sum to 1"
+    with pytest.raises(ConfigurationError) as info:
         TaskRequest.parse({**TASK, "epochs": 0})
-    assert "invalid task" in str(info.value)
+    assert info.value.message == "invalid task: epochs=0: Input should be greater than or equal to 1"
     request = TaskRequest.parse({**TASK, "classes": ["cooking", " drinking", "cooking"], "epochs": 3})
     assert request.columns() == {**TASK, "epochs": 3}  # unset fields are left to the database

@@ -102,23 +102,30 @@ def test_submit_rejects_an_unknown_architecture(cli, engine, synced):
     assert TaskQueue(engine).counts() == {}
 
 
-def test_a_bad_option_value_is_a_usage_error_not_a_traceback(cli, engine, synced):
+def test_a_bad_option_value_is_one_usage_error_line_not_a_traceback(cli, engine, synced):
     code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--epochs", "abc")
-    assert code == 2
-    assert "Error: Invalid value for '--epochs'" in err
-    assert "Traceback" not in err
+    assert (code, err.strip()) == (2, "error: Invalid value for '--epochs': Input should be a valid integer, unable to parse "
+                                      "string as an integer (hint: see `pytrain submit --help`)")
     code, _, err = cli("tasks", "--no-such-option")
-    assert (code, err.strip().splitlines()[-1]) == (2, "Error: No such option: --no-such-option")
+    assert (code, err.strip()) == (2, "error: No such option: --no-such-option (hint: see `pytrain tasks --help`)")
+    code, _, err = cli("show")
+    assert (code, err.strip()) == (2, "error: Missing argument 'task_id'. (hint: see `pytrain show --help`)")
+    assert TaskQueue(engine).counts() == {}
+
+
+def test_no_arguments_prints_the_help(cli):
+    code, out, err = cli()
+    assert code == 2
+    assert "Usage: pytrain [OPTIONS] COMMAND [ARGS]..." in out + err and "orchestrate" in out + err
 
 
 def test_tasks_rejects_an_unknown_status_and_a_limit_below_one(cli, engine):
     code, _, err = cli("tasks", "--status", "done")
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
-        "Error: Invalid value for --status: 'done' is not one of queued, running, succeeded, failed, cancelled")
+    assert (code, err.strip()) == (2, "error: Invalid value for --status: 'done' is not one of queued, running, succeeded, "
+                                      "failed, cancelled (hint: see `pytrain tasks --help`)")
     code, _, err = cli("tasks", "-n", "-1")
-    assert code == 2
-    assert "Invalid value for '--limit' / '-n'" in err
+    assert (code, err.strip()) == (2, "error: Invalid value for '--limit' / '-n': Input should be greater than or equal to 1 "
+                                      "(hint: see `pytrain tasks --help`)")
 
 
 def test_a_bad_pytrain_variable_is_one_line_naming_it_and_its_value(cli, monkeypatch):
@@ -168,6 +175,10 @@ def test_tasks_show_and_cancel(cli, engine, synced):
     assert cli("cancel", str(task_id))[1].strip() == f"task {task_id} had already ended (cancelled); nothing to cancel"
     code, _, err = cli("show", "999")
     assert (code, err.strip()) == (1, "error: no training task with id 999 (hint: `pytrain tasks` lists them)")
+
+
+def test_sources_list_with_nothing_registered_says_how_to_register(cli, engine):
+    assert cli("sources", "list") == (0, "", "no dataset is registered (run `pytrain sources sync`)\n")
 
 
 def test_sources_sync_registers_folders(cli, settings):

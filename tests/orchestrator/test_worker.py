@@ -286,3 +286,22 @@ def test_worker_fails_a_task_whose_last_allowed_run_was_lost(settings, engine, s
     row = queue.get(task_id)
     assert (row["status"], row["attempts"]) == ("failed", 3)
     assert row["error"].endswith("(run 3 of 3 lost); giving up (PYTRAIN_MAX_ATTEMPTS reached)")
+
+
+def test_sigterm_while_idle_stops_the_worker_and_says_no_task_was_running(settings, engine, caplog):
+    import os
+    import signal
+
+    worker = Orchestrator(settings, engine=engine, runner=FakeRunner(), publisher=FakePublisher())
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    caplog.set_level("INFO", logger="pytrain.orchestrator.worker")
+    try:
+        worker.install_signal_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs in the main thread between bytecodes
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert worker._stop.is_set()
+    assert [r.getMessage() for r in caplog.records if "SIGTERM" in r.getMessage()] == ["SIGTERM: stopping (no task running)"]
+    assert worker.run() == 0  # claims nothing once stopped

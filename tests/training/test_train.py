@@ -113,6 +113,33 @@ def test_evaluation_is_deterministic(tmp_path, synthetic_sources):
     assert np.array_equal(first["probabilities"], second["probabilities"]) and first["loss"] == second["loss"]
 
 
+def test_train_step_applies_each_clips_augmentation_box_before_the_model():
+    from pytrain.training.train import train_one_epoch
+    from pytrain.training.transforms import apply_boxes
+
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(1, 2)
+
+        def forward(self, clips):
+            seen.append(clips.clone())
+            return self.fc(clips.float().mean(dim=(1, 2, 3, 4))[:, None])
+
+    clips = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    boxes = torch.tensor([[0, 0, 16, 16, 1], [2, 4, 8, 10, 0]])
+    model = Recorder()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    result = train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, [(clips, torch.tensor([0, 1]), boxes)],
+                             torch.device("cpu"), show_progress=False)
+    assert result["clips"] == 2
+    assert torch.equal(seen[0], apply_boxes(clips, boxes))
+    assert torch.equal(seen[0][0], clips[0].flip(2))
+
+
 def test_task_extra_settings_are_type_checked():
     assert TrainConfig.from_extra({"patience": 3, "label_smoothing": 0}).label_smoothing == 0.0
     with pytest.raises(ConfigurationError, match="patience='3' should be a int"):

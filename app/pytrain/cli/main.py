@@ -69,7 +69,7 @@ def format_error(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a :class:`PyTrainError` becomes ``error: ...`` on stderr and exit code 1."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="pytrain", standalone_mode=False)  # also under `python -m pytrain.cli.main`
         if isinstance(code, int) and code != 0:  # typer.Exit(code) in non-standalone mode
             sys.exit(code)
     except PyTrainError as exc:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click's own usage errors (bad option value, unknown option, ...)
         click_exception, abort = _click_exception_types()
         if isinstance(exc, click_exception):
-            exc.show()
+            _show_usage_error(exc)
             sys.exit(exc.exit_code)
         if isinstance(exc, abort):
             sys.exit(1)
@@ -116,6 +116,17 @@ def settings_error(exc: Exception) -> PyTrainError:
         else:  # a rule across fields: its message names the variables
             problems.append(message)
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}", hint="fix or unset those PYTRAIN_* environment variables")
+
+
+def _show_usage_error(exc: Exception) -> None:
+    """A bad option or argument as one line, like every other error: ``error: ... (hint: ...)``."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+        exc.show()  # type: ignore[attr-defined]  # the help text itself
+        return
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    hint = f" (hint: see `{ctx.command_path} --help`)" if ctx is not None else ""
+    typer.echo(f"error: {message}{hint}", err=True)
 
 
 def _click_exception_types() -> tuple[type[BaseException], type[BaseException]]:

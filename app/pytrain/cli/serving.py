@@ -68,7 +68,7 @@ def serve(
 def predict(
     videos: List[Path] = typer.Argument(..., help="Video files (mp4)."),
     model: str = typer.Option(..., "--model", help="Triton model name."),
-    version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the newest)."),
+    version: Optional[int] = typer.Option(None, "--version", min=1, help="Model version, an integer (default: the newest)."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per video, most probable first."),
     url: Optional[str] = typer.Option(None, "--url", envvar="PYTRAIN_TRITON_GRPC_URL", help="Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL; default 127.0.0.1:PYTRAIN_TRITON_GRPC_PORT)."),
     config: Optional[Path] = typer.Option(None, "--config", help="PyTrain <model>.config to read clip size and tensor names from (default: Triton's model metadata)."),

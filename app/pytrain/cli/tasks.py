@@ -90,9 +90,12 @@ def sources_sync() -> None:
 
 @sources_app.command("list")
 def sources_list() -> None:
-    """List the registered datasets."""
-    for name in _queue().registered_sources():
+    """List the registered datasets, one per line."""
+    names = _queue().registered_sources()
+    for name in names:
         typer.echo(name)
+    if not names:  # on stderr: scripts reading stdout still get an empty list
+        typer.echo("no dataset is registered (run `pytrain sources sync`)", err=True)
 
 
 # -- tasks ----------------------------------------------------------------------------------

@@ -185,8 +185,11 @@ class Orchestrator:
                 log.warning("second %s: interrupting the running task", signal.Signals(signum).name)
                 self._interrupt.set()
                 return
-            log.info("%s: stopping after %s", signal.Signals(signum).name,
-                     "the running task" if finish_running else "re-queueing the running task")
+            if self.current is None:
+                log.info("%s: stopping (no task running)", signal.Signals(signum).name)
+            else:
+                log.info("%s: stopping after %s task %s", signal.Signals(signum).name,
+                         "finishing" if finish_running else "re-queueing", self.current.task_id)
             self.stop(interrupt_running=not finish_running)
 
         signal.signal(signal.SIGTERM, handler)
