@@ -3,14 +3,16 @@
 Prints, on a folder of mp4 clips (or a synthetic one it makes):
 
 1. a plain decord baseline: ``decord.VideoReader(path, width=W, height=H, num_threads=1)``
-   ``.get_batch(uniform indices)`` over the files, one thread, in clips/s;
+   ``.get_batch(uniform indices)`` over the files, one thread, in clips/s (a pass runs after each
+   loader epoch of 2., and each epoch is compared with the pass right after it: same CPU load);
 2. the training loader (``ClipDataset`` with jitter, DataLoader) with 0 and N workers and no
    cache (every clip decoded, as in a first epoch), in clips/s, and per worker. The random resized
    crop + flip runs in the training step (``apply_boxes`` on the batch, on the device), not in the
    workers; the timed loop applies it too, on this CPU, so the figures are what a CPU-only
    training step gets (with workers it runs in the main process, beside them); its cost per clip
    is printed on its own line;
-3. the same loader reading the decoded-clip cache (epochs 2 and 3), in clips/s;
+3. the same loader reading the decoded-clip cache (epochs 2 and 3; with workers, epochs 2 and 3
+   of their run, as epoch 1 starts them), in clips/s;
 4. peak RSS of a full pass over the dataset at 1x and 4x the number of files (4x: the files plus
    three copies of each, so every path and cache key is distinct), each in a fresh subprocess
    (``ru_maxrss`` of the process and of its workers);
@@ -68,8 +70,13 @@ def _dataset(files: list[Path], frames: int, size: int, cache_dir: str | None):
     return ClipDataset(samples, frames, size, size, train=True, augment=TrainPreset(), cache=cache)
 
 
-def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cache_dir: str | None = None, epochs: int = 1) -> list[float]:
-    """clips/s of each epoch through a DataLoader (batch 4) with the shuffle-buffer sampler."""
+def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cache_dir: str | None = None, epochs: int = 1,
+                between=None) -> list[float]:
+    """clips/s of each epoch through a DataLoader (batch 4) with the shuffle-buffer sampler.
+
+    ``between`` (a callable) runs after each epoch, untimed: the baseline passes interleaved with
+    the loader's epochs see the same load on shared CPUs.
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -91,6 +98,8 @@ def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cach
         for clips, _, boxes in loader:  # the training step's augmentation, as train_one_epoch does it
             count += apply_boxes(clips, boxes).shape[0]
         rates.append(count / (time.perf_counter() - start))
+        if between is not None:
+            between()
     del loader
     torch.set_num_threads(threads)
     return rates
@@ -190,15 +199,23 @@ def main() -> None:
             raise SystemExit(f"no mp4 files under {folder}")
         print(f"# {len(files)} clips from {folder}; {args.frames} frames at {args.size}x{args.size}; "
               f"{os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads")
-        # best of two passes everywhere: the CPUs may be shared, and the best pass is the least disturbed
-        base = max(baseline(files, args.frames, args.size) for _ in range(2))
-        print(f"decord baseline (1 thread)          {base:8.1f} clips/s")
+        # best of several passes everywhere: the CPUs may be shared, and the best pass is the least
+        # disturbed. The CPUs' load drifts, so a baseline pass runs right after each loader epoch and
+        # "x baseline" is the mean of those pairs' ratios (each pair saw about the same load).
+        base_rates = [baseline(files, args.frames, args.size)]
+        loader_lines = []
         for workers in sorted({0, args.workers}):
-            # no cache: every epoch decodes; with workers the first epoch also starts them, so best of epochs 2-3
-            rates = loader_pass(files, args.frames, args.size, workers, epochs=3 if workers else 2)
-            rate = max(rates[1:] if workers else rates)
-            per = rate / max(1, workers)
-            print(f"loader, {workers} workers, first epoch   {rate:8.1f} clips/s  ({per:.1f} per worker, {per / base:.2f}x baseline)")
+            first_pair = len(base_rates)
+            rates = loader_pass(files, args.frames, args.size, workers, epochs=3 if workers else 2,
+                                between=lambda: base_rates.append(baseline(files, args.frames, args.size)))
+            pairs = list(zip(rates, base_rates[first_pair:]))[1 if workers else 0 :]  # with workers, epoch 1 starts them
+            best = max(rate for rate, _ in pairs)
+            ratio = sum(rate / paired for rate, paired in pairs) / len(pairs) / max(1, workers)
+            loader_lines.append(f"loader, {workers} workers, first epoch   {best:8.1f} clips/s  "
+                                f"({best / max(1, workers):.1f} per worker, {ratio:.2f}x baseline)")
+        base = max(base_rates)
+        print(f"decord baseline (1 thread)          {base:8.1f} clips/s  (best of {len(base_rates)} passes)")
+        print("\n".join(loader_lines))
         cache_dir = str(tmp / "cache")
         first, *later = loader_pass(files, args.frames, args.size, 0, cache_dir=cache_dir, epochs=3)
         cached = max(later)

@@ -97,6 +97,13 @@ def test_unreachable_server_names_the_address_tried() -> None:
             pass
 
 
+@pytest.mark.parametrize("scheme", ["http://", "grpc://"])
+def test_a_url_with_a_scheme_reaches_the_grpc_endpoint(triton_server: TritonServer, served_model: Path, scheme: str) -> None:
+    with TritonClient(f"{scheme}{triton_server.grpc_url}/") as client:
+        assert client.url == triton_server.grpc_url
+        assert client.model_info(MODEL).num_frames == 8
+
+
 def test_unknown_model_is_reported_as_not_in_the_repository(triton_server: TritonServer) -> None:
     with TritonClient(triton_server.grpc_url, load_timeout_s=1.0) as client:
         with pytest.raises(ClientError, match="'no_such_model' is not in the model repository"):
@@ -121,8 +128,9 @@ def test_a_model_published_without_asking_the_server_to_load_it_names_the_fix(tr
             client.wait_model_ready(name)
     assert str(caught.value).startswith(f"model '{name}' is not ready on Triton at {triton_server.grpc_url} after 1 s (")
     assert caught.value.hint == (
-        "Triton has not loaded it; set PYTRAIN_TRITON_GRPC_URL=<its host:port> for `pytrain orchestrate` / "
-        "`pytrain publish` so publishing loads new models, or restart `pytrain serve`"
+        "Triton has not loaded it: if it was published after the server started, set PYTRAIN_TRITON_GRPC_URL=<its "
+        "host:port> for `pytrain orchestrate` / `pytrain publish` so publishing loads new models, or restart "
+        "`pytrain serve`; else see the server log for why it failed to load"
     )
 
 

@@ -112,11 +112,18 @@ def test_schema_check_refuses_database_without_schema_and_names_the_fix(empty_da
         engine.dispose()
 
 
-def test_schema_check_refuses_old_revision(engine):
+def test_schema_check_and_upgrade_refuse_a_revision_from_a_newer_pytrain(engine):
+    """Migrations only get added, so a revision this PyTrain does not know was made by a newer one:
+    `pytrain db upgrade` cannot help (it used to end in alembic's traceback)."""
     with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
-    with pytest.raises(SchemaOutOfDateError, match=f"at revision 0000, this PyTrain needs {head_revision()}"):
-        check_schema(engine)
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    message = (f"the database schema is at revision 0099, which this PyTrain (newest {head_revision()}) does not know: "
+               "a newer PyTrain migrated it (hint: upgrade PyTrain to the version the other orchestrators run)")
+    for call in (check_schema, upgrade):
+        with pytest.raises(SchemaOutOfDateError) as info:
+            call(engine)
+        assert str(info.value) == message
+    assert current_revision(engine) == "0099"  # left alone
 
 
 def test_models_match_migrations(engine):

@@ -54,6 +54,13 @@ def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cl
     assert TaskQueue(engine).counts() == {}
 
 
+def test_submit_rejects_a_negative_seed(cli, engine, synced):
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--seed", "-1")
+    assert (code, err.strip()) == (1, "error: invalid task: seed=-1: Input should be greater than or equal to 0 "
+                                      "(hint: see `pytrain submit --help` and the column table in the README)")
+    assert TaskQueue(engine).counts() == {}
+
+
 def test_submit_rejects_fractions_not_summing_to_one(cli, engine, synced):
     code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--train-fraction", "0.5")
     assert code == 1

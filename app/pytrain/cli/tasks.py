@@ -112,7 +112,7 @@ def submit(
     batch_size: Optional[int] = typer.Option(None, help="Clips per step (default 4)."),
     shuffle_size: Optional[int] = typer.Option(None, help="Shuffle buffer in clips (default 300)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default 0.001)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of split, sampling and initialisation (default 0)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of split, sampling and initialisation, >= 0 (default 0)."),
     train_fraction: Optional[float] = typer.Option(None, help="Share of each class for training (default 0.6)."),
     val_fraction: Optional[float] = typer.Option(None, help="Share for validation (default 0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Share for the test set (default 0.2)."),

@@ -21,6 +21,7 @@ ready) and ``inference_timeout_s`` (one request).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,7 +130,9 @@ class TritonClient:
 
             settings = get_settings()
             url = settings.triton_grpc_url or f"127.0.0.1:{settings.triton_grpc_port}"
-        self.url = url
+        # gRPC takes host:port; a scheme (http://host:8001, as for Triton's HTTP endpoint) only
+        # makes the name lookup fail with an obscure message.
+        self.url = re.sub(r"^(grpc|https?)://", "", url.strip()).rstrip("/")
         self.ready_timeout_s = ready_timeout_s
         self.load_timeout_s = load_timeout_s
         self.inference_timeout_s = inference_timeout_s
@@ -173,7 +176,8 @@ class TritonClient:
                 self.close()
                 raise ClientError(
                     f"Triton server unreachable at {self.url} (waited {self.ready_timeout_s:.0f} s): {last_error}",
-                    hint="start one with `pytrain serve`, or pass --url / set PYTRAIN_TRITON_GRPC_URL",
+                    hint="start one with `pytrain serve`, or pass --url / set PYTRAIN_TRITON_GRPC_URL to its gRPC "
+                    "host:port (Triton's default 8001; 8000 is its HTTP port)",
                 )
             time.sleep(0.2)
 
@@ -434,8 +438,9 @@ def _not_ready_hint(state: str) -> str:
         # Listed but never loaded: a server in explicit model-control mode (`pytrain serve`'s default)
         # loads a model published after its start only when publishing asks it to.
         return (
-            "Triton has not loaded it; set PYTRAIN_TRITON_GRPC_URL=<its host:port> for `pytrain orchestrate` / "
-            "`pytrain publish` so publishing loads new models, or restart `pytrain serve`"
+            "Triton has not loaded it: if it was published after the server started, set PYTRAIN_TRITON_GRPC_URL=<its "
+            "host:port> for `pytrain orchestrate` / `pytrain publish` so publishing loads new models, or restart "
+            "`pytrain serve`; else see the server log for why it failed to load"
         )
     return "see the server log; a version that is not among the newest 2 is not served"
 

@@ -32,7 +32,7 @@ class TaskRequest(BaseModel):
     batch_size: int | None = Field(default=None, ge=LIMITS["batch_size"][0], le=LIMITS["batch_size"][1])
     shuffle_size: int | None = Field(default=None, ge=LIMITS["shuffle_size"][0], le=LIMITS["shuffle_size"][1])
     learning_rate: float | None = Field(default=None, gt=0, le=10)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # bigint; numpy's generators need >= 0
     train_fraction: float | None = Field(default=None, gt=0, le=1)
     val_fraction: float | None = Field(default=None, ge=0, lt=1)
     test_fraction: float | None = Field(default=None, ge=0, lt=1)

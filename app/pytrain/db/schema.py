@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -68,6 +69,9 @@ def upgrade(target: Settings | Engine | None = None, revision: str = "head") -> 
         DatabaseError: the server cannot be reached or a migration fails.
     """
     engine = _engine(target)
+    current = current_revision(engine)
+    if current is not None and not _known_revision(current):
+        raise _newer_schema_error(current)
     config = alembic_config()
     try:
         with engine.begin() as conn:
@@ -75,7 +79,25 @@ def upgrade(target: Settings | Engine | None = None, revision: str = "head") -> 
             command.upgrade(config, revision)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"database migration failed: {exc}") from exc
+    except CommandError as exc:  # e.g. an unknown target revision
+        raise DatabaseError(f"database migration failed: {exc}") from exc
     return current_revision(engine) or ""
+
+
+def _known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of this PyTrain's migrations."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # alembic: "Can't locate revision identified by ..."
+        return False
+
+
+def _newer_schema_error(current: str) -> SchemaOutOfDateError:
+    return SchemaOutOfDateError(
+        f"the database schema is at revision {current}, which this PyTrain (newest {head_revision()}) does not know: "
+        "a newer PyTrain migrated it",
+        hint="upgrade PyTrain to the version the other orchestrators run",
+    )
 
 
 def check_schema(target: Settings | Engine | None = None) -> None:
@@ -92,7 +114,9 @@ def check_schema(target: Settings | Engine | None = None) -> None:
         return
     if current is None:
         raise SchemaOutOfDateError("the database has no PyTrain schema", hint="run `pytrain db upgrade`")
+    if not _known_revision(current):
+        raise _newer_schema_error(current)
     raise SchemaOutOfDateError(
         f"the database schema is at revision {current}, this PyTrain needs {head}",
-        hint="run `pytrain db upgrade` (a newer schema than this PyTrain knows needs a newer PyTrain)",
+        hint="run `pytrain db upgrade`",
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytrain.errors import ConfigurationError
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import resolve_classes, split_clips, write_manifest
@@ -36,8 +37,10 @@ def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterab
     Raises:
         SourceError, SplitError: the datasets or classes do not resolve (see
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
-        ConfigurationError: fewer than two classes.
+        ConfigurationError: fewer than two classes, or a negative seed.
     """
+    if task["seed"] < 0:  # the column allows it (no CHECK), training's random generators do not
+        raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(
         settings.sources_dir, task["sources"], task["classes"], include_other=task["include_other"], registered=registered
     )

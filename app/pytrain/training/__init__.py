@@ -6,7 +6,7 @@ plots (see :mod:`pytrain.spec`). Modules:
 
 - :mod:`~pytrain.training.data`       -- manifest, Dataset, decoded-clip cache, shuffle buffer
 - :mod:`~pytrain.training.probe`      -- pre-scan of bad files in child processes
-- :mod:`~pytrain.training.transforms` -- training augmentation (after decoding)
+- :mod:`~pytrain.training.transforms` -- training augmentation: crop/flip boxes drawn per clip in the loader, applied to the batch on the device
 - :mod:`~pytrain.training.preprocess` -- normalisation + layout, shared with the ONNX graph
 - :mod:`~pytrain.training.models`     -- the architecture registry
 - :mod:`~pytrain.training.train`      -- ``train_one_epoch``, ``evaluate``, ``main``
