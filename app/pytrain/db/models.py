@@ -163,9 +163,10 @@ class TrainingTask(Base):
         CheckConstraint("learning_rate > 0 AND learning_rate <= 10", name="learning_rate_range"),
         CheckConstraint(
             "train_fraction > 0 AND train_fraction <= 1 AND val_fraction >= 0 AND val_fraction < 1 "
-            "AND test_fraction >= 0 AND test_fraction < 1",
+            "AND test_fraction > 0 AND test_fraction < 1",
             name="fractions_range",
         ),
+        CheckConstraint("seed >= 0", name="seed_not_negative"),
         CheckConstraint("abs(train_fraction + val_fraction + test_fraction - 1) < 1e-6", name="fractions_sum_to_one"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="status_known"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),

@@ -35,7 +35,7 @@ class TaskRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # bigint; numpy's generators need >= 0
     train_fraction: float | None = Field(default=None, gt=0, le=1)
     val_fraction: float | None = Field(default=None, ge=0, lt=1)
-    test_fraction: float | None = Field(default=None, ge=0, lt=1)
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)  # the test split gives the published accuracy
     include_other: bool | None = None
     priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
 

@@ -39,7 +39,7 @@ def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterab
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
         ConfigurationError: fewer than two classes, or a negative seed.
     """
-    if task["seed"] < 0:  # the column allows it (no CHECK), training's random generators do not
+    if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
         raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(
         settings.sources_dir, task["sources"], task["classes"], include_other=task["include_other"], registered=registered
