@@ -84,9 +84,18 @@ def _dataset(options: DemoOptions, settings: Settings, console: Any) -> tuple[Se
         folder = options.sources.expanduser().resolve()
         if not folder.is_dir():
             raise SourceError(f"--sources {folder} is not a folder", hint="give a dataset folder holding <class_subclass>/*.mp4 folders")
-        classes = sorted({p.name.split("_", 1)[0] for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")})
+        folders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        classes = sorted({p.name.split("_", 1)[0] for p in folders if any(p.glob("*.mp4"))})
+        if not classes and any(p.glob("*/*.mp4") for p in folders):
+            raise SourceError(
+                f"--sources {folder} looks like a sources root, not a dataset folder",
+                hint=f"pass one of its datasets, e.g. --sources {folders[0]}",
+            )
         if len(classes) < 2:
-            raise SourceError(f"--sources {folder} has {len(classes)} class folder(s)", hint="a classifier needs at least two classes")
+            raise SourceError(
+                f"--sources {folder} has {len(classes)} class folder(s) with mp4 files",
+                hint="a classifier needs at least two classes: <dataset>/<class_subclass>/*.mp4",
+            )
         console.print(f"using dataset [bold]{folder.name}[/] in {folder.parent}: classes {classes}")
         return settings.model_copy(update={"sources_dir": folder.parent}), folder.name, classes, False
     from pytrain.sources.synthetic import DEMO_FOLDERS, make_dataset
