@@ -3,7 +3,6 @@ the session's synthetic mp4 clips and leaves model.onnx, tensor_spec.json and me
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import resource
@@ -14,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.clips import write_task
 from pytrain.runners.base import Outcome, PreparedTask
 from pytrain.settings import Settings
-from pytrain.spec import MANIFEST, METRICS, MODEL_ONNX, PROGRESS, TENSOR_SPEC, TaskSpec
+from pytrain.spec import METRICS, MODEL_ONNX, PROGRESS, TENSOR_SPEC, TaskSpec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -31,21 +31,7 @@ def readable_sources(synthetic_sources: Path, tmp_path: Path) -> Path:
 
 
 def write_tiny_task(task_dir: Path, sources_root: Path, task_id: int) -> TaskSpec:
-    rows = []
-    for clip in sorted((sources_root / "dataset1").glob("*/*.mp4")):
-        number = int(clip.stem.split("_")[-1])
-        split = "train" if number < 5 else "val" if number == 5 else "test"
-        rows.append((clip.relative_to(sources_root).as_posix(), clip.parent.name.partition("_")[0], split))
-    task_dir.mkdir(parents=True)
-    spec = TaskSpec(task_id=task_id, model_name="docker_tiny", class_list=sorted({r[1] for r in rows}), architecture="tiny",
-                    num_frames=8, height=32, width=32, epochs=2, batch_size=4, learning_rate=3e-3, seed=0,
-                    sources_root=str(sources_root), extra={"hflip": 0.0})
-    spec.save(task_dir)
-    with (task_dir / MANIFEST).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(rows)
-    return spec
+    return write_task(task_dir, sources_root, task_id=task_id, model_name="docker_tiny", epochs=2)
 
 
 def test_docker_runner_trains_the_tiny_model(docker_client, docker_tracker, train_image, docker_context, synthetic_sources, tmp_path):

@@ -86,6 +86,20 @@ def test_a_server_that_exits_during_start_up_reports_its_exit_code_and_log(tmp_p
     assert not server.is_running()
 
 
+def test_the_error_log_tail_shows_only_this_runs_lines_of_a_shared_log(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "tritonserver.log").write_text("line from an earlier server\n")
+    server = TritonServer(
+        tmp_path / "repo", grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+        work_dir=tmp_path / "w", model_control_mode="bogus",  # type: ignore[arg-type]
+    )
+    with pytest.raises(ServingError) as info:
+        server.start()
+    assert "earlier server" not in str(info.value)
+    assert server.log_tail() != ""
+    assert (tmp_path / "w" / "tritonserver.log").read_text().startswith("line from an earlier server\n")
+
+
 def test_the_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     script = f"""
 import os, sys

@@ -268,6 +268,8 @@ class TritonServer:
         log.info("starting tritonserver on %s (gRPC), repository %s, log %s", self.grpc_url, self.model_repository, self.log_path)
         log.debug("command: %s", " ".join(cmd))
         self._log_handle = open(self.log_path, "ab")
+        # Several servers may share a work dir (and so the log): error tails read this run's part only.
+        self._log_offset = self._log_handle.seek(0, os.SEEK_END)
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _LAUNCHER, *cmd],
@@ -323,7 +325,9 @@ class TritonServer:
     def log_tail(self, lines: int = 15) -> str:
         """The last ``lines`` lines of the server log, joined with `` | ``."""
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            with open(self.log_path, "rb") as handle:
+                handle.seek(getattr(self, "_log_offset", 0))
+                text = handle.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return " | ".join(text[-lines:])
