@@ -159,6 +159,7 @@ class TaskSpec:
             raise ConfigurationError(f"task {self.task_id}: num_frames, height, width, epochs and batch_size must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (what ``task.json`` holds)."""
         return asdict(self)
 
     def save(self, task_dir: Path) -> Path:
@@ -213,9 +214,11 @@ class TensorSpec:
 
     @property
     def num_classes(self) -> int:
+        """C, the number of classes (the output's last dimension)."""
         return len(self.class_list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields plus ``input_shape``/``output_shape`` (``-1`` = batch), as in ``tensor_spec.json``."""
         data = asdict(self)
         data["input_shape"] = self.input_shape
         data["output_shape"] = self.output_shape

@@ -49,10 +49,12 @@ class PreparedTask:
 
     @property
     def task_id(self) -> int:
+        """The ``training_tasks`` row id."""
         return self.spec.task_id
 
     @property
     def log_path(self) -> Path:
+        """``<task_dir>/train.log``: the run's stdout and stderr."""
         from pytrain.spec import TRAIN_LOG
 
         return self.task_dir / TRAIN_LOG

@@ -25,6 +25,10 @@ def _cause_chain(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the training entrypoint; returns the exit code (0 only when the model is exported).
+
+    Failures print one ``error: ...`` line on stderr and return 1 (130 when interrupted).
+    """
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from pytrain.errors import PyTrainError

@@ -52,6 +52,7 @@ class ProbabilityModel(nn.Module):
         self.classifier = classifier
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, T, H, W, 3)`` uint8 -> ``(N, C)`` float32 probabilities (rows sum to 1)."""
         return torch.softmax(self.classifier(frames), dim=1)
 
 

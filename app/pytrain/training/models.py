@@ -102,6 +102,7 @@ class VideoClassifier(nn.Module):
         self.model_args = dict(model_args)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, T, H, W, 3)`` uint8 frames -> ``(N, C)`` float32 logits."""
         return self.backbone(self.preprocess(frames))
 
 
@@ -125,6 +126,7 @@ class TinyVideoNet(nn.Module):
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, T, H, W)`` float32 -> ``(N, C)`` logits."""
         x = self.pool(self.features(x)).flatten(1)
         return self.fc(self.dropout(x))
 
@@ -152,6 +154,7 @@ class PerFrameCNN(nn.Module):
         self.fc = nn.Linear(256 if self.gru is not None else feature_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, T, H, W)`` float32 -> ``(N, C)`` logits."""
         n, c, t, h, w = x.shape
         frames = x.transpose(1, 2).reshape(n * t, c, h, w)
         features = self.encoder(frames).reshape(n, t, -1)

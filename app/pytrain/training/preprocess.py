@@ -54,6 +54,7 @@ class Preprocess(nn.Module):
         self.channels_last_3d = False
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, T, H, W, 3)`` uint8 (or float 0..255) -> ``(N, 3, T, H, W)`` normalised float32."""
         x = frames.permute(0, 4, 1, 2, 3).to(self.scale.dtype)
         x = x * self.scale + self.shift
         if self.channels_last_3d:

@@ -122,6 +122,7 @@ class ProgressLog:
         self.enabled = enabled
 
     def write(self, event: str, **fields_: Any) -> None:
+        """Append ``{"event": event, "time": <unix seconds>, **fields_}`` as one flushed JSON line."""
         if not self.enabled:
             return
         line = json.dumps({"event": event, "time": time.time(), **fields_}, default=str)
