@@ -16,6 +16,7 @@ Library code: it reports through a ``console`` (rich) passed in by the CLI.
 from __future__ import annotations
 
 import csv
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
         except BaseException as exc:  # reported below, in the main thread
             failure.append(exc)
 
+    # The bar below shows the epochs; the orchestrator's own per-epoch log lines would tear it.
+    logging.getLogger("pytrain.orchestrator.progress").setLevel(logging.WARNING)
     thread = threading.Thread(target=work, name="pytrain-demo-orchestrator", daemon=True)
     thread.start()
     with Progress(

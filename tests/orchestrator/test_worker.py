@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import threading
 import time
 
@@ -232,6 +234,23 @@ def test_default_worker_id_is_stable_and_names_the_gpus():
     assert default_worker_id("0,1") == f"{socket.gethostname()}-gpu0_1"
     assert default_worker_id(None) == f"{socket.gethostname()}-cpu"
     assert default_worker_id("0,1") == default_worker_id("0,1")
+
+
+def test_heartbeat_logs_each_new_epoch_once(settings, engine, synced, caplog):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    runner = FakeRunner("wait")
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
+    caplog.set_level(logging.INFO, logger="pytrain.orchestrator.progress")
+    thread = in_thread(worker)
+    try:
+        assert runner.started.wait(10)
+        time.sleep(settings.heartbeat_seconds * 5)  # several beats over the same epoch
+    finally:
+        worker.stop()
+        thread.join(10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pytrain.orchestrator.progress"]
+    assert lines == [f"task {task_id}: epoch 1/9  train_loss 2"]
 
 
 def test_running_task_shows_live_progress_from_the_heartbeat(settings, engine, synced):

@@ -41,6 +41,8 @@ from pytrain.settings import Settings, get_settings
 from pytrain.spec import METRICS
 
 log = logging.getLogger(__name__)
+# Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
+progress_log = logging.getLogger("pytrain.orchestrator.progress")
 
 #: ``publish_task(task_dir, *, settings, task_record) -> PublishedModel`` (with ``.version: int``).
 Publisher = Callable[..., Any]
@@ -84,8 +86,10 @@ class _Heartbeat(threading.Thread):
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._ended = False
+        self._logged_epoch: int | None = None
 
     def beat(self) -> None:
+        """Renew the lease, copy progress into the row, and set ``cancel`` if the run was cancelled or lost."""
         with self._lock:
             if self._ended:
                 return
@@ -98,6 +102,7 @@ class _Heartbeat(threading.Thread):
         except DatabaseError as exc:  # a database hiccup: try again at the next beat
             log.warning("task %s: heartbeat failed: %s", self.run_.task_id, exc)
             return
+        self._log_epoch(progress)
         if state != "ok" and self.state == "ok":
             self.state = state
             if state == "cancelled":
@@ -106,7 +111,19 @@ class _Heartbeat(threading.Thread):
                 log.warning("task %s: this worker lost the run (lease expired); stopping it", self.run_.task_id)
             self.cancel.set()
 
+    def _log_epoch(self, progress: dict | None) -> None:
+        epoch = (progress or {}).get("epoch")
+        if not isinstance(epoch, int) or epoch == self._logged_epoch:
+            return
+        self._logged_epoch = epoch
+        figures = "  ".join(
+            f"{key} {progress[key]:.4g}" for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "clips_per_second")
+            if isinstance(progress.get(key), (int, float))
+        )
+        progress_log.info("task %s: epoch %s/%s  %s", self.run_.task_id, epoch, progress.get("epochs", "?"), figures)
+
     def run(self) -> None:
+        """Beat every ``heartbeat_seconds`` until stopped, cancelled or lost."""
         while not self._done.wait(self.settings.heartbeat_seconds):
             self.beat()
             if self.state != "ok":
@@ -119,6 +136,7 @@ class _Heartbeat(threading.Thread):
             self._ended = True
 
     def stop(self) -> None:
+        """Stop beating and wait for the thread."""
         self._done.set()
         self.join()
 
