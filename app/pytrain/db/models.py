@@ -106,7 +106,7 @@ def _range(column: str) -> CheckConstraint:
 
 
 class TrainingTask(Base):
-    """One training task; see ``docs/tasks_table.md`` for every column."""
+    """One training task; every column is documented in README.md ("The training_tasks table") and examples/insert_task.sql."""
 
     __tablename__ = "training_tasks"
 
