@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 profile="${1:-dev}"
 case "$profile" in
   dev) extras="dev" ;;
-  demo) extras="train,serve,embedded" ;;
+  demo) extras="demo" ;;
   *) echo "usage: scripts/install.sh [dev|demo]" >&2; exit 2 ;;
 esac
 python="${PYTHON:-python3}"
