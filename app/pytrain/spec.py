@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,22 +65,35 @@ def task_dir_name(task_id: int, model_name: str) -> str:
     return f"task-{task_id}-{model_name}"
 
 
+@contextmanager
+def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path``: write it inside the ``with`` block; on success it replaces
+    ``path`` with one ``os.replace`` (so ``path`` appears whole or not at all), on error it is removed.
+
+    Args:
+        path: the final file.
+        suffix: the temporary file's suffix, for writers that look at it (``.png``, ``.npy``).
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` so that the file appears whole or not at all.
 
-    Writes a temporary file in the same folder, fsyncs it, then ``os.replace``-s it.
+    The temporary file (:func:`atomic_path`) is fsynced before it replaces ``path``.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -41,7 +41,7 @@ from pytrain import spec as task_files
 from pytrain.errors import ConfigurationError, PublishError
 from pytrain.publish import triton_config
 from pytrain.settings import Settings
-from pytrain.spec import TaskSpec, TensorSpec
+from pytrain.spec import TaskSpec, TensorSpec, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,7 @@ def _replace_model_files(model_dir: Path, files: dict[str, str]) -> dict[Path, b
         path = model_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         backups[path] = path.read_bytes() if path.is_file() else None
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
-        _write_synced(tmp, text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return backups
 
 

@@ -29,7 +29,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import ConfigurationError, SourceError, TrainingError, VideoDecodeError
-from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS
+from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS, atomic_path
 from pytrain.training.transforms import TrainPreset, full_box
 from pytrain.video import decode_clip, read_clip, sample_indices
 
@@ -158,14 +157,8 @@ class ClipCache:
     def _fill(self, file: Path, path: Path, num_frames: int, height: int, width: int) -> np.ndarray:
         clip = read_clip(path, num_frames, height, width)
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy", dir=file.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, clip)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(file, suffix=".npy") as tmp:
+            np.save(tmp, clip)
         return clip
 
 

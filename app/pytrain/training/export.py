@@ -20,8 +20,6 @@ onnxruntime's probabilities on real clips, run with batch sizes 1 and N, are wit
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 
 from pytrain.errors import ExportError
-from pytrain.spec import MODEL_ONNX, TensorSpec
+from pytrain.spec import MODEL_ONNX, TensorSpec, atomic_path
 from pytrain.training.models import VideoClassifier, rebuild_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -152,10 +150,7 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
         raise ExportError(f"parity clips have shape {clips.shape}, expected (N>=1, {spec.num_frames}, {spec.height}, {spec.width}, 3)")
     out_dir = Path(out_dir)
     final = out_dir / MODEL_ONNX
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{MODEL_ONNX}.", suffix=".onnx", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final, suffix=".onnx") as tmp:
         example = torch.from_numpy(np.concatenate([clips, clips])[:2])  # batch 2: keeps the batch axis symbolic
         exporter = _export(module, example, tmp, spec)
         try:
@@ -164,9 +159,6 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
             raise ExportError(f"onnx.checker rejected the exported model: {exc}") from exc
         _check_signature(onnx.load(str(tmp), load_external_data=False), spec)
         parity = check_parity(tmp, module, clips, spec)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     spec.save(out_dir)
     log.info("exported %s with the %s exporter; parity max |diff| %.2g on %d clips", final, exporter, parity["max_abs_diff"], parity["clips"])
     return {"exporter": exporter, "onnx_bytes": final.stat().st_size, "parity": parity}

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -39,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
-from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, PLOTS, PROGRESS, SKIPPED, TaskSpec, TensorSpec, write_json_atomic
+from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, PLOTS, PROGRESS, SKIPPED, TaskSpec, TensorSpec, atomic_path, write_json_atomic
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.models import ARCHITECTURES, build_model
@@ -134,14 +133,8 @@ class ProgressLog:
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (appears whole)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
