@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytrain.db import TaskQueue
+from pytrain.db import SourceRegistry
 from pytrain.errors import SourceError
 from pytrain.sources import sync_sources
 
@@ -17,7 +17,7 @@ def test_sync_registers_dataset_folders_once(tree, settings, engine):
     assert list(first.skipped) == ["bad name"]
     again = sync_sources(settings, engine=engine, sources_root=root)
     assert again.added == []
-    assert TaskQueue(engine).registered_sources() == ["dataset1", "dataset2"]
+    assert SourceRegistry(engine).names() == ["dataset1", "dataset2"]
 
 
 def test_sync_reports_registered_datasets_missing_on_disk(tree, settings, engine):

@@ -65,14 +65,6 @@ def build_command(
     typer.echo(result.tag)
 
 
-# The training_tasks columns' defaults (pytrain.db.models), for a row given on the command line.
-_ROW_DEFAULTS = {
-    "id": 0, "architecture": "r3d_18", "pretrained": False, "num_frames": 20, "height": 224, "width": 224, "epochs": 50,
-    "batch_size": 4, "shuffle_size": 300, "learning_rate": 0.001, "seed": 0, "train_fraction": 0.6, "val_fraction": 0.2,
-    "test_fraction": 0.2, "include_other": False,
-}
-
-
 def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
     """Make a task folder from ``--spec``: a ``task.json`` (with ``--manifest``) or a task row.
 
@@ -91,11 +83,12 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
         raise ConfigurationError("--spec must be a JSON object (task.json fields, or a training_tasks row)")
     if "class_list" not in data:  # a task row: prepare it like the orchestrator
         from pytrain.orchestrator.prepare import prepare_task
+        from pytrain.task_columns import task_defaults
 
         missing = sorted({"model_name", "sources", "classes"} - set(data))
         if missing:
             raise ConfigurationError(f"--spec row lacks {missing}", hint='e.g. {"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}')
-        prepared = prepare_task({**_ROW_DEFAULTS, **data}, settings, registered=None, gpus=settings.gpus)
+        prepared = prepare_task({"id": 0, **task_defaults(), **data}, settings, registered=None, gpus=settings.gpus)
         return prepared.spec, prepared.task_dir
     try:
         spec = TaskSpec(**data)

@@ -27,7 +27,7 @@ from pytrain.db.models import (
     Source,
     TrainingTask,
 )
-from pytrain.db.queue import Run, TaskQueue
+from pytrain.db.queue import Claim, Notifications, SourceRegistry, TaskQueue, TaskRow
 from pytrain.db.requests import TaskRequest
 from pytrain.db.schema import check_schema, current_revision, head_revision, upgrade
 
@@ -36,10 +36,13 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "STATUSES",
     "TASK_DEFAULTS",
-    "Run",
+    "Claim",
+    "Notifications",
     "Source",
+    "SourceRegistry",
     "TaskQueue",
     "TaskRequest",
+    "TaskRow",
     "TrainingTask",
     "check_schema",
     "current_revision",

@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, check_constraints, column, task_defaults
+
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -35,37 +37,8 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 #: Channel of the insert/re-queue trigger: payload is the task id.
 NOTIFY_CHANNEL = "pytrain_tasks"
 
-#: Database defaults of ``training_tasks`` (also used by ``pytrain submit`` and the docs).
-TASK_DEFAULTS: dict[str, Any] = {
-    "architecture": "r3d_18",
-    "pretrained": False,
-    "num_frames": 20,
-    "height": 224,
-    "width": 224,
-    "epochs": 50,
-    "batch_size": 4,
-    "shuffle_size": 300,
-    "learning_rate": 0.001,
-    "seed": 0,
-    "train_fraction": 0.6,
-    "val_fraction": 0.2,
-    "test_fraction": 0.2,
-    "include_other": False,
-    "priority": 0,
-}
-
-#: Ranges enforced by CHECK constraints (inclusive), shared with ``pytrain submit``'s validation.
-LIMITS: dict[str, tuple[float, float]] = {
-    "num_frames": (1, 512),
-    "height": (8, 4096),
-    "width": (8, 4096),
-    "epochs": (1, 100_000),
-    "batch_size": (1, 4096),
-    "shuffle_size": (1, 1_000_000),
-}
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
-ARCHITECTURE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+#: Database defaults of ``training_tasks`` (derived from :data:`pytrain.task_columns.TASK_COLUMNS`).
+TASK_DEFAULTS: dict[str, Any] = task_defaults()
 
 naming = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -100,9 +73,21 @@ class Source(Base):
     )
 
 
-def _range(column: str) -> CheckConstraint:
-    low, high = LIMITS[column]
-    return CheckConstraint(f"{column} BETWEEN {int(low)} AND {int(high)}", name=f"{column}_range")
+_SQL_TYPES = {
+    "text": Text,
+    "text[]": lambda: ARRAY(Text),
+    "boolean": Boolean,
+    "integer": Integer,
+    "bigint": BigInteger,
+    "double precision": Double,
+}
+
+
+def _task_column(name: str) -> Any:
+    """``mapped_column`` of a user-settable column: its SQL type and server default from the column table."""
+    spec = column(name)
+    default = spec.sql_default()
+    return mapped_column(_SQL_TYPES[spec.sql_type](), server_default=None if default is None else text(default))
 
 
 class TrainingTask(Base):
@@ -111,24 +96,24 @@ class TrainingTask(Base):
     __tablename__ = "training_tasks"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    model_name: Mapped[str] = mapped_column(Text)
-    sources: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    classes: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    architecture: Mapped[str] = mapped_column(Text, server_default=text("'r3d_18'"))
-    pretrained: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    num_frames: Mapped[int] = mapped_column(Integer, server_default=text("20"))
-    height: Mapped[int] = mapped_column(Integer, server_default=text("224"))
-    width: Mapped[int] = mapped_column(Integer, server_default=text("224"))
-    epochs: Mapped[int] = mapped_column(Integer, server_default=text("50"))
-    batch_size: Mapped[int] = mapped_column(Integer, server_default=text("4"))
-    shuffle_size: Mapped[int] = mapped_column(Integer, server_default=text("300"))
-    learning_rate: Mapped[float] = mapped_column(Double, server_default=text("0.001"))
-    seed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    train_fraction: Mapped[float] = mapped_column(Double, server_default=text("0.6"))
-    val_fraction: Mapped[float] = mapped_column(Double, server_default=text("0.2"))
-    test_fraction: Mapped[float] = mapped_column(Double, server_default=text("0.2"))
-    include_other: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    model_name: Mapped[str] = _task_column("model_name")
+    sources: Mapped[list[str]] = _task_column("sources")
+    classes: Mapped[list[str]] = _task_column("classes")
+    architecture: Mapped[str] = _task_column("architecture")
+    pretrained: Mapped[bool] = _task_column("pretrained")
+    num_frames: Mapped[int] = _task_column("num_frames")
+    height: Mapped[int] = _task_column("height")
+    width: Mapped[int] = _task_column("width")
+    epochs: Mapped[int] = _task_column("epochs")
+    batch_size: Mapped[int] = _task_column("batch_size")
+    shuffle_size: Mapped[int] = _task_column("shuffle_size")
+    learning_rate: Mapped[float] = _task_column("learning_rate")
+    seed: Mapped[int] = _task_column("seed")
+    train_fraction: Mapped[float] = _task_column("train_fraction")
+    val_fraction: Mapped[float] = _task_column("val_fraction")
+    test_fraction: Mapped[float] = _task_column("test_fraction")
+    include_other: Mapped[bool] = _task_column("include_other")
+    priority: Mapped[int] = _task_column("priority")
     status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -144,7 +129,8 @@ class TrainingTask(Base):
     task_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
-        CheckConstraint(f"model_name ~ '{MODEL_NAME_PATTERN}'", name="model_name_format"),
+        # The bounds and patterns of the user-settable columns, from the column table.
+        *(CheckConstraint(condition, name=name) for name, condition in check_constraints().items()),
         CheckConstraint(
             "cardinality(sources) >= 1 AND array_position(sources, NULL) IS NULL AND '' <> ALL (sources)",
             name="sources_not_empty",
@@ -153,21 +139,9 @@ class TrainingTask(Base):
             "cardinality(classes) >= 1 AND array_position(classes, NULL) IS NULL AND '' <> ALL (classes)",
             name="classes_not_empty",
         ),
-        CheckConstraint(f"architecture ~ '{ARCHITECTURE_PATTERN}'", name="architecture_format"),
-        _range("num_frames"),
-        _range("height"),
-        _range("width"),
-        _range("epochs"),
-        _range("batch_size"),
-        _range("shuffle_size"),
-        CheckConstraint("learning_rate > 0 AND learning_rate <= 10", name="learning_rate_range"),
         CheckConstraint(
-            "train_fraction > 0 AND train_fraction <= 1 AND val_fraction >= 0 AND val_fraction < 1 "
-            "AND test_fraction > 0 AND test_fraction < 1",
-            name="fractions_range",
+            f"abs(train_fraction + val_fraction + test_fraction - 1) < {FRACTION_SUM_TOLERANCE:g}", name="fractions_sum_to_one"
         ),
-        CheckConstraint("seed >= 0", name="seed_not_negative"),
-        CheckConstraint("abs(train_fraction + val_fraction + test_fraction - 1) < 1e-6", name="fractions_sum_to_one"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="status_known"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         CheckConstraint("version IS NULL OR version >= 1", name="version_positive"),

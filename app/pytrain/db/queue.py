@@ -1,15 +1,16 @@
 """The task queue's job manager: one method per database operation on ``training_tasks``.
 
 The SQL lives in :mod:`pytrain.db.queries`; the worker loop that calls these methods lives in
-:mod:`pytrain.orchestrator`. Every method runs in its own short transaction. Rows come back as
-plain dicts (column name -> value).
+:mod:`pytrain.orchestrator`. Every method runs in its own short transaction. Task rows come back as
+:class:`TaskRow` (typed, read-only; also readable as a mapping).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,21 +27,101 @@ HeartbeatState = Literal["ok", "cancelled", "lost"]
 
 
 @dataclass(frozen=True)
-class Run:
-    """One claimed run of a task: the row as claimed, plus the key that identifies the run."""
+class TaskRow(Mapping[str, Any]):
+    """One ``training_tasks`` row, typed and read-only.
 
-    task: dict[str, Any]
+    The fields are the table's columns (``tests/db`` checks that they match the model); a row also
+    reads as a mapping (``row["status"]``, ``row.get("error")``, ``dict(row)``) for code that
+    serialises it. Timestamps are timezone-aware :class:`datetime`; ``progress`` and ``metrics``
+    are the JSON columns as dicts.
+    """
+
+    id: int
+    model_name: str
+    sources: list[str]
+    classes: list[str]
+    architecture: str
+    pretrained: bool
+    num_frames: int
+    height: int
+    width: int
+    epochs: int
+    batch_size: int
+    shuffle_size: int
+    learning_rate: float
+    seed: int
+    train_fraction: float
+    val_fraction: float
+    test_fraction: float
+    include_other: bool
+    priority: int
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    error: str | None
+    progress: dict[str, Any]
+    metrics: dict[str, Any] | None
+    version: int | None
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    task_dir: str | None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> "TaskRow":
+        """Build from a result row (``SELECT *``); columns the dataclass does not know are ignored.
+
+        Raises:
+            KeyError: a column is missing (the query did not select ``*``).
+        """
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _TASK_ROW_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_TASK_ROW_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_TASK_ROW_FIELDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (column -> value)."""
+        return {name: getattr(self, name) for name in _TASK_ROW_FIELDS}
+
+
+_TASK_ROW_FIELDS = tuple(f.name for f in fields(TaskRow))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed run of a task: the row as claimed, plus the key that identifies the run.
+
+    A run is keyed by ``(task id, worker id, started_at)``: ``started_at`` is set at each claim,
+    so a worker whose lease expired and whose task was claimed again can no longer renew or
+    finish it (fencing; see :mod:`pytrain.db.queries`).
+    """
+
+    task: TaskRow
     worker_id: str
 
     @property
     def task_id(self) -> int:
-        return int(self.task["id"])
+        """The ``training_tasks`` row id."""
+        return self.task.id
 
     @property
     def started_at(self) -> datetime:
-        return self.task["started_at"]
+        """When this claim was made, on the database clock."""
+        assert self.task.started_at is not None  # a claimed row always has one (the CLAIM query sets it)
+        return self.task.started_at
 
     def key(self) -> dict[str, Any]:
+        """The query parameters that identify this run (``task_id``, ``worker_id``, ``started_at``)."""
         return {"task_id": self.task_id, "worker_id": self.worker_id, "started_at": self.started_at}
 
 
@@ -48,8 +129,36 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-class TaskQueue:
-    """Database operations of the task queue.
+class Repository:
+    """One method per database operation, each in its own short transaction.
+
+    Driver errors are translated where they enter PyTrain: a constraint violation becomes a
+    :class:`~pytrain.errors.ConfigurationError` naming the constraint and what was rejected, any
+    other failure a :class:`~pytrain.errors.DatabaseError`.
+
+    Args:
+        engine: a SQLAlchemy engine on a database migrated with :func:`pytrain.db.upgrade`.
+    """
+
+    #: What a constraint violation rejected, for its message ("the task", "the dataset").
+    subject = "the row"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _execute(self, statement, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(statement, params or {})
+                return [dict(row) for row in result.mappings()] if result.returns_rows else []
+        except IntegrityError as exc:
+            raise ConfigurationError(f"the database rejected {self.subject}: {_first_line(exc.orig)}") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise DatabaseError(f"database operation failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+
+
+class TaskQueue(Repository):
+    """Database operations of the task queue on ``training_tasks``.
 
     Args:
         engine: a SQLAlchemy engine on a database migrated with :func:`pytrain.db.upgrade`.
@@ -57,19 +166,11 @@ class TaskQueue:
     Every method raises :class:`pytrain.errors.DatabaseError` when the database cannot be reached.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    subject = "the task"
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _execute(self, statement, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        try:
-            with self.engine.begin() as conn:
-                result = conn.execute(statement, params or {})
-                return [dict(row) for row in result.mappings()] if result.returns_rows else []
-        except IntegrityError as exc:
-            raise ConfigurationError(f"the database rejected the task: {_first_line(exc.orig)}") from exc
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise DatabaseError(f"database operation failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._notifications = Notifications(engine)
 
     # -- users -----------------------------------------------------------------------------
     def submit(self, fields: dict[str, Any]) -> int:
@@ -88,7 +189,7 @@ class TaskQueue:
         rows = self._execute(insert(table).values(**fields).returning(table.c.id))
         return int(rows[0]["id"])
 
-    def get(self, task_id: int) -> dict[str, Any]:
+    def get(self, task_id: int) -> TaskRow:
         """The task row ``task_id``.
 
         Raises:
@@ -97,11 +198,11 @@ class TaskQueue:
         rows = self._execute(queries.GET_TASK, {"task_id": task_id})
         if not rows:
             raise TaskNotFoundError(f"no training task with id {task_id}", hint="`pytrain tasks` lists them")
-        return rows[0]
+        return TaskRow.from_mapping(rows[0])
 
-    def list(self, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, *, status: str | None = None, limit: int = 50) -> list[TaskRow]:
         """The newest ``limit`` tasks (optionally only those in ``status``), newest first."""
-        return self._execute(queries.LIST_TASKS, {"status": status, "limit": limit})
+        return [TaskRow.from_mapping(row) for row in self._execute(queries.LIST_TASKS, {"status": status, "limit": limit})]
 
     def counts(self) -> dict[str, int]:
         """Number of tasks per status (statuses with no task are absent)."""
@@ -122,7 +223,7 @@ class TaskQueue:
         return False
 
     # -- workers ---------------------------------------------------------------------------
-    def claim(self, worker_id: str, lease_seconds: float) -> Run | None:
+    def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
         """Claim the next queued task (highest priority, then oldest) and mark it running.
 
         Args:
@@ -133,9 +234,9 @@ class TaskQueue:
             The claimed run, or ``None`` when no task is queued.
         """
         rows = self._execute(queries.CLAIM, {"worker_id": worker_id, "lease_seconds": float(lease_seconds)})
-        return Run(task=rows[0], worker_id=worker_id) if rows else None
+        return Claim(task=TaskRow.from_mapping(rows[0]), worker_id=worker_id) if rows else None
 
-    def heartbeat(self, run: Run, lease_seconds: float, progress: dict[str, Any] | None = None) -> HeartbeatState:
+    def heartbeat(self, run: Claim, lease_seconds: float, progress: dict[str, Any] | None = None) -> HeartbeatState:
         """Renew a run's lease and store its latest ``progress``.
 
         Returns:
@@ -157,7 +258,7 @@ class TaskQueue:
 
     def finish(
         self,
-        run: Run,
+        run: Claim,
         status: Literal["succeeded", "failed", "cancelled"],
         *,
         error: str | None = None,
@@ -181,7 +282,7 @@ class TaskQueue:
         }
         return bool(self._execute(queries.FINISH, params))
 
-    def requeue(self, run: Run, reason: str) -> bool:
+    def requeue(self, run: Claim, reason: str) -> bool:
         """Put a running task back in the queue without counting a lost attempt (clean shutdown)."""
         return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason}))
 
@@ -203,23 +304,119 @@ class TaskQueue:
         """Record where the task's folder is."""
         self._execute(queries.SET_TASK_DIR, {"task_id": task_id, "task_dir": task_dir})
 
+    def listen(self) -> bool:
+        """Start listening for queued-task notifications; returns whether ``LISTEN`` works (else: poll)."""
+        return self._notifications.listen()
+
+    def wait_for_notify(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a task to enter the queue; returns whether one did.
+
+        Returns ``False`` at once when not listening (see :class:`Notifications`).
+        """
+        return self._notifications.wait(timeout)
+
+    @property
+    def listening(self) -> bool:
+        """Whether :meth:`listen` holds an open ``LISTEN`` connection."""
+        return self._notifications.listening
+
+    def unlisten(self) -> None:
+        """Stop listening (idempotent)."""
+        self._notifications.close()
+
     def running_elsewhere(self, worker_id: str) -> set[int]:
         """Ids of tasks running under any worker other than ``worker_id``."""
         return {int(row["id"]) for row in self._execute(queries.RUNNING_ELSEWHERE, {"worker_id": worker_id})}
 
-    # -- sources ---------------------------------------------------------------------------
-    def register_sources(self, names: list[str]) -> list[str]:
+
+def _first_line(exc: object) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class SourceRegistry(Repository):
+    """The registered datasets (table ``sources``): ``pytrain sources sync`` fills it.
+
+    Args:
+        engine: a SQLAlchemy engine on a migrated database.
+
+    Every method raises :class:`pytrain.errors.DatabaseError` when the database cannot be reached,
+    and :class:`pytrain.errors.ConfigurationError` when the database rejects a name.
+    """
+
+    subject = "the dataset"
+
+    def register(self, names: list[str]) -> list[str]:
         """Register datasets by name (their folder is the same name); returns the newly added ones."""
         added: list[str] = []
         for name in names:
             added += [row["name"] for row in self._execute(queries.REGISTER_SOURCE, {"name": name})]
         return added
 
-    def registered_sources(self) -> list[str]:
+    def names(self) -> list[str]:
         """Names of all registered datasets, sorted."""
         return [row["name"] for row in self._execute(queries.LIST_SOURCES)]
 
 
-def _first_line(exc: object) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+class Notifications:
+    """``LISTEN`` on the queue's channel: wakes an idle worker when a task enters the queue.
+
+    The connection is a separate autocommit psycopg connection (a pooled SQLAlchemy connection
+    would deliver notifications only between transactions). Losing it is not an error: the worker
+    falls back to polling, so a lost notification only delays a task by the polling interval.
+
+    Args:
+        engine: the database whose ``pytrain_tasks`` channel to listen on.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Any = None
+
+    def listen(self) -> bool:
+        """Open the connection and ``LISTEN``; returns whether it worked (else: poll)."""
+        import psycopg
+        from psycopg import sql
+
+        from pytrain.db.engine import libpq_url
+        from pytrain.db.models import NOTIFY_CHANNEL
+
+        try:
+            conn = psycopg.connect(libpq_url(self.engine), autocommit=True)
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN on %s (%s); polling", NOTIFY_CHANNEL, exc)
+            return False
+        self._conn = conn
+        return True
+
+    @property
+    def listening(self) -> bool:
+        """Whether the ``LISTEN`` connection is open."""
+        return self._conn is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a notification; returns whether one arrived.
+
+        Without a connection it returns ``False`` at once (the caller sleeps instead). A broken
+        connection is closed and logged, and the worker polls from then on.
+        """
+        import psycopg
+
+        if self._conn is None:
+            return False
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                return True
+        except psycopg.Error as exc:
+            log.warning("lost the LISTEN connection (%s); polling", exc)
+            self.close()
+        return False
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

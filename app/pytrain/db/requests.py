@@ -11,33 +11,51 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytrain.db.models import ARCHITECTURE_PATTERN, LIMITS, MODEL_NAME_PATTERN, TASK_DEFAULTS
 from pytrain.errors import ConfigurationError
+from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, column, default
+
+
+def _field(name: str) -> Any:
+    """A ``Field`` for column ``name``: ``None`` (the database default) or a value within the column
+    table's bounds; integers also within their SQL type's range (PostgreSQL would overflow)."""
+    spec = column(name)
+    bounds = spec.pydantic_bounds()
+    if spec.sql_type in SQL_INT_RANGES:
+        low, high = SQL_INT_RANGES[spec.sql_type]
+        if "gt" not in bounds:
+            bounds.setdefault("ge", low)
+        if "lt" not in bounds:
+            bounds.setdefault("le", high)
+    return Field(default=None if not spec.required else ..., description=spec.help, **bounds)
 
 
 class TaskRequest(BaseModel):
-    """The user-settable columns of ``training_tasks``. ``None`` means "use the database default"."""
+    """The user-settable columns of ``training_tasks`` (:data:`pytrain.task_columns.TASK_COLUMNS`).
+
+    ``None`` means "use the database default". The bounds come from the column table; the
+    annotations repeat only the Python types.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    model_name: str = _field("model_name")
     sources: list[str] = Field(min_length=1)
     classes: list[str] = Field(min_length=1)
-    architecture: str | None = Field(default=None, pattern=ARCHITECTURE_PATTERN)
-    pretrained: bool | None = None
-    num_frames: int | None = Field(default=None, ge=LIMITS["num_frames"][0], le=LIMITS["num_frames"][1])
-    height: int | None = Field(default=None, ge=LIMITS["height"][0], le=LIMITS["height"][1])
-    width: int | None = Field(default=None, ge=LIMITS["width"][0], le=LIMITS["width"][1])
-    epochs: int | None = Field(default=None, ge=LIMITS["epochs"][0], le=LIMITS["epochs"][1])
-    batch_size: int | None = Field(default=None, ge=LIMITS["batch_size"][0], le=LIMITS["batch_size"][1])
-    shuffle_size: int | None = Field(default=None, ge=LIMITS["shuffle_size"][0], le=LIMITS["shuffle_size"][1])
-    learning_rate: float | None = Field(default=None, gt=0, le=10)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # bigint; numpy's generators need >= 0
-    train_fraction: float | None = Field(default=None, gt=0, le=1)
-    val_fraction: float | None = Field(default=None, ge=0, lt=1)
-    test_fraction: float | None = Field(default=None, gt=0, lt=1)  # the test split gives the published accuracy
-    include_other: bool | None = None
-    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    architecture: str | None = _field("architecture")
+    pretrained: bool | None = _field("pretrained")
+    num_frames: int | None = _field("num_frames")
+    height: int | None = _field("height")
+    width: int | None = _field("width")
+    epochs: int | None = _field("epochs")
+    batch_size: int | None = _field("batch_size")
+    shuffle_size: int | None = _field("shuffle_size")
+    learning_rate: float | None = _field("learning_rate")
+    seed: int | None = _field("seed")
+    train_fraction: float | None = _field("train_fraction")
+    val_fraction: float | None = _field("val_fraction")
+    test_fraction: float | None = _field("test_fraction")
+    include_other: bool | None = _field("include_other")
+    priority: int | None = _field("priority")
 
     @field_validator("sources", "classes")
     @classmethod
@@ -50,10 +68,10 @@ class TaskRequest(BaseModel):
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "TaskRequest":
         fractions = [
-            TASK_DEFAULTS[name] if getattr(self, name) is None else getattr(self, name)
+            default(name) if getattr(self, name) is None else getattr(self, name)
             for name in ("train_fraction", "val_fraction", "test_fraction")
         ]
-        if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        if not math.isclose(sum(fractions), 1.0, abs_tol=FRACTION_SUM_TOLERANCE):
             raise ValueError(f"train/val/test fractions {fractions} must sum to 1")
         return self
 

@@ -42,10 +42,11 @@ from pytrain.errors import ConfigurationError, PublishError
 from pytrain.publish import triton_config
 from pytrain.settings import Settings
 from pytrain.spec import TaskSpec, TensorSpec, write_text_atomic
+from pytrain.task_columns import MODEL_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 PYTHON_MODEL_FILE = "model.py"
 TASK_ROW_FILE = "task.json"
 # How many times a publisher retries after losing the race for a version number.
@@ -86,17 +87,17 @@ def publish_task(
 ) -> PublishedModel:
     """Publish the trained model of a task folder as the next version of its Triton model.
 
-    Reads ``model.onnx`` and ``tensor_spec.json`` (required), ``metrics.json``, ``skipped.json``
-    and the plots (copied to ``results/`` when present) and ``task.json`` from ``task_dir``.
+    Reads ``task.json`` (the :class:`~pytrain.spec.TaskSpec`: model name, and the epochs, shuffle
+    size and batch size the INI records), ``model.onnx`` and ``tensor_spec.json`` (required),
+    ``metrics.json``, ``skipped.json`` and the plots (copied to ``results/`` when present).
 
     Args:
         task_dir: ``model_tasks/task-<id>-<model>/`` after a successful training run.
         settings: uses ``model_repo_dir``, ``results_dir``, ``max_batch_size`` and
             ``triton_grpc_url`` (when set, that Triton is asked to load the model).
-        task_record: the ``training_tasks`` row as a dict; ``model_name`` names the model (else
-            ``task.json``'s), ``epochs``/``shuffle_size``/``batch_size`` go into the INI config
-            (else ``task.json``'s, else the defaults). Saved as ``results/<model>/<v>/task.json``
-            (values JSON cannot hold, e.g. datetimes, are written with ``str``).
+        task_record: the ``training_tasks`` row (a mapping), saved as
+            ``results/<model>/<v>/task.json`` (values JSON cannot hold, e.g. datetimes, are
+            written with ``str``); when it names a model, it must be ``task.json``'s.
         _before_rename: test hook called with ``(staged_folder, version)`` just before the final
             rename (to simulate a crash midway).
 
@@ -109,16 +110,18 @@ def publish_task(
     """
     task_dir = Path(task_dir)
     task_spec = _load_task_spec(task_dir)
-    model_name = str(task_record.get("model_name") or (task_spec.model_name if task_spec else ""))
-    if not model_name:
+    model_name = task_spec.model_name
+    row_model_name = str(task_record.get("model_name") or model_name)
+    for name in (model_name, row_model_name):
+        if not MODEL_NAME_RE.match(name):
+            raise PublishError(
+                f"task folder {task_dir}: model name {name!r} is not a valid Triton model name",
+                hint="use 1-64 characters from A-Z a-z 0-9 _ -",
+            )
+    if row_model_name != model_name:
         raise PublishError(
-            f"{task_dir} has no {task_files.TASK_SPEC}, so it is not a task folder and names no model",
-            hint="pass a finished task folder model_tasks/task-<id>-<model>/",
-        )
-    if not MODEL_NAME_RE.match(model_name):
-        raise PublishError(
-            f"task folder {task_dir}: model name {model_name!r} is not a valid Triton model name",
-            hint="use 1-64 characters from A-Z a-z 0-9 _ -",
+            f"task folder {task_dir} trains model {model_name!r}, but its task row names {row_model_name!r}",
+            hint="publish the task folder the row's task_dir names",
         )
     onnx_path = task_dir / task_files.MODEL_ONNX
     if not onnx_path.is_file() or onnx_path.stat().st_size == 0:
@@ -127,12 +130,6 @@ def publish_task(
         tensor_spec = TensorSpec.load(task_dir)
     except ConfigurationError as exc:
         raise PublishError(f"model {model_name}: {exc.message}", hint=exc.hint) from exc
-
-    def training_value(key: str, default: int) -> int:
-        value = task_record.get(key)
-        if value is None and task_spec is not None:
-            value = getattr(task_spec, key)
-        return int(default if value is None else value)
 
     # Everything is generated and validated before the file system is touched.
     files = {
@@ -143,9 +140,9 @@ def publish_task(
         triton_config.LABELS_FILE: triton_config.labels_text(tensor_spec),
         f"{model_name}.config": triton_config.pytrain_ini(
             tensor_spec,
-            epochs=training_value("epochs", 50),
-            shuffle_size=training_value("shuffle_size", 300),
-            batch_size=training_value("batch_size", 4),
+            epochs=task_spec.epochs,
+            shuffle_size=task_spec.shuffle_size,
+            batch_size=task_spec.batch_size,
         ),
     }
     _check_onnx(onnx_path, tensor_spec, model_name)
@@ -201,9 +198,17 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit() and (Path(model_dir) / n).is_dir())
 
 
-def _load_task_spec(task_dir: Path) -> TaskSpec | None:
+def _load_task_spec(task_dir: Path) -> TaskSpec:
+    """The task folder's ``task.json``: the model name and the training values the INI records.
+
+    Raises:
+        PublishError: no ``task.json`` (not a task folder), or an invalid one.
+    """
     if not (task_dir / task_files.TASK_SPEC).is_file():
-        return None
+        raise PublishError(
+            f"{task_dir} has no {task_files.TASK_SPEC}, so it is not a task folder and names no model",
+            hint="pass a finished task folder model_tasks/task-<id>-<model>/",
+        )
     try:
         return TaskSpec.load(task_dir)
     except ConfigurationError as exc:

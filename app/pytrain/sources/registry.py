@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from pytrain.db.models import SOURCE_NAME_PATTERN
+from pytrain.task_columns import SOURCE_NAME_PATTERN
 from pytrain.errors import SourceError
 from pytrain.settings import Settings, get_settings
 
@@ -83,14 +83,14 @@ def sync_sources(settings: Settings | None = None, *, engine: Engine | None = No
         SourceError: the sources root is not a folder.
         DatabaseError: the database cannot be reached.
     """
-    from pytrain.db import TaskQueue, get_engine
+    from pytrain.db import SourceRegistry, get_engine
 
     settings = settings or get_settings()
     root = Path(sources_root or settings.sources_dir)
     names, skipped = discover_datasets(root)
-    queue = TaskQueue(engine or get_engine(settings))
-    added = queue.register_sources(names)
-    registered = queue.registered_sources()
+    registry = SourceRegistry(engine or get_engine(settings))
+    added = registry.register(names)
+    registered = registry.names()
     missing = sorted(set(registered) - set(names))
     for name in added:
         log.info("registered dataset %s", name)

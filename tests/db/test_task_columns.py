@@ -1,0 +1,148 @@
+"""The column table (:mod:`pytrain.task_columns`) against everything derived from it or written beside it:
+the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``TaskRow``, the README."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from pytrain.db import TaskRequest, TaskRow, TrainingTask
+from pytrain.errors import ConfigurationError
+from pytrain.spec import TaskSpec
+from pytrain.task_columns import REQUIRED, TASK_COLUMNS, column, task_defaults
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+REQUIRED_ROW = {"model_name": "'kitchen'", "sources": "'{dataset1}'", "classes": "'{cooking,drinking}'"}
+# Values that keep the fractions summing to 1 while one fraction is probed.
+FRACTION_PARTNER = {"train_fraction": "test_fraction", "val_fraction": "train_fraction", "test_fraction": "train_fraction"}
+
+
+def _database_defaults(engine) -> dict[str, tuple[str | None, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT column_name, column_default, data_type, udt_name FROM information_schema.columns "
+            "WHERE table_name = 'training_tasks'"
+        )).all()
+    return {name: (default, "text[]" if udt == "_text" else data_type) for name, default, data_type, udt in rows}
+
+
+def test_migrated_database_has_the_column_tables_defaults_and_types(engine):
+    database = _database_defaults(engine)
+    for spec in TASK_COLUMNS:
+        default, sql_type = database[spec.name]
+        assert sql_type == spec.sql_type, spec.name
+        if spec.required:
+            assert default is None, spec.name
+            continue
+        # PostgreSQL shows a text default with its cast: 'r3d_18'::text
+        assert default.removesuffix("::text") == spec.sql_default(), spec.name
+
+
+def test_minimal_insert_gets_every_default_of_the_column_table(engine):
+    with engine.begin() as conn:
+        row = conn.execute(text(
+            f"INSERT INTO training_tasks ({', '.join(REQUIRED_ROW)}) VALUES ({', '.join(REQUIRED_ROW.values())}) RETURNING *"
+        )).mappings().one()
+    assert {name: row[name] for name in task_defaults()} == task_defaults()
+
+
+def test_model_server_defaults_come_from_the_column_table():
+    for spec in TASK_COLUMNS:
+        server_default = TrainingTask.__table__.c[spec.name].server_default
+        if spec.required:
+            assert server_default is None
+        else:
+            assert server_default.arg.text == spec.sql_default()
+
+
+def test_task_spec_defaults_are_the_database_defaults():
+    spec_fields = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
+    shared = [c for c in TASK_COLUMNS if c.name in spec_fields and not c.required]
+    assert {c.name for c in shared} >= {"architecture", "num_frames", "height", "width", "epochs", "batch_size",
+                                          "shuffle_size", "learning_rate", "seed", "pretrained"}
+    for c in shared:
+        assert spec_fields[c.name] == c.default, c.name
+    assert TaskSpec(task_id=1, model_name="m", class_list=["a", "b"]).architecture == column("architecture").default
+
+
+def test_task_row_fields_are_the_tables_columns():
+    assert [f.name for f in dataclasses.fields(TaskRow)] == list(TrainingTask.__table__.columns.keys())
+
+
+def _row_with(name: str, value: float) -> dict[str, float] | None:
+    """The probed value, plus a partner fraction that keeps the three summing to 1; ``None`` when
+    no valid partner exists (``train_fraction = 1`` leaves nothing for the required test split)."""
+    if name not in FRACTION_PARTNER:
+        return {name: value}
+    values = {"train_fraction": 0.6, "val_fraction": 0.2, "test_fraction": 0.2, name: value}
+    partner = FRACTION_PARTNER[name]
+    values[partner] = round(values[partner] + 1 - sum(values.values()), 9)
+    p = column(partner)
+    if (values[partner] <= p.low if p.low_open else values[partner] < p.low) or \
+            (values[partner] >= p.high if p.high_open else values[partner] > p.high):
+        return None
+    return values
+
+
+def _boundary_cases():
+    """(column, value, accepted) just inside and just outside every bound of the table."""
+    cases = []
+    for c in TASK_COLUMNS:
+        step = 1 if c.python_type is int else 1e-3
+        if c.low is not None:
+            cases += [(c.name, c.low, not c.low_open), (c.name, c.low - step, False)]
+        if c.high is not None:
+            cases += [(c.name, c.high, not c.high_open), (c.name, c.high + step, False)]
+    return [case for case in cases if _row_with(case[0], case[1]) is not None]
+
+
+BOUNDARIES = _boundary_cases()
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), BOUNDARIES, ids=[f"{n}={v}" for n, v, _ in BOUNDARIES])
+def test_database_and_submit_accept_exactly_the_column_tables_bounds(engine, name, value, accepted):
+    values = _row_with(name, value)
+    row = {**REQUIRED_ROW, **{k: repr(v) for k, v in values.items()}}
+    sql = f"INSERT INTO training_tasks ({', '.join(row)}) VALUES ({', '.join(row.values())})"
+    request = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking"], **values}
+    if accepted:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+        TaskRequest.parse(request)
+        return
+    with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+        conn.execute(text(sql))
+    assert isinstance(info.value.orig, psycopg.errors.CheckViolation)
+    assert f"ck_training_tasks_{column(name).check}" in str(info.value.orig)
+    with pytest.raises(ConfigurationError, match=name):
+        TaskRequest.parse(request)
+
+
+def _readme_rows() -> dict[str, tuple[str, str, str]]:
+    """``{column: (type, default, meaning)}`` from the README's table (a row may name several columns)."""
+    rows = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\| (`\w+`(?:, `\w+`)*) \| ([^|]+) \| ([^|]*) \| (.*) \|$", line)
+        if not match:
+            continue
+        names = re.findall(r"`(\w+)`", match.group(1))
+        defaults = [d.strip().strip("`") for d in match.group(3).split(",")] if len(names) > 1 else [match.group(3).strip().strip("`")]
+        for name, default in zip(names, defaults):
+            rows[name] = (match.group(2).strip(), default, match.group(4))
+    return rows
+
+
+def test_readme_table_states_each_columns_type_default_and_bounds():
+    rows = _readme_rows()
+    for c in TASK_COLUMNS:
+        sql_type, default, meaning = rows[c.name]
+        assert sql_type.replace("double", "double precision") == c.sql_type, c.name
+        assert default == ("required" if c.default is REQUIRED else c.sql_default()), c.name
+        if c.check is not None and c.check != "fractions_range" and c.pattern is None:
+            assert f"({c.bounds_text()}" in meaning, c.name
