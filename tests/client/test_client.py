@@ -18,6 +18,7 @@ from pytrain.errors import ClientError
 from pytrain.publish import publish_task
 from pytrain.serving import TritonServer, free_port
 from pytrain.settings import Settings
+from pytrain.spec import TensorSpec
 from pytrain.video import read_clip
 
 pytestmark = pytest.mark.triton
@@ -87,7 +88,17 @@ def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer
     config = triton_server.model_repository / MODEL / f"{MODEL}.config"
     with TritonClient(triton_server.grpc_url) as client:
         from_config = client.model_info(MODEL, "1", config_path=config)
-    assert from_config == ModelInfo(MODEL, "1", "time_distributed_input", "dense", 8, 32, 32, 4, max_batch_size=8)
+    assert from_config == ModelInfo(MODEL, "1", TensorSpec(list(TEST_CLASSES), 8, 32, 32, "time_distributed_input", "dense"), max_batch_size=8)
+
+
+def test_a_config_that_disagrees_with_the_served_model_is_refused(triton_server: TritonServer, served_model: Path, tmp_path: Path) -> None:
+    from pytrain.publish.triton_config import pytrain_ini
+
+    other = tmp_path / f"{MODEL}.config"  # the INI of a version with another clip size
+    other.write_text(pytrain_ini(TensorSpec(list(TEST_CLASSES), 16, 32, 32), epochs=1, shuffle_size=1, batch_size=1))
+    with TritonClient(triton_server.grpc_url) as client:
+        with pytest.raises(ClientError, match=r"Triton serves input time_distributed_input UINT8 \[-1, 8, 32, 32, 3\].*tensor spec says input time_distributed_input UINT8 \[-1, 16, 32, 32, 3\]"):
+            client.model_info(MODEL, "1", config_path=other)
 
 
 def test_unreachable_server_names_the_address_tried() -> None:

@@ -8,8 +8,9 @@ Example::
         [top] = client.predict("kitchen", ["clip.mp4"], top_k=3)
         top[0].label, top[0].probability                    # ("cooking", 0.7779)
 
-The client learns the clip size and tensor names from Triton's model metadata (input
-``(-1, T, H, W, 3)`` uint8), or from a PyTrain ``<model>.config`` when one is given, decodes each
+The client builds the model's :class:`~pytrain.spec.TensorSpec` (clip size, dtypes, tensor names)
+from Triton's model metadata, or from a PyTrain ``<model>.config`` when one is given, checks it
+against the input and output Triton serves (:func:`check_served_tensors`), decodes each
 video with :func:`pytrain.video.read_clip` (the evaluation decode path of training), sends the
 uint8 frames, and asks Triton's classification extension for the top ``k`` classes, so the labels
 come from the server's ``labels.txt``.
@@ -23,13 +24,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from pytrain.errors import ClientError, PyTrainError, VideoDecodeError
+from pytrain.spec import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +50,65 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a client needs to know about a served model.
+    """What a client needs to know about a served model: its :class:`~pytrain.spec.TensorSpec`.
+
+    The spec comes from a PyTrain ``<model>.config`` (labels included) or from Triton's model
+    metadata (which carries no labels: ``spec.class_list`` is then the class indices ``"0"``,
+    ``"1"``, ...; the classification extension's answers carry the real labels). Either way it has
+    been checked against the input and output Triton actually serves.
 
     Attributes:
         name: Triton model name.
         version: the version asked for (``""``: the server's choice, the newest).
-        input_name, output_name: tensor names.
-        num_frames, height, width: clip shape ``(T, H, W)``; the input is ``(N, T, H, W, 3)`` uint8.
-        num_classes: length of the output's class axis.
+        spec: the served model's tensors: input ``(N, T, H, W, C)`` of ``spec.input_dtype``,
+            output ``(N, num_classes)`` of ``spec.output_dtype``.
         max_batch_size: largest ``N`` one request may carry (0: unknown, send one clip at a time).
     """
 
     name: str
     version: str
-    input_name: str
-    output_name: str
-    num_frames: int
-    height: int
-    width: int
-    num_classes: int
+    spec: TensorSpec
     max_batch_size: int = 0
+
+    @property
+    def input_name(self) -> str:
+        """Name of the input tensor."""
+        return self.spec.input_name
+
+    @property
+    def output_name(self) -> str:
+        """Name of the output tensor."""
+        return self.spec.output_name
+
+    @property
+    def num_frames(self) -> int:
+        """T, frames per clip."""
+        return self.spec.num_frames
+
+    @property
+    def height(self) -> int:
+        """H, frame height in pixels."""
+        return self.spec.height
+
+    @property
+    def width(self) -> int:
+        """W, frame width in pixels."""
+        return self.spec.width
+
+    @property
+    def num_classes(self) -> int:
+        """C, the length of the output's class axis."""
+        return self.spec.num_classes
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        """``(T, H, W, C)``: one clip as the model takes it (the input shape without the batch axis)."""
+        return tuple(self.spec.input_shape[1:])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The input's numpy dtype (``uint8`` for PyTrain models)."""
+        return np.dtype(self.spec.input_dtype)
 
     @classmethod
     def from_pytrain_config(cls, path: Path, *, name: str | None = None, version: str = "") -> "ModelInfo":
@@ -85,16 +126,8 @@ class ModelInfo:
             raise ClientError(f"cannot read model config {path}: {exc}") from exc
         except PyTrainError as exc:
             raise ClientError(f"{path}: {exc.message}", hint=exc.hint) from exc
-        return cls(
-            name=name or path.stem,
-            version=version,
-            input_name=data["input_name"],
-            output_name=data["output_name"],
-            num_frames=data["num_frames"],
-            height=data["height"],
-            width=data["width"],
-            num_classes=len(data["class_list"]),
-        )
+        spec_fields = {f.name for f in fields(TensorSpec)}
+        return cls(name=name or path.stem, version=version, spec=TensorSpec(**{k: v for k, v in data.items() if k in spec_fields}))
 
 
 class TritonClient:
@@ -247,7 +280,8 @@ class TritonClient:
         Waits for the model to be ready first (see :meth:`wait_model_ready`).
 
         Raises:
-            ClientError: model not ready, or its input is not ``(-1, T, H, W, 3)`` uint8.
+            ClientError: model not ready, or the input and output Triton serves are not those of
+                the tensor spec (the PyTrain config's, or PyTrain's ``(-1, T, H, W, 3)`` uint8).
         """
         version_s = "" if version is None else str(version)
         key = (model, version_s)
@@ -257,12 +291,12 @@ class TritonClient:
         try:
             config = self._grpc.get_model_config(model, version_s, as_json=True, client_timeout=10.0)["config"]
             max_batch = int(config.get("max_batch_size", 0))
+            meta = self._grpc.get_model_metadata(model, version_s, as_json=True, client_timeout=10.0)
             if config_path is not None:
-                info = ModelInfo.from_pytrain_config(config_path, name=model, version=version_s)
-                info = ModelInfo(**{**asdict(info), "max_batch_size": max_batch})
+                info = replace(ModelInfo.from_pytrain_config(config_path, name=model, version=version_s), max_batch_size=max_batch)
             else:
-                meta = self._grpc.get_model_metadata(model, version_s, as_json=True, client_timeout=10.0)
                 info = _info_from_metadata(model, version_s, meta, max_batch)
+            check_served_tensors(info, meta)
         except ClientError:
             raise
         except Exception as exc:
@@ -292,10 +326,10 @@ class TritonClient:
 
         info = self.model_info(model, version)
         frames = np.asarray(frames)
-        expected = (info.num_frames, info.height, info.width, 3)
-        if frames.ndim != 5 or frames.shape[1:] != expected or frames.dtype != np.uint8:
+        expected = info.clip_shape
+        if frames.ndim != len(expected) + 1 or frames.shape[1:] != expected or frames.dtype != info.input_dtype:
             raise ClientError(
-                f"model {model!r} takes (N, {', '.join(map(str, expected))}) uint8 clips, got {frames.shape} {frames.dtype}"
+                f"model {model!r} takes (N, {', '.join(map(str, expected))}) {info.input_dtype} clips, got {frames.shape} {frames.dtype}"
             )
         k = max(1, min(int(top_k), info.num_classes))
         step = info.max_batch_size or 1
@@ -331,7 +365,7 @@ class TritonClient:
         import tritonclient.grpc as grpcclient
 
         info = self.model_info(model, version)
-        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        frames = np.ascontiguousarray(frames, dtype=info.input_dtype)
         tensor = self._input_tensor(info, frames)
         try:
             response = self._grpc.infer(
@@ -354,7 +388,7 @@ class TritonClient:
             ClientError: a video cannot be decoded (naming it), or as :meth:`predict_frames`.
         """
         info = self.model_info(model, version)
-        clips = np.stack([self.read_video(v, info) for v in videos]) if videos else np.empty((0, info.num_frames, info.height, info.width, 3), np.uint8)
+        clips = np.stack([self.read_video(v, info) for v in videos]) if videos else np.empty((0, *info.clip_shape), info.input_dtype)
         return self.predict_frames(model, clips, version=version, top_k=top_k)
 
     # --- shared memory ------------------------------------------------------------------
@@ -362,7 +396,7 @@ class TritonClient:
         """The request's input: in the shared-memory region when possible, else in the message."""
         import tritonclient.grpc as grpcclient
 
-        tensor = grpcclient.InferInput(info.input_name, list(frames.shape), "UINT8")
+        tensor = grpcclient.InferInput(info.input_name, list(frames.shape), _triton_datatype(info.spec.input_dtype))
         if self._use_shm and frames.nbytes > 0:
             region = self._shm_region(frames.nbytes)
             if region is not None:
@@ -452,28 +486,63 @@ class _ShmRegion:
     byte_size: int
 
 
-def _info_from_metadata(model: str, version: str, meta: dict[str, Any], max_batch: int) -> ModelInfo:
+def _triton_datatype(numpy_dtype: str) -> str:
+    """The datatype name Triton's metadata and requests use (``"uint8"`` -> ``"UINT8"``)."""
+    from pytrain.publish.triton_config import triton_dtype
+
+    return triton_dtype(numpy_dtype).removeprefix("TYPE_")
+
+
+def _metadata_tensors(model: str, meta: dict[str, Any]) -> tuple[dict[str, Any], list[int], dict[str, Any], list[int]]:
+    """``(input, input shape, output, output shape)`` of Triton's metadata of a one-in, one-out model."""
     try:
         (inp,), (out,) = meta["inputs"], meta["outputs"]
-        shape = [int(d) for d in inp["shape"]]
-        out_shape = [int(d) for d in out["shape"]]
+        return inp, [int(d) for d in inp["shape"]], out, [int(d) for d in out["shape"]]
     except (KeyError, ValueError, TypeError) as exc:
         raise ClientError(f"model {model!r}: expected one input and one output in its metadata, got {meta}") from exc
-    if len(shape) != 5 or shape[-1] != 3 or inp.get("datatype") != "UINT8" or min(shape[1:]) < 1:
+
+
+def _info_from_metadata(model: str, version: str, meta: dict[str, Any], max_batch: int) -> ModelInfo:
+    """A :class:`ModelInfo` whose spec takes T, H, W, the names and the class count from Triton's
+    metadata; dtypes and channels are PyTrain's (:class:`TensorSpec`'s defaults), and
+    :func:`check_served_tensors` then checks them against the metadata."""
+    inp, shape, out, out_shape = _metadata_tensors(model, meta)
+    if len(shape) != 5 or min(shape[1:]) < 1 or len(out_shape) != 2 or out_shape[-1] < 1:
         raise ClientError(
-            f"model {model!r}: input {inp.get('name')} is {inp.get('datatype')} {shape}, not a PyTrain clip (-1, T, H, W, 3) UINT8"
+            f"model {model!r}: input {inp.get('name')} is {inp.get('datatype')} {shape}, not a PyTrain clip "
+            f"(-1, T, H, W, C) with one class axis out (output {out.get('name')} {out_shape})"
         )
-    return ModelInfo(
-        name=model,
-        version=version,
-        input_name=inp["name"],
-        output_name=out["name"],
-        num_frames=shape[1],
-        height=shape[2],
-        width=shape[3],
-        num_classes=out_shape[-1],
-        max_batch_size=max_batch,
+    spec = TensorSpec(
+        class_list=[str(i) for i in range(out_shape[-1])],  # metadata has no labels (see ModelInfo)
+        num_frames=shape[1], height=shape[2], width=shape[3], input_name=inp["name"], output_name=out["name"],
     )
+    return ModelInfo(name=model, version=version, spec=spec, max_batch_size=max_batch)
+
+
+def check_served_tensors(info: ModelInfo, meta: dict[str, Any]) -> None:
+    """Check that Triton serves the input and output ``info.spec`` describes.
+
+    Args:
+        info: the model as the client will use it.
+        meta: Triton's model metadata (``get_model_metadata(..., as_json=True)``).
+
+    Raises:
+        ClientError: a name, datatype or shape differs (e.g. a PyTrain config of another version
+            than the one served, or a model that is not a PyTrain clip classifier); the message
+            shows both.
+    """
+    inp, shape, out, out_shape = _metadata_tensors(info.name, meta)
+    spec = info.spec
+    served = (inp.get("name"), inp.get("datatype"), shape, out.get("name"), out.get("datatype"), out_shape)
+    expected = (spec.input_name, _triton_datatype(spec.input_dtype), spec.input_shape, spec.output_name,
+                _triton_datatype(spec.output_dtype), spec.output_shape)
+    if served != expected:
+        describe = "input {} {} {} -> output {} {} {}".format
+        raise ClientError(
+            f"model {info.name!r} version {info.version or 'latest'}: Triton serves {describe(*served)}, "
+            f"but its tensor spec says {describe(*expected)}",
+            hint="pass the PyTrain config of the version Triton serves, or no config (the metadata is used)",
+        )
 
 
 def _parse_classification(array: np.ndarray) -> list[list[Prediction]]:

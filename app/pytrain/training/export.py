@@ -91,8 +91,9 @@ def _check_signature(model_proto: Any, spec: TensorSpec) -> None:
 
     inputs = [describe(v) for v in model_proto.graph.input]
     outputs = [describe(v) for v in model_proto.graph.output]
-    want_in = [(spec.input_name, onnx.TensorProto.UINT8, spec.input_shape)]
-    want_out = [(spec.output_name, onnx.TensorProto.FLOAT, spec.output_shape)]
+    onnx_type = onnx.helper.np_dtype_to_tensor_dtype
+    want_in = [(spec.input_name, onnx_type(np.dtype(spec.input_dtype)), spec.input_shape)]
+    want_out = [(spec.output_name, onnx_type(np.dtype(spec.output_dtype)), spec.output_shape)]
     if inputs != want_in or outputs != want_out:
         raise ExportError(f"the exported graph's signature is inputs={inputs} outputs={outputs}, expected inputs={want_in} outputs={want_out}")
 
@@ -116,7 +117,7 @@ def check_parity(onnx_path: Path, module: nn.Module, clips: np.ndarray, spec: Te
     batched = session.run([spec.output_name], {spec.input_name: clips})[0]
     single = np.concatenate([session.run([spec.output_name], {spec.input_name: clips[i : i + 1]})[0] for i in range(len(clips))])
     diff = float(max(np.abs(batched - expected).max(), np.abs(single - expected).max()))
-    if batched.dtype != np.float32 or batched.shape != expected.shape or not diff <= atol:
+    if batched.dtype != np.dtype(spec.output_dtype) or batched.shape != expected.shape or not diff <= atol:
         raise ExportError(
             f"onnxruntime and PyTorch disagree: max |diff| {diff:.3g} > {atol:g} (shape {batched.shape} {batched.dtype}, expected {expected.shape})",
             hint="the graph differs from the model; try the other exporter or file a bug with the architecture",
@@ -145,9 +146,10 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
     if isinstance(checkpoint, (str, Path)):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
     module = ProbabilityModel(rebuild_from_checkpoint(checkpoint)).eval()
-    clips = np.ascontiguousarray(clips, dtype=np.uint8)
-    if clips.ndim != 5 or clips.shape[1:] != (spec.num_frames, spec.height, spec.width, spec.channels) or len(clips) < 1:
-        raise ExportError(f"parity clips have shape {clips.shape}, expected (N>=1, {spec.num_frames}, {spec.height}, {spec.width}, 3)")
+    clips = np.ascontiguousarray(clips, dtype=spec.input_dtype)
+    clip_shape = tuple(spec.input_shape[1:])
+    if clips.ndim != len(clip_shape) + 1 or clips.shape[1:] != clip_shape or len(clips) < 1:
+        raise ExportError(f"parity clips have shape {clips.shape}, expected (N>=1, {', '.join(map(str, clip_shape))})")
     out_dir = Path(out_dir)
     final = out_dir / MODEL_ONNX
     with atomic_path(final, suffix=".onnx") as tmp:
