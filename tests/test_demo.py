@@ -44,3 +44,13 @@ def test_demo_trains_publishes_serves_and_predicts_held_out_clips(tmp_path: Path
     assert (version_dir / "model.onnx").is_file()
     assert (tmp_path / "model_repo" / "demo" / "demo.config").read_text().startswith("[PREDICTION]\nnum_frames = 8\n")
     assert (tmp_path / "results" / "demo" / "1" / "metrics.json").is_file()
+
+
+def test_demo_fails_below_its_accuracy_threshold() -> None:
+    from pytrain.cli.demo import DemoResult, check_accuracy
+    from pytrain.errors import TrainingError
+
+    predictions = [{"label": "a", "true_label": "a"}, {"label": "b", "true_label": "a"}]
+    check_accuracy(DemoResult(3, 1, predictions, 0.5, 0.5), 0.5)  # at the threshold: passes
+    with pytest.raises(TrainingError, match=r"task 3: held-out accuracy over gRPC 0.500 is below the demo's threshold 0.600 \(2 clips\)"):
+        check_accuracy(DemoResult(3, 1, predictions, 0.5, 0.5), 0.6)
