@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,7 +60,9 @@ class Settings(BaseSettings):
     results_dir: Path = Field(default=_ROOT / "results", description="results/<model>/<version>/: metrics, plots, the task row.")
 
     # --- orchestrator ---------------------------------------------------------------------
-    runner: Literal["local", "docker"] = Field(default="local", description="How a claimed task is run.")
+    # A plain name, not a fixed list: the runners register themselves (pytrain.runners.RUNNERS), and
+    # get_runner rejects an unknown one naming those it knows; a new runner is not a settings change.
+    runner: str = Field(default="local", min_length=1, description="How a claimed task is run: a registered runner (local, docker).")
     worker_id: str | None = Field(default=None, description="Worker id in the task row; default <hostname>-gpu<ids> or <hostname>-cpu (stable across restarts).")
     lease_seconds: float = Field(default=60.0, gt=0, description="A running task whose lease is older than this is re-queued (seconds).")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")

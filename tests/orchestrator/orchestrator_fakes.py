@@ -59,6 +59,10 @@ class FakeRunner:
             time.sleep(self.hold)
         return RunResult(Outcome.SUCCEEDED, 0)
 
+    def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
+        """A fake run leaves nothing behind (the worker calls this on start)."""
+        return set()
+
 
 @dataclass
 class Published:

@@ -1,29 +1,66 @@
-"""Runners: how a prepared task is trained. ``local`` (subprocess) here; ``docker`` in :mod:`pytrain.runners.docker`."""
+"""Runners: how a prepared task is trained, chosen by name (``PYTRAIN_RUNNER``).
+
+``local`` (a subprocess, :mod:`pytrain.runners.local`) and ``docker`` (one container per task,
+:mod:`pytrain.runners.docker`) are registered here; the contract they share is
+:mod:`pytrain.runners.base`. A new runner is one call::
+
+    register_runner("slurm", lambda settings: SlurmRunner(settings))
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pytrain.errors import ConfigurationError
-from pytrain.runners.base import Outcome, PreparedTask, Runner, RunResult
+from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, Runner, RunResult, error_with_tail, parse_gpus
 from pytrain.runners.local import LocalRunner
 from pytrain.settings import Settings, get_settings
 
+RunnerFactory = Callable[[Settings], Runner]
 
-def get_runner(settings: Settings | None = None) -> Runner:
-    """The runner ``settings.runner`` names: ``local`` -> :class:`LocalRunner`, ``docker`` -> ``DockerRunner``.
+#: Runner name (the value of ``PYTRAIN_RUNNER``) -> a factory building it from the settings.
+RUNNERS: dict[str, RunnerFactory] = {}
+
+
+def register_runner(name: str, factory: RunnerFactory) -> None:
+    """Make ``PYTRAIN_RUNNER=<name>`` build its runner with ``factory(settings)``.
 
     Raises:
-        ConfigurationError: an unknown runner, or the Docker runner's dependencies are missing.
+        ValueError: ``name`` is already registered (two runners cannot share a name).
+    """
+    if name in RUNNERS:
+        raise ValueError(f"a runner named {name!r} is already registered")
+    RUNNERS[name] = factory
+
+
+def _docker_runner(settings: Settings) -> Runner:
+    try:
+        from pytrain.runners.docker import DockerRunner  # imported lazily: needs the docker SDK
+    except ImportError as exc:
+        raise ConfigurationError("the docker runner is not available", hint="pip install 'pytrain[docker]'") from exc
+    return DockerRunner(settings)
+
+
+register_runner("local", LocalRunner)
+register_runner("docker", _docker_runner)
+
+
+def get_runner(settings: Settings | None = None) -> Runner:
+    """The runner ``settings.runner`` names, built by its registered factory (see :data:`RUNNERS`).
+
+    Raises:
+        ConfigurationError: no runner has that name, or the runner's dependencies are missing
+            (the docker runner without the Docker SDK) or its settings are invalid.
     """
     settings = settings or get_settings()
-    if settings.runner == "local":
-        return LocalRunner(settings)
-    if settings.runner == "docker":
-        try:
-            from pytrain.runners.docker import DockerRunner  # imported lazily: needs the docker SDK
-        except ImportError as exc:
-            raise ConfigurationError("the docker runner is not available", hint="pip install 'pytrain[docker]'") from exc
-        return DockerRunner(settings)
-    raise ConfigurationError(f"unknown runner {settings.runner!r}", hint="PYTRAIN_RUNNER=local or docker")
+    factory = RUNNERS.get(settings.runner)
+    if factory is None:
+        known = ", ".join(sorted(RUNNERS))
+        raise ConfigurationError(f"unknown runner {settings.runner!r}; known runners: {known}", hint=f"set PYTRAIN_RUNNER to one of: {known}")
+    return factory(settings)
 
 
-__all__ = ["LocalRunner", "Outcome", "PreparedTask", "RunResult", "Runner", "get_runner"]
+__all__ = [
+    "RUNNERS", "GpuSelection", "LocalRunner", "Outcome", "PreparedTask", "RunResult", "Runner", "RunnerFactory",
+    "error_with_tail", "get_runner", "parse_gpus", "register_runner",
+]

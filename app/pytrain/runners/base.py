@@ -1,21 +1,39 @@
-"""The runner interface: how the orchestrator hands a prepared task to something that trains it.
+"""The runner contract: how the orchestrator hands a prepared task to something that trains it.
 
 A runner runs ``python -m pytrain.training --task-dir <task_dir> --sources-root <root>`` somewhere
 (a local subprocess, an NGC container) and blocks until it ends. It does not touch the database:
 the orchestrator's heartbeat thread renews the lease, reads ``progress.jsonl`` from the task folder
 into the task row and sets ``cancel`` when the task is cancelled. A runner must return within a few
 seconds of ``cancel`` being set, and must leave nothing running behind it in every case.
+
+What every runner shares lives here, written once:
+
+- :class:`Runner`, the protocol (``name``, ``run``, ``cleanup_orphans``);
+- :func:`supervise`, the loop that watches a started run (:class:`RunHandle`) for its end,
+  ``cancel``, ``stop`` and the timeout, stops it, and builds the :class:`RunResult`;
+- :func:`run_result`, the one mapping from how a run ended to an :class:`Outcome` and a message;
+- :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
+- :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output.
+
+A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
+:func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(str, Enum):
@@ -67,8 +85,11 @@ class RunResult:
     Attributes:
         outcome: how it ended.
         exit_code: process/container exit code (``None`` if it never started).
-        message: one readable line for the task row's ``error`` (empty on success).
-        stderr_tail: last lines of the run's output, for errors.
+        message: one readable line for the task row's ``error`` (empty on success); built by
+            :func:`run_result`.
+        stderr_tail: last lines of the run's output, for errors; the worker puts them into the
+            row's ``error`` after the message (:func:`error_with_tail`).
+        details: runner facts for logs and the CLI (``seconds``, ``log``, ``image``, ``container``).
     """
 
     outcome: Outcome
@@ -80,7 +101,11 @@ class RunResult:
 
 @runtime_checkable
 class Runner(Protocol):
-    """Runs one prepared task to its end. Implementations: ``LocalRunner``, ``DockerRunner``."""
+    """Runs one prepared task to its end. Implementations: ``LocalRunner``, ``DockerRunner``.
+
+    Attributes:
+        name: the name it is registered under (``PYTRAIN_RUNNER``); shown in errors and logs.
+    """
 
     name: str
 
@@ -99,3 +124,215 @@ class Runner(Protocol):
             :class:`pytrain.errors.RunnerError` only when the runner itself cannot work.
         """
         ...
+
+    def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
+        """Stop and remove runs left behind by a crashed worker (called once when a worker starts).
+
+        Args:
+            active_task_ids: tasks that other workers run right now; their runs are left alone.
+
+        Returns:
+            The ids of the tasks whose runs were killed or removed (empty when there were none).
+
+        Raises:
+            RunnerError: the runner cannot look for its runs (e.g. the Docker engine is down).
+        """
+        ...
+
+
+class RunHandle(Protocol):
+    """One started run (a process group, a container) as :func:`supervise` sees it.
+
+    Attributes:
+        subject: what ran, as the failure message names it (``"training"``, ``"training container"``).
+    """
+
+    subject: str
+
+    def wait(self, seconds: float) -> int | None:
+        """Wait up to ``seconds`` for the run to end; its exit code, or ``None`` while it runs."""
+        ...
+
+    def stop(self, grace_seconds: float) -> None:
+        """Ask the run to end (SIGTERM), kill it after ``grace_seconds``; return once it has ended."""
+        ...
+
+    def output_tail(self) -> str:
+        """The last lines of the run's stderr (or of its combined output), for the task row's ``error``."""
+        ...
+
+    def oom_evidence(self, exit_code: int | None) -> str | None:
+        """Why the run looks killed for lack of memory (``"limit 16g"``), or ``None`` when it does not."""
+        ...
+
+
+def _stop_reason(cancel: threading.Event, stop: threading.Event | None, started: float, timeout_seconds: float | None) -> Outcome | None:
+    """Whether the run must be stopped now, and why (cancel wins over stop, stop over the timeout)."""
+    if cancel.is_set():
+        return Outcome.CANCELLED
+    if stop is not None and stop.is_set():
+        return Outcome.INTERRUPTED
+    if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+        return Outcome.TIMED_OUT
+    return None
+
+
+def supervise(
+    handle: RunHandle,
+    task: PreparedTask,
+    cancel: threading.Event,
+    stop: threading.Event | None,
+    *,
+    timeout_seconds: float | None,
+    grace_seconds: float,
+    poll_seconds: float,
+    details: dict | None = None,
+) -> RunResult:
+    """Watch a started run until it ends, stopping it on ``cancel``, ``stop`` or the timeout.
+
+    The run is checked every ``poll_seconds``; once it must stop, ``handle.stop(grace_seconds)``
+    ends it, so the call returns within ``poll_seconds + grace_seconds`` (plus the engine's own
+    latency) of ``cancel`` being set. Removing what is left of the run (a container, stray
+    children) is the runner's job, in a ``finally`` around this call.
+
+    Args:
+        handle: the started run.
+        task: the task it runs (for its id in log lines).
+        cancel, stop: see :meth:`Runner.run`.
+        timeout_seconds: stop the run after this long (seconds); ``None`` for no limit.
+        grace_seconds: time between SIGTERM and SIGKILL when stopping it (seconds).
+        poll_seconds: how often ``cancel``, ``stop`` and the timeout are checked (seconds).
+        details: the runner's own facts for :attr:`RunResult.details`; ``seconds`` (the run's
+            wall time) is added.
+
+    Returns:
+        The run's :class:`RunResult` (see :func:`run_result`).
+    """
+    started = time.monotonic()
+    stopped_by: Outcome | None = None
+    exit_code = handle.wait(0)
+    while exit_code is None:
+        stopped_by = _stop_reason(cancel, stop, started, timeout_seconds)
+        if stopped_by is not None:
+            log.info("task %s: stopping the run (%s)", task.task_id, stopped_by.value)
+            handle.stop(grace_seconds)
+            exit_code = handle.wait(0)
+            break
+        exit_code = handle.wait(poll_seconds)
+    details = {**(details or {}), "seconds": round(time.monotonic() - started, 3)}
+    if stopped_by is None and exit_code == 0:
+        return run_result(None, 0, subject=handle.subject, details=details)
+    return run_result(
+        stopped_by, exit_code, subject=handle.subject, tail=handle.output_tail(),
+        oom_evidence=handle.oom_evidence(exit_code), timeout_seconds=timeout_seconds, details=details,
+    )
+
+
+def run_result(
+    stopped_by: Outcome | None,
+    exit_code: int | None,
+    *,
+    subject: str = "training",
+    tail: str = "",
+    oom_evidence: str | None = None,
+    timeout_seconds: float | None = None,
+    details: dict | None = None,
+) -> RunResult:
+    """The one mapping from how a run ended to its :class:`RunResult`.
+
+    In order: stopped by the runner -> ``CANCELLED`` / ``INTERRUPTED`` / ``TIMED_OUT``; exit code 0
+    -> ``SUCCEEDED``; evidence of an out-of-memory kill -> ``OUT_OF_MEMORY`` (with a hint);
+    anything else -> ``FAILED`` naming the exit code and the last line of ``tail``.
+
+    Args:
+        stopped_by: ``CANCELLED``, ``INTERRUPTED`` or ``TIMED_OUT`` when the runner stopped the run;
+            ``None`` when it ended by itself.
+        exit_code: its exit code (negative: killed by that signal); ``None`` if unknown.
+        subject: what ran, for the failure message (``"training"``, ``"training container"``).
+        tail: the last lines of its output (empty on success).
+        oom_evidence: what shows it ran out of memory (``"limit 16g"``), or ``None``.
+        timeout_seconds: the limit it exceeded, for ``TIMED_OUT`` (seconds).
+        details: passed through to :attr:`RunResult.details`.
+    """
+    details = dict(details or {})
+    if stopped_by is Outcome.CANCELLED:
+        return RunResult(Outcome.CANCELLED, exit_code, "cancelled", tail, details)
+    if stopped_by is Outcome.INTERRUPTED:
+        return RunResult(Outcome.INTERRUPTED, exit_code, "interrupted: the worker is shutting down", tail, details)
+    if stopped_by is Outcome.TIMED_OUT:
+        limit = f"{timeout_seconds:g} s" if timeout_seconds is not None else "its time limit"
+        return RunResult(Outcome.TIMED_OUT, exit_code, f"timed out after {limit} (PYTRAIN_TASK_TIMEOUT_SECONDS)", tail, details)
+    if exit_code == 0:
+        return RunResult(Outcome.SUCCEEDED, 0, "", "", details)
+    if oom_evidence:
+        message = f"out of memory ({oom_evidence}); lower batch_size, num_frames or the frame size"
+        return RunResult(Outcome.OUT_OF_MEMORY, exit_code, message, tail, details)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    ended = f"exited with code {exit_code}" if exit_code is not None else "ended without an exit code"
+    return RunResult(Outcome.FAILED, exit_code, f"{subject} {ended}" + (f": {last}" if last else ""), tail, details)
+
+
+def error_with_tail(message: str, tail: str, *, max_chars: int) -> str:
+    """The task row's ``error``: ``message`` first, then as much of the end of ``tail`` as fits.
+
+    The end of the output is what explains a failure (the exception is printed last), so a tail
+    too long for ``max_chars`` loses its first lines, never the message. A tail the message
+    already quotes whole (a one-line stderr) is not repeated.
+
+    Args:
+        message: one readable line.
+        tail: the run's last output lines (may be empty).
+        max_chars: the most characters the result may have.
+    """
+    tail = tail.strip()
+    if not tail or tail in message:
+        return message[:max_chars]
+    room = max_chars - len(message) - 1
+    if room <= 0:
+        return message[:max_chars]
+    return f"{message}\n{tail[-room:]}"
+
+
+_GPU_ID = re.compile(r"\d+|GPU-[0-9a-f-]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class GpuSelection:
+    """The GPUs a run may use, parsed from ``PYTRAIN_GPUS`` / ``--gpus`` by :func:`parse_gpus`.
+
+    Attributes:
+        ids: device indexes or UUIDs (``("0", "1")``); empty for "all" and for none.
+        all: every GPU the host has.
+    """
+
+    ids: tuple[str, ...] = ()
+    all: bool = False
+
+    @property
+    def none(self) -> bool:
+        """No GPU: run on the CPU."""
+        return not self.all and not self.ids
+
+    @property
+    def count(self) -> int | None:
+        """How many processes to start: ``len(ids)``, ``-1`` for all (unknown until the run starts), ``None`` for CPU."""
+        if self.all:
+            return -1
+        return len(self.ids) or None
+
+
+def parse_gpus(gpus: str | None) -> GpuSelection:
+    """Parse ``"0,1"`` / ``"GPU-<uuid>"`` / ``"all"`` / ``"none"`` / ``None`` (pure: no Docker, no CUDA).
+
+    Raises:
+        ConfigurationError: ``gpus`` is neither ``all``/``none`` nor a comma-separated list of ids.
+    """
+    text = str(gpus).strip().lower() if gpus is not None else ""
+    if text in ("", "none"):
+        return GpuSelection()
+    if text == "all":
+        return GpuSelection(all=True)
+    ids = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not ids or not all(_GPU_ID.fullmatch(part) for part in ids):
+        raise ConfigurationError(f"invalid GPU list {gpus!r}", hint="use 'all', or ids like '0' or '0,1' (PYTRAIN_GPUS / --gpus)")
+    return GpuSelection(ids=ids)

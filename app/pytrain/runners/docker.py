@@ -19,9 +19,10 @@ For each task it
    - tini as PID 1 (``init``), so ``docker stop`` reaches python at once;
 
 3. streams the container's output into the task folder's ``train.log``;
-4. waits for the end, the task's timeout, ``cancel`` or ``stop``, and maps the exit to an
-   :class:`~pytrain.runners.base.Outcome`: 0 -> succeeded; 137 with ``OOMKilled`` -> out of memory
-   (with the limit); anything else -> failed with the tail of stderr;
+4. waits for the end, the task's timeout, ``cancel`` or ``stop`` and maps the exit to an
+   :class:`~pytrain.runners.base.Outcome` (:func:`~pytrain.runners.base.supervise`, shared with
+   the local runner): 0 -> succeeded; ``OOMKilled`` -> out of memory (with the limit); anything
+   else -> failed with the tail of stderr;
 5. removes the container in every case (also when this process is interrupted).
 
 When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
@@ -47,7 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pytrain.errors import ConfigurationError, RunnerError
-from pytrain.runners.base import Outcome, PreparedTask, RunResult
+from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise
+from pytrain.runners.base import parse_gpus as parse_gpu_selection
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
@@ -70,33 +72,37 @@ STACK_BYTES = 67108864  # 64 MiB, as NVIDIA recommends for PyTorch containers
 STDERR_TAIL_LINES = 30
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*[bkmgBKMG]?$")
 _POLL_SECONDS = 0.25
+_STOPPED_SECONDS = 30  # how long to wait for the engine to report a stopped container as not running
 
 
 def _size_ok(value: str | None) -> bool:
     return value is None or bool(_SIZE.match(str(value).strip()))
 
 
+def device_requests(selection: GpuSelection) -> list[Any]:
+    """Docker device requests for ``selection`` (``[]`` for CPU)."""
+    if selection.none:
+        return []
+    from docker.types import DeviceRequest
+
+    if selection.all:
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=list(selection.ids), capabilities=[["gpu"]])]
+
+
 def parse_gpus(gpus: str | None) -> tuple[list[Any], int | None]:
     """Turn ``"0,1"`` / ``"all"`` / ``None`` into device requests and a process count.
 
     Returns:
-        ``(device_requests, nproc)``: ``nproc`` is the number of GPUs, ``-1`` for "all" (count
-        unknown until the container starts), ``None`` for CPU.
+        ``(device_requests, nproc)``: ``nproc`` is :attr:`GpuSelection.count` (``-1`` for "all",
+        ``None`` for CPU).
 
     Raises:
-        ConfigurationError: ``gpus`` is neither ``all`` nor a comma-separated list of ids.
+        ConfigurationError: ``gpus`` is neither ``all`` nor a comma-separated list of ids
+            (:func:`pytrain.runners.base.parse_gpus`).
     """
-    if gpus is None or not str(gpus).strip() or str(gpus).strip().lower() == "none":
-        return [], None
-    from docker.types import DeviceRequest
-
-    text = str(gpus).strip().lower()
-    if text == "all":
-        return [DeviceRequest(count=-1, capabilities=[["gpu"]])], -1
-    ids = [part.strip() for part in text.split(",") if part.strip()]
-    if not ids or not all(re.fullmatch(r"\d+|GPU-[0-9a-f-]+", part, re.IGNORECASE) for part in ids):
-        raise ConfigurationError(f"invalid GPU list {gpus!r}", hint="use 'all', or ids like '0' or '0,1' (PYTRAIN_GPUS / --gpus)")
-    return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])], len(ids)
+    selection = parse_gpu_selection(gpus)
+    return device_requests(selection), selection.count
 
 
 def training_command(nproc: int | None) -> tuple[list[str] | None, list[str]]:
@@ -144,6 +150,72 @@ def _own_bind_mounts(client: "docker.DockerClient") -> list[tuple[str, str]]:
     except Exception:  # noqa: BLE001 - not found / other engine: no translation
         return []
     return [(m["Destination"], m["Source"]) for m in attrs.get("Mounts") or [] if m.get("Type") == "bind"]
+
+
+class _ContainerRun:
+    """A started training container (:class:`~pytrain.runners.base.RunHandle`).
+
+    Args:
+        container: the started container.
+        memory_limit: its memory limit as configured (``"16g"``), named in out-of-memory messages.
+    """
+
+    subject = "training container"
+
+    def __init__(self, container: "Container", memory_limit: str | None) -> None:
+        self.container = container
+        self.memory_limit = memory_limit
+
+    def _state(self) -> dict[str, Any]:
+        return self.container.attrs.get("State") or {}
+
+    def wait(self, seconds: float) -> int | None:
+        deadline = time.monotonic() + seconds
+        while True:
+            self.container.reload()
+            if self.container.status in ("exited", "dead"):
+                return self._state().get("ExitCode")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(_POLL_SECONDS, remaining))
+
+    def stop(self, grace_seconds: float) -> None:
+        import docker.errors
+
+        try:
+            self.container.stop(timeout=int(max(0, round(grace_seconds))))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            try:
+                self.container.kill()
+            except docker.errors.APIError:
+                pass
+        # `docker stop` returns when the engine has sent SIGKILL, which it may report a moment
+        # before the container's state says so; the exit code is read after that.
+        deadline = time.monotonic() + _STOPPED_SECONDS
+        while True:
+            self.container.reload()
+            if not self._state().get("Running") or time.monotonic() > deadline:
+                return
+            time.sleep(_POLL_SECONDS)
+
+    def output_tail(self) -> str:
+        try:
+            raw = self.container.logs(stdout=False, stderr=True, tail=STDERR_TAIL_LINES)
+        except Exception:  # noqa: BLE001 - a missing tail must not hide the outcome
+            raw = b""
+        tail = raw.decode("utf-8", errors="replace").rstrip()
+        engine_error = self._state().get("Error")
+        if engine_error:  # e.g. the runtime could not set up a device: the engine's own words
+            tail = f"{tail}\ndocker: {engine_error}".lstrip()
+        return tail
+
+    def oom_evidence(self, exit_code: int | None) -> str | None:
+        if self._state().get("OOMKilled"):
+            return f"limit {self.memory_limit or 'host memory'}"
+        return None
 
 
 class DockerRunner:
@@ -357,14 +429,12 @@ class DockerRunner:
 
         self._check_task(task)
         if cancel.is_set():
-            return RunResult(Outcome.CANCELLED, message="cancelled before the container started")
+            return run_result(Outcome.CANCELLED, None)
         image = self.resolve_image()
         details: dict[str, Any] = {"image": image}
         if self.last_image_result is not None and self.image is None:
             details["image_built"] = self.last_image_result.built
             details["image_seconds"] = round(self.last_image_result.seconds, 3)
-        timeout = self._timeout(task)
-        log_path = task.log_path
         container = None
         try:
             try:
@@ -379,56 +449,20 @@ class DockerRunner:
                             "or set PYTRAIN_CONTAINER_MEMLOCK to the host's memlock limit in bytes")
                 raise RunnerError(f"task {task.task_id}: cannot start a container from {image}: {text}", hint=hint) from exc
             logger.info("task %s: container %s started from %s", task.task_id, container.name, image)
-            started = time.monotonic()
-            streamer = threading.Thread(target=self._stream_logs, args=(container, log_path), name=f"logs-{task.task_id}", daemon=True)
+            streamer = threading.Thread(target=self._stream_logs, args=(container, task.log_path), name=f"logs-{task.task_id}", daemon=True)
             streamer.start()
-            forced: Outcome | None = None
-            while True:
-                container.reload()
-                if container.status in ("exited", "dead"):
-                    break
-                if cancel.is_set():
-                    forced = Outcome.CANCELLED
-                elif stop is not None and stop.is_set():
-                    forced = Outcome.INTERRUPTED
-                elif timeout is not None and time.monotonic() - started > timeout:
-                    forced = Outcome.TIMED_OUT
-                if forced is not None:
-                    logger.info("task %s: stopping container %s (%s)", task.task_id, container.name, forced.value)
-                    self._stop(container)
-                    break
-                time.sleep(_POLL_SECONDS)
-            state = self._final_state(container)
-            details["seconds"] = round(time.monotonic() - started, 3)
+            result = supervise(
+                _ContainerRun(container, self.settings.container_memory), task, cancel, stop,
+                timeout_seconds=self._timeout(task), grace_seconds=self.stop_grace_seconds, poll_seconds=_POLL_SECONDS,
+                details=details,
+            )
             streamer.join(timeout=10)
-            return self._result(task, container, state, forced, timeout, details)
+            return result
         except docker.errors.DockerException as exc:
             raise RunnerError(f"task {task.task_id}: the Docker engine failed during the run: {exc}", hint="is dockerd still running?") from exc
         finally:
             if container is not None:
                 self._remove(container)
-
-    def _stop(self, container: "Container") -> None:
-        import docker.errors
-
-        try:
-            container.stop(timeout=int(max(0, round(self.stop_grace_seconds))))
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError:
-            try:
-                container.kill()
-            except docker.errors.APIError:
-                pass
-
-    def _final_state(self, container: "Container") -> dict[str, Any]:
-        deadline = time.monotonic() + 30
-        while True:
-            container.reload()
-            state = container.attrs.get("State") or {}
-            if not state.get("Running") or time.monotonic() > deadline:
-                return state
-            time.sleep(_POLL_SECONDS)
 
     def _stream_logs(self, container: "Container", log_path: Path) -> None:
         """Append the container's stdout+stderr to ``log_path`` as it comes (thread body)."""
@@ -442,37 +476,6 @@ class DockerRunner:
         except Exception as exc:  # noqa: BLE001 - a log-stream failure must not fail the run
             logger.warning("log streaming of %s stopped: %s", getattr(container, "name", "?"), exc)
 
-    def _stderr_tail(self, container: "Container") -> str:
-        try:
-            raw = container.logs(stdout=False, stderr=True, tail=STDERR_TAIL_LINES)
-        except Exception:  # noqa: BLE001
-            return ""
-        return raw.decode("utf-8", errors="replace").rstrip()
-
-    def _result(self, task: PreparedTask, container: "Container", state: dict[str, Any], forced: Outcome | None,
-                timeout: float | None, details: dict[str, Any]) -> RunResult:
-        code = state.get("ExitCode")
-        if forced is Outcome.CANCELLED:
-            return RunResult(Outcome.CANCELLED, exit_code=code, message="cancelled; the container was stopped", details=details)
-        if forced is Outcome.INTERRUPTED:
-            return RunResult(Outcome.INTERRUPTED, exit_code=code, message="the worker is shutting down; the container was stopped", details=details)
-        if forced is Outcome.TIMED_OUT:
-            return RunResult(
-                Outcome.TIMED_OUT, exit_code=code, message=f"timed out after {timeout:g} s; the container was stopped",
-                stderr_tail=self._stderr_tail(container), details=details,
-            )
-        if code == 0:
-            return RunResult(Outcome.SUCCEEDED, exit_code=0, details=details)
-        tail = self._stderr_tail(container)
-        if state.get("OOMKilled"):
-            limit = self.settings.container_memory or "host memory"
-            return RunResult(Outcome.OUT_OF_MEMORY, exit_code=code, message=f"out of memory (limit {limit})", stderr_tail=tail, details=details)
-        last = tail.splitlines()[-1].strip() if tail else ""
-        message = f"training container exited with code {code}" + (f": {last}" if last else "")
-        if state.get("Error"):
-            message += f" ({state['Error']})"
-        return RunResult(Outcome.FAILED, exit_code=code, message=message, stderr_tail=tail, details=details)
-
     def _remove(self, container: "Container") -> None:
         import docker.errors
 
@@ -484,7 +487,7 @@ class DockerRunner:
             logger.warning("cannot remove container %s: %s", container.name, exc)
 
     # ------------------------------------------------------------------------------------------
-    def cleanup_orphans(self, active_task_ids: set[int]) -> list[int]:
+    def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
         """Remove PyTrain training containers whose task is not in ``active_task_ids``.
 
         The orchestrator calls this on start with the ids of the tasks that are still legitimately
@@ -493,7 +496,7 @@ class DockerRunner:
         can be re-queued without two trainings writing to one folder.
 
         Returns:
-            The task ids whose containers were removed (sorted, unique).
+            The task ids whose containers were removed.
 
         Raises:
             RunnerError: the Docker engine cannot be reached.
@@ -516,7 +519,7 @@ class DockerRunner:
             logger.warning("removing orphaned container %s of task %s", container.name, task_id)
             self._remove(container)
             removed.add(task_id)
-        return sorted(removed)
+        return removed
 
 
-__all__ = ["DockerRunner", "parse_gpus", "training_command", "LABEL_TASK_ID", "LABEL_MANAGED"]
+__all__ = ["DockerRunner", "device_requests", "parse_gpus", "training_command", "LABEL_TASK_ID", "LABEL_MANAGED"]

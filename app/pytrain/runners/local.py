@@ -4,7 +4,8 @@ The run gets its own process group (``start_new_session``), so cancelling, a tim
 shutdown stops the entrypoint *and* its children (DataLoader workers): SIGTERM to the group, then
 SIGKILL after ``grace_seconds``. stdout and stderr go to ``train.log`` in the task folder. The
 group id is written to ``runner.pid`` in the task folder, so a restarted worker can kill runs that
-its crashed predecessor left behind (:meth:`LocalRunner.cleanup_orphans`).
+its crashed predecessor left behind (:meth:`LocalRunner.cleanup_orphans`). Watching the run and
+mapping its end to an outcome is :func:`pytrain.runners.base.supervise`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytrain.errors import RunnerError
-from pytrain.runners.base import Outcome, PreparedTask, RunResult
+from pytrain.runners.base import PreparedTask, RunResult, parse_gpus, supervise
 from pytrain.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,51 @@ def _kill_group(pgid: int, grace_seconds: float, proc: subprocess.Popen | None =
         pass
 
 
+class _ProcessGroupRun:
+    """A started local run (:class:`~pytrain.runners.base.RunHandle`): the entrypoint leading its own process group."""
+
+    subject = "training"
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    def wait(self, seconds: float) -> int | None:
+        if seconds <= 0:
+            return self.proc.poll()
+        try:
+            return self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace_seconds: float) -> None:
+        _kill_group(self.proc.pid, grace_seconds, self.proc)
+        self.proc.wait()
+
+    def output_tail(self) -> str:
+        return tail(self.log_path)  # stdout and stderr share train.log
+
+    def oom_evidence(self, exit_code: int | None) -> str | None:
+        # Without a cgroup limit of its own, the kernel's OOM killer (SIGKILL) or the allocator's
+        # own message in the log are the only evidence a local run leaves.
+        if exit_code == -signal.SIGKILL:
+            return "killed by SIGKILL, as the kernel's OOM killer does"
+        output = self.output_tail()
+        marker = next((marker for marker in _OOM_MARKERS if marker in output), None)
+        return f"the log says {marker!r}" if marker else None
+
+    def close(self) -> None:
+        """Leave nothing running: the entrypoint if still alive, and children that outlived it."""
+        if self.proc.poll() is None:
+            _kill_group(self.proc.pid, 0.0, self.proc)
+            self.proc.wait()
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # orphaned children of a finished entrypoint
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 class LocalRunner:
     """Runs ``<command> --task-dir DIR --sources-root ROOT`` as a local subprocess.
 
@@ -95,11 +141,14 @@ class LocalRunner:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         # No --gpus: the run sees what this shell sees (CUDA_VISIBLE_DEVICES inherited);
-        # "all": every GPU; "0,1": those.
-        if task.gpus == "all":
+        # "all": every GPU; "0,1": those; "none": an empty list hides every GPU.
+        if task.gpus is None:
+            return env
+        selection = parse_gpus(task.gpus)
+        if selection.all:
             env.pop("CUDA_VISIBLE_DEVICES", None)
-        elif task.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = task.gpus
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(selection.ids)
         return env
 
     def run(self, task: PreparedTask, cancel: threading.Event, stop: threading.Event | None = None) -> RunResult:
@@ -108,12 +157,15 @@ class LocalRunner:
         Returns:
             ``SUCCEEDED`` on exit code 0; ``CANCELLED`` / ``INTERRUPTED`` / ``TIMED_OUT`` when this
             runner stopped it; ``OUT_OF_MEMORY`` when killed by SIGKILL or its log says so;
-            ``FAILED`` otherwise, with the exit code and the log's tail.
+            ``FAILED`` otherwise, with the exit code and the log's tail
+            (:func:`pytrain.runners.base.run_result`). ``details``: ``seconds``, ``log``.
 
         Raises:
             RunnerError: the entrypoint cannot be started.
+            ConfigurationError: ``task.gpus`` is not a GPU list.
         """
         argv = [*self.command, "--task-dir", str(task.task_dir), "--sources-root", str(task.sources_root)]
+        env = self._env(task)
         task.task_dir.mkdir(parents=True, exist_ok=True)
         log_path = task.log_path
         pid_path = task.task_dir / PID_FILE
@@ -126,98 +178,65 @@ class LocalRunner:
             try:
                 proc = subprocess.Popen(
                     argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=self._env(task), cwd=task.task_dir, start_new_session=True,
+                    env=env, cwd=task.task_dir, start_new_session=True,
                 )
             except OSError as exc:
                 raise RunnerError(f"task {task.task_id}: cannot start {argv[0]}: {exc}", hint="check the Python environment") from exc
         pid_path.write_text(f"{proc.pid}\n{task.task_dir}\n")
-        started = time.monotonic()
-        stopped_by: Outcome | None = None
+        handle = _ProcessGroupRun(proc, log_path)
         try:
-            while proc.poll() is None:
-                if cancel.is_set():
-                    stopped_by = Outcome.CANCELLED
-                elif stop is not None and stop.is_set():
-                    stopped_by = Outcome.INTERRUPTED
-                elif task.timeout_seconds is not None and time.monotonic() - started > task.timeout_seconds:
-                    stopped_by = Outcome.TIMED_OUT
-                if stopped_by is not None:
-                    log.info("task %s: stopping the run (%s)", task.task_id, stopped_by.value)
-                    _kill_group(proc.pid, self.grace_seconds, proc)
-                    proc.wait()
-                    break
-                try:
-                    proc.wait(timeout=self.poll_seconds)
-                except subprocess.TimeoutExpired:
-                    pass
+            return supervise(
+                handle, task, cancel, stop, timeout_seconds=task.timeout_seconds, grace_seconds=self.grace_seconds,
+                poll_seconds=self.poll_seconds, details={"log": str(log_path)},
+            )
         finally:
             # Whatever happened (even an exception in this thread), leave nothing running behind.
-            if proc.poll() is None:
-                _kill_group(proc.pid, 0.0, proc)
-                proc.wait()
-            else:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # orphaned children of a finished entrypoint
-                except (ProcessLookupError, PermissionError):
-                    pass
+            handle.close()
             pid_path.unlink(missing_ok=True)
-        return self._result(task, proc.returncode, stopped_by, time.monotonic() - started)
 
-    def _result(self, task: PreparedTask, code: int, stopped_by: Outcome | None, seconds: float) -> RunResult:
-        output = tail(task.log_path)
-        details = {"seconds": round(seconds, 3), "log": str(task.log_path)}
-        if stopped_by is Outcome.CANCELLED:
-            return RunResult(Outcome.CANCELLED, code, "cancelled", output, details)
-        if stopped_by is Outcome.INTERRUPTED:
-            return RunResult(Outcome.INTERRUPTED, code, "interrupted: the worker is shutting down", output, details)
-        if stopped_by is Outcome.TIMED_OUT:
-            return RunResult(
-                Outcome.TIMED_OUT, code,
-                f"timed out after {task.timeout_seconds:g} s (PYTRAIN_TASK_TIMEOUT_SECONDS)", output, details,
-            )
-        if code == 0:
-            return RunResult(Outcome.SUCCEEDED, 0, "", "", details)
-        last = next((line for line in reversed(output.splitlines()) if line.strip()), "")
-        if code == -signal.SIGKILL or any(marker in output for marker in _OOM_MARKERS):
-            return RunResult(
-                Outcome.OUT_OF_MEMORY, code,
-                f"training ran out of memory (exit code {code}); lower batch_size, num_frames or the frame size",
-                output, details,
-            )
-        return RunResult(Outcome.FAILED, code, f"training exited with code {code}: {last}".rstrip(": "), output, details)
-
-    def cleanup_orphans(self, active_task_ids: set[int]) -> None:
+    def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
         """Kill runs left behind by a crashed worker on this host.
 
         Every ``model_tasks/*/runner.pid`` whose task is not in ``active_task_ids`` (tasks that
         other workers run right now) names a process group that nobody owns any more; it is killed
         if its process still runs this task (checked against ``/proc/<pid>/cmdline``, so a reused
         pid is left alone).
+
+        Returns:
+            The ids of the tasks whose runs were killed.
         """
+        killed: set[int] = set()
         root = self.settings.model_tasks_dir
         if not root.is_dir():
-            return
+            return killed
         for pid_path in root.glob(f"task-*/{PID_FILE}"):
             task_dir = pid_path.parent
             try:
                 task_id = int(task_dir.name.split("-")[1])
             except (ValueError, IndexError):
                 continue
-            if task_id not in active_task_ids:
-                self._kill_recorded_run(task_dir, task_id)
+            if task_id not in active_task_ids and self._kill_recorded_run(task_dir, task_id):
+                killed.add(task_id)
+        return killed
 
-    def _kill_recorded_run(self, task_dir: Path, task_id: int) -> None:
-        """Kill the process group recorded in ``task_dir/runner.pid`` if it still runs this task."""
+    def _kill_recorded_run(self, task_dir: Path, task_id: int) -> bool:
+        """Kill the process group recorded in ``task_dir/runner.pid`` if it still runs this task.
+
+        Returns:
+            Whether a run was found alive and killed.
+        """
         pid_path = task_dir / PID_FILE
         try:
             pid = int(pid_path.read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError, OSError):
-            return
+            return False
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             cmdline = ""
-        if str(task_dir) in cmdline:  # the same pid could belong to an unrelated process by now
+        alive = str(task_dir) in cmdline  # the same pid could belong to an unrelated process by now
+        if alive:
             log.warning("task %s: killing a lost run (process group %s) left by a crashed worker", task_id, pid)
             _kill_group(pid, self.grace_seconds)
         pid_path.unlink(missing_ok=True)
+        return alive
