@@ -21,3 +21,9 @@ def misbehaving_child(conn, num_frames: int, height: int, width: int) -> None:
         if "crash" in path:
             os.kill(os.getpid(), signal.SIGSEGV)
         conn.send((index, None))
+
+
+def dies_at_start(conn, num_frames: int, height: int, width: int) -> None:
+    """A probe child that exits before it says "ready" (as one whose imports fail would)."""
+    os._exit(3)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from fixtures.clips import make_bad_files, make_lavfi_clip
 
+from pytrain.errors import TrainingError
 from pytrain.training import data as data_mod
-from pytrain.training.data import ClipCache, ClipDataset, Sample, ShuffleBufferSampler, read_manifest
+from pytrain.training.data import ClipCache, ClipDataset, Sample, ShuffleBufferSampler, load_samples
 from pytrain.training.probe import scan_videos
 from pytrain.training.transforms import TrainPreset, apply_boxes
 from pytrain.video import read_clip, sample_indices
@@ -208,11 +210,36 @@ def test_prescan_survives_a_hanging_and_a_crashing_decoder(tmp_path):
     assert found == {1: "the decoder hung for more than 1.5 s", 3: "the decoder crashed (killed by signal 11)"}
 
 
+def test_prescan_raises_naming_the_file_when_the_probe_child_cannot_start(tmp_path, monkeypatch):
+    import multiprocessing.context
+
+    def no_more_processes(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", no_more_processes)
+    paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    with pytest.raises(TrainingError) as info:
+        scan_videos(paths, 8, 32, 32, timeout=5, processes=1)
+    assert info.value.message == (
+        f"cannot pre-scan {paths[0]}: the decoder probe process could not start: OSError: [Errno 24] Too many open files"
+    )
+    assert isinstance(info.value.__cause__.__cause__, OSError)
+
+
+def test_prescan_raises_when_the_probe_child_dies_before_it_is_ready(tmp_path):
+    from training.probe_targets import dies_at_start
+
+    paths = [tmp_path / "a.mp4"]
+    with pytest.raises(TrainingError) as info:
+        scan_videos(paths, 8, 32, 32, timeout=5, processes=1, _target=dies_at_start)
+    assert info.value.message == f"cannot pre-scan {paths[0]}: the decoder probe process died before it was ready (exit code 3)"
+
+
 def test_manifest_rows_with_unknown_labels_or_missing_files_are_skipped(tmp_path, synthetic_sources):
     rel = sorted((synthetic_sources / "dataset1").glob("cooking_*/*.mp4"))[0].relative_to(synthetic_sources).as_posix()
     rows = [(rel, "cooking", "train"), (rel, "dancing", "train"), ("dataset1/nope/x.mp4", "cooking", "test"), (rel, "eating", "test")]
     spec = write_task(tmp_path / "task", synthetic_sources, rows=rows, class_list=["cooking", "eating"])
-    samples, skipped = read_manifest(tmp_path / "task", synthetic_sources, spec.class_list)
+    samples, skipped = load_samples(tmp_path / "task", synthetic_sources, spec.class_list)
     assert [(s.rel_path, s.label, s.split) for s in samples] == [(rel, 0, "train"), (rel, 1, "test")]
     assert skipped == [
         {"path": rel, "reason": "label 'dancing' is not in the class list"},
@@ -225,4 +252,18 @@ def test_manifest_path_leaving_the_sources_root_is_refused(tmp_path, synthetic_s
 
     write_task(tmp_path / "task", synthetic_sources, rows=[("../../etc/passwd", "a", "train")], class_list=["a", "b"])
     with pytest.raises(ConfigurationError, match="leaves the sources root"):
-        read_manifest(tmp_path / "task", synthetic_sources, ["a", "b"])
+        load_samples(tmp_path / "task", synthetic_sources, ["a", "b"])
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("path,label,split\na/x.mp4,a,train\na/y.mp4,a,holdout\n", "manifest.csv:3: split 'holdout' is not one of"),
+    ("path,label\na/x.mp4,a\n", "manifest.csv: columns ['path', 'label'], expected ['path', 'label', 'split']"),
+    ("path,label,split\n/etc/passwd,a,train\n", "manifest.csv:2: path '/etc/passwd' leaves the sources root"),
+])
+def test_a_malformed_manifest_is_refused_naming_file_and_line(tmp_path, text, error):
+    from pytrain.errors import ConfigurationError
+    from pytrain.spec import read_manifest
+
+    (tmp_path / "manifest.csv").write_text(text)
+    with pytest.raises(ConfigurationError, match=re.escape(error)):
+        read_manifest(tmp_path)

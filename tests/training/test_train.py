@@ -18,8 +18,8 @@ import torch
 from fixtures.clips import make_bad_files
 
 from pytrain.errors import ConfigurationError
-from pytrain.spec import PLOTS, TensorSpec
-from pytrain.training.train import TrainConfig, evaluate, main
+from pytrain.spec import PLOTS, ProgressRecord, TensorSpec
+from pytrain.training.train import EarlyStopping, RunState, TrainConfig, evaluate, main
 from pytrain.video import read_clip
 from training.conftest import write_task
 
@@ -73,6 +73,9 @@ def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):
     assert [e["event"] for e in events] == ["start"] + ["epoch"] * 6 + ["done"]
     assert {"epoch", "epochs", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "clips_per_second", "lr"} <= set(events[1])
     assert events[-1]["test_accuracy"] == result["test_accuracy"]
+    assert all(ProgressRecord.from_dict(e).extra == {} for e in events)  # training writes only the record's keys
+    assert saved["monitored"] == saved["early_stopping"]["monitor"] == "val_loss"
+    assert saved["best_loss"] == min(h["val_loss"] for h in saved["history"][: saved["best_epoch"]])
     assert any((tmp_path / "cache").glob("*/*.npy"))
 
     # the exported model classifies a real clip like the trained one
@@ -98,6 +101,35 @@ def test_rerun_of_a_finished_task_reuses_the_scan_and_reexports(tmp_path, synthe
     assert (task / "model.onnx").is_file() and again["epochs_run"] == 1
     assert [e["event"] for e in _events(task)] == ["start", "epoch", "done", "start", "done"]
     assert _events(task)[-2]["resumed_from_epoch"] == 1
+
+
+def test_without_val_clips_early_stopping_monitors_the_training_loss(tmp_path, synthetic_sources):
+    rows = []
+    for clip in sorted((synthetic_sources / "dataset1").glob("*/*.mp4")):
+        split = "test" if int(clip.stem.split("_")[-1]) >= 6 else "train"
+        rows.append((clip.relative_to(synthetic_sources).as_posix(), clip.parent.name.partition("_")[0], split))
+    task = tmp_path / "task"
+    write_task(task, synthetic_sources, rows=rows, epochs=2)
+    result = main(_args(task))
+
+    assert result["monitored"] == result["early_stopping"]["monitor"] == "train_loss"
+    assert result["best_loss"] == min(h["train_loss"] for h in result["history"])
+    epochs = [e for e in _events(task) if e["event"] == "epoch"]
+    assert [(e["val_loss"], e["val_accuracy"]) for e in epochs] == [(None, None)] * 2  # still in the line, as null
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_lower_loss():
+    stopping = EarlyStopping("val_loss", patience=2)
+    assert [stopping.update(epoch, loss) for epoch, loss in enumerate([1.0, 0.8, 0.8, 0.9], start=1)] == [True, True, False, False]
+    assert (stopping.best, stopping.best_epoch, stopping.bad_epochs, stopping.stopped) == (0.8, 2, 2, True)
+
+
+def test_a_checkpoint_state_from_before_early_stopping_existed_still_resumes():
+    history = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.9}]
+    old = {"epoch": 2, "best_val_loss": 0.9, "best_epoch": 2, "bad_epochs": 0, "stopped_early": False, "history": history}
+    state = RunState.from_dict(old, "train_loss", 10)
+    assert state == RunState(EarlyStopping("train_loss", 10, best=0.9, best_epoch=2), epoch=2, history=history)
+    assert RunState.from_dict(state.to_dict(), "val_loss", 3) == state  # the current format carries its own monitor
 
 
 def test_evaluation_is_deterministic(tmp_path, synthetic_sources):

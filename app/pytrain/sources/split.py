@@ -8,25 +8,18 @@ relative to the sources root) is written into the task folder; videos are never 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 from pytrain.errors import SplitError
 from pytrain.sources.resolve import ResolvedClasses
-from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS, write_text_atomic
 
+# manifest.csv's row, reader and writer belong to the task-folder contract in pytrain.spec
+# (training reads the manifest too, and must not import the orchestrator's side); re-exported
+# here beside the split that makes the rows.
+from pytrain.spec import SPLITS, ManifestRow, read_manifest, write_manifest
 
-@dataclass(frozen=True)
-class ManifestRow:
-    """One line of ``manifest.csv``."""
-
-    path: str
-    label: str
-    split: str
+__all__ = ["ManifestRow", "min_clips", "read_manifest", "split_clips", "split_sizes", "write_manifest"]
 
 
 def split_sizes(n: int, train_fraction: float, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -107,21 +100,3 @@ def split_clips(
     for split_rows in grouped.values():
         mixer.shuffle(split_rows)
     return [row for name in SPLITS for row in grouped[name]]
-
-
-def write_manifest(rows: list[ManifestRow], task_dir: Path) -> Path:
-    """Write ``manifest.csv`` into ``task_dir`` atomically; returns its path."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for row in rows:
-        writer.writerow((row.path, row.label, row.split))
-    path = Path(task_dir) / MANIFEST
-    write_text_atomic(path, buffer.getvalue())
-    return path
-
-
-def read_manifest(task_dir: Path) -> list[ManifestRow]:
-    """Read ``manifest.csv`` from ``task_dir``."""
-    with open(Path(task_dir) / MANIFEST, encoding="utf-8", newline="") as handle:
-        return [ManifestRow(path=r["path"], label=r["label"], split=r["split"]) for r in csv.DictReader(handle)]

@@ -24,7 +24,6 @@ of DataLoader workers, and a resumed run sees the same clips as an uninterrupted
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -37,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pytrain.errors import ConfigurationError, SourceError, TrainingError, VideoDecodeError
-from pytrain.spec import MANIFEST, MANIFEST_COLUMNS, SPLITS, atomic_path
+from pytrain.errors import SourceError, TrainingError, VideoDecodeError
+from pytrain.spec import atomic_path, read_manifest
 from pytrain.training.transforms import TrainPreset, full_box
 from pytrain.video import decode_clip, read_clip, sample_indices
 
@@ -62,45 +61,32 @@ class Sample:
     split: str
 
 
-def read_manifest(task_dir: Path, sources_root: Path, class_list: list[str]) -> tuple[list[Sample], list[dict[str, str]]]:
-    """Read ``manifest.csv``.
+def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> tuple[list[Sample], list[dict[str, str]]]:
+    """The manifest's rows (:func:`pytrain.spec.read_manifest`) as training samples.
 
     Rows whose label is not in ``class_list`` or whose file is missing are skipped, not fatal
     (they are listed in ``skipped.json``); a malformed manifest is fatal.
 
     Returns:
-        ``(samples, skipped)`` where ``skipped`` is ``[{"path": rel_path, "reason": ...}]``.
+        ``(samples, skipped)`` in manifest order, where ``skipped`` is
+        ``[{"path": rel_path, "reason": ...}]``.
 
     Raises:
         ConfigurationError: missing manifest, wrong columns, unknown split, a path leaving the
-            sources root.
+            sources root (see :func:`pytrain.spec.read_manifest`).
     """
-    path = Path(task_dir) / MANIFEST
-    if not path.is_file():
-        raise ConfigurationError(f"no manifest at {path}", hint="the orchestrator writes it beside task.json")
     root = Path(sources_root).absolute()
     index = {name: i for i, name in enumerate(class_list)}
     samples: list[Sample] = []
     skipped: list[dict[str, str]] = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise ConfigurationError(f"{path}: columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}")
-        for line, row in enumerate(reader, start=2):
-            rel, label, split = row["path"], row["label"], row["split"]
-            if split not in SPLITS:
-                raise ConfigurationError(f"{path}:{line}: split {split!r} is not one of {SPLITS}")
-            # checked lexically, not with resolve(): datasets symlinked into the root are fine
-            normal = os.path.normpath(rel)
-            if os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
-                raise ConfigurationError(f"{path}:{line}: path {rel!r} leaves the sources root {root}")
-            full = root / normal
-            if label not in index:
-                skipped.append({"path": rel, "reason": f"label {label!r} is not in the class list"})
-            elif not full.is_file():
-                skipped.append({"path": rel, "reason": "no such file"})
-            else:
-                samples.append(Sample(full, rel, index[label], split))
+    for row in read_manifest(task_dir):
+        full = root / os.path.normpath(row.path)
+        if row.label not in index:
+            skipped.append({"path": row.path, "reason": f"label {row.label!r} is not in the class list"})
+        elif not full.is_file():
+            skipped.append({"path": row.path, "reason": "no such file"})
+        else:
+            samples.append(Sample(full, row.path, index[row.label], row.split))
     return samples, skipped
 
 

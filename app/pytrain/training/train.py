@@ -5,8 +5,12 @@ Run (what the runners run)::
     python -m pytrain.training --task-dir model_tasks/task-7-kitchen --sources-root sources
     torchrun --nproc-per-node 4 -m pytrain.training --task-dir ...   # data-parallel on 4 GPUs
 
-Read top to bottom: :func:`train_one_epoch`, :func:`evaluate`, :func:`main`, and the argument
-parser at the bottom (torchvision's ``references/video_classification/train.py`` layout).
+Read top to bottom (torchvision's ``references/video_classification/train.py`` layout):
+:func:`train_one_epoch`, :func:`evaluate`, the builders (:func:`build_data`,
+:func:`build_model_and_optimizer`), the loop (:class:`EarlyStopping`, :func:`resume`,
+:func:`run_epoch`), :func:`_finish`, then :func:`main`, which calls them in that order, and the
+argument parser at the bottom. Every epoch appends a :class:`~pytrain.spec.ProgressRecord` to
+``progress.jsonl``.
 
 Hyperparameters beyond :class:`~pytrain.spec.TaskSpec`'s fields come from ``TaskSpec.extra`` and
 are typed and defaulted by :class:`TrainConfig`.
@@ -27,7 +31,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
-from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, PLOTS, PROGRESS, SKIPPED, TaskSpec, TensorSpec, atomic_path, write_json_atomic
+from pytrain.spec import (
+    CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec, atomic_path,
+    format_progress, write_json_atomic,
+)
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.models import ARCHITECTURES, build_model
@@ -57,7 +64,8 @@ class TrainConfig:
         label_smoothing: of the cross-entropy loss.
         warmup_epochs: linear learning-rate warm-up, in epochs (fractions allowed).
         min_lr_ratio: the cosine schedule ends at ``learning_rate * min_lr_ratio``.
-        patience: stop after this many epochs without a lower validation loss.
+        patience: stop after this many epochs without a lower monitored loss (the validation loss;
+            the training loss when there are no val clips; see :class:`EarlyStopping`).
         grad_clip: max gradient L2 norm (0 turns clipping off).
         dropout: before the classifier (``tiny`` and per-frame models).
         temporal_head: ``mean`` or ``gru`` (per-frame models).
@@ -113,20 +121,22 @@ class TrainConfig:
 
 
 class ProgressLog:
-    """Appends one JSON object per line to ``progress.jsonl``, flushed and fsynced (the
-    orchestrator's heartbeat reads it while training runs). Silent on ranks other than 0."""
+    """Appends one :class:`~pytrain.spec.ProgressRecord` per line to ``progress.jsonl``, flushed
+    and fsynced (the orchestrator's heartbeat reads it while training runs). Silent on ranks
+    other than 0."""
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
 
-    def write(self, event: str, **fields_: Any) -> None:
-        """Append ``{"event": event, "time": <unix seconds>, **fields_}`` as one flushed JSON line."""
+    def write(self, record: ProgressRecord) -> None:
+        """Append ``record`` as one JSON line, its ``time`` set to now (Unix seconds) when unset."""
         if not self.enabled:
             return
-        line = json.dumps({"event": event, "time": time.time(), **fields_}, default=str)
+        if record.time is None:
+            record = replace(record, time=time.time())
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+            handle.write(record.to_json() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -138,7 +148,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# one pass: training and evaluation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -257,7 +267,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
 
 
 # ---------------------------------------------------------------------------------------------
-# main
+# building the run: devices, data, model and optimiser
 # ---------------------------------------------------------------------------------------------
 
 
@@ -317,7 +327,7 @@ def _prepare_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root
     Scan results are kept in ``scan.json`` in the task folder, so a resumed run only scans the
     files that changed.
     """
-    samples, skipped = data_mod.read_manifest(task_dir, sources_root, spec.class_list)
+    samples, skipped = data_mod.load_samples(task_dir, sources_root, spec.class_list)
     skipped_path = task_dir / SKIPPED
     if ddp.main:
         # results of earlier runs of this task (a resume) are kept while the file is unchanged
@@ -358,31 +368,41 @@ def _stamp(path: Path, spec: TaskSpec) -> list:
     return [st.st_size, st.st_mtime_ns, spec.num_frames, spec.height, spec.width]
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, evaluate, export. Returns the metrics written to ``metrics.json``.
+# Loader workers per rank when --num-workers is not given: beyond 8 decoders a rank is rarely
+# data-bound, and one core per rank is left to the main process.
+_MAX_DEFAULT_WORKERS = 8
+# The DataLoader timeout's floor: a fresh worker's first batch includes its start-up (spawn and
+# imports), which on a loaded machine can take far longer than one file's decode.
+_LOADER_TIMEOUT_FLOOR_S = 120.0
+# Clips exported models are checked on (ONNX vs PyTorch): more than one exercises the dynamic
+# batch axis, and four keep the check to seconds for the big architectures.
+_PARITY_CLIPS = 4
 
-    Raises:
-        PyTrainError: any failure with a message for the task row (the entrypoint prints it).
+
+@dataclass
+class _Data:
+    """The clips and their loaders.
+
+    Attributes:
+        by_split: ``{"train"|"val"|"test": [Sample]}``, readable files only.
+        skipped: ``[{"path", "reason"}]`` of ``skipped.json``.
+        sampler: the training order (shuffle buffer, this rank's share).
+        train_loader: ``(clips (N, T, H, W, 3) uint8, labels (N,) int64, boxes (N, 5) int64)``.
+        eval_loaders: ``{split: loader of (clips, labels)}``, deterministic clips.
     """
-    wall_start = time.perf_counter()
-    task_dir = Path(args.task_dir).resolve()
-    spec = TaskSpec.load(task_dir)
-    cfg = TrainConfig.from_extra(spec.extra)
-    root_arg = args.sources_root or spec.sources_root
-    if not root_arg or not Path(root_arg).is_dir():
-        raise ConfigurationError(f"sources root {root_arg!r} is not a folder", hint="pass --sources-root (or set sources_root in task.json)")
-    sources_root = Path(root_arg)
 
-    ddp, device = _setup_distributed(args.device)
-    progress = ProgressLog(task_dir / PROGRESS, enabled=ddp.main)
-    torch.manual_seed(spec.seed + ddp.rank)  # same init on every rank comes from DDP's broadcast
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed clip size: let cuDNN pick the fastest kernels
+    by_split: dict[str, list[data_mod.Sample]]
+    skipped: list[dict[str, str]]
+    sampler: data_mod.ShuffleBufferSampler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
 
+
+def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: Path, ddp: _Distributed, device: torch.device,
+               args: argparse.Namespace) -> _Data:
+    """Read and pre-scan the manifest (:func:`_prepare_data`), then build the datasets and loaders."""
     cpu = os.cpu_count() or 1
-    num_workers = args.num_workers if args.num_workers is not None else max(0, min(8, cpu // ddp.world_size - 1))
+    num_workers = args.num_workers if args.num_workers is not None else max(0, min(_MAX_DEFAULT_WORKERS, cpu // ddp.world_size - 1))
     by_split, skipped = _prepare_data(spec, cfg, task_dir, sources_root, ddp, processes=max(1, num_workers))
     log.info("clips: %s; skipped %d; device %s; world size %d; %d loader workers",
              {k: len(v) for k, v in by_split.items()}, len(skipped), device, ddp.world_size, num_workers)
@@ -395,19 +415,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_set = data_mod.ClipDataset(by_split["train"], *size, train=True, seed=spec.seed, augment=augment, cache=cache,
                                      cache_pool=cfg.cache_pool_factor * spec.num_frames)
     sampler = data_mod.ShuffleBufferSampler(len(train_set), spec.shuffle_size, seed=spec.seed, rank=ddp.rank, world_size=ddp.world_size)
-    per_rank = len(sampler)
-    timeout = max(120.0, cfg.decode_timeout_s * spec.batch_size)
+    # a worker decodes a whole batch before the loader sees it: allow a batch's worth of files
+    timeout = max(_LOADER_TIMEOUT_FLOOR_S, cfg.decode_timeout_s * spec.batch_size)
+    # a ragged last batch is dropped (a batch of one breaks BatchNorm), unless it is the only one
+    drop_last = len(sampler) > spec.batch_size
     train_loader = _loader(train_set, batch_size=spec.batch_size, sampler=sampler, num_workers=num_workers, device=device,
-                           timeout=timeout, seed=spec.seed, drop_last=per_rank > spec.batch_size)
+                           timeout=timeout, seed=spec.seed, drop_last=drop_last)
     eval_loaders = {
+        # evaluation keeps no activations for a backward pass, so twice the clips fit in memory;
+        # one (persistent) worker per split bounds the processes the three loaders keep alive
         split: _loader(data_mod.ClipDataset(by_split[split], *size, cache=cache), batch_size=2 * spec.batch_size,
                        num_workers=min(num_workers, 1), device=device, timeout=timeout, seed=spec.seed)
         for split in ("train", "val", "test")
     }
+    return _Data(by_split, skipped, sampler, train_loader, eval_loaders)
 
-    model = build_model(spec.architecture, len(spec.class_list), *size, pretrained=spec.pretrained,
-                        dropout=cfg.dropout, temporal_head=cfg.temporal_head)
-    model_args = dict(model.model_args)
+
+def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.device, ddp: _Distributed, steps_per_epoch: int):
+    """The model on ``device``, the model to step (DDP-wrapped under ``torchrun``), the loss, the
+    AdamW optimiser and its warm-up + cosine schedule (stepped once per batch).
+
+    Returns:
+        ``(model, train_model, criterion, optimizer, scheduler)``.
+    """
+    model = build_model(spec.architecture, len(spec.class_list), spec.num_frames, spec.height, spec.width,
+                        pretrained=spec.pretrained, dropout=cfg.dropout, temporal_head=cfg.temporal_head)
     model.to(device)
     if device.type == "cuda" and ARCHITECTURES[spec.architecture].family != "frames":  # 3D convolutions only
         model.preprocess.channels_last_3d = True
@@ -420,137 +452,301 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no weight decay on norms and biases
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.learning_rate)
-    steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(max(1, round(cfg.warmup_epochs * steps_per_epoch)), spec.epochs * steps_per_epoch, cfg.min_lr_ratio)
-    )
+    warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))  # at least 1: the factor divides by it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, spec.epochs * steps_per_epoch, cfg.min_lr_ratio))
+    return model, train_model, criterion, optimizer, scheduler
 
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped_early": False, "history": []}
-    last_path, best_path = task_dir / CHECKPOINT_LAST, task_dir / CHECKPOINT_BEST
-    resumed_from = 0
-    if last_path.is_file():
-        try:
-            checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # written atomically, so this is damage from outside
-            raise TrainingError(f"cannot read {last_path}: {exc}", hint="delete it to start the task over") from exc
-        if checkpoint.get("model_args") != model_args:
-            raise TrainingError(
-                f"{last_path} was written for another model ({checkpoint.get('model_args')}), not {model_args}",
-                hint="delete the task folder's checkpoints to start over",
-            )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = checkpoint["state"]
-        torch.set_rng_state(checkpoint["rng"])
-        resumed_from = state["epoch"]
-        log.info("resuming from %s after epoch %d", last_path, resumed_from)
-    progress.write("start", epochs=spec.epochs, resumed_from_epoch=resumed_from, device=str(device), world_size=ddp.world_size,
-                   clips={k: len(v) for k, v in by_split.items()}, skipped=len(skipped), architecture=spec.architecture)
 
-    monitor = "val" if by_split["val"] else "train"
-    if monitor == "train":
-        log.warning("no val clips: early stopping and the best checkpoint follow the training loss")
-    show = ddp.main
-    while state["epoch"] < spec.epochs and not state["stopped_early"]:
-        epoch = state["epoch"] + 1
-        sampler.set_epoch(epoch)
-        tr = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, grad_clip=cfg.grad_clip,
-                             desc=f"epoch {epoch}/{spec.epochs}", show_progress=show)
-        if not math.isfinite(tr["loss"]):
-            raise TrainingError(f"the training loss became {tr['loss']} in epoch {epoch}", hint="lower learning_rate (or check the clips)")
-        if ddp.world_size > 1:
-            # BatchNorm running statistics are per rank: give every rank rank 0's, so all ranks
-            # evaluate (and decide early stopping on) the model rank 0 checkpoints
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        va = evaluate(model, criterion, eval_loaders["val"], device, desc="val", show_progress=show) if by_split["val"] else None
-        monitored = va["loss"] if va is not None else tr["loss"]
-        row = {
-            "epoch": epoch, "epochs": spec.epochs,
-            "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-            "val_loss": va["loss"] if va else None, "val_accuracy": va["accuracy"] if va else None,
-            "clips_per_second": tr["clips_per_second"], "lr": optimizer.param_groups[0]["lr"],
-            "seconds": tr["seconds"],
-        }
-        state["history"].append(row)
-        state["epoch"] = epoch
-        improved = monitored < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=monitored, best_epoch=epoch, bad_epochs=0)
+# ---------------------------------------------------------------------------------------------
+# the loop: early stopping, resume, one epoch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping and the choice of the best checkpoint, both on one monitored loss.
+
+    Attributes:
+        monitor: the loss followed: ``"val_loss"``, or ``"train_loss"`` when the task has no
+            validation clips.
+        patience: stop after this many epochs in a row without a lower ``monitor``.
+        best: the lowest ``monitor`` so far (``inf`` before the first epoch).
+        best_epoch: the epoch that reached ``best`` (0 before the first epoch).
+        bad_epochs: epochs since ``best_epoch``.
+        stopped: ``patience`` ran out.
+    """
+
+    monitor: str
+    patience: int
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Take ``epoch``'s monitored loss; ``True`` when it is a new best (save that checkpoint)."""
+        if value < self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        self.stopped = self.bad_epochs >= self.patience
+        return False
+
+
+@dataclass
+class RunState:
+    """What the epoch loop carries from one epoch to the next; a checkpoint's ``"state"``.
+
+    Attributes:
+        stopping: early stopping and the best epoch.
+        epoch: epochs done (the next one is ``epoch + 1``).
+        history: one row per epoch: the epoch record's figures (``metrics.json``'s ``history``).
+    """
+
+    stopping: EarlyStopping
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (loadable without this class)."""
+        return {"epoch": self.epoch, "history": self.history, "early_stopping": asdict(self.stopping)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], monitor: str, patience: int) -> "RunState":
+        """Read a checkpoint's ``"state"``; ``monitor`` and ``patience`` serve checkpoints written
+        before :class:`EarlyStopping` existed (their ``best_val_loss`` was the monitored loss)."""
+        if "early_stopping" in data:
+            stopping = EarlyStopping(**data["early_stopping"])
         else:
-            state["bad_epochs"] += 1
-            state["stopped_early"] = state["bad_epochs"] >= cfg.patience
-        if ddp.main:
-            checkpoint = {
-                "model": model.state_dict(), "model_args": model_args, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "state": state, "rng": torch.get_rng_state(),
-                "task": spec.to_dict(), "train_config": asdict(cfg), "torch_version": torch.__version__,
-            }
-            if improved:
-                save_checkpoint(checkpoint, best_path)
-            save_checkpoint(checkpoint, last_path)  # last: a crash before this line redoes the epoch
-            progress.write("epoch", **row)
-        if ddp.main:
-            log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %s acc %s | %.1f clips/s | lr %.2e%s",
-                     epoch, spec.epochs, tr["loss"], tr["accuracy"], _fmt(row["val_loss"]), _fmt(row["val_accuracy"]),
-                     row["clips_per_second"], row["lr"], " | early stop" if state["stopped_early"] else "")
-        if ddp.world_size > 1:
-            dist.barrier()
+            stopping = EarlyStopping(monitor, patience, data["best_val_loss"], data["best_epoch"], data["bad_epochs"], data["stopped_early"])
+        return cls(stopping, data["epoch"], data["history"])
+
+
+@dataclass
+class _Run:
+    """What :func:`main` builds before the epoch loop, for the loop and :func:`_finish`.
+
+    ``model`` is the bare model (checkpoints, evaluation, export); ``train_model`` is what the
+    optimiser steps through (``model`` itself, or its DDP wrapper under ``torchrun``).
+    """
+
+    spec: TaskSpec
+    cfg: TrainConfig
+    task_dir: Path
+    device: torch.device
+    ddp: _Distributed
+    progress: ProgressLog
+    data: _Data
+    model: nn.Module
+    train_model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    wall_start: float  # time.perf_counter() when main() began
+
+    def checkpoint(self, state: RunState) -> dict[str, Any]:
+        """Everything a resume needs: one dict, as torchvision's references save it."""
+        return {
+            "model": self.model.state_dict(), "model_args": dict(self.model.model_args), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "state": state.to_dict(), "rng": torch.get_rng_state(),
+            "task": self.spec.to_dict(), "train_config": asdict(self.cfg), "torch_version": torch.__version__,
+        }
+
+
+def resume(run: _Run) -> RunState:
+    """Load ``checkpoint_last.pt`` into the model, optimiser, scheduler and RNG when it exists.
+
+    Returns:
+        The loop state to continue from (a fresh one without a checkpoint).
+
+    Raises:
+        TrainingError: the checkpoint cannot be read, or was written for another model.
+    """
+    monitor = "val_loss" if run.data.by_split["val"] else "train_loss"
+    if monitor == "train_loss":
+        log.warning("no val clips: early stopping and the best checkpoint follow the training loss")
+    last_path = run.task_dir / CHECKPOINT_LAST
+    if not last_path.is_file():
+        return RunState(EarlyStopping(monitor, run.cfg.patience))
+    try:
+        checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # written atomically, so this is damage from outside
+        raise TrainingError(f"cannot read {last_path}: {exc}", hint="delete it to start the task over") from exc
+    model_args = dict(run.model.model_args)
+    if checkpoint.get("model_args") != model_args:
+        raise TrainingError(
+            f"{last_path} was written for another model ({checkpoint.get('model_args')}), not {model_args}",
+            hint="delete the task folder's checkpoints to start over",
+        )
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"])
+    state = RunState.from_dict(checkpoint["state"], monitor, run.cfg.patience)
+    log.info("resuming from %s after epoch %d (early stopping on %s)", last_path, state.epoch, state.stopping.monitor)
+    return state
+
+
+def run_epoch(run: _Run, state: RunState) -> None:
+    """Train one epoch, validate, update early stopping, save the checkpoints (rank 0) and
+    append the epoch record to ``progress.jsonl``; ``state`` is updated in place.
+
+    Raises:
+        TrainingError: the training loss is not finite (diverged).
+    """
+    spec, ddp, epoch = run.spec, run.ddp, state.epoch + 1
+    run.data.sampler.set_epoch(epoch)
+    tr = train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scheduler, run.data.train_loader, run.device,
+                         grad_clip=run.cfg.grad_clip, desc=f"epoch {epoch}/{spec.epochs}", show_progress=ddp.main)
+    if not math.isfinite(tr["loss"]):
+        raise TrainingError(f"the training loss became {tr['loss']} in epoch {epoch}", hint="lower learning_rate (or check the clips)")
+    if ddp.world_size > 1:
+        # BatchNorm running statistics are per rank: give every rank rank 0's, so all ranks
+        # evaluate (and decide early stopping on) the model rank 0 checkpoints
+        for buffer in run.model.buffers():
+            dist.broadcast(buffer, 0)
+    va = None
+    if run.data.by_split["val"]:
+        va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.device, desc="val", show_progress=ddp.main)
+    row = {
+        "epoch": epoch, "epochs": spec.epochs,
+        "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+        "val_loss": va["loss"] if va else None, "val_accuracy": va["accuracy"] if va else None,
+        "clips_per_second": tr["clips_per_second"], "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": tr["seconds"],
+    }
+    state.history.append(row)
+    state.epoch = epoch
+    improved = state.stopping.update(epoch, row[state.stopping.monitor])
+    if ddp.main:
+        checkpoint = run.checkpoint(state)
+        if improved:
+            save_checkpoint(checkpoint, run.task_dir / CHECKPOINT_BEST)
+        save_checkpoint(checkpoint, run.task_dir / CHECKPOINT_LAST)  # last: a crash before this line redoes the epoch
+        # from_dict: without val clips, val_loss/val_accuracy stay in the line as null, as they always were
+        record = ProgressRecord.from_dict({"event": "epoch", **row})
+        run.progress.write(record)
+        log.info("%s%s", format_progress(record), ", early stop" if state.stopping.stopped else "")
+    if ddp.world_size > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# finishing: the best checkpoint's evaluation, export, plots and metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _evaluate_splits(run: _Run) -> dict[str, dict[str, Any]]:
+    """``{split: {"loss", **classification_report}}`` of the loaded model, for every non-empty split."""
+    reports = {}
+    for split in ("test", "train", "val"):
+        if run.data.by_split[split]:
+            ev = evaluate(run.model, run.criterion, run.data.eval_loaders[split], run.device, desc=split)
+            reports[split] = {"loss": ev["loss"], **metrics.classification_report(ev["labels"], ev["probabilities"], run.spec.class_list)}
+    return reports
+
+
+def _export(run: _Run, best: dict[str, Any]) -> dict[str, Any]:
+    """Export the best checkpoint to ``model.onnx`` + ``tensor_spec.json`` and check its parity."""
+    spec = run.spec
+    tensor_spec = TensorSpec(class_list=list(spec.class_list), num_frames=spec.num_frames, height=spec.height, width=spec.width,
+                             input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture)
+    parity_set = data_mod.ClipDataset(run.data.by_split["test"][:_PARITY_CLIPS], spec.num_frames, spec.height, spec.width)
+    parity_clips = np.stack([parity_set[i][0].numpy() for i in range(len(parity_set))])
+    return export.export_checkpoint(best, run.task_dir, tensor_spec, parity_clips)
+
+
+def _finish(run: _Run, state: RunState) -> dict[str, Any]:
+    """Best checkpoint -> test/train/val evaluation, ONNX export + parity, plots, ``metrics.json``
+    and the ``done`` record (rank 0 only). Returns the metrics."""
+    spec, stopping, by_split = run.spec, state.stopping, run.data.by_split
+    best = torch.load(run.task_dir / CHECKPOINT_BEST, map_location="cpu", weights_only=False)
+    run.model.load_state_dict(best["model"])
+    reports = _evaluate_splits(run)
+    export_report = _export(run, best)
+    plots.plot_history(state.history, run.task_dir / PLOTS[0])
+    for split, name in (("train", PLOTS[1]), ("test", PLOTS[2])):
+        plots.plot_confusion(reports[split]["confusion_matrix"], spec.class_list, run.task_dir / name,
+                             f"{split} confusion (best epoch {stopping.best_epoch})")
+    speeds = [h["clips_per_second"] for h in state.history]
+    result = {
+        "task_id": spec.task_id, "model_name": spec.model_name, "architecture": spec.architecture, "class_list": list(spec.class_list),
+        "epochs_run": state.epoch, "best_epoch": stopping.best_epoch, "stopped_early": stopping.stopped,
+        "monitored": stopping.monitor, "best_loss": stopping.best, "early_stopping": asdict(stopping),
+        "test_accuracy": reports["test"]["accuracy"], "top_k": reports["test"]["top_k"],
+        "history": state.history, "splits": reports,
+        "confusion_matrices": {split: reports[split]["confusion_matrix"] for split in ("train", "test")},
+        "skipped": run.data.skipped, "clip_counts": {k: len(v) for k, v in by_split.items()},
+        "wall_time_s": time.perf_counter() - run.wall_start,
+        "train_clips_per_second": float(np.mean(speeds)) if speeds else None,
+        "device": str(run.device), "world_size": run.ddp.world_size, "torch_version": torch.__version__,
+        "export": export_report, "train_config": asdict(run.cfg), "task": spec.to_dict(),
+    }
+    write_json_atomic(run.task_dir / METRICS, result)
+    run.progress.write(ProgressRecord(event="done", test_accuracy=result["test_accuracy"], top_k=result["top_k"],
+                                      epochs_run=state.epoch, best_epoch=stopping.best_epoch))
+    log.info("done: test accuracy %.3f, model %s", result["test_accuracy"], run.task_dir / MODEL_ONNX)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_task(args: argparse.Namespace) -> tuple[Path, TaskSpec, TrainConfig, Path]:
+    """``(task_dir, spec, cfg, sources_root)`` from the arguments and ``task.json``.
+
+    Raises:
+        ConfigurationError: ``task.json`` is missing or invalid, or the sources root is not a folder.
+    """
+    task_dir = Path(args.task_dir).resolve()
+    spec = TaskSpec.load(task_dir)
+    cfg = TrainConfig.from_extra(spec.extra)
+    root_arg = args.sources_root or spec.sources_root
+    if not root_arg or not Path(root_arg).is_dir():
+        raise ConfigurationError(f"sources root {root_arg!r} is not a folder", hint="pass --sources-root (or set sources_root in task.json)")
+    return task_dir, spec, cfg, Path(root_arg)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, evaluate, export. Returns the metrics written to ``metrics.json`` (``{}`` on ranks
+    other than 0).
+
+    Raises:
+        PyTrainError: any failure with a message for the task row (the entrypoint prints it).
+    """
+    wall_start = time.perf_counter()
+    task_dir, spec, cfg, sources_root = _load_task(args)
+    ddp, device = _setup_distributed(args.device)
+    torch.manual_seed(spec.seed + ddp.rank)  # same init on every rank comes from DDP's broadcast
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed clip size: let cuDNN pick the fastest kernels
+
+    data = build_data(spec, cfg, task_dir, sources_root, ddp, device, args)
+    model, train_model, criterion, optimizer, scheduler = build_model_and_optimizer(spec, cfg, device, ddp, len(data.train_loader))
+    progress = ProgressLog(task_dir / PROGRESS, enabled=ddp.main)
+    run = _Run(spec, cfg, task_dir, device, ddp, progress, data, model, train_model, criterion, optimizer, scheduler, wall_start)
+
+    state = resume(run)
+    progress.write(ProgressRecord(
+        event="start", epochs=spec.epochs, resumed_from_epoch=state.epoch, device=str(device), world_size=ddp.world_size,
+        clips={k: len(v) for k, v in data.by_split.items()}, skipped=len(data.skipped), architecture=spec.architecture,
+    ))
+    while state.epoch < spec.epochs and not state.stopping.stopped:
+        run_epoch(run, state)
 
     if not ddp.main:
         dist.barrier()  # wait for rank 0's final evaluation and export
         dist.destroy_process_group()
         return {}
-    result = _finish(spec, cfg, task_dir, model, criterion, eval_loaders, by_split, skipped, state, device, ddp, wall_start, progress)
+    result = _finish(run, state)
     if ddp.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
     return result
-
-
-def _finish(spec, cfg, task_dir, model, criterion, eval_loaders, by_split, skipped, state, device, ddp, wall_start, progress) -> dict[str, Any]:
-    """Best checkpoint -> test/train evaluation, ONNX export + parity, plots, metrics.json."""
-    best_path = task_dir / CHECKPOINT_BEST
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["model"])
-    reports = {}
-    for split in ("test", "train", "val"):
-        if not by_split[split]:
-            continue
-        ev = evaluate(model, criterion, eval_loaders[split], device, desc=split)
-        reports[split] = {"loss": ev["loss"], **metrics.classification_report(ev["labels"], ev["probabilities"], spec.class_list)}
-    tensor_spec = TensorSpec(class_list=list(spec.class_list), num_frames=spec.num_frames, height=spec.height, width=spec.width,
-                             input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture)
-    parity_set = data_mod.ClipDataset(by_split["test"][:4], spec.num_frames, spec.height, spec.width)
-    parity_clips = np.stack([parity_set[i][0].numpy() for i in range(len(parity_set))])
-    export_report = export.export_checkpoint(best, task_dir, tensor_spec, parity_clips)
-
-    plots.plot_history(state["history"], task_dir / PLOTS[0])
-    for split, name in (("train", PLOTS[1]), ("test", PLOTS[2])):
-        plots.plot_confusion(reports[split]["confusion_matrix"], spec.class_list, task_dir / name, f"{split} confusion (best epoch {state['best_epoch']})")
-    speeds = [h["clips_per_second"] for h in state["history"]]
-    result = {
-        "task_id": spec.task_id, "model_name": spec.model_name, "architecture": spec.architecture, "class_list": list(spec.class_list),
-        "epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"],
-        "monitored": "val_loss" if by_split["val"] else "train_loss", "best_loss": state["best_val_loss"],
-        "test_accuracy": reports["test"]["accuracy"], "top_k": reports["test"]["top_k"],
-        "history": state["history"], "splits": reports,
-        "confusion_matrices": {split: reports[split]["confusion_matrix"] for split in ("train", "test")},
-        "skipped": skipped, "clip_counts": {k: len(v) for k, v in by_split.items()},
-        "wall_time_s": time.perf_counter() - wall_start,
-        "train_clips_per_second": float(np.mean(speeds)) if speeds else None,
-        "device": str(device), "world_size": ddp.world_size, "torch_version": torch.__version__,
-        "export": export_report, "train_config": asdict(cfg), "task": spec.to_dict(),
-    }
-    write_json_atomic(task_dir / METRICS, result)
-    progress.write("done", test_accuracy=result["test_accuracy"], top_k=result["top_k"], epochs_run=state["epoch"], best_epoch=state["best_epoch"])
-    log.info("done: test accuracy %.3f, model %s", result["test_accuracy"], task_dir / "model.onnx")
-    return result
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
