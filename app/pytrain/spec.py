@@ -9,7 +9,7 @@ file                   written by                what
 ``task.json``          orchestrator              :class:`TaskSpec`
 ``manifest.csv``       orchestrator              one row per video: ``path,label,split``
                                                  (``path`` relative to the sources root)
-``progress.jsonl``     training                  one JSON object per line (:data:`PROGRESS`)
+``progress.jsonl``     training                  one :class:`ProgressRecord` per line (JSON)
 ``train.log``          runner                    stdout and stderr of the training run
 ``checkpoint_last.pt`` training                  for resume after a crash
 ``checkpoint_best.pt`` training                  best validation loss
@@ -27,16 +27,20 @@ file                   written by                what
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pytrain.errors import ConfigurationError
+from pytrain.task_columns import default as column_default
 
 TASK_SPEC = "task.json"
 MANIFEST = "manifest.csv"
@@ -125,7 +129,8 @@ def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 class TaskSpec:
     """Everything the training entrypoint needs, written by the orchestrator to ``task.json``.
 
-    Field names and defaults follow the ``training_tasks`` table.
+    Field names and defaults are those of the ``training_tasks`` table
+    (:data:`pytrain.task_columns.TASK_COLUMNS`, the one place they are written).
 
     Attributes:
         task_id: id of the ``training_tasks`` row.
@@ -144,24 +149,39 @@ class TaskSpec:
         input_name, output_name: ONNX / Triton tensor names.
         sources_root: the sources root as the orchestrator saw it; the training entrypoint's
             ``--sources-root`` overrides it (a container mounts the sources elsewhere).
+        sources, classes, include_other: the row's dataset and class selection (bookkeeping: the
+            class list above is what they resolved to).
+        train_fraction, val_fraction, test_fraction: the row's split fractions (bookkeeping: the
+            split itself is ``manifest.csv``).
+        folders: ``{label: [dataset/folder, ...]}``, the folders each class was resolved from.
+        split_counts: ``{split: {label: clips}}`` of ``manifest.csv``.
+        extra: training settings beyond the table's columns (:class:`pytrain.training.train.TrainConfig`).
     """
 
     task_id: int
     model_name: str
     class_list: list[str]
-    architecture: str = "tiny"
-    num_frames: int = 20
-    height: int = 224
-    width: int = 224
-    epochs: int = 50
-    batch_size: int = 4
-    shuffle_size: int = 300
-    learning_rate: float = 1e-3
-    seed: int = 0
-    pretrained: bool = False
+    architecture: str = column_default("architecture")
+    num_frames: int = column_default("num_frames")
+    height: int = column_default("height")
+    width: int = column_default("width")
+    epochs: int = column_default("epochs")
+    batch_size: int = column_default("batch_size")
+    shuffle_size: int = column_default("shuffle_size")
+    learning_rate: float = column_default("learning_rate")
+    seed: int = column_default("seed")
+    pretrained: bool = column_default("pretrained")
     input_name: str = DEFAULT_INPUT_NAME
     output_name: str = DEFAULT_OUTPUT_NAME
     sources_root: str = ""
+    sources: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    include_other: bool = column_default("include_other")
+    train_fraction: float = column_default("train_fraction")
+    val_fraction: float = column_default("val_fraction")
+    test_fraction: float = column_default("test_fraction")
+    folders: dict[str, list[str]] = field(default_factory=dict)
+    split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -259,3 +279,275 @@ class TensorSpec:
         data.pop("input_shape", None)
         data.pop("output_shape", None)
         return _from_dict(cls, data, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest.csv: the one reader and the one writer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One line of ``manifest.csv``.
+
+    Attributes:
+        path: the video, relative to the sources root (``/``-separated); it never leaves the root.
+        label: the class name (one of the task's ``class_list`` when the orchestrator wrote it).
+        split: ``train``, ``val`` or ``test`` (:data:`SPLITS`).
+    """
+
+    path: str
+    label: str
+    split: str
+
+
+def write_manifest(rows: Iterable[ManifestRow], task_dir: Path) -> Path:
+    """Write ``manifest.csv`` (header :data:`MANIFEST_COLUMNS`, then ``rows`` in order) into
+    ``task_dir`` atomically; returns its path."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows((row.path, row.label, row.split) for row in rows)
+    path = Path(task_dir) / MANIFEST
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def read_manifest(task_dir: Path) -> list[ManifestRow]:
+    """Read ``manifest.csv`` from ``task_dir``, rows in file order.
+
+    Whether a row's label is in the class list and its file exists is the caller's business
+    (training skips such rows); this checks the file's shape only.
+
+    Raises:
+        ConfigurationError: no manifest; columns other than :data:`MANIFEST_COLUMNS`; a split not
+            in :data:`SPLITS`; a path that is absolute or leaves the sources root (checked
+            lexically, not with ``resolve()``: datasets symlinked into the root are fine). The
+            message names the file and line.
+    """
+    path = Path(task_dir) / MANIFEST
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ConfigurationError(f"no manifest at {path}", hint="the orchestrator writes it beside task.json") from exc
+    rows: list[ManifestRow] = []
+    with handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise ConfigurationError(f"{path}: columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
+            rel, split = row["path"], row["split"]
+            if split not in SPLITS:
+                raise ConfigurationError(f"{path}:{line}: split {split!r} is not one of {SPLITS}")
+            normal = os.path.normpath(rel)
+            if os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
+                raise ConfigurationError(f"{path}:{line}: path {rel!r} leaves the sources root")
+            rows.append(ManifestRow(path=rel, label=row["label"], split=split))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# progress.jsonl: the progress record
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """One line of ``progress.jsonl``, and the latest progress a task row's ``progress`` holds.
+
+    Training appends one record per event; the orchestrator folds the file
+    (:func:`read_progress_record`) into the row at every heartbeat; :func:`format_progress` makes
+    the human line. Every field is optional: ``None`` means "not in the line". The JSON keys are
+    the field names, unchanged since the format existed only as prose (users' scripts read them).
+    Values are type-checked (``ConfigurationError``; an ``int`` is accepted for a ``float``, a
+    ``bool`` never for a number).
+
+    Which fields each ``event`` carries (``event`` and ``time`` are on every line):
+
+    - ``start``: ``epochs``, ``resumed_from_epoch``, ``device``, ``world_size``, ``clips``,
+      ``skipped``, ``architecture``;
+    - ``epoch``: ``epoch``, ``epochs``, ``train_loss``, ``train_accuracy``, ``val_loss``,
+      ``val_accuracy``, ``clips_per_second``, ``lr``, ``seconds`` (``val_*`` are JSON ``null``
+      when the task has no validation split);
+    - ``done``: ``test_accuracy``, ``top_k``, ``epochs_run``, ``best_epoch``.
+
+    Attributes:
+        event: ``start`` (a run began or resumed), ``epoch`` (an epoch ended), ``done`` (the model
+            is exported and ``metrics.json`` written).
+        time: when the line was written, Unix seconds (float).
+        epoch: the epoch that just ended, counted from 1.
+        epochs: the task's maximum number of epochs (early stopping may end sooner).
+        train_loss: mean label-smoothed cross-entropy over the epoch's training clips (nats).
+        train_accuracy: fraction (0..1) of the epoch's augmented training clips classified right.
+        val_loss, val_accuracy: the same on the validation split, in evaluation mode.
+        clips_per_second: training clips per second over the epoch, all ranks together, waiting
+            for data included.
+        lr: the learning rate of the first parameter group at the end of the epoch.
+        seconds: wall-clock seconds of the epoch's training pass (validation not included).
+        resumed_from_epoch: 0 for a fresh run, else the checkpoint's epoch the run continues after.
+        device: the torch device of rank 0 (``cpu``, ``cuda:0``).
+        world_size: training processes (``torchrun`` ranks).
+        clips: ``{split: clips}`` left after the bad files were skipped.
+        skipped: how many manifest rows were skipped (``skipped.json`` says why).
+        architecture: the model's architecture name.
+        test_accuracy: fraction (0..1) of test clips classified right by the best checkpoint.
+        top_k: ``{"top1": .., "top2": .., ...}`` test top-k accuracies (0..1).
+        epochs_run: epochs trained, all runs of the task together.
+        best_epoch: the epoch whose checkpoint was exported.
+        extra: keys this version does not know (a newer writer's): kept, and written back by
+            :meth:`to_dict` unchanged, so a row never loses them.
+        null_keys: known keys that were an explicit JSON ``null`` in the line; written back as
+            ``null``, so ``ProgressRecord.from_dict(d).to_dict() == d``.
+    """
+
+    event: str | None = None
+    time: float | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    clips_per_second: float | None = None
+    lr: float | None = None
+    seconds: float | None = None
+    resumed_from_epoch: int | None = None
+    device: str | None = None
+    world_size: int | None = None
+    clips: dict[str, int] | None = None
+    skipped: int | None = None
+    architecture: str | None = None
+    test_accuracy: float | None = None
+    top_k: dict[str, float] | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    null_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __post_init__(self) -> None:
+        for name, kind in _PROGRESS_TYPES.items():
+            value = getattr(self, name)
+            if value is not None and not _progress_type_ok(kind, value):
+                raise ConfigurationError(f"progress key {name!r} holds {value!r}, not a {kind.__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: the fields that are set (and those in ``null_keys``, as ``None``) in
+        field order, then ``extra``."""
+        data: dict[str, Any] = {}
+        for name in _PROGRESS_TYPES:
+            value = getattr(self, name)
+            if value is not None or name in self.null_keys:
+                data[name] = value
+        data.update((key, value) for key, value in self.extra.items() if key not in data)
+        return data
+
+    def to_json(self) -> str:
+        """One ``progress.jsonl`` line, without the newline (values JSON cannot hold become strings)."""
+        return json.dumps(self.to_dict(), default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProgressRecord":
+        """Read a JSON object; unknown keys go to ``extra``, explicit nulls to ``null_keys``.
+
+        Raises:
+            ConfigurationError: ``data`` is not an object, or a known key has the wrong type
+                (e.g. ``"epoch": "3"``; numbers are never coerced, as in the constructor).
+        """
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"a progress record is a JSON object, not {type(data).__name__}")
+        known = {key: value for key, value in data.items() if key in _PROGRESS_TYPES and value is not None}
+        extra = {key: value for key, value in data.items() if key not in _PROGRESS_TYPES}
+        nulls = frozenset(key for key, value in data.items() if key in _PROGRESS_TYPES and value is None)
+        return cls(**known, extra=extra, null_keys=nulls)
+
+    @classmethod
+    def from_json(cls, line: str) -> "ProgressRecord":
+        """Read one ``progress.jsonl`` line.
+
+        Raises:
+            ConfigurationError: not JSON (e.g. a line still being written), or see :meth:`from_dict`.
+        """
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"a progress line is not JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def overlay(self, later: "ProgressRecord") -> "ProgressRecord":
+        """This record with every key ``later`` carries laid over it (``{**self, **later}``)."""
+        return ProgressRecord.from_dict({**self.to_dict(), **later.to_dict()})
+
+
+def _progress_types() -> dict[str, type]:
+    """``{field: the type its value must have}`` from :class:`ProgressRecord`'s annotations."""
+    hints = typing.get_type_hints(ProgressRecord)
+    types: dict[str, type] = {}
+    for f in fields(ProgressRecord):
+        if f.name in ("extra", "null_keys"):
+            continue
+        (kind,) = [arg for arg in typing.get_args(hints[f.name]) if arg is not type(None)]
+        types[f.name] = typing.get_origin(kind) or kind
+    return types
+
+
+def _progress_type_ok(kind: type, value: Any) -> bool:
+    if isinstance(value, bool):  # JSON true/false are never numbers here
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+_PROGRESS_TYPES = _progress_types()
+
+
+def fold_progress(records: Iterable[ProgressRecord]) -> ProgressRecord | None:
+    """The latest progress: the last ``epoch`` record with every later record laid over it (so
+    after ``done`` it keeps the last epoch's figures and gains the test metrics); records before
+    the first ``epoch`` are laid over each other. ``None`` when there are no records."""
+    latest: ProgressRecord | None = None
+    for record in records:
+        latest = record if latest is None or record.event == "epoch" else latest.overlay(record)
+    return latest
+
+
+def read_progress_record(task_dir: Path) -> ProgressRecord | None:
+    """:func:`fold_progress` of ``task_dir/progress.jsonl``.
+
+    Lines that do not parse (the line training is writing right now, or a known key of the wrong
+    type) are skipped, so a reader running beside training never fails on them.
+
+    Returns:
+        The latest progress, or ``None`` when the file is missing or holds no record.
+    """
+    try:
+        text = (Path(task_dir) / PROGRESS).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(ProgressRecord.from_json(line))
+        except ConfigurationError:
+            continue
+    return fold_progress(records)
+
+
+def format_progress(record: ProgressRecord, *, brief: bool = False) -> str:
+    """The one human progress line, e.g. ``epoch 3/10, loss 0.523, acc 0.81, val loss 0.612,
+    val acc 0.75, 12.3 clips/s, lr 1.0e-03, test acc 0.75``.
+
+    Figures the record lacks are left out (``""`` when it has none). ``brief`` keeps the epoch,
+    the training loss and the validation and test accuracies (the ``pytrain tasks`` column).
+    """
+    figures = [  # (shown when brief, text or None)
+        (True, None if record.epoch is None else f"epoch {record.epoch}" + ("" if record.epochs is None else f"/{record.epochs}")),
+        (True, None if record.train_loss is None else f"loss {record.train_loss:.3f}"),
+        (False, None if record.train_accuracy is None else f"acc {record.train_accuracy:.2f}"),
+        (False, None if record.val_loss is None else f"val loss {record.val_loss:.3f}"),
+        (True, None if record.val_accuracy is None else f"val acc {record.val_accuracy:.2f}"),
+        (False, None if record.clips_per_second is None else f"{record.clips_per_second:.1f} clips/s"),
+        (False, None if record.lr is None else f"lr {record.lr:.1e}"),
+        (True, None if record.test_accuracy is None else f"test acc {record.test_accuracy:.2f}"),
+    ]
+    return ", ".join(text for in_brief, text in figures if text is not None and (in_brief or not brief))

@@ -44,7 +44,7 @@ def test_worker_prepares_runs_publishes_and_records_task(settings, engine, synce
     spec = TaskSpec.load(task_dir)
     assert spec.class_list == ["Other", "cooking", "drinking"]
     assert (spec.architecture, spec.num_frames, spec.height, spec.width, spec.epochs, spec.seed) == ("tiny", 20, 224, 224, 50, 3)
-    assert spec.extra["split_counts"] == {
+    assert spec.split_counts == {
         "train": {"Other": 2, "cooking": 4, "drinking": 3},
         "val": {"Other": 1, "cooking": 1, "drinking": 1},
         "test": {"Other": 1, "cooking": 1, "drinking": 1},
@@ -250,7 +250,7 @@ def test_heartbeat_logs_each_new_epoch_once(settings, engine, synced, caplog):
         worker.stop()
         thread.join(10)
     lines = [r.getMessage() for r in caplog.records if r.name == "pytrain.orchestrator.progress"]
-    assert lines == [f"task {task_id}: epoch 1/9  train_loss 2"]
+    assert lines == [f"task {task_id}: epoch 1/9, loss 2.000"]  # pytrain.spec.format_progress
 
 
 def test_running_task_shows_live_progress_from_the_heartbeat(settings, engine, synced):

@@ -122,7 +122,9 @@ def sources_sync() -> None:
 @sources_app.command("list")
 def sources_list() -> None:
     """List the registered datasets, one per line."""
-    names = _queue().registered_sources()
+    from pytrain.db import SourceRegistry
+
+    names = SourceRegistry(_queue().engine).names()
     for name in names:
         typer.echo(name)
     if not names:  # on stderr: scripts reading stdout still get an empty list
@@ -130,32 +132,40 @@ def sources_list() -> None:
 
 
 # -- tasks ----------------------------------------------------------------------------------
+def _help(name: str) -> str:
+    """``pytrain submit``'s help for column ``name``: the column table's line, default and bounds."""
+    from pytrain.task_columns import column
+
+    return column(name).help_text()
+
+
 def submit(
-    model_name: str = typer.Option(..., "--model-name", "-m", help="Triton model name, [A-Za-z0-9_-]{1,64}."),
-    sources: list[str] = typer.Option(..., "--sources", "-s", help="Dataset name(s); repeat or comma-separate."),
-    classes: list[str] = typer.Option(..., "--classes", "-c", help="Class name(s); repeat or comma-separate."),
-    architecture: Optional[str] = typer.Option(None, help="Model architecture: r3d_18 (default, for GPUs), tiny (trains on a CPU), or another of training's list."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from pretrained weights."),
-    num_frames: Optional[int] = typer.Option(None, help="Frames per clip (default 20)."),
-    height: Optional[int] = typer.Option(None, help="Frame height in pixels (default 224)."),
-    width: Optional[int] = typer.Option(None, help="Frame width in pixels (default 224)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 50)."),
-    batch_size: Optional[int] = typer.Option(None, help="Clips per step (default 4)."),
-    shuffle_size: Optional[int] = typer.Option(None, help="Shuffle buffer in clips (default 300)."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default 0.001)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of split, sampling and initialisation, >= 0 (default 0)."),
-    train_fraction: Optional[float] = typer.Option(None, help="Share of each class for training (default 0.6)."),
-    val_fraction: Optional[float] = typer.Option(None, help="Share for validation (default 0.2)."),
-    test_fraction: Optional[float] = typer.Option(None, help="Share for the test set (default 0.2)."),
-    include_other: Optional[bool] = typer.Option(None, "--include-other/--no-include-other", help="Unselected classes become 'Other'."),
-    priority: Optional[int] = typer.Option(None, help="Higher runs first (default 0)."),
+    model_name: str = typer.Option(..., "--model-name", "-m", help=_help("model_name")),
+    sources: list[str] = typer.Option(..., "--sources", "-s", help=_help("sources")),
+    classes: list[str] = typer.Option(..., "--classes", "-c", help=_help("classes")),
+    architecture: Optional[str] = typer.Option(None, help=_help("architecture")),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help=_help("pretrained")),
+    num_frames: Optional[int] = typer.Option(None, help=_help("num_frames")),
+    height: Optional[int] = typer.Option(None, help=_help("height")),
+    width: Optional[int] = typer.Option(None, help=_help("width")),
+    epochs: Optional[int] = typer.Option(None, help=_help("epochs")),
+    batch_size: Optional[int] = typer.Option(None, help=_help("batch_size")),
+    shuffle_size: Optional[int] = typer.Option(None, help=_help("shuffle_size")),
+    learning_rate: Optional[float] = typer.Option(None, help=_help("learning_rate")),
+    seed: Optional[int] = typer.Option(None, help=_help("seed")),
+    train_fraction: Optional[float] = typer.Option(None, help=_help("train_fraction")),
+    val_fraction: Optional[float] = typer.Option(None, help=_help("val_fraction")),
+    test_fraction: Optional[float] = typer.Option(None, help=_help("test_fraction")),
+    include_other: Optional[bool] = typer.Option(None, "--include-other/--no-include-other", help=_help("include_other")),
+    priority: Optional[int] = typer.Option(None, help=_help("priority")),
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
     fields = {k: v for k, v in locals().items() if k not in ("sources", "classes") and v is not None}
-    from pytrain.db import TaskRequest
+    from pytrain.db import SourceRegistry, TaskRequest
+
     request = TaskRequest.parse({**fields, "sources": _split(sources), "classes": _split(classes)})
     queue = _queue()
-    registered = set(queue.registered_sources())
+    registered = set(SourceRegistry(queue.engine).names())
     unregistered = [s for s in request.sources if s not in registered]
     if unregistered:
         raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
@@ -211,19 +221,18 @@ def _check_task_data(request, settings, registered: set[str]) -> None:
 
 
 def _progress_text(task: dict[str, Any]) -> str:
-    p = task.get("progress") or {}
-    if not p:
-        return ""
-    parts = []
-    if "epoch" in p:
-        parts.append(f"epoch {p['epoch']}/{p.get('epochs', task['epochs'])}")
-    if p.get("train_loss") is not None:
-        parts.append(f"loss {p['train_loss']:.3f}")
-    if p.get("val_accuracy") is not None:
-        parts.append(f"val acc {p['val_accuracy']:.2f}")
-    if p.get("test_accuracy") is not None:
-        parts.append(f"test acc {p['test_accuracy']:.2f}")
-    return ", ".join(parts)
+    """The ``progress`` column: :func:`pytrain.spec.format_progress` of the row's progress, brief."""
+    from dataclasses import replace
+
+    from pytrain.spec import ProgressRecord, format_progress
+
+    try:
+        record = ProgressRecord.from_dict(task.get("progress") or {})
+    except ConfigurationError:  # a row edited by hand: show the table anyway
+        return "(unreadable)"
+    if record.epochs is None:
+        record = replace(record, epochs=task["epochs"])
+    return format_progress(record, brief=True)
 
 
 def _tasks_table(rows: list[dict[str, Any]]):
@@ -258,7 +267,7 @@ def tasks(
     queue = _queue()
     if as_json:
         for row in queue.list(status=status, limit=limit):
-            typer.echo(json.dumps(row, default=str))
+            typer.echo(json.dumps(row.to_dict(), default=str))
         return
     from rich.console import Console
 
@@ -280,7 +289,7 @@ def tasks(
 
 def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
     """Print every column of one task as JSON."""
-    typer.echo(json.dumps(_queue().get(task_id), indent=2, default=str))
+    typer.echo(json.dumps(_queue().get(task_id).to_dict(), indent=2, default=str))
 
 
 def cancel(task_id: int = typer.Argument(..., help="Task id.")) -> None:
@@ -295,7 +304,7 @@ def cancel(task_id: int = typer.Argument(..., help="Task id.")) -> None:
 def orchestrate(
     exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="Exit when no task is queued (scripts, the demo)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="GPU ids for runs, e.g. '0,1' or 'all' (env PYTRAIN_GPUS)."),
-    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="local or docker (env PYTRAIN_RUNNER)."),
+    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS, e.g. local, docker (env PYTRAIN_RUNNER)."),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
                                             help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
     finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM or Ctrl-C let the running task finish instead of re-queueing it (a second signal interrupts it)."),

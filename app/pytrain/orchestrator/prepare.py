@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,16 @@ from pytrain.errors import ConfigurationError
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import resolve_classes, split_clips, write_manifest
-from pytrain.spec import PROGRESS, TaskSpec, task_dir_name
+from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
+from pytrain.task_columns import TASK_COLUMNS
 
 log = logging.getLogger(__name__)
 
+#: The task row's columns that ``task.json`` carries as they are.
+_SPEC_COLUMNS = tuple(c.name for c in TASK_COLUMNS if c.name in {f.name for f in fields(TaskSpec)})
 
-def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterable[str] | None, gpus: str | None = None) -> PreparedTask:
+
+def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Iterable[str] | None, gpus: str | None = None) -> PreparedTask:
     """Resolve a task's classes, split its clips and write its folder.
 
     The folder ``<model_tasks_dir>/task-<id>-<model_name>/`` is kept across attempts (the training
@@ -26,7 +30,8 @@ def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterab
     are the same every time (the split is deterministic).
 
     Args:
-        task: the ``training_tasks`` row.
+        task: the ``training_tasks`` row (a :class:`pytrain.db.TaskRow`, or any mapping with its
+            user-settable columns).
         settings: gives ``sources_dir``, ``model_tasks_dir`` and ``task_timeout_seconds``.
         registered: registered dataset names (``None``: do not check).
         gpus: GPU ids for the run, or ``None`` for CPU.
@@ -54,29 +59,13 @@ def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterab
     split_counts = Counter((row.split, row.label) for row in rows)
     spec = TaskSpec(
         task_id=int(task["id"]),
-        model_name=task["model_name"],
         class_list=resolved.class_list,
-        architecture=task["architecture"],
-        num_frames=task["num_frames"],
-        height=task["height"],
-        width=task["width"],
-        epochs=task["epochs"],
-        batch_size=task["batch_size"],
-        shuffle_size=task["shuffle_size"],
-        learning_rate=task["learning_rate"],
-        seed=task["seed"],
-        pretrained=task["pretrained"],
         sources_root=str(settings.sources_dir),
-        extra={
-            "sources": list(task["sources"]),
-            "classes": list(task["classes"]),
-            "include_other": task["include_other"],
-            "fractions": {"train": task["train_fraction"], "val": task["val_fraction"], "test": task["test_fraction"]},
-            "folders": resolved.folders,
-            "split_counts": {
-                split: {label: split_counts[(split, label)] for label in resolved.class_list} for split in ("train", "val", "test")
-            },
+        folders=resolved.folders,
+        split_counts={
+            split: {label: split_counts[(split, label)] for label in resolved.class_list} for split in SPLITS
         },
+        **{name: task[name] for name in _SPEC_COLUMNS},
     )
     task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name)
     task_dir.mkdir(parents=True, exist_ok=True)
@@ -93,25 +82,12 @@ def prepare_task(task: dict[str, Any], settings: Settings, *, registered: Iterab
 
 
 def read_progress(task_dir: Path) -> dict[str, Any] | None:
-    """The latest progress of a run, from ``progress.jsonl``.
+    """The latest progress of a run as the task row's ``progress`` JSON.
 
     Returns:
-        The last ``epoch`` event with every later event's fields laid over it (so after ``done``
-        the row keeps the last epoch's numbers and gains the test metrics), or ``None`` when the
-        file is missing or empty. Unparseable lines (a line being written) are skipped.
+        ``ProgressRecord.to_dict()`` of :func:`pytrain.spec.read_progress_record` (the last
+        ``epoch`` record with every later record laid over it; a newer writer's unknown keys
+        kept), or ``None`` when ``progress.jsonl`` is missing or holds no record.
     """
-    path = Path(task_dir) / PROGRESS
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    latest: dict[str, Any] = {}
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        latest = dict(event) if event.get("event") == "epoch" else {**latest, **event}
-    return latest or None
+    record = read_progress_record(task_dir)
+    return None if record is None else record.to_dict()

@@ -32,13 +32,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pytrain.db import NOTIFY_CHANNEL, Run, TaskQueue, check_schema, get_engine
-from pytrain.db.engine import libpq_url
-from pytrain.errors import DatabaseError, PyTrainError, SchemaOutOfDateError
+from pytrain.db import Claim, SourceRegistry, TaskQueue, check_schema, get_engine
+from pytrain.errors import DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
-from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, get_runner
+from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
-from pytrain.spec import METRICS
+from pytrain.spec import METRICS, ProgressRecord, format_progress
 
 log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
@@ -75,7 +74,7 @@ def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
 class _Heartbeat(threading.Thread):
     """Renews a run's lease, copies its progress into the row, and notices cancellation."""
 
-    def __init__(self, queue: TaskQueue, run: Run, settings: Settings, cancel: threading.Event) -> None:
+    def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event) -> None:
         super().__init__(name=f"heartbeat-task-{run.task_id}", daemon=True)
         self.queue = queue
         self.run_ = run
@@ -112,15 +111,12 @@ class _Heartbeat(threading.Thread):
             self.cancel.set()
 
     def _log_epoch(self, progress: dict | None) -> None:
-        epoch = (progress or {}).get("epoch")
-        if not isinstance(epoch, int) or epoch == self._logged_epoch:
+        """Log one progress line (:func:`pytrain.spec.format_progress`) per new epoch."""
+        record = ProgressRecord.from_dict(progress or {})  # the row JSON read_progress made: already valid
+        if record.epoch is None or record.epoch == self._logged_epoch:
             return
-        self._logged_epoch = epoch
-        figures = "  ".join(
-            f"{key} {progress[key]:.4g}" for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "clips_per_second")
-            if isinstance(progress.get(key), (int, float))
-        )
-        progress_log.info("task %s: epoch %s/%s  %s", self.run_.task_id, epoch, progress.get("epochs", "?"), figures)
+        self._logged_epoch = record.epoch
+        progress_log.info("task %s: %s", self.run_.task_id, format_progress(record))
 
     def run(self) -> None:
         """Beat every ``heartbeat_seconds`` until stopped, cancelled or lost."""
@@ -178,9 +174,8 @@ class Orchestrator:
         self._publisher = publisher
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it
-        self._listener = None
         self._started = False
-        self.current: Run | None = None
+        self.current: Claim | None = None
         self._heartbeat: _Heartbeat | None = None  # the running task's
 
     # -- control ---------------------------------------------------------------------------
@@ -227,9 +222,9 @@ class Orchestrator:
             SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
         """
         check_schema(self.engine)
-        cleanup = getattr(self.runner, "cleanup_orphans", None)
-        if callable(cleanup):
-            cleanup(self.queue.running_elsewhere(self.worker_id))
+        orphans = self.runner.cleanup_orphans(self.queue.running_elsewhere(self.worker_id))
+        if orphans:
+            log.info("stopped runs left behind by a crashed worker: tasks %s", sorted(orphans))
         self.queue.requeue_lost(self.settings.max_attempts, own_worker_id=self.worker_id)
         self._started = True
         log.info("worker %s started (runner %s, gpus %s)", self.worker_id, self.runner.name, self.gpus or "none")
@@ -251,7 +246,8 @@ class Orchestrator:
             self.start()
         done = 0
         try:
-            self._listen()
+            if not self.queue.listen():
+                log.warning("no NOTIFY: polling the queue every %.1f s", self.settings.poll_seconds)
             while not self._stop.is_set():
                 if max_tasks is not None and done >= max_tasks:
                     break
@@ -272,7 +268,7 @@ class Orchestrator:
                     break
                 self._wait_for_work(self.settings.poll_seconds)
         finally:
-            self._unlisten()
+            self.queue.unlisten()
         return done
 
     def run_once(self) -> bool:
@@ -286,13 +282,13 @@ class Orchestrator:
         self.current = run
         try:
             status = self.process(run)
-            log.info("task %s (%s): %s", run.task_id, run.task["model_name"], status)
+            log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
         finally:
             self.current = None
         return True
 
     # -- one task --------------------------------------------------------------------------
-    def process(self, run: Run) -> str:
+    def process(self, run: Claim) -> str:
         """Prepare, run and record one claimed task.
 
         Returns:
@@ -309,10 +305,10 @@ class Orchestrator:
             self._heartbeat = None
             heartbeat.stop()
 
-    def _process(self, run: Run, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
+    def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
         task_id = run.task_id
         try:
-            prepared = prepare_task(run.task, self.settings, registered=self.queue.registered_sources(), gpus=self.gpus)
+            prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus)
         except DatabaseError:
             raise
         except PyTrainError as exc:
@@ -322,9 +318,10 @@ class Orchestrator:
 
         try:
             result = self.runner.run(prepared, cancel, self._interrupt)
-        except PyTrainError as exc:
-            result = RunResult(Outcome.FAILED, getattr(exc, "exit_code", None), f"runner {self.runner.name}: {exc}",
-                               getattr(exc, "stderr_tail", ""))
+        except RunnerError as exc:
+            result = RunResult(Outcome.FAILED, exc.exit_code, f"runner {self.runner.name}: {exc}", exc.stderr_tail)
+        except PyTrainError as exc:  # e.g. a ConfigurationError in the task's GPU list or limits
+            result = RunResult(Outcome.FAILED, None, f"runner {self.runner.name}: {exc}")
         except Exception as exc:  # a bug in a runner must not kill the worker; the task says why
             log.exception("task %s: runner %s crashed", task_id, self.runner.name)
             result = RunResult(Outcome.FAILED, None, f"runner {self.runner.name} crashed: {type(exc).__name__}: {exc}")
@@ -347,10 +344,12 @@ class Orchestrator:
             message = result.message or f"run ended with {result.outcome.value}"
             if result.exit_code is not None and "exit" not in message:
                 message += f" (exit code {result.exit_code})"
-            return self._fail(run, f"{message} (log: {prepared.log_path})", progress)
+            # The README promises the stderr tail in `error`: the message first, then the tail's end.
+            error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
+            return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress)
 
-    def _succeed(self, run: Run, prepared: PreparedTask, progress: dict[str, Any] | None) -> str:
+    def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None) -> str:
         metrics_path = prepared.task_dir / METRICS
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -378,7 +377,7 @@ class Orchestrator:
             return "lost"
         return "succeeded"
 
-    def _fail(self, run: Run, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
+    def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
         log.error("task %s failed: %s", run.task_id, message)
         self._end_heartbeat()
         self.queue.finish(run, "failed", error=message[:_MAX_ERROR_CHARS], progress=progress, metrics=metrics)
@@ -389,42 +388,16 @@ class Orchestrator:
             self._heartbeat.end()
 
     # -- waking up -------------------------------------------------------------------------
-    def _listen(self) -> None:
-        import psycopg
-        from psycopg import sql
-
-        try:
-            conn = psycopg.connect(libpq_url(self.engine), autocommit=True)
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-            self._listener = conn
-        except psycopg.Error as exc:
-            log.warning("cannot LISTEN on %s (%s); polling every %.1f s", NOTIFY_CHANNEL, exc, self.settings.poll_seconds)
-            self._listener = None
-
-    def _unlisten(self) -> None:
-        if self._listener is not None:
-            try:
-                self._listener.close()
-            finally:
-                self._listener = None
-
     def _wait_for_work(self, seconds: float) -> bool:
         """Sleep until a NOTIFY arrives, ``seconds`` pass, or the worker stops. Returns whether notified."""
-        import psycopg
-
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             step = min(remaining, 0.5)  # wake up often enough to notice stop()
-            if self._listener is None:
+            if not self.queue.listening:
                 self._stop.wait(step)
-                continue
-            try:
-                for _ in self._listener.notifies(timeout=step, stop_after=1):
-                    return True
-            except psycopg.Error as exc:
-                log.warning("lost the LISTEN connection (%s); polling", exc)
-                self._unlisten()
+            elif self.queue.wait_for_notify(step):
+                return True
         return False

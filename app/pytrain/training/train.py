@@ -758,8 +758,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task-dir", default=env("PYTRAIN_TASK_DIR"), required=env("PYTRAIN_TASK_DIR") is None,
                         help="task folder with task.json and manifest.csv (env PYTRAIN_TASK_DIR)")
-    parser.add_argument("--sources-root", default=env("PYTRAIN_SOURCES_ROOT"),
-                        help="folder the manifest's paths are relative to; default: task.json's sources_root (env PYTRAIN_SOURCES_ROOT)")
+    parser.add_argument("--sources-root", default=env("PYTRAIN_SOURCES_DIR"),
+                        help="folder the manifest's paths are relative to; default: task.json's sources_root (env PYTRAIN_SOURCES_DIR)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("PYTRAIN_DEVICE", "auto"),
                         help="auto: CUDA when available (env PYTRAIN_DEVICE)")
     parser.add_argument("--num-workers", type=int, default=int(env("PYTRAIN_NUM_WORKERS")) if env("PYTRAIN_NUM_WORKERS") else None,
