@@ -125,8 +125,45 @@ def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
         raise ConfigurationError(f"{source}: {exc}") from exc
 
 
+class _JsonFile:
+    """``save``/``load`` of a dataclass kept as one JSON file in a folder (``task.json``,
+    ``tensor_spec.json``): written atomically, read with unknown fields refused."""
+
+    FILE_NAME: typing.ClassVar[str]
+    #: What the file is, and how it is normally made, for the "missing" error.
+    WHAT: typing.ClassVar[str]
+    MISSING_HINT: typing.ClassVar[str]
+    #: Keys ``to_dict`` adds that are derived from the fields (not constructor arguments).
+    DERIVED_KEYS: typing.ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (what the file holds)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    def save(self, folder: Path) -> Path:
+        """Write the file atomically into ``folder``; returns its path."""
+        path = Path(folder) / self.FILE_NAME
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, folder_or_file: Path) -> Any:
+        """Read the file from a folder (or the file itself).
+
+        Raises:
+            ConfigurationError: the file is missing, not JSON, or has unknown/missing fields.
+        """
+        path = Path(folder_or_file)
+        if path.is_dir():
+            path = path / cls.FILE_NAME
+        data = _read_json(path, cls.WHAT, cls.MISSING_HINT)
+        for key in cls.DERIVED_KEYS:
+            data.pop(key, None)
+        return _from_dict(cls, data, str(path))
+
+
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(_JsonFile):
     """Everything the training entrypoint needs, written by the orchestrator to ``task.json``.
 
     Field names and defaults are those of the ``training_tasks`` table
@@ -157,6 +194,10 @@ class TaskSpec:
         split_counts: ``{split: {label: clips}}`` of ``manifest.csv``.
         extra: training settings beyond the table's columns (:class:`pytrain.training.train.TrainConfig`).
     """
+
+    FILE_NAME = TASK_SPEC
+    WHAT = "task spec"
+    MISSING_HINT = "the orchestrator writes it; pass the task folder"
 
     task_id: int
     model_name: str
@@ -193,30 +234,9 @@ class TaskSpec:
         if self.num_frames < 1 or self.height < 1 or self.width < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigurationError(f"task {self.task_id}: num_frames, height, width, epochs and batch_size must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (what ``task.json`` holds)."""
-        return asdict(self)
-
-    def save(self, task_dir: Path) -> Path:
-        """Write ``task.json`` atomically into ``task_dir``; returns its path."""
-        path = Path(task_dir) / TASK_SPEC
-        write_json_atomic(path, self.to_dict())
-        return path
-
-    @classmethod
-    def load(cls, task_dir: Path) -> "TaskSpec":
-        """Read ``task.json`` from ``task_dir``.
-
-        Raises:
-            ConfigurationError: the file is missing, not JSON, or has unknown/missing fields.
-        """
-        path = Path(task_dir) / TASK_SPEC
-        data = _read_json(path, "task spec", "the orchestrator writes it; pass the task folder")
-        return _from_dict(cls, data, str(path))
-
 
 @dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(_JsonFile):
     """The one description of the served model's tensors, saved as ``tensor_spec.json``.
 
     The ONNX export writes it; the Triton ``config.pbtxt``, ``configs/cpu.pbtxt``, the PyTrain
@@ -225,6 +245,11 @@ class TensorSpec:
     Input ``input_name``: ``(N, num_frames, height, width, 3)`` uint8 RGB frames, N dynamic.
     Output ``output_name``: ``(N, len(class_list))`` float32 class probabilities (softmax).
     """
+
+    FILE_NAME = TENSOR_SPEC
+    WHAT = "tensor spec"
+    MISSING_HINT = "the training run writes it beside model.onnx"
+    DERIVED_KEYS = ("input_shape", "output_shape")
 
     class_list: list[str]
     num_frames: int
@@ -254,31 +279,10 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``input_shape``/``output_shape`` (``-1`` = batch), as in ``tensor_spec.json``."""
-        data = asdict(self)
+        data = super().to_dict()
         data["input_shape"] = self.input_shape
         data["output_shape"] = self.output_shape
         return data
-
-    def save(self, folder: Path) -> Path:
-        """Write ``tensor_spec.json`` atomically into ``folder``; returns its path."""
-        path = Path(folder) / TENSOR_SPEC
-        write_json_atomic(path, self.to_dict())
-        return path
-
-    @classmethod
-    def load(cls, folder_or_file: Path) -> "TensorSpec":
-        """Read ``tensor_spec.json`` from a folder (or the file itself).
-
-        Raises:
-            ConfigurationError: missing or malformed file.
-        """
-        path = Path(folder_or_file)
-        if path.is_dir():
-            path = path / TENSOR_SPEC
-        data = _read_json(path, "tensor spec", "the training run writes it beside model.onnx")
-        data.pop("input_shape", None)
-        data.pop("output_shape", None)
-        return _from_dict(cls, data, str(path))
 
 
 # ---------------------------------------------------------------------------------------------

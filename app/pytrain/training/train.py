@@ -545,11 +545,16 @@ class _Run:
     wall_start: float  # time.perf_counter() when main() began
 
     def checkpoint(self, state: RunState) -> dict[str, Any]:
-        """Everything a resume needs: one dict, as torchvision's references save it."""
+        """Everything a resume needs: one dict, as torchvision's references save it.
+
+        ``cuda_rng`` is the CUDA generator of this rank's device (dropout on CUDA draws from it,
+        not from the CPU generator ``rng``); ``None`` on the CPU.
+        """
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {
             "model": self.model.state_dict(), "model_args": dict(self.model.model_args), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "state": state.to_dict(), "rng": torch.get_rng_state(),
-            "task": self.spec.to_dict(), "train_config": asdict(self.cfg), "torch_version": torch.__version__,
+            "cuda_rng": cuda_rng, "task": self.spec.to_dict(), "train_config": asdict(self.cfg), "torch_version": torch.__version__,
         }
 
 
@@ -582,6 +587,8 @@ def resume(run: _Run) -> RunState:
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"])
+    if run.device.type == "cuda" and checkpoint.get("cuda_rng") is not None:  # absent in CPU and older checkpoints
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"], run.device)
     state = RunState.from_dict(checkpoint["state"], monitor, run.cfg.patience)
     log.info("resuming from %s after epoch %d (early stopping on %s)", last_path, state.epoch, state.stopping.monitor)
     return state
