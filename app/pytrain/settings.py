@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,9 @@ def project_root() -> Path:
 
 
 _ROOT = project_root()
+
+#: What ``PYTRAIN_TRITON_ACCELERATOR`` may name (see :func:`pytrain.publish.triton_config.gpu_config_pbtxt`).
+TRITON_ACCELERATORS = ("none", "tensorrt")
 
 
 class Settings(BaseSettings):
@@ -76,6 +80,16 @@ class Settings(BaseSettings):
     triton_http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the embedded Triton server.")
     triton_metrics_port: int = Field(default=8002, ge=1, le=65535, description="Metrics port of the embedded Triton server.")
     max_batch_size: int = Field(default=8, ge=1, description="max_batch_size written into config.pbtxt.")
+    triton_accelerator: Literal[TRITON_ACCELERATORS] = Field(  # type: ignore[valid-type]
+        default="none",
+        description="GPU config.pbtxt: 'tensorrt' runs the ONNX model through ONNX Runtime's TensorRT provider "
+        "(FP16, engines cached in the model's folder); off by default: 3D convolutions gain little from it on some GPUs.",
+    )
+    triton_model_repository: str = Field(
+        default="/models",
+        description="The model repository's path as the production Triton sees it (docker-compose mounts model_repo at "
+        "/models); TensorRT engine caches are written below it.",
+    )
 
     # --- docker runner --------------------------------------------------------------------
     base_image: str = Field(default="nvcr.io/nvidia/pytorch:24.10-py3", description="Base image of the training container.")

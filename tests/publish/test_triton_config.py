@@ -118,3 +118,36 @@ def test_examples_folder_is_in_sync_with_the_code() -> None:
         path = EXAMPLES / relative
         assert path.is_file(), f"{path} missing: run python -m pytrain.publish.examples examples/"
         assert path.read_text() == text, f"{path} is stale: run python -m pytrain.publish.examples examples/"
+
+
+def test_tensorrt_config_matches_golden_file_and_differs_only_by_its_optimization_block() -> None:
+    text = triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4, accelerator="tensorrt", repository="/models")
+    assert text == (GOLDEN / "config_tensorrt.pbtxt").read_text()
+    trt = triton_config.parse_pbtxt(text)
+    plain = triton_config.parse_pbtxt(triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4))
+    assert not plain.HasField("optimization")
+    trt.ClearField("optimization")
+    assert trt == plain
+
+
+def test_tensorrt_profile_has_static_clip_and_dynamic_batch_and_caches_in_the_models_folder() -> None:
+    spec = TensorSpec(class_list=["a", "b"], num_frames=16, height=112, width=96, input_name="clips")
+    config = triton_config.parse_pbtxt(
+        triton_config.gpu_config_pbtxt("ward", spec, max_batch_size=8, accelerator="tensorrt", repository="/srv/repo/")
+    )
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert dict(accelerator.parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(1 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/srv/repo/ward/trt_engine_cache",
+        "trt_profile_min_shapes": "clips:1x16x112x96x3",
+        "trt_profile_opt_shapes": "clips:8x16x112x96x3",
+        "trt_profile_max_shapes": "clips:8x16x112x96x3",
+    }
+
+
+def test_unknown_accelerator_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(PublishError, match=r"unknown Triton accelerator 'openvino'.*one of \('none', 'tensorrt'\)"):
+        triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4, accelerator="openvino")

@@ -133,7 +133,10 @@ def publish_task(
 
     # Everything is generated and validated before the file system is touched.
     files = {
-        "config.pbtxt": triton_config.gpu_config_pbtxt(model_name, tensor_spec, max_batch_size=settings.max_batch_size),
+        "config.pbtxt": triton_config.gpu_config_pbtxt(
+            model_name, tensor_spec, max_batch_size=settings.max_batch_size, accelerator=settings.triton_accelerator,
+            repository=settings.triton_model_repository,
+        ),
         f"configs/{triton_config.CPU_CONFIG_NAME}.pbtxt": triton_config.cpu_config_pbtxt(
             model_name, tensor_spec, max_batch_size=settings.max_batch_size
         ),

@@ -21,6 +21,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from pytrain.errors import PublishError
+from pytrain.settings import TRITON_ACCELERATORS
 from pytrain.spec import TensorSpec
 
 LABELS_FILE = "labels.txt"
@@ -100,6 +101,47 @@ def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -
     }
 
 
+#: Folder of a model's TensorRT engines, inside the model's folder of the repository.
+TRT_ENGINE_CACHE = "trt_engine_cache"
+#: TensorRT's build workspace (bytes): the ONNX Runtime backend's own default, 1 GiB.
+TRT_WORKSPACE_BYTES = 1 << 30
+
+
+def tensorrt_optimization(model_name: str, spec: TensorSpec, *, max_batch_size: int, repository: str) -> dict[str, Any]:
+    """The ``optimization`` block that runs ``model.onnx`` through ONNX Runtime's TensorRT execution
+    provider (the ONNX Runtime backend's ``gpu_execution_accelerator "tensorrt"``).
+
+    FP16, with one optimisation profile: T, H, W and C static (the spec's), the batch from 1 to
+    ``max_batch_size`` (optimised for ``max_batch_size``, what dynamic batching forms under load).
+    Engines are cached in ``<repository>/<model>/trt_engine_cache`` so a restart or a reload does
+    not rebuild them (minutes for a 3D CNN); Triton must be able to write there.
+
+    Parameter names: the ONNX Runtime backend's README, "ONNX Runtime with TensorRT optimization"
+    (github.com/triton-inference-server/onnxruntime_backend).
+
+    Args:
+        model_name: the model (its folder name).
+        spec: the tensor description of ``model.onnx``.
+        max_batch_size: the config's ``max_batch_size``.
+        repository: the model repository's path *as Triton sees it* (``PYTRAIN_TRITON_MODEL_REPOSITORY``).
+    """
+    clip = "x".join(str(d) for d in spec.input_shape[1:])
+
+    def profile(batch: int) -> str:
+        return f"{spec.input_name}:{batch}x{clip}"
+
+    parameters = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{repository.rstrip('/')}/{model_name}/{TRT_ENGINE_CACHE}",
+        "trt_profile_min_shapes": profile(1),
+        "trt_profile_opt_shapes": profile(max_batch_size),
+        "trt_profile_max_shapes": profile(max_batch_size),
+    }
+    return {"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": parameters}]}}
+
+
 def cpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> dict[str, Any]:
     """``configs/cpu.pbtxt`` as data: the Python backend on a CPU instance, same tensors and batching."""
     return {
@@ -176,9 +218,27 @@ def parse_pbtxt(text: str) -> model_config_pb2.ModelConfig:
         raise PublishError(f"invalid config.pbtxt: {exc}") from exc
 
 
-def gpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> str:
-    """``config.pbtxt`` text for GPU serving, validated. Raises :class:`PublishError`."""
-    return to_pbtxt(to_model_config(gpu_config_data(model_name, spec, max_batch_size=max_batch_size)))
+def gpu_config_pbtxt(
+    model_name: str, spec: TensorSpec, *, max_batch_size: int, accelerator: str = "none", repository: str | None = None
+) -> str:
+    """``config.pbtxt`` text for GPU serving, validated.
+
+    Args:
+        accelerator: ``none`` (ONNX Runtime's CUDA provider) or ``tensorrt`` (see
+            :func:`tensorrt_optimization`; ``repository`` is where Triton sees the model repository).
+
+    Raises:
+        PublishError: an invalid config, or an unknown accelerator.
+    """
+    data = gpu_config_data(model_name, spec, max_batch_size=max_batch_size)
+    if accelerator == "tensorrt":
+        if not repository:
+            raise PublishError("the tensorrt accelerator needs the model repository's path as Triton sees it",
+                               hint="set PYTRAIN_TRITON_MODEL_REPOSITORY")
+        data["optimization"] = tensorrt_optimization(model_name, spec, max_batch_size=max_batch_size, repository=repository)
+    elif accelerator != "none":
+        raise PublishError(f"unknown Triton accelerator {accelerator!r}", hint=f"PYTRAIN_TRITON_ACCELERATOR one of {TRITON_ACCELERATORS}")
+    return to_pbtxt(to_model_config(data))
 
 
 def cpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> str:
