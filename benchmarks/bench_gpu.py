@@ -657,6 +657,7 @@ def data_path(body: dict[str, Any], args, device: str, tmp: Path) -> None:
     try:
         body["decord_baseline"] = round(baseline(files, frames, size), 2)
         log(f"   decord, 1 thread, no loader        {body['decord_baseline']:9.1f} clips/s")
+        body["decoders"] = compare_decoders(files, frames, size)
         body["first_epoch"] = []
         for workers in args.workers or default_workers(os.cpu_count() or 1):
             items = _repeat(files, workers, args.data_batch_size)
@@ -672,6 +673,35 @@ def data_path(body: dict[str, Any], args, device: str, tmp: Path) -> None:
         log(f"   loader, {workers:2d} workers, cached epoch        {body['cached']['clips_per_second']:9.1f} clips/s")
     finally:
         torch.set_num_threads(threads)
+
+
+def compare_decoders(files: list[Path], frames: int, size: int) -> dict[str, Any]:
+    """Each ``PYTRAIN_DECODER`` choice through :func:`pytrain.video.read_clip` (one thread, the
+    evaluation clip), in clips/s, and the mean |difference| of its pixels from decord's (0..255).
+
+    torchcodec can also decode on the GPU; PyTrain's loader decodes in CPU workers, so the CPU path
+    is what is compared. A decoder that cannot be imported is recorded as skipped with the reason.
+    """
+    import numpy as np
+
+    from pytrain.video import DECODERS, read_clip
+
+    report: dict[str, Any] = {}
+    reference: list[np.ndarray] = []
+    for decoder in DECODERS:
+        try:
+            start = time.perf_counter()
+            clips = [read_clip(path, frames, size, size, decoder=decoder) for path in files]
+            rate = len(files) / (time.perf_counter() - start)
+        except Exception as exc:  # torchcodec absent, or a torch/FFmpeg it cannot load
+            report[decoder] = {"status": f"skipped: {_first_line(exc)}"}
+            log(f"   read_clip, {decoder:10s}   skipped: {_first_line(exc)}")
+            continue
+        reference = reference or clips
+        diff = float(np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(reference, clips)]))
+        report[decoder] = {"status": "ok", "clips_per_second": round(rate, 2), "mean_abs_diff_from_first": round(diff, 3)}
+        log(f"   read_clip, {decoder:10s}        {rate:9.1f} clips/s (mean |diff| from {DECODERS[0]}: {diff:.2f} of 255)")
+    return report
 
 
 def data_verdict(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pytrain.video import DECODERS
+
 
 def project_root() -> Path:
     """The repository root when running from a checkout, else the current directory.
@@ -80,6 +82,24 @@ class Settings(BaseSettings):
     triton_http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the embedded Triton server.")
     triton_metrics_port: int = Field(default=8002, ge=1, le=65535, description="Metrics port of the embedded Triton server.")
     max_batch_size: int = Field(default=8, ge=1, description="max_batch_size written into config.pbtxt.")
+    served_versions: int = Field(
+        default=2, ge=1,
+        description="Versions of a model Triton serves: the newest ones whose classes and clip size match the served "
+        "config (config.pbtxt's version_policy); the others stay on disk for `pytrain rollback`.",
+    )
+    # Triton's model control (load, unload, config override) answers only requests carrying this key
+    # (pytrain.serving.control; docs/adr/0005-triton-control-key.md).
+    triton_control_key: SecretStr | None = Field(
+        default=None,
+        description="Key Triton's model-repository and model-config APIs require (header pytrain-control-key). "
+        "Unset: read from triton_control_key_file, generated there (mode 0600) on first use.",
+    )
+    triton_control_key_file: Path | None = Field(
+        default=None, description="File holding the control key; default <data_dir>/triton_control.key (compose: a secret file)."
+    )
+    triton_inference_key: SecretStr | None = Field(
+        default=None, description="Optional: a key Triton's inference API requires too (header pytrain-inference-key); unset: inference is open."
+    )
     triton_accelerator: Literal[TRITON_ACCELERATORS] = Field(  # type: ignore[valid-type]
         default="none",
         description="GPU config.pbtxt: 'tensorrt' runs the ONNX model through ONNX Runtime's TensorRT provider "
@@ -89,6 +109,13 @@ class Settings(BaseSettings):
         default="/models",
         description="The model repository's path as the production Triton sees it (docker-compose mounts model_repo at "
         "/models); TensorRT engine caches are written below it.",
+    )
+
+    # --- decoding ----------------------------------------------------------------------
+    decoder: Literal[DECODERS] = Field(  # type: ignore[valid-type]
+        default=DECODERS[0],
+        description="Video decoder of training and the client (pytrain.video): decord, or torchcodec (pip install "
+        "torchcodec). Train and serve a model with the same one: their scalers round differently.",
     )
 
     # --- docker runner --------------------------------------------------------------------
@@ -109,10 +136,10 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("ngc_api_key_file")
+    @field_validator("ngc_api_key_file", "triton_control_key_file")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> "Settings":

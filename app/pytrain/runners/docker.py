@@ -53,6 +53,7 @@ from pytrain.runners.base import parse_gpus as parse_gpu_selection
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
+from pytrain.video import DECODER_ENV
 
 if TYPE_CHECKING:
     import docker
@@ -374,7 +375,8 @@ class DockerRunner:
             Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
             Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
         ]
-        environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", **self.environment}
+        environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
+                       DECODER_ENV: self.settings.decoder, **self.environment}
         if self.torch_home is not None and Path(self.torch_home).is_dir():
             mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, own), type="bind", read_only=True))
             environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)

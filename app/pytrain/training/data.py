@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Sampler
 from pytrain.errors import SourceError, TrainingError, VideoDecodeError
 from pytrain.spec import atomic_path, read_manifest
 from pytrain.training.transforms import TrainPreset, full_box
-from pytrain.video import decode_clip, read_clip, sample_indices
+from pytrain.video import decode_clip, default_decoder, read_clip, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ class ClipCache:
 
     def _file(self, path: Path, num_frames: int, height: int, width: int) -> Path:
         st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{num_frames}|{height}|{width}"
+        # the decoder too: decord's and torchcodec's scalers round differently (pytrain.video)
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{num_frames}|{height}|{width}|{default_decoder()}"
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.npy"
 
