@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         "config (config.pbtxt's version_policy); the others stay on disk for `pytrain rollback`.",
     )
     # Triton's model control (load, unload, config override) answers only requests carrying this key
-    # (pytrain.serving.control; docs/adr/0005-triton-control-key.md).
+    # (pytrain.serving.control; docs/adr/0006-triton-control-key.md).
     triton_control_key: SecretStr | None = Field(
         default=None,
         description="Key Triton's model-repository and model-config APIs require (header pytrain-control-key). "

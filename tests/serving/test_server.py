@@ -13,15 +13,17 @@ from fixtures.triton import make_task_folder, run_onnx, task_record
 from pytrain.errors import ServingError
 from pytrain.publish import publish_task
 from pytrain.serving import TritonServer, free_port
+from pytrain.serving.control import control_headers
 from pytrain.settings import Settings
 
 pytestmark = pytest.mark.triton
 pytest.importorskip("pytriton", reason="the embedded Triton server needs nvidia-pytriton")
 
 
-def ready_versions(url: str, model: str) -> list[str]:
+def ready_versions(url: str, model: str, settings: Settings) -> list[str]:
+    """The READY versions in the repository index (a model-control API: sent with ``settings``' key)."""
     with grpcclient.InferenceServerClient(url) as client:
-        index = client.get_model_repository_index(as_json=True)
+        index = client.get_model_repository_index(as_json=True, headers=control_headers(settings))
     return sorted((m["version"] for m in index.get("models", []) if m["name"] == model and m.get("state") == "READY"), key=int)
 
 
@@ -46,7 +48,7 @@ def test_publishing_loads_new_versions_and_keeps_the_previous_for_rollback(trito
     task_dir = make_task_folder(tmp_path / "task", model_name="serve_versions")
     versions = [publish_task(task_dir, settings=triton_settings, task_record=task_record("serve_versions")).version for _ in range(3)]
     assert versions == [1, 2, 3]
-    assert ready_versions(triton_server.grpc_url, "serve_versions") == ["2", "3"]
+    assert ready_versions(triton_server.grpc_url, "serve_versions", triton_settings) == ["2", "3"]
 
 
 def test_poll_mode_server_picks_up_a_new_version_without_a_load_request(tmp_path: Path) -> None:
@@ -59,14 +61,14 @@ def test_poll_mode_server_picks_up_a_new_version_without_a_load_request(tmp_path
         model_control_mode="poll", poll_seconds=1, work_dir=tmp_path / "work", ort_threads=1,
     )
     with server:
-        assert ready_versions(server.grpc_url, "polled") == ["1"]
+        assert ready_versions(server.grpc_url, "polled", settings) == ["1"]
         published = publish_task(task_dir, settings=settings.model_copy(update={"triton_grpc_url": server.grpc_url}), task_record=task_record("polled"))
         assert published.load_requested is False
         assert "explicit" in published.load_message
         deadline = time.monotonic() + 60
-        while ready_versions(server.grpc_url, "polled") != ["1", "2"] and time.monotonic() < deadline:
+        while ready_versions(server.grpc_url, "polled", settings) != ["1", "2"] and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert ready_versions(server.grpc_url, "polled") == ["1", "2"]
+        assert ready_versions(server.grpc_url, "polled", settings) == ["1", "2"]
     assert not server.is_running()
 
 

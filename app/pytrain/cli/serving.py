@@ -3,6 +3,8 @@
 Examples::
 
     pytrain serve                                   # embedded Triton on 127.0.0.1:8001 over model_repo/
+    pytrain serve --host 0.0.0.0                    # every interface (see README "Security")
+    pytrain control-key                             # the Triton control key's file (created mode 0600)
     pytrain predict --model kitchen --top-k 3 clip1.mp4 clip2.mp4
     pytrain publish --task-dir model_tasks/task-7-kitchen
 """
@@ -25,6 +27,7 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("predict")(predict)
     app.command("publish")(publish)
+    app.command("control-key")(control_key_file)
 
 
 def serve(
@@ -34,15 +37,20 @@ def serve(
     http_port: Optional[int] = typer.Option(None, "--http-port", min=1, max=65535, help="HTTP port (default PYTRAIN_TRITON_HTTP_PORT, 8000)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=1, max=65535, help="Metrics port (default PYTRAIN_TRITON_METRICS_PORT, 8002)."),
     mode: str = typer.Option("explicit", "--model-control-mode", help="explicit (load every model at start; later ones load when publishing has PYTRAIN_TRITON_GRPC_URL set to this server), poll (watch the repository) or none."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default loopback only; 0.0.0.0: every interface)."),
 ) -> None:
-    """Start the embedded Triton server (CPU, Python backend) and serve until Ctrl-C."""
+    """Start the embedded Triton server (CPU, Python backend) and serve until Ctrl-C.
+
+    Loading, unloading and model configs need the control key (PYTRAIN_TRITON_CONTROL_KEY, else the
+    file `pytrain control-key` names); inference, health and metadata are open.
+    """
     from pytrain.serving import TritonServer
     from pytrain.settings import get_settings
 
     if mode not in ("explicit", "poll", "none"):
         raise typer.BadParameter(f"{mode!r} is not one of explicit, poll, none", param_hint="--model-control-mode")
     settings = get_settings()
-    overrides: dict[str, object] = {"model_control_mode": mode}
+    overrides: dict[str, object] = {"model_control_mode": mode, "host": host}
     for key, value in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
         if value is not None:
             overrides[key] = value
@@ -53,8 +61,10 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server:
         typer.echo(f"Triton is serving {server.model_repository}")
+        typer.echo(f"  listening on {host}" + (" (loopback only; --host to change)" if host in ("127.0.0.1", "::1", "localhost") else " (reachable from other hosts)"))
         typer.echo(f"  gRPC    {server.grpc_url}   (pytrain predict --url {server.grpc_url} ...)")
         typer.echo(f"  HTTP    {server.http_url}")
+        typer.echo(f"  control load/unload/config need the key: {_key_source(settings)}")
         typer.echo(f"  log     {server.log_path}")
         typer.echo("Press Ctrl-C to stop.")
         try:
@@ -63,6 +73,30 @@ def serve(
                     raise ClientError(f"tritonserver exited: {server.log_tail()}", hint=f"see {server.log_path}")
         except KeyboardInterrupt:
             pass
+
+
+def _key_source(settings) -> str:
+    """Where the control key comes from, for people (never the key itself)."""
+    from pytrain.serving.control import key_file
+
+    return "PYTRAIN_TRITON_CONTROL_KEY" if settings.triton_control_key is not None else str(key_file(settings))
+
+
+def control_key_file() -> None:
+    """Print the path of the Triton control key's file, creating it (mode 0600) when missing.
+
+    Compose mounts this file into Triton and the orchestrator as a secret; HTTP callers send
+    its content in the header pytrain-control-key (curl -H "pytrain-control-key: $(cat FILE)").
+    """
+    from pytrain.serving.control import control_key, key_file
+    from pytrain.settings import get_settings
+
+    settings = get_settings()
+    if settings.triton_control_key is not None:
+        typer.echo("PYTRAIN_TRITON_CONTROL_KEY is set: it is the key, no file is used", err=True)
+        return
+    control_key(settings)
+    typer.echo(str(key_file(settings)))
 
 
 def predict(

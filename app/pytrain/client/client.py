@@ -174,6 +174,12 @@ class TritonClient:
         host = self.url.rsplit(":", 1)[0].strip("[]")
         self._use_shm = shared_memory if shared_memory is not None else host in _LOOPBACK
         self._shm: _ShmRegion | None = None
+        from pytrain.serving.control import control_headers, inference_headers
+
+        # Model config and repository index sit behind Triton's control key: sent when this host
+        # knows it (never created here); without it the client reads metadata only.
+        self._control_headers = control_headers(create=False) or None
+        self._inference_headers = inference_headers() or None
 
     # --- connection ---------------------------------------------------------------------
     def __enter__(self) -> "TritonClient":
@@ -262,7 +268,7 @@ class TritonClient:
     def _repository_state(self, model: str, version: str) -> str | None:
         """``"STATE: reason"`` of the model in Triton's repository index, ``None`` if absent."""
         try:
-            index = self._grpc.get_model_repository_index(as_json=True, client_timeout=5.0)
+            index = self._grpc.get_model_repository_index(as_json=True, headers=self._control_headers, client_timeout=5.0)
         except Exception as exc:
             return f"repository index unavailable: {_short(exc)}"
         entries = [m for m in index.get("models", []) if m.get("name") == model]
@@ -289,8 +295,7 @@ class TritonClient:
             return self._info_cache[key]
         self.wait_model_ready(model, version_s)
         try:
-            config = self._grpc.get_model_config(model, version_s, as_json=True, client_timeout=10.0)["config"]
-            max_batch = int(config.get("max_batch_size", 0))
+            max_batch = int(self._model_config(model, version_s).get("max_batch_size", 0))
             meta = self._grpc.get_model_metadata(model, version_s, as_json=True, client_timeout=10.0)
             if config_path is not None:
                 info = replace(ModelInfo.from_pytrain_config(config_path, name=model, version=version_s), max_batch_size=max_batch)
@@ -303,6 +308,19 @@ class TritonClient:
             raise ClientError(f"cannot read the metadata of model {model!r} from Triton at {self.url}: {_short(exc)}") from exc
         self._info_cache[key] = info
         return info
+
+    def _model_config(self, model: str, version: str) -> dict[str, Any]:
+        """Triton's config of ``model``; ``{}`` when it is behind a control key this client lacks
+        (then ``max_batch_size`` is unknown and clips go one per request)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return self._grpc.get_model_config(model, version, as_json=True, headers=self._control_headers, client_timeout=10.0)["config"]
+        except InferenceServerException as exc:
+            if "is restricted" not in str(exc):
+                raise
+            log.info("Triton at %s keeps model configs behind its control key; sending one clip per request", self.url)
+            return {}
 
     # --- inference ----------------------------------------------------------------------
     def predict_frames(
@@ -340,7 +358,8 @@ class TritonClient:
             wanted = grpcclient.InferRequestedOutput(info.output_name, class_count=k)
             try:
                 response = self._grpc.infer(
-                    model, [tensor], model_version=info.version, outputs=[wanted], client_timeout=self.inference_timeout_s
+                    model, [tensor], model_version=info.version, outputs=[wanted], headers=self._inference_headers,
+                    client_timeout=self.inference_timeout_s,
                 )
             except Exception as exc:
                 raise ClientError(
@@ -370,7 +389,7 @@ class TritonClient:
         try:
             response = self._grpc.infer(
                 model, [tensor], model_version=info.version, outputs=[grpcclient.InferRequestedOutput(info.output_name)],
-                client_timeout=self.inference_timeout_s,
+                headers=self._inference_headers, client_timeout=self.inference_timeout_s,
             )
         except Exception as exc:
             raise ClientError(f"inference on model {model!r} at Triton {self.url} failed: {_short(exc)}") from exc

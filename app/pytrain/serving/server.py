@@ -13,7 +13,10 @@ What starting it takes (each step is a function below):
    ``triton_python_backend_stub`` for this Python version (:func:`prepare_backend_dir`);
 3. ``PATH`` starting with this interpreter's ``bin/``: the stub's embedded Python finds its
    ``sys.prefix`` (and so numpy and onnxruntime) from the ``python3`` on ``PATH``;
-4. loopback ports, then wait until the server answers ``is_server_ready`` over gRPC.
+4. loopback ports, then wait until the server answers ``is_server_ready`` over gRPC;
+5. model control (the ``model-repository`` and ``model-config`` APIs, both protocols) answers only
+   requests carrying the control key (:mod:`pytrain.serving.control`); inference, health and
+   metadata stay open unless an inference key is given.
 
 Example::
 
@@ -34,7 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
+
 from pytrain.errors import ServingError
+from pytrain.serving.control import control_key as find_control_key
+from pytrain.serving.control import redact, restricted_api_args
 from pytrain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,6 +154,10 @@ class TritonServer:
         ort_threads: onnxruntime intra-op threads per model instance; default half the CPUs
             (at least 1), leaving the rest to Triton's gRPC threads and the clients: on 2 cores
             one thread gave lower latency than two (see ``benchmarks/bench_triton.py``).
+        control_key: the key model control requires (:func:`pytrain.serving.control.control_key`
+            of the process settings when ``None``: ``PYTRAIN_TRITON_CONTROL_KEY`` or the key file,
+            created on first use). There is no way to start an unrestricted server.
+        inference_key: when given, inference needs its key too.
 
     Raises (from :meth:`start`):
         ServingError: binary missing, a port in use, the server exited, or not ready in time;
@@ -167,6 +178,8 @@ class TritonServer:
         startup_timeout_s: float = 180.0,
         poll_seconds: int = 2,
         ort_threads: int | None = None,
+        control_key: SecretStr | None = None,
+        inference_key: SecretStr | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
@@ -181,18 +194,27 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.poll_seconds = poll_seconds
         self.ort_threads = ort_threads if ort_threads is not None else default_ort_threads()
+        self.control_key = control_key
+        self.inference_key = inference_key
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> "TritonServer":
         """A server over ``settings.model_repo_dir`` on the ``PYTRAIN_TRITON_*_PORT`` ports,
-        working in ``<data_dir>/triton``; keyword ``overrides`` go to the constructor."""
+        working in ``<data_dir>/triton``, with these settings' control (and inference) key;
+        keyword ``overrides`` go to the constructor.
+
+        Raises:
+            ConfigurationError: the control key is malformed or its file cannot be created.
+        """
         kwargs: dict[str, object] = {
             "grpc_port": settings.triton_grpc_port,
             "http_port": settings.triton_http_port,
             "metrics_port": settings.triton_metrics_port,
             "work_dir": settings.data_dir / "triton",
+            "control_key": find_control_key(settings),
+            "inference_key": settings.triton_inference_key,
         }
         kwargs.update(overrides)
         return cls(settings.model_repo_dir, **kwargs)  # type: ignore[arg-type]
@@ -213,7 +235,11 @@ class TritonServer:
         return self.work_dir / LOG_FILE
 
     def command(self, install: TritonInstallation, backend_dir: Path) -> list[str]:
-        """The ``tritonserver`` command line."""
+        """The ``tritonserver`` command line (it holds the keys: log it through :func:`redact`).
+
+        Raises:
+            ConfigurationError: no control key was given and the settings' one is malformed.
+        """
         cmd = [
             str(install.binary),
             f"--model-repository={self.model_repository}",
@@ -238,6 +264,9 @@ class TritonServer:
             cmd.append("--load-model=*")
         if self.model_control_mode == "poll":
             cmd.append(f"--repository-poll-secs={self.poll_seconds}")
+        if self.control_key is None:
+            self.control_key = find_control_key()
+        cmd += restricted_api_args(self.control_key, self.inference_key)
         return cmd
 
     def environment(self, install: TritonInstallation) -> dict[str, str]:
@@ -266,7 +295,7 @@ class TritonServer:
             _check_port_free(self.host, port)
         cmd = self.command(install, backend_dir)
         log.info("starting tritonserver on %s (gRPC), repository %s, log %s", self.grpc_url, self.model_repository, self.log_path)
-        log.debug("command: %s", " ".join(cmd))
+        log.debug("command: %s", redact(" ".join(cmd), self.control_key, self.inference_key))
         self._log_handle = open(self.log_path, "ab")
         # Several servers may share a work dir (and so the log): error tails read this run's part only.
         self._log_offset = self._log_handle.seek(0, os.SEEK_END)
@@ -330,7 +359,8 @@ class TritonServer:
                 text = handle.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(text[-lines:])
+        # A rejected flag is echoed in the log; the keys must not travel on in error messages.
+        return redact(" | ".join(text[-lines:]), self.control_key, self.inference_key)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout_s`` seconds); returns its exit code."""
