@@ -67,6 +67,8 @@ class FakeRunner:
 @dataclass
 class Published:
     version: int
+    served_versions: tuple[int, ...] = ()
+    serving_note: str = ""
 
 
 class FakePublisher:

@@ -29,7 +29,10 @@ def visible_versions(settings: Settings, model: str = "kitchen") -> list[int]:
 
 
 def assert_complete(version_dir: Path, source_onnx: Path) -> None:
-    assert sorted(p.name for p in version_dir.iterdir() if p.name != "__pycache__") == ["model.onnx", "model.py", "tensor_spec.json"]
+    # The version describes itself: its own labels, tensor spec and INI beside the model.
+    assert sorted(p.name for p in version_dir.iterdir() if p.name != "__pycache__") == [
+        "kitchen.config", "labels.txt", "model.onnx", "model.py", "tensor_spec.json"
+    ]
     assert (version_dir / "model.onnx").read_bytes() == source_onnx.read_bytes()
 
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
 progress_log = logging.getLogger("pytrain.orchestrator.progress")
 
-#: ``publish_task(task_dir, *, settings, task_record) -> PublishedModel`` (with ``.version: int``).
+#: ``publish_task(task_dir, *, settings, task_record) -> PublishedModel`` (with ``.version: int``,
+#: ``.served_versions: tuple[int, ...]`` and ``.serving_note: str``).
 Publisher = Callable[..., Any]
 
 _MAX_ERROR_CHARS = 4000
@@ -366,6 +367,8 @@ class Orchestrator:
         try:
             published = self.publisher(prepared.task_dir, settings=self.settings, task_record=record)
             version = int(published.version)
+            if published.serving_note:  # a class or clip-size change: older versions are no longer served
+                metrics = {**metrics, "served_versions": list(published.served_versions), "serving_note": published.serving_note}
         except PyTrainError as exc:
             return self._fail(run, f"publishing failed: {exc}", progress, metrics=metrics)
         except Exception as exc:

@@ -15,19 +15,19 @@ Two configs per model (Triton's custom model configuration):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from pytrain.errors import PublishError
-from pytrain.settings import TRITON_ACCELERATORS
+from pytrain.settings import TRITON_ACCELERATORS, Settings
 from pytrain.spec import TensorSpec
 
 LABELS_FILE = "labels.txt"
 CPU_CONFIG_NAME = "cpu"
-# Versions Triton keeps loaded: the newest and the one before it, for rollback.
-NUM_SERVED_VERSIONS = 2
+# Versions a config serves when no explicit list is given (PYTRAIN_SERVED_VERSIONS' default).
+NUM_SERVED_VERSIONS: int = Settings.model_fields["served_versions"].default
 # Wait at most this long for more requests to join a batch (microseconds).
 MAX_QUEUE_DELAY_US = 100
 
@@ -82,19 +82,34 @@ def _io(spec: TensorSpec) -> dict[str, Any]:
     }
 
 
-def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> dict[str, Any]:
-    """``config.pbtxt`` as data: ONNX Runtime on GPU instances, dynamic batching, latest 2 versions.
+def version_policy(versions: Sequence[int] | None) -> dict[str, Any]:
+    """``version_policy`` as data: ``specific`` listing ``versions`` (the versions this config can
+    describe, see :mod:`pytrain.publish.versions`), or ``latest`` ``NUM_SERVED_VERSIONS`` when ``None``.
+
+    Raises:
+        PublishError: an empty list or a version below 1.
+    """
+    if versions is None:
+        return {"latest": {"num_versions": NUM_SERVED_VERSIONS}}
+    if not versions or min(versions) < 1:
+        raise PublishError(f"served versions {list(versions)} must be a non-empty list of integers >= 1")
+    return {"specific": {"versions": sorted(int(v) for v in versions)}}
+
+
+def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int, versions: Sequence[int] | None = None) -> dict[str, Any]:
+    """``config.pbtxt`` as data: ONNX Runtime on GPU instances, dynamic batching, the served versions.
 
     Args:
         model_name: the Triton model name (the model's folder name).
         spec: the tensor description of ``model.onnx``.
         max_batch_size: largest batch Triton forms (clips per execution).
+        versions: the versions served (see :func:`version_policy`).
     """
     return {
         "name": model_name,
         "platform": "onnxruntime_onnx",
         "max_batch_size": max_batch_size,
-        "version_policy": {"latest": {"num_versions": NUM_SERVED_VERSIONS}},
+        "version_policy": version_policy(versions),
         **_io(spec),
         "instance_group": [{"count": 1, "kind": "KIND_GPU"}],
         "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
@@ -142,13 +157,13 @@ def tensorrt_optimization(model_name: str, spec: TensorSpec, *, max_batch_size: 
     return {"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": parameters}]}}
 
 
-def cpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> dict[str, Any]:
-    """``configs/cpu.pbtxt`` as data: the Python backend on a CPU instance, same tensors and batching."""
+def cpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int, versions: Sequence[int] | None = None) -> dict[str, Any]:
+    """``configs/cpu.pbtxt`` as data: the Python backend on a CPU instance, same tensors, batching and versions."""
     return {
         "name": model_name,
         "backend": "python",
         "max_batch_size": max_batch_size,
-        "version_policy": {"latest": {"num_versions": NUM_SERVED_VERSIONS}},
+        "version_policy": version_policy(versions),
         **_io(spec),
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
         "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
@@ -219,18 +234,20 @@ def parse_pbtxt(text: str) -> model_config_pb2.ModelConfig:
 
 
 def gpu_config_pbtxt(
-    model_name: str, spec: TensorSpec, *, max_batch_size: int, accelerator: str = "none", repository: str | None = None
+    model_name: str, spec: TensorSpec, *, max_batch_size: int, accelerator: str = "none", repository: str | None = None,
+    versions: Sequence[int] | None = None,
 ) -> str:
     """``config.pbtxt`` text for GPU serving, validated.
 
     Args:
         accelerator: ``none`` (ONNX Runtime's CUDA provider) or ``tensorrt`` (see
             :func:`tensorrt_optimization`; ``repository`` is where Triton sees the model repository).
+        versions: the versions served (see :func:`version_policy`); ``None``: the newest ``NUM_SERVED_VERSIONS``.
 
     Raises:
         PublishError: an invalid config, or an unknown accelerator.
     """
-    data = gpu_config_data(model_name, spec, max_batch_size=max_batch_size)
+    data = gpu_config_data(model_name, spec, max_batch_size=max_batch_size, versions=versions)
     if accelerator == "tensorrt":
         if not repository:
             raise PublishError("the tensorrt accelerator needs the model repository's path as Triton sees it",
@@ -241,9 +258,9 @@ def gpu_config_pbtxt(
     return to_pbtxt(to_model_config(data))
 
 
-def cpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int) -> str:
+def cpu_config_pbtxt(model_name: str, spec: TensorSpec, *, max_batch_size: int, versions: Sequence[int] | None = None) -> str:
     """``configs/cpu.pbtxt`` text for the embedded server, validated. Raises :class:`PublishError`."""
-    return to_pbtxt(to_model_config(cpu_config_data(model_name, spec, max_batch_size=max_batch_size)))
+    return to_pbtxt(to_model_config(cpu_config_data(model_name, spec, max_batch_size=max_batch_size, versions=versions)))
 
 
 def labels_text(spec: TensorSpec) -> str:
