@@ -214,3 +214,31 @@ def test_served_versions_are_the_newest_compatible_ones_up_to_the_limit(repo_set
     assert served_in_config(settings, "kitchen") == [2, 3, 4]
     record = versions.read_history(settings.model_repo_dir / "kitchen")[-1]
     assert versions.HistoryRecord.from_json(record.to_json()) == record
+
+
+def test_models_and_rollback_commands(triton_settings: Settings, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    url, model = triton_settings.triton_grpc_url, "v_cli"
+    publish(triton_settings, tmp_path, model, 1)
+    publish(triton_settings, tmp_path, model, 2, class_list=THREE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")}
+    env.update(PYTRAIN_MODEL_REPO_DIR=str(triton_settings.model_repo_dir), PYTRAIN_RESULTS_DIR=str(triton_settings.results_dir),
+               PYTRAIN_TRITON_CONTROL_KEY=triton_settings.triton_control_key.get_secret_value())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytrain.cli.main", *args], capture_output=True, text=True, env=env, timeout=120)
+
+    rolled = run("rollback", model, "--url", url)
+    listed = run("models", model, "--url", url, "--json")
+    missing = run("rollback", model, "7")
+
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert json.loads(rolled.stdout)["served"] == [1]
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = {r["version"]: r for r in json.loads(listed.stdout)}
+    assert (rows[1]["served"], rows[1]["state"], rows[1]["task_id"], rows[2]["served"]) == (True, "READY", 1, False)
+    assert missing.returncode == 1 and "has no version 7" in missing.stderr and "existing versions: [1, 2]" in missing.stderr

@@ -4,6 +4,7 @@ Commands live in the module of their part of the pipeline and register themselve
 
 - :mod:`pytrain.cli.tasks`   -- ``db``, ``sources``, ``submit``, ``tasks``, ``show``, ``cancel``, ``orchestrate``
 - :mod:`pytrain.cli.serving` -- ``serve``, ``predict``, ``publish``
+- :mod:`pytrain.cli.models`  -- ``models``, ``rollback``, ``unpublish``, ``evaluate``
 - :mod:`pytrain.cli.images`  -- ``image`` (training image builds)
 - :mod:`pytrain.cli.demo`    -- ``demo``
 
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.images", "pytrain.cli.demo")
+_COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo")
 
 
 @app.callback()

@@ -309,6 +309,19 @@ class TritonClient:
         self._info_cache[key] = info
         return info
 
+    def ready_versions(self, model: str) -> list[int]:
+        """The versions of ``model`` Triton has ready (its metadata's ``versions``), ascending;
+        an unversioned request goes to the newest.
+
+        Raises:
+            ClientError: the model is unknown to Triton or not ready.
+        """
+        try:
+            meta = self._grpc.get_model_metadata(model, "", as_json=True, client_timeout=10.0)
+            return sorted(int(v) for v in meta.get("versions", []))
+        except Exception as exc:
+            raise ClientError(f"cannot read the metadata of model {model!r} from Triton at {self.url}: {_short(exc)}") from exc
+
     def _model_config(self, model: str, version: str) -> dict[str, Any]:
         """Triton's config of ``model``; ``{}`` when it is behind a control key this client lacks
         (then ``max_batch_size`` is unknown and clips go one per request)."""
