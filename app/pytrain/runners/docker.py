@@ -13,6 +13,7 @@ For each task it
      ``--ulimit memlock=-1 --ulimit stack=67108864``,
    - a memory limit without swap (``settings.container_memory``) and a pids limit,
    - no network, a read-only root file system and a tmpfs ``/tmp``,
+   - every Linux capability dropped and ``no-new-privileges`` (no setuid way back to root),
    - the dataset mounted read-only at ``/sources`` and only the task folder writable at ``/task``;
    - the image's non-root user (uid 1000; as root the runner hands the task folder to it), or,
      when the runner itself is not root, this process's uid:gid so the files stay the user's;
@@ -24,6 +25,10 @@ For each task it
    the local runner): 0 -> succeeded; ``OOMKilled`` -> out of memory (with the limit); anything
    else -> failed with the tail of stderr;
 5. removes the container in every case (also when this process is interrupted).
+
+The Docker socket is root on the host: whoever can write to it can start a privileged container.
+The runner refuses to start when the socket is world-writable (:func:`check_docker_socket`); the
+README's "Security" section lists what a site can do about the rest.
 
 When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
 *host* paths: the runner reads its own container's bind mounts from the engine and translates
@@ -42,6 +47,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -74,6 +80,39 @@ STDERR_TAIL_LINES = 30
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*[bkmgBKMG]?$")
 _POLL_SECONDS = 0.25
 _STOPPED_SECONDS = 30  # how long to wait for the engine to report a stopped container as not running
+DEFAULT_DOCKER_SOCKET = Path("/var/run/docker.sock")
+
+
+def docker_socket_path() -> Path | None:
+    """The engine's Unix socket: ``DOCKER_HOST`` (``unix://PATH``), else ``/var/run/docker.sock``;
+    ``None`` when ``DOCKER_HOST`` names a TCP or SSH endpoint (no file to check)."""
+    host = os.environ.get("DOCKER_HOST", "").strip()
+    if not host:
+        return DEFAULT_DOCKER_SOCKET
+    if host.startswith("unix://"):
+        return Path(host[len("unix://"):])
+    return None
+
+
+def check_docker_socket(path: Path | None) -> None:
+    """Refuse a Docker socket that every local user may write to (each of them would be root).
+
+    A missing path passes: connecting fails later with the engine's own message.
+
+    Raises:
+        ConfigurationError: ``path`` is world-writable, naming it and the fix.
+    """
+    if path is None:
+        return
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return
+    if mode & 0o002:
+        raise ConfigurationError(
+            f"the Docker socket {path} is world-writable (mode {stat.S_IMODE(mode):o}): every local user is root on this host",
+            hint=f"chmod 660 {path} (owner root, group docker) and restart the orchestrator; see README \"Security\"",
+        )
 
 
 def _size_ok(value: str | None) -> bool:
@@ -241,9 +280,11 @@ class DockerRunner:
         memlock_bytes: the container's locked-memory limit; default ``settings.container_memlock``
             (``-1``: unlimited, NVIDIA's recommendation). A host whose own hard limit is lower
             (``ulimit -Hl``; some CI sandboxes) cannot grant it: set that limit there.
+        docker_socket: the engine's socket file, checked before anything else; default
+            :func:`docker_socket_path`.
 
     Raises:
-        ConfigurationError: a size/limit setting is malformed.
+        ConfigurationError: a size/limit setting is malformed, or the Docker socket is world-writable.
         RunnerError: no Docker engine answers.
     """
 
@@ -268,7 +309,9 @@ class DockerRunner:
         context_dir: Path | None = None,
         memlock_bytes: int | None = None,
         torch_home: Path | None = None,
+        docker_socket: Path | None = None,
     ) -> None:
+        check_docker_socket(docker_socket if docker_socket is not None else docker_socket_path())
         for name, value in (("PYTRAIN_CONTAINER_MEMORY", settings.container_memory), ("PYTRAIN_SHM_SIZE", settings.shm_size)):
             if not _size_ok(value):
                 raise ConfigurationError(f"{name}={value!r} is not a size", hint="use a number with an optional unit b/k/m/g, e.g. '16g'")
@@ -400,6 +443,8 @@ class DockerRunner:
             shm_size=self.settings.shm_size,
             ulimits=[Ulimit(name="memlock", soft=self.memlock_bytes, hard=self.memlock_bytes), Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES)],
             pids_limit=self.settings.container_pids_limit,
+            cap_drop=["ALL"],  # training needs no capability; the task folder is the user's own
+            security_opt=["no-new-privileges"],
             device_requests=device_requests or None,
             init=True,  # tini as PID 1 forwards SIGTERM, so `docker stop` ends python at once
             detach=True,
@@ -524,4 +569,5 @@ class DockerRunner:
         return removed
 
 
-__all__ = ["DockerRunner", "device_requests", "parse_gpus", "training_command", "LABEL_TASK_ID", "LABEL_MANAGED"]
+__all__ = ["DockerRunner", "check_docker_socket", "device_requests", "docker_socket_path", "parse_gpus", "training_command",
+           "LABEL_TASK_ID", "LABEL_MANAGED"]
