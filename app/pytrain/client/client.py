@@ -508,7 +508,7 @@ def _not_ready_hint(state: str) -> str:
             "host:port> for `pytrain orchestrate` / `pytrain publish` so publishing loads new models, or restart "
             "`pytrain serve`; else see the server log for why it failed to load"
         )
-    return "see the server log; a version that is not among the newest 2 is not served"
+    return "see the server log; a version its config.pbtxt's version_policy does not list is not served (pytrain models)"
 
 
 @dataclass
