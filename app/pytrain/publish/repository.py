@@ -2,14 +2,20 @@
 
 Layout written (``<model>`` = the task's ``model_name``, ``<v>`` = the next integer version)::
 
-    model_repo/<model>/config.pbtxt          GPU serving (onnxruntime_onnx, KIND_GPU)
-    model_repo/<model>/configs/cpu.pbtxt     embedded server (python backend, KIND_CPU)
-    model_repo/<model>/labels.txt            one class per line (Triton classification)
-    model_repo/<model>/<model>.config        PyTrain INI config
+    model_repo/<model>/config.pbtxt          GPU serving (onnxruntime_onnx, KIND_GPU); version_policy: the served versions
+    model_repo/<model>/configs/cpu.pbtxt     embedded server (python backend, KIND_CPU), same versions
+    model_repo/<model>/labels.txt            one class per line (Triton classification), the served versions'
+    model_repo/<model>/<model>.config        PyTrain INI config, the served versions'
+    model_repo/<model>/history.jsonl         one line per publish / rollback / unpublish (versions.HistoryRecord)
     model_repo/<model>/<v>/model.onnx        the model
     model_repo/<model>/<v>/model.py          Python-backend runner of model.onnx (CPU)
     model_repo/<model>/<v>/tensor_spec.json  the tensor description it was published with
+    model_repo/<model>/<v>/labels.txt        its own labels and INI (what rollback serves it with)
+    model_repo/<model>/<v>/<model>.config
     results/<model>/<v>/                     metrics.json, skipped.json, plots, task.json (the task row)
+
+Which versions the configs serve (only those the model-level files describe: same classes and clip
+size) is :mod:`pytrain.publish.versions`' business; a version that changes them is served alone.
 
 Why it is safe with several publishers and a polling Triton:
 
@@ -19,7 +25,9 @@ Why it is safe with several publishers and a polling Triton:
   publisher that lost the race for number ``v`` simply tries ``v + 1``: numbers are never reused
   and versions never overwritten.
 - The model-level files (configs, labels, INI) are replaced with ``os.replace`` just before the
-  version appears, and restored if the version could not be placed.
+  version appears, and restored if the version could not be placed. Publishers of one model take
+  turns (``flock`` on the model folder, :func:`pytrain.publish.versions.model_lock`), so the
+  configs' version list names the number the version then gets.
 - Anything that fails before the final rename leaves the repository exactly as it was.
 """
 
@@ -32,16 +40,17 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from pytrain import spec as task_files
 from pytrain.errors import ConfigurationError, PublishError
-from pytrain.publish import triton_config
+from pytrain.publish import triton_config, versions
 from pytrain.settings import Settings
-from pytrain.spec import TaskSpec, TensorSpec, write_text_atomic
+from pytrain.spec import TaskSpec, TensorSpec
 from pytrain.task_columns import MODEL_NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,9 @@ class PublishedModel:
             ``False`` when that failed or the server is in poll/none mode (see ``load_message``),
             ``None`` when no server was configured.
         load_message: why the load request did not apply, or ``""``.
+        served_versions: the versions the model's configs serve after this publish, ascending.
+        serving_note: set when this version changed the classes or the clip size, so older versions
+            are no longer served (see :mod:`pytrain.publish.versions`); ``""`` otherwise.
     """
 
     name: str
@@ -76,6 +88,8 @@ class PublishedModel:
     results_path: Path | None = None
     load_requested: bool | None = None
     load_message: str = ""
+    served_versions: tuple[int, ...] = ()
+    serving_note: str = ""
 
 
 def publish_task(
@@ -132,22 +146,10 @@ def publish_task(
         raise PublishError(f"model {model_name}: {exc.message}", hint=exc.hint) from exc
 
     # Everything is generated and validated before the file system is touched.
-    files = {
-        "config.pbtxt": triton_config.gpu_config_pbtxt(
-            model_name, tensor_spec, max_batch_size=settings.max_batch_size, accelerator=settings.triton_accelerator,
-            repository=settings.triton_model_repository,
-        ),
-        f"configs/{triton_config.CPU_CONFIG_NAME}.pbtxt": triton_config.cpu_config_pbtxt(
-            model_name, tensor_spec, max_batch_size=settings.max_batch_size
-        ),
-        triton_config.LABELS_FILE: triton_config.labels_text(tensor_spec),
-        f"{model_name}.config": triton_config.pytrain_ini(
-            tensor_spec,
-            epochs=task_spec.epochs,
-            shuffle_size=task_spec.shuffle_size,
-            batch_size=task_spec.batch_size,
-        ),
-    }
+    ini_text = triton_config.pytrain_ini(
+        tensor_spec, epochs=task_spec.epochs, shuffle_size=task_spec.shuffle_size, batch_size=task_spec.batch_size
+    )
+    versions.model_files(model_name, tensor_spec, ini_text, [1], settings)  # validates the configs
     _check_onnx(onnx_path, tensor_spec, model_name)
     try:
         task_row_json = json.dumps(task_record, indent=2, default=str) + "\n"
@@ -164,11 +166,14 @@ def publish_task(
     except OSError as exc:
         raise PublishError(f"model {model_name}: cannot prepare {model_dir}: {exc}") from exc
     try:
-        _stage_version(version_stage, onnx_path, tensor_spec)
+        _stage_version(version_stage, onnx_path, tensor_spec, ini_text, model_name)
         _stage_results(results_stage, task_dir, task_row_json)
-        version = _place_version(
-            version_stage, model_dir, results_model_dir, files, model_name, before_rename=_before_rename
-        )
+        with versions.model_lock(model_dir):
+            serving = _Serving(model_dir, tensor_spec, ini_text, settings)
+            version = _place_version(
+                version_stage, model_dir, results_model_dir, serving.files_for, model_name, before_rename=_before_rename
+            )
+            versions.append_history(model_dir, serving.record(version, task_record.get("id")))
         _rename_into(results_stage, results_model_dir / str(version), model_name)
     except OSError as exc:
         raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
@@ -180,25 +185,61 @@ def publish_task(
             except OSError:
                 pass
 
-    published = PublishedModel(model_name, version, model_dir / str(version), results_model_dir / str(version))
-    log.info("published model %s version %d at %s", model_name, version, published.path)
+    published = PublishedModel(
+        model_name, version, model_dir / str(version), results_model_dir / str(version),
+        served_versions=tuple(serving.served), serving_note=serving.note,
+    )
+    log.info("published model %s version %d at %s, serving versions %s", model_name, version, published.path, serving.served)
+    if serving.note:
+        log.warning("model %s: %s", model_name, serving.note)
     if settings.triton_grpc_url:
         from pytrain.publish.loader import request_load
 
         loaded, message = request_load(settings.triton_grpc_url, model_name)
-        published = PublishedModel(
-            published.name, published.version, published.path, published.results_path, loaded, message
-        )
+        published = replace(published, load_requested=loaded, load_message=message)
     return published
 
 
-def existing_versions(model_dir: Path) -> list[int]:
-    """Integer version folders of a model folder, ascending (``[]`` when it does not exist)."""
-    try:
-        names = os.listdir(model_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit() and (Path(model_dir) / n).is_dir())
+existing_versions = versions.existing_versions
+
+
+class _Serving:
+    """What a new version serves: computed under the model lock for the version number it gets.
+
+    The configs list the new version and the newest older versions compatible with it
+    (:func:`pytrain.publish.versions.choose_served`); the labels and INI are the new version's.
+    """
+
+    def __init__(self, model_dir: Path, spec: TensorSpec, ini_text: str, settings: Settings) -> None:
+        self.model_dir, self.spec, self.ini_text, self.settings = model_dir, spec, ini_text, settings
+        self.specs = versions.all_specs(model_dir)
+        self.previous = versions.served_by_config(model_dir)
+        self.served: list[int] = []
+        self.note = ""
+
+    def files_for(self, version: int) -> dict[str, str]:
+        specs = {**self.specs, version: self.spec}
+        self.served = versions.choose_served(specs, version, self.settings.served_versions)
+        dropped = [v for v in self.previous if v not in self.served]
+        self.note = ""
+        if self.previous and any(not versions.compatible(specs[v], self.spec) for v in self.previous if v in specs):
+            old = specs[max(self.previous)]
+            self.note = (
+                f"version {version} changes the classes or clip size ({_describe(old)} -> {_describe(self.spec)}): "
+                f"it is served alone; versions {dropped} stay on disk unserved "
+                f"(pytrain rollback {self.model_dir.name} {max(self.previous)} serves them again)"
+            )
+        return versions.model_files(self.model_dir.name, self.spec, self.ini_text, self.served, self.settings)
+
+    def record(self, version: int, task_id: Any) -> versions.HistoryRecord:
+        return versions.HistoryRecord(
+            "publish", time.time(), versions.current_user(), version, self.served, self.previous,
+            task_id=int(task_id) if isinstance(task_id, int) else None, message=self.note,
+        )
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"classes {list(spec.class_list)}, clip {spec.num_frames}x{spec.height}x{spec.width}"
 
 
 def _load_task_spec(task_dir: Path) -> TaskSpec:
@@ -269,10 +310,13 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _stage_version(stage: Path, onnx_path: Path, tensor_spec: TensorSpec) -> None:
+def _stage_version(stage: Path, onnx_path: Path, tensor_spec: TensorSpec, ini_text: str, model_name: str) -> None:
+    # The version describes itself: its labels, tensor spec and INI travel with it (rollback uses them).
     _copy_synced(onnx_path, stage / task_files.MODEL_ONNX)
     _copy_synced(Path(__file__).resolve().parents[1] / "serving" / "python_model.py", stage / PYTHON_MODEL_FILE)
     tensor_spec.save(stage)
+    _write_synced(stage / triton_config.LABELS_FILE, triton_config.labels_text(tensor_spec))
+    _write_synced(stage / versions.ini_file(model_name), ini_text)
 
 
 def _stage_results(stage: Path, task_dir: Path, task_row_json: str) -> None:
@@ -295,53 +339,31 @@ def _place_version(
     stage: Path,
     model_dir: Path,
     results_model_dir: Path,
-    files: dict[str, str],
+    files_for: Callable[[int], dict[str, str]],
     model_name: str,
     *,
     before_rename: Callable[[Path, int], None] | None,
 ) -> int:
-    """Replace the model-level files, then rename ``stage`` to the next free version number."""
-    backups = _replace_model_files(model_dir, files)
-    try:
-        for _ in range(MAX_VERSION_ATTEMPTS):
-            version = _next_version(model_dir, results_model_dir)
+    """Replace the model-level files (``files_for(version)``: their configs name the version), then
+    rename ``stage`` to that version number; on a lost race put the files back and try the next."""
+    for _ in range(MAX_VERSION_ATTEMPTS):
+        version = _next_version(model_dir, results_model_dir)
+        backups = versions.replace_model_files(model_dir, files_for(version))
+        try:
             if before_rename is not None:
                 before_rename(stage, version)
-            try:
-                _rename_noreplace(stage, model_dir / str(version))
-                return version
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    log.debug("model %s: version %d was taken by another publisher, retrying", model_name, version)
-                    continue
-                raise
-        raise PublishError(f"model {model_name}: no free version number after {MAX_VERSION_ATTEMPTS} attempts")
-    except BaseException:
-        _restore_model_files(model_dir, backups)
-        raise
-
-
-def _replace_model_files(model_dir: Path, files: dict[str, str]) -> dict[Path, bytes | None]:
-    backups: dict[Path, bytes | None] = {}
-    for relative, text in files.items():
-        path = model_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backups[path] = path.read_bytes() if path.is_file() else None
-        write_text_atomic(path, text)
-    return backups
-
-
-def _restore_model_files(model_dir: Path, backups: dict[Path, bytes | None]) -> None:
-    for path, content in backups.items():
-        try:
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
-                tmp.write_bytes(content)
-                os.replace(tmp, path)
-        except OSError:  # best effort: the original error is the one to report
-            log.exception("could not restore %s", path)
+            _rename_noreplace(stage, model_dir / str(version))
+            return version
+        except OSError as exc:
+            versions.restore_model_files(backups)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                log.debug("model %s: version %d was taken by another publisher, retrying", model_name, version)
+                continue
+            raise
+        except BaseException:
+            versions.restore_model_files(backups)
+            raise
+    raise PublishError(f"model {model_name}: no free version number after {MAX_VERSION_ATTEMPTS} attempts")
 
 
 def _rename_into(src: Path, dst: Path, model_name: str) -> None:
