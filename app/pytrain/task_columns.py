@@ -40,6 +40,11 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 #: What the database accepts as an architecture name; training checks it against its own list.
 ARCHITECTURE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+#: A class is the start of a folder name: no ``/``, no control character, at most 255 characters.
+CLASS_NAME_PATTERN = r"^[^/\x00-\x1f\x7f]{1,255}$"
+#: The most datasets and classes one task may list (checked when a worker claims the task).
+MAX_SOURCES = 256
+MAX_CLASSES = 1000
 
 # PostgreSQL type -> Python type of the column's values.
 _PYTHON_TYPES: dict[str, type] = {

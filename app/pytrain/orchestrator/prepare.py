@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
@@ -14,12 +15,46 @@ from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import resolve_classes, split_clips, write_manifest
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
-from pytrain.task_columns import TASK_COLUMNS
+from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
 
 log = logging.getLogger(__name__)
 
 #: The task row's columns that ``task.json`` carries as they are.
 _SPEC_COLUMNS = tuple(c.name for c in TASK_COLUMNS if c.name in {f.name for f in fields(TaskSpec)})
+
+
+def _shown(value: str) -> str:
+    """``value`` for an error message: its repr (newlines, NUL and emoji escaped or kept readable),
+    cut to 40 characters with the full length named, so a 1 MB name does not become a 1 MB error."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(value)} characters)"
+
+
+def check_task_lists(task: Mapping[str, Any]) -> None:
+    """Refuse ``sources`` and ``classes`` that no folder can match, before anything touches the disk.
+
+    The database's CHECKs already refuse empty lists, NULL and empty entries; a row inserted by hand
+    may still hold a path (``../x``, ``/etc``), control characters, a 1 MB name, thousands of
+    entries or the same entry twice. Each is named in the error (shortened).
+
+    Raises:
+        ConfigurationError: the first bad list or entry, naming it and the rule.
+    """
+    for name, pattern, limit, what in (
+        ("sources", SOURCE_NAME_PATTERN, MAX_SOURCES, "a dataset folder name directly under the sources root"),
+        ("classes", CLASS_NAME_PATTERN, MAX_CLASSES, "the start of a class folder's name (no '/', no control characters, at most 255 characters)"),
+    ):
+        values = list(task[name])
+        if len(values) > limit:
+            raise ConfigurationError(f"{name} lists {len(values)} entries; at most {limit}", hint=f"split the task, or select fewer {name}")
+        seen: set[str] = set()
+        for value in values:
+            if not isinstance(value, str) or not re.fullmatch(pattern, value):  # match() lets "x\n" through
+                shown = _shown(value) if isinstance(value, str) else repr(value)
+                raise ConfigurationError(f"{name} entry {shown} is not {what}", hint=f"{name} entries must match {pattern}")
+            if value in seen:
+                raise ConfigurationError(f"{name} lists {_shown(value)} twice", hint="list each entry once (pytrain submit drops repeats)")
+            seen.add(value)
 
 
 def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Iterable[str] | None, gpus: str | None = None) -> PreparedTask:
@@ -42,8 +77,10 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     Raises:
         SourceError, SplitError: the datasets or classes do not resolve (see
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
-        ConfigurationError: fewer than two classes, or a negative seed.
+        ConfigurationError: fewer than two classes, a negative seed, or a source or class entry
+            no folder can match (:func:`check_task_lists`).
     """
+    check_task_lists(task)
     if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
         raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(

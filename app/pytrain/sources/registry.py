@@ -56,7 +56,7 @@ def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        if not re.match(SOURCE_NAME_PATTERN, entry.name):
+        if not re.fullmatch(SOURCE_NAME_PATTERN, entry.name):  # match() lets "name\n" through
             skipped[entry.name] = f"the name must match {SOURCE_NAME_PATTERN}"
         elif not entry.resolve().is_relative_to(real_root):
             skipped[entry.name] = f"it resolves to {entry.resolve()}, outside the sources root {real_root}"
