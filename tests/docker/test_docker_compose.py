@@ -105,3 +105,30 @@ def test_dockerfiles_pin_base_images_and_run_training_as_non_root():
 
 
 
+
+
+def test_compose_passes_the_triton_control_key_to_triton_and_the_orchestrator_as_a_secret(tmp_path):
+    """The key file is a secret of both services; Triton's entrypoint appends it to the restricted-API
+    flags of both protocols (run here with sh and `echo` standing in for tritonserver)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert compose["secrets"]["triton_control_key"]["file"] == "${TRITON_CONTROL_KEY_FILE:-./.pytrain/triton_control.key}"
+    assert "triton_control_key" in services["triton"]["secrets"] and "triton_control_key" in services["orchestrator"]["secrets"]
+    assert services["orchestrator"]["environment"]["PYTRAIN_TRITON_CONTROL_KEY_FILE"] == "/run/secrets/triton_control_key"
+    assert not any("CONTROL_KEY=" in str(v) for v in services["orchestrator"]["environment"].values() if v)
+    assert all(port.startswith("${TRITON_BIND_ADDRESS:-0.0.0.0}:") for port in services["triton"]["ports"])
+
+    entrypoint = services["triton"]["entrypoint"]
+    assert entrypoint[:3] == ["/opt/nvidia/nvidia_entrypoint.sh", "/bin/sh", "-c"]
+    key_file = tmp_path / "triton_control_key"
+    key_file.write_text("k3y-from-the-secret-file\n")
+    script = entrypoint[3].replace("$$", "$").replace("/run/secrets/triton_control_key", str(key_file))
+    proc = subprocess.run(["/bin/sh", "-c", script, entrypoint[4], "echo", *services["triton"]["command"][1:]],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split()
+    assert args[:2] == ["--model-repository=/models", "--model-control-mode=explicit"]
+    assert args[-2:] == [
+        "--grpc-restricted-protocol=model-repository,model-config:pytrain-control-key=k3y-from-the-secret-file",
+        "--http-restricted-api=model-repository,model-config:pytrain-control-key=k3y-from-the-secret-file",
+    ]

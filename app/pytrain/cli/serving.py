@@ -23,11 +23,9 @@ from pytrain.errors import ClientError
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``predict`` and ``publish`` to ``app``."""
-    app.command("serve")(serve)
-    app.command("predict")(predict)
-    app.command("publish")(publish)
-    app.command("control-key")(control_key_file)
+    """Add ``serve``, ``predict``, ``publish`` and ``control-key`` to ``app``."""
+    for name, command in (("serve", serve), ("predict", predict), ("publish", publish), ("control-key", control_key_file)):
+        app.command(name)(command)
 
 
 def serve(
