@@ -45,6 +45,22 @@ def test_demo_trains_publishes_serves_and_predicts_held_out_clips(tmp_path: Path
     assert (tmp_path / "model_repo" / "demo" / "demo.config").read_text().startswith("[PREDICTION]\nnum_frames = 8\n")
     assert (tmp_path / "results" / "demo" / "1" / "metrics.json").is_file()
 
+    # `pytrain evaluate` on the same held-out clips (the task's test split) prints the demo's accuracy.
+    import re
+
+    from pytrain.serving import TritonServer, free_port
+    from pytrain.serving.control import control_key
+
+    demo_accuracy = re.search(r"held-out accuracy over gRPC: ([0-9.]+)", result.stdout).group(1)
+    with TritonServer(tmp_path / "model_repo", grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      work_dir=tmp_path / "triton", ort_threads=1, control_key=control_key()) as server:
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "pytrain.cli.main", "evaluate", "--model", "demo", "--task", "1", "--url", server.grpc_url],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+    assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
+    assert f"accuracy {demo_accuracy}" in evaluated.stdout, (demo_accuracy, evaluated.stdout)
+
 
 def test_demo_fails_below_its_accuracy_threshold() -> None:
     from pytrain.cli.demo import DemoResult, check_accuracy
