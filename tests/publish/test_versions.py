@@ -133,6 +133,7 @@ def test_rollback_while_a_client_sends_requests_never_answers_with_a_wrong_label
     clips = coloured_clips(TEST_CLASSES)
     outcomes: Counter[str] = Counter()
     wrong: list[tuple[str, list[list[str]]]] = []
+    unavailable: list[str] = []
     stop = threading.Event()
 
     def loop() -> None:
@@ -140,7 +141,10 @@ def test_rollback_while_a_client_sends_requests_never_answers_with_a_wrong_label
             try:
                 version, rows = answers(url, model, clips, k=1)
             except Exception as exc:  # counted by kind; only "unavailable" during a reload is allowed
-                outcomes["unavailable" if "unavailable" in str(exc).lower() or "not found" in str(exc).lower() else f"error: {exc}"] += 1
+                text = " ".join(str(exc).split())
+                kind = "unavailable" if "unavailable" in text.lower() or "not found" in text.lower() else f"error: {text}"
+                outcomes[kind] += 1
+                unavailable.append(text)
                 continue
             outcomes[f"v{version}"] += 1
             # Both know cooking, drinking, eating; only v1 knows walking (v2 answers its nearest class).
@@ -158,7 +162,7 @@ def test_rollback_while_a_client_sends_requests_never_answers_with_a_wrong_label
     finally:
         stop.set()
         client.join(30)
-    print(f"rollback under load: {dict(outcomes)}")
+    print(f"rollback under load: {dict(outcomes)}; first failure: {unavailable[:1]}")
     assert wrong == []
     assert outcomes["v1"] > 0 and outcomes["v2"] > 0
     assert set(outcomes) <= {"v1", "v2", "unavailable"}, outcomes
