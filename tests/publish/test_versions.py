@@ -246,3 +246,14 @@ def test_models_and_rollback_commands(triton_settings: Settings, tmp_path: Path)
     rows = {r["version"]: r for r in json.loads(listed.stdout)}
     assert (rows[1]["served"], rows[1]["state"], rows[1]["task_id"], rows[2]["served"]) == (True, "READY", 1, False)
     assert missing.returncode == 1 and "has no version 7" in missing.stderr and "existing versions: [1, 2]" in missing.stderr
+
+
+def test_rolling_back_to_a_version_without_its_own_files_says_how_to_fix_it(repo_settings: Settings, tmp_path: Path) -> None:
+    publish(repo_settings, tmp_path, "kitchen", 1)
+    publish(repo_settings, tmp_path, "kitchen", 2, class_list=THREE)
+    (repo_settings.model_repo_dir / "kitchen" / "1" / "kitchen.config").unlink()  # as an older PyTrain published it
+    before = (repo_settings.model_repo_dir / "kitchen" / "config.pbtxt").read_bytes()
+
+    with pytest.raises(PublishError, match="version 1 has no kitchen.config of its own.*republish its task folder"):
+        versions.rollback("kitchen", 1, settings=repo_settings)
+    assert (repo_settings.model_repo_dir / "kitchen" / "config.pbtxt").read_bytes() == before
