@@ -74,7 +74,8 @@ def e2e_settings(settings, engine, triton_server, synthetic_sources, docker_base
     updated = settings.model_copy(update=dict(
         runner="docker", base_image=docker_base_image, shm_size="256m", container_memory="3g",
         container_memlock=_host_memlock(), model_repo_dir=triton_server.model_repository,
-        triton_grpc_url=triton_server.grpc_url, ngc_api_key_file=key_file, lease_seconds=20.0,
+        triton_grpc_url=triton_server.grpc_url, triton_control_key=triton_server.control_key, ngc_api_key_file=key_file,
+        lease_seconds=20.0,
     ))
     sync_sources(updated, engine=engine)
     return updated
@@ -131,9 +132,9 @@ def test_inserted_row_is_trained_in_a_container_published_and_served(
     assert sorted(labels) == ROW["classes"]
     assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
 
-    key = e2e_settings.ngc_api_key_file.read_text().strip()
-    assert key not in _row_json(engine, task_id)
-    assert key not in (task_dir / "train.log").read_text()
+    for key in (e2e_settings.ngc_api_key_file.read_text().strip(), triton_server.control_key.get_secret_value()):
+        assert key not in _row_json(engine, task_id)
+        assert key not in (task_dir / "train.log").read_text()
     assert docker_client.containers.list(all=True, filters={"label": f"org.pytrain.task-id={task_id}"}) == []
 
 
