@@ -193,3 +193,17 @@ def test_the_key_is_in_no_output_log_or_pytrain_command_line(serve: dict) -> Non
     assert key not in (serve["data"] / "triton" / "tritonserver.log").read_text()
     # `pytrain serve` itself: its command line holds no key (tritonserver's must: Triton has no other way).
     assert key not in Path(f"/proc/{serve['pid']}/cmdline").read_bytes().decode()
+
+
+def test_a_local_training_process_inherits_neither_key_nor_the_database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytrain.runners.base import PreparedTask
+    from pytrain.runners.local import LocalRunner
+    from pytrain.spec import TaskSpec
+
+    for name in ("PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY", "PYTRAIN_DATABASE_URL"):
+        monkeypatch.setenv(name, "s" * 24)
+    monkeypatch.setenv("PYTRAIN_DECODER_TEST_MARKER", "kept")
+    task = PreparedTask(spec=TaskSpec(task_id=1, model_name="m", class_list=["a", "b"]), task_dir=tmp_path, sources_root=tmp_path)
+    env = LocalRunner(_settings(tmp_path))._env(task)
+    assert "s" * 24 not in env.values()
+    assert env["PYTRAIN_DECODER_TEST_MARKER"] == "kept"

@@ -110,6 +110,10 @@ class _ProcessGroupRun:
             pass
 
 
+#: Environment variables a training process never inherits.
+_SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY"})
+
+
 class LocalRunner:
     """Runs ``<command> --task-dir DIR --sources-root ROOT`` as a local subprocess.
 
@@ -138,7 +142,8 @@ class LocalRunner:
         self.poll_seconds = poll_seconds
 
     def _env(self, task: PreparedTask) -> dict[str, str]:
-        env = dict(os.environ)
+        # Training needs neither the database nor Triton: its process does not get their secrets.
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
         env["PYTHONUNBUFFERED"] = "1"
         # No --gpus: the run sees what this shell sees (CUDA_VISIBLE_DEVICES inherited);
         # "all": every GPU; "0,1": those; "none": an empty list hides every GPU.
