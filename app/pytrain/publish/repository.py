@@ -195,7 +195,7 @@ def publish_task(
     if settings.triton_grpc_url:
         from pytrain.publish.loader import request_load
 
-        loaded, message = request_load(settings.triton_grpc_url, model_name)
+        loaded, message = request_load(settings.triton_grpc_url, model_name, settings=settings)
         published = replace(published, load_requested=loaded, load_message=message)
     return published
 
