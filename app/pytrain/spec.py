@@ -244,6 +244,11 @@ class TensorSpec(_JsonFile):
 
     Input ``input_name``: ``(N, num_frames, height, width, 3)`` uint8 RGB frames, N dynamic.
     Output ``output_name``: ``(N, len(class_list))`` float32 class probabilities (softmax).
+
+    ``clip_seconds`` is the training clips' typical duration (the median over the training split,
+    seconds): training samples ``num_frames`` over a whole clip, so a live stream is sampled at
+    ``num_frames / clip_seconds`` frames per second (:mod:`pytrain.client.stream`). ``None`` for
+    models exported before PyTrain recorded it (their ``tensor_spec.json`` still loads).
     """
 
     FILE_NAME = TENSOR_SPEC
@@ -261,6 +266,7 @@ class TensorSpec(_JsonFile):
     output_dtype: str = "float32"
     channels: int = 3
     architecture: str = ""
+    clip_seconds: float | None = None
 
     @property
     def input_shape(self) -> list[int]:

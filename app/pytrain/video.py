@@ -179,3 +179,37 @@ def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
+
+
+def video_seconds(path: str | Path) -> float:
+    """Duration of a video in seconds: its frame count over its average frame rate (decord's index).
+
+    Raises:
+        VideoDecodeError: the file cannot be opened, or reports no frames or no frame rate.
+    """
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        frames, fps = len(reader), float(reader.get_avg_fps())
+    except Exception as exc:  # DECORDError / RuntimeError for unreadable input
+        raise VideoDecodeError(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'decoder error'}") from exc
+    if frames < 1 or not fps > 0:
+        raise VideoDecodeError(path, f"{frames} frames at {fps} fps: no duration")
+    return frames / fps
+
+
+def median_seconds(paths: list[str | Path], *, limit: int = 200) -> float | None:
+    """The median duration (seconds) of up to ``limit`` of ``paths`` (evenly spread over the list,
+    so the figure costs at most ``limit`` file opens); files that cannot be read are left out.
+    ``None`` when none can be read."""
+    if not paths:
+        return None
+    step = max(1, len(paths) // limit)
+    durations = []
+    for path in list(paths)[::step][:limit]:
+        try:
+            durations.append(video_seconds(path))
+        except VideoDecodeError:
+            continue
+    return float(np.median(durations)) if durations else None

@@ -7,6 +7,7 @@ Commands live in the module of their part of the pipeline and register themselve
 - :mod:`pytrain.cli.models`  -- ``models``, ``rollback``, ``unpublish``, ``evaluate``
 - :mod:`pytrain.cli.images`  -- ``image`` (training image builds)
 - :mod:`pytrain.cli.demo`    -- ``demo``
+- :mod:`pytrain.cli.stream`  -- ``stream`` (live streams)
 
 A :class:`pytrain.errors.PyTrainError` prints as one line (with its cause chain and hint) on
 stderr and exits 1; every other exception keeps its traceback, since it is a bug.
@@ -30,7 +31,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo")
+_COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo",
+                    "pytrain.cli.stream")
 
 
 @app.callback()

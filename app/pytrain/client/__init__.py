@@ -9,10 +9,16 @@ Public API::
         c.infer("kitchen", frames)                            # (N, C) float32 probabilities
         c.model_info("kitchen")                               # ModelInfo: T, H, W, tensor names
 
+    from pytrain.client import StreamClassifier               # live streams (pytrain stream)
+    with StreamClassifier(["srt://127.0.0.1:9999?mode=listener"], model="kitchen") as windows:
+        for w in windows: print(w.stream, w.label, w.probability, w.latency_ms)
+
 Errors are :class:`pytrain.errors.ClientError`: server unreachable (naming the address), model not
 ready (with Triton's state), an undecodable video (naming the file).
 """
 
 from pytrain.client.client import ModelInfo, Prediction, TritonClient
+from pytrain.client.sources import StreamSource
+from pytrain.client.stream import StreamClassifier, StreamPrediction
 
-__all__ = ["TritonClient", "Prediction", "ModelInfo"]
+__all__ = ["TritonClient", "Prediction", "ModelInfo", "StreamClassifier", "StreamSource", "StreamPrediction"]

@@ -657,10 +657,20 @@ def _export(run: _Run, best: dict[str, Any]) -> dict[str, Any]:
     """Export the best checkpoint to ``model.onnx`` + ``tensor_spec.json`` and check its parity."""
     spec = run.spec
     tensor_spec = TensorSpec(class_list=list(spec.class_list), num_frames=spec.num_frames, height=spec.height, width=spec.width,
-                             input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture)
+                             input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture,
+                             clip_seconds=_clip_seconds(run.data.by_split["train"]))
     parity_set = data_mod.ClipDataset(run.data.by_split["test"][:_PARITY_CLIPS], spec.num_frames, spec.height, spec.width)
     parity_clips = np.stack([parity_set[i][0].numpy() for i in range(len(parity_set))])
     return export.export_checkpoint(best, run.task_dir, tensor_spec, parity_clips)
+
+
+def _clip_seconds(samples: list[data_mod.Sample]) -> float | None:
+    """The training clips' median duration (seconds, 3 decimals) for the tensor spec: a live stream
+    is sampled at ``num_frames / clip_seconds`` fps (:mod:`pytrain.client.stream`)."""
+    from pytrain.video import median_seconds
+
+    seconds = median_seconds([s.path for s in samples])
+    return None if seconds is None else round(seconds, 3)
 
 
 def _finish(run: _Run, state: RunState) -> dict[str, Any]:

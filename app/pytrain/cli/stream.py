@@ -1,0 +1,84 @@
+"""``pytrain stream``: classify live streams window by window through Triton.
+
+Examples::
+
+    pytrain stream --model kitchen "srt://127.0.0.1:9999?mode=listener&timeout=500000&transtype=live"
+    pytrain stream --model kitchen --smooth 3 --events rtsp://camera1/stream1 rtsp://camera2/stream1
+    pytrain stream --model kitchen --loop clip.mp4 --output windows.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``stream`` to ``app``."""
+    app.command("stream")(stream)
+
+
+def stream(
+    urls: List[str] = typer.Argument(..., help="srt://, rtsp://, rtmp://, udp://, tcp://, http(s):// (HLS), /dev/videoN or video files."),
+    model: str = typer.Option(..., "--model", help="Triton model name."),
+    version: Optional[int] = typer.Option(None, "--version", min=1, help="Model version, an integer (default: the newest)."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="PYTRAIN_TRITON_GRPC_URL", help="Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL; default 127.0.0.1:PYTRAIN_TRITON_GRPC_PORT)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PyTrain <model>.config to read clip size and clip_seconds from (default: Triton's metadata and the local model repository)."),
+    clip_seconds: Optional[float] = typer.Option(None, "--clip-seconds", min=0.01, help="Seconds a window spans (default: the model's clip_seconds, the training clips' median duration)."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Frames between window starts (default: half a window)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per window, most probable first."),
+    smooth: int = typer.Option(1, "--smooth", min=1, help="Mean of the last K windows' probabilities, per stream."),
+    min_probability: float = typer.Option(0.0, "--min-probability", min=0.0, max=1.0, help="Print no window whose (smoothed) top probability is below this."),
+    events: bool = typer.Option(False, "--events", help="Print a window only when its stream's (smoothed) label changes."),
+    loop: bool = typer.Option(False, "--loop", help="Repeat video files forever."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also append every line to this file."),
+    stall_timeout: float = typer.Option(10.0, "--stall-timeout", min=0.1, help="Seconds without a frame before a stream is reconnected."),
+    connect_retries: int = typer.Option(5, "--connect-retries", min=0, help="Attempts in a row without a frame before a stream gives up."),
+    ready_timeout: float = typer.Option(30.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
+) -> None:
+    """Classify live streams continuously; prints one JSON line per window.
+
+    Each line: {"stream", "window", "start_s", "end_s" (stream time, s), "start_utc", "end_utc",
+    "label", "probability", "top_k", "model", "version", "latency_ms", "reconnects"}. Windows span
+    the training clips' duration (--clip-seconds). Streams that drop or stall are reconnected with
+    capped exponential backoff; Ctrl-C or SIGTERM stops cleanly and prints one summary line per
+    stream on stderr. Exits 1 when a stream gave up (its error names the URL).
+    """
+    from pytrain.client import StreamClassifier, StreamSource, TritonClient
+    from pytrain.errors import ClientError
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    sources = [StreamSource(u, loop=loop) for u in urls]
+    client = TritonClient(url, ready_timeout_s=ready_timeout, load_timeout_s=max(ready_timeout, 10.0))
+    classifier = StreamClassifier(
+        sources, model, version=version, config_path=config, clip_seconds=clip_seconds, stride=stride, top_k=top_k,
+        smooth=smooth, min_probability=min_probability, events=events, stall_timeout_s=stall_timeout,
+        connect_retries=connect_retries, client=client,
+    )
+    sink = output.open("a", encoding="utf-8") if output is not None else None
+    try:
+        with client, classifier:
+            for prediction in classifier:
+                line = json.dumps(prediction.to_dict())
+                typer.echo(line)
+                if sink is not None:
+                    sink.write(line + "\n")
+                    sink.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if sink is not None:
+            sink.close()
+        for stats in classifier.stats:
+            typer.echo(json.dumps({"summary": stats.to_dict()}), err=True)
+    failed = [s for s in classifier.stats if s.error]
+    if failed:
+        raise ClientError("; ".join(s.error for s in failed if s.error), hint="check the URL, that the sender runs, and the network")
