@@ -100,15 +100,31 @@ def db_psql(ctx: typer.Context) -> None:
 
 # -- sources --------------------------------------------------------------------------------
 @sources_app.command("sync")
-def sources_sync() -> None:
-    """Register every dataset folder of the sources root (PYTRAIN_SOURCES_DIR)."""
+def sources_sync(
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Probe processes in parallel (default: the CPU count)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Update the video catalog (--no-probe: only register the datasets)."),
+) -> None:
+    """Register every dataset folder of the sources root (PYTRAIN_SOURCES_DIR) and update the video
+    catalog: new and changed files are probed (decoded in child processes), gone files forgotten."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from pytrain.db import check_schema, get_engine
     from pytrain.sources import sync_sources
 
     settings = _settings()
     engine = get_engine(settings)
     check_schema(engine)
-    result = sync_sources(settings, engine=engine)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        bars: dict[str, Any] = {}
+
+        def advance(dataset: str, done: int, total: int) -> None:
+            if dataset not in bars:
+                bars[dataset] = bar.add_task(f"probing {dataset}", total=total)
+            bar.update(bars[dataset], completed=done)
+
+        result = sync_sources(settings, engine=engine, probe=probe, jobs=jobs, progress=advance)
     typer.echo(f"sources root {settings.sources_dir}")
     typer.echo(f"registered: {', '.join(result.registered) or '(none)'}")
     if result.added:
@@ -117,6 +133,8 @@ def sources_sync() -> None:
         typer.echo(f"registered but missing on disk: {', '.join(result.missing)}")
     for name, reason in result.skipped.items():
         typer.echo(f"skipped {name}: {reason}")
+    for name, done in result.catalog.items():
+        typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
 
 
 @sources_app.command("list")

@@ -28,6 +28,7 @@ from pytrain.db.models import (
     TrainingTask,
 )
 from pytrain.db.queue import Claim, Notifications, SourceRegistry, TaskQueue, TaskRow
+from pytrain.db.catalog import VideoCatalog
 from pytrain.db.requests import TaskRequest
 from pytrain.db.schema import check_schema, current_revision, head_revision, upgrade
 
@@ -44,6 +45,7 @@ __all__ = [
     "TaskRequest",
     "TaskRow",
     "TrainingTask",
+    "VideoCatalog",
     "check_schema",
     "current_revision",
     "database_url",

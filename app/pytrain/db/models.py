@@ -18,11 +18,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Double,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     MetaData,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -70,6 +72,45 @@ class Source(Base):
     __table_args__ = (
         CheckConstraint(f"name ~ '{SOURCE_NAME_PATTERN}'", name="name_format"),
         CheckConstraint("folder = name", name="folder_is_name"),
+    )
+
+
+#: Values of ``videos.status``: the file decodes (``ok``) or not (``bad``, with a reason).
+VIDEO_STATUSES = ("ok", "bad")
+
+
+class Video(Base):
+    """One video file of a registered dataset in the catalog (``pytrain sources sync``).
+
+    ``path`` is relative to the dataset folder (``cooking_x/clip_000.mp4``); ``(size_bytes,
+    mtime_ns)`` is the stamp under which the probe result holds. Units: bytes, nanoseconds since
+    the epoch, seconds, frames, frames per second, pixels.
+    """
+
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    dataset: Mapped[str] = mapped_column(Text, ForeignKey("sources.name", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Double, nullable=True)
+    frame_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fps: Mapped[float | None] = mapped_column(Double, nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    codec: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pixel_format: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    probed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (
+        UniqueConstraint("dataset", "path"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in VIDEO_STATUSES)})", name="status_known"),
+        CheckConstraint("(status = 'bad') = (reason IS NOT NULL)", name="bad_has_reason"),
+        CheckConstraint("size_bytes >= 0", name="size_not_negative"),
     )
 
 

@@ -131,3 +131,28 @@ RETURNING name
 """)
 
 LIST_SOURCES = text("SELECT name FROM sources ORDER BY name")
+
+# -- the video catalog (table videos) ------------------------------------------------------------
+
+#: The stamp of every catalogued file of a dataset: sync probes only files whose stamp changed.
+VIDEO_STAMPS = text("SELECT path, size_bytes, mtime_ns FROM videos WHERE dataset = :dataset")
+
+#: One probe result; a changed file's row is replaced in place (its id stays).
+UPSERT_VIDEO = text("""
+INSERT INTO videos (dataset, path, size_bytes, mtime_ns, content_hash, duration_s, frame_count, fps,
+                    width, height, codec, pixel_format, status, reason, probed_at)
+VALUES (:dataset, :path, :size_bytes, :mtime_ns, :content_hash, :duration_s, :frame_count, :fps,
+        :width, :height, :codec, :pixel_format, :status, :reason, now())
+ON CONFLICT (dataset, path) DO UPDATE SET
+    size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns, content_hash = EXCLUDED.content_hash,
+    duration_s = EXCLUDED.duration_s, frame_count = EXCLUDED.frame_count, fps = EXCLUDED.fps,
+    width = EXCLUDED.width, height = EXCLUDED.height, codec = EXCLUDED.codec,
+    pixel_format = EXCLUDED.pixel_format, status = EXCLUDED.status, reason = EXCLUDED.reason, probed_at = now()
+""")
+
+#: Files gone from the disk.
+DELETE_VIDEOS = text("DELETE FROM videos WHERE dataset = :dataset AND path = ANY(:paths)")
+
+#: Every catalogued file of some datasets, for ``sources inspect`` and the orchestrator's seed of
+#: the pre-scan.
+LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY dataset, path")

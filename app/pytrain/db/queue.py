@@ -146,7 +146,7 @@ class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _execute(self, statement, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def _execute(self, statement, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(statement, params or {})

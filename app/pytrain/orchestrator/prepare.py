@@ -14,6 +14,7 @@ from pytrain.errors import ConfigurationError
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import resolve_classes, split_clips, write_manifest
+from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
 
@@ -57,7 +58,8 @@ def check_task_lists(task: Mapping[str, Any]) -> None:
             seen.add(value)
 
 
-def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Iterable[str] | None, gpus: str | None = None) -> PreparedTask:
+def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Iterable[str] | None, gpus: str | None = None,
+                 videos: Iterable[Mapping[str, Any]] = ()) -> PreparedTask:
     """Resolve a task's classes, split its clips and write its folder.
 
     The folder ``<model_tasks_dir>/task-<id>-<model_name>/`` is kept across attempts (the training
@@ -70,6 +72,8 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         settings: gives ``sources_dir``, ``model_tasks_dir`` and ``task_timeout_seconds``.
         registered: registered dataset names (``None``: do not check).
         gpus: GPU ids for the run, or ``None`` for CPU.
+        videos: video catalog rows of the task's datasets (:meth:`pytrain.db.VideoCatalog.videos`):
+            their verdicts seed the pre-scan's ``scan.json`` (:func:`pytrain.sources.catalog.seed_scan_results`).
 
     Returns:
         The :class:`PreparedTask`.
@@ -108,6 +112,9 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     task_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(rows, task_dir)
     spec.save(task_dir)
+    seeded = seed_scan_results(task_dir, rows, videos, spec.num_frames, spec.height, spec.width)
+    if seeded:
+        log.info("task %s: %d of %d files known to the video catalog: not probed again", spec.task_id, seeded, len(rows))
     log.info("task %s: prepared %s (%d clips, classes %s)", spec.task_id, task_dir, len(rows), spec.class_list)
     return PreparedTask(
         spec=spec,

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pytrain.db import Claim, SourceRegistry, TaskQueue, check_schema, get_engine
+from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, check_schema, get_engine
 from pytrain.errors import DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, error_with_tail, get_runner
@@ -309,7 +309,8 @@ class Orchestrator:
     def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
         task_id = run.task_id
         try:
-            prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus)
+            prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus,
+                                    videos=VideoCatalog(self.engine).videos(run.task["sources"]))
         except DatabaseError:
             raise
         except PyTrainError as exc:

@@ -1,6 +1,7 @@
 """Datasets: registration (``sources`` table), class resolution and the split manifest.
 
 - :func:`sync_sources` -- register the dataset folders of the sources root (``pytrain sources sync``)
+- :mod:`pytrain.sources.catalog` -- the video catalog (table ``videos``): incremental probe, ``scan.json`` seed
 - :func:`resolve_classes` -- a task's datasets and classes -> labelled clips
 - :func:`split_clips`, :func:`write_manifest` -- the deterministic stratified split, ``manifest.csv``
 - :mod:`pytrain.sources.synthetic` -- small synthetic mp4 datasets for the demo and the tests

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from pytrain.task_columns import SOURCE_NAME_PATTERN
 from pytrain.errors import SourceError
 from pytrain.settings import Settings, get_settings
+from pytrain.sources.catalog import CatalogSync, Progress, sync_catalog
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,15 @@ class SyncResult:
         registered: every registered dataset afterwards (sorted).
         missing: registered datasets whose folder is gone (kept: old tasks name them).
         skipped: ``{folder: reason}`` for folders that cannot be datasets.
+        catalog: ``{dataset: CatalogSync}`` of the datasets whose video catalog was updated (empty
+            when sync ran without probing).
     """
 
     added: list[str]
     registered: list[str]
     missing: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    catalog: dict[str, CatalogSync] = field(default_factory=dict)
 
 
 def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
@@ -67,14 +71,19 @@ def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
     return names, skipped
 
 
-def sync_sources(settings: Settings | None = None, *, engine: Engine | None = None, sources_root: Path | None = None) -> SyncResult:
-    """Register every dataset folder of the sources root in table ``sources``.
+def sync_sources(settings: Settings | None = None, *, engine: Engine | None = None, sources_root: Path | None = None,
+                 probe: bool = True, jobs: int | None = None, progress: Progress | None = None) -> SyncResult:
+    """Register every dataset folder of the sources root in table ``sources`` and update the video
+    catalog (table ``videos``): only new and changed files are probed (:func:`sync_catalog`).
 
     Args:
         settings: PyTrain settings (default: the process settings); gives the sources root and,
             without ``engine``, the database.
         engine: the database to register into.
         sources_root: overrides ``settings.sources_dir``.
+        probe: update the video catalog (False: only register the datasets).
+        jobs: probe processes in parallel (default: the CPU count).
+        progress: called after each probed file (:data:`pytrain.sources.catalog.Progress`).
 
     Returns:
         A :class:`SyncResult`.
@@ -82,16 +91,24 @@ def sync_sources(settings: Settings | None = None, *, engine: Engine | None = No
     Raises:
         SourceError: the sources root is not a folder.
         DatabaseError: the database cannot be reached.
+        ConfigurationError: files to probe and no decoder installed.
+        TrainingError: a probe child could not start.
     """
-    from pytrain.db import SourceRegistry, get_engine
+    from pytrain.db import SourceRegistry, VideoCatalog, get_engine
 
     settings = settings or get_settings()
     root = Path(sources_root or settings.sources_dir)
     names, skipped = discover_datasets(root)
-    registry = SourceRegistry(engine or get_engine(settings))
+    engine = engine or get_engine(settings)
+    registry = SourceRegistry(engine)
     added = registry.register(names)
     registered = registry.names()
     missing = sorted(set(registered) - set(names))
     for name in added:
         log.info("registered dataset %s", name)
-    return SyncResult(added=added, registered=registered, missing=missing, skipped=skipped)
+    catalog: dict[str, CatalogSync] = {}
+    if probe:
+        videos = VideoCatalog(engine)
+        for name in names:
+            catalog[name] = sync_catalog(videos, root, name, jobs=jobs, progress=progress)
+    return SyncResult(added=added, registered=registered, missing=missing, skipped=skipped, catalog=catalog)

@@ -49,7 +49,7 @@ from pytrain.spec import (
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.models import ARCHITECTURES, build_model
-from pytrain.training.probe import scan_videos
+from pytrain.training.probe import SCAN_RESULTS, scan_stamp, scan_videos
 from pytrain.training.transforms import TrainPreset, apply_boxes
 
 log = logging.getLogger("pytrain.training")
@@ -360,12 +360,9 @@ def _prepare_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root
     return by_split, skipped
 
 
-SCAN_RESULTS = "scan.json"  # {manifest path: {"stamp": [...], "reason": str | None}}
-
-
 def _stamp(path: Path, spec: TaskSpec) -> list:
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns, spec.num_frames, spec.height, spec.width]
+    return scan_stamp(st.st_size, st.st_mtime_ns, spec.num_frames, spec.height, spec.width)
 
 
 # Loader workers per rank when --num-workers is not given: beyond 8 decoders a rank is rarely

@@ -1,0 +1,180 @@
+"""The video catalog on disk and in PostgreSQL: ``pytrain sources sync`` fills it incrementally.
+
+A file is probed (decoded in a hang- and crash-proof child process, :func:`pytrain.training.probe.probe_videos`)
+only when it is new or its (size, mtime) changed since its catalog row was written; rows of files
+that are gone are deleted. The orchestrator hands the catalog's verdicts to a task folder as the
+pre-scan's ``scan.json`` (:func:`seed_scan_results`), so training does not decode a known file
+again, and needs no database access to benefit. See docs/adr/0008.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytrain.errors import ConfigurationError
+from pytrain.sources.resolve import VIDEO_SUFFIXES
+from pytrain.spec import ManifestRow, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: Probe results written to the database per transaction: an interrupted sync keeps what it did.
+_BATCH = 200
+_METADATA = ("content_hash", "duration_s", "frame_count", "fps", "width", "height", "codec", "pixel_format")
+
+#: ``progress(dataset, files probed so far, files to probe)``, called after each probed file.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CatalogSync:
+    """What :func:`sync_catalog` did to one dataset's catalog.
+
+    Attributes:
+        dataset: the dataset (folder under the sources root).
+        probed: paths (relative to the dataset folder) probed now: new or changed files.
+        deleted: paths whose files are gone (their rows were deleted).
+        unchanged: files whose (size, mtime) matched their row: not probed.
+        bad: ``{path: reason}`` of the probed files that do not decode.
+    """
+
+    dataset: str
+    probed: list[str]
+    deleted: list[str]
+    unchanged: int
+    bad: dict[str, str] = field(default_factory=dict)
+
+
+def list_video_files(dataset_dir: Path) -> dict[str, tuple[int, int]]:
+    """``{path relative to dataset_dir: (size in bytes, mtime in ns)}`` of the dataset's video files.
+
+    The layout :func:`pytrain.sources.resolve_classes` reads: ``<dataset>/<class folder>/*.mp4``,
+    hidden folders left out.
+
+    Raises:
+        OSError: a folder cannot be listed.
+    """
+    files: dict[str, tuple[int, int]] = {}
+    with os.scandir(dataset_dir) as folders:
+        for folder in sorted(folders, key=lambda e: e.name):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            with os.scandir(folder.path) as entries:
+                for entry in entries:
+                    if os.path.splitext(entry.name)[1].lower() in VIDEO_SUFFIXES and entry.is_file():
+                        st = entry.stat()
+                        files[f"{folder.name}/{entry.name}"] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def require_decoder() -> None:
+    """Raises :class:`ConfigurationError` when no decoder is installed to probe videos with."""
+    if importlib.util.find_spec("decord") is None:
+        raise ConfigurationError(
+            "cataloguing videos needs the decord decoder, which is not installed",
+            hint="pip install 'pytrain[train]', or run `pytrain sources sync --no-probe` to only register the datasets",
+        )
+
+
+def sync_catalog(catalog, sources_root: Path, dataset: str, *, jobs: int | None = None, timeout: float | None = None,
+                 progress: Progress | None = None) -> CatalogSync:
+    """Bring one dataset's catalog rows up to date with its folder.
+
+    Args:
+        catalog: a :class:`pytrain.db.VideoCatalog`.
+        sources_root: the folder that holds the dataset folder.
+        dataset: a registered dataset.
+        jobs: probe processes in parallel (default: the CPU count).
+        timeout: seconds one file may take before its decoder is killed (default the pre-scan's).
+        progress: called after each probed file (see :data:`Progress`).
+
+    Returns:
+        A :class:`CatalogSync`.
+
+    Raises:
+        ConfigurationError: no decoder is installed (:func:`require_decoder`).
+        TrainingError: a probe child could not start.
+        DatabaseError: the database cannot be reached.
+    """
+    from pytrain.training.probe import DEFAULT_TIMEOUT_S, probe_videos
+
+    dataset_dir = Path(sources_root) / dataset
+    on_disk = list_video_files(dataset_dir)
+    known = catalog.stamps(dataset)
+    todo = sorted(path for path, stamp in on_disk.items() if known.get(path) != stamp)
+    gone = sorted(set(known) - set(on_disk))
+    catalog.delete(dataset, gone)
+    if todo:
+        require_decoder()
+    pending: list[dict[str, Any]] = []
+    bad: dict[str, str] = {}
+    done = 0
+
+    def record(i: int, info: dict[str, Any]) -> None:  # one call at a time (probe_videos holds a lock)
+        nonlocal done
+        path = todo[i]
+        size, mtime_ns = on_disk[path]
+        reason = info.get("reason")
+        if reason is not None:
+            bad[path] = reason
+        pending.append({**{k: info.get(k) for k in _METADATA}, "dataset": dataset, "path": path, "size_bytes": size,
+                        "mtime_ns": mtime_ns, "status": "ok" if reason is None else "bad", "reason": reason})
+        if len(pending) >= _BATCH:
+            catalog.upsert(pending)
+            pending.clear()
+        done += 1
+        if progress is not None:
+            progress(dataset, done, len(todo))
+
+    log.info("dataset %s: probing %d of %d files, forgetting %d", dataset, len(todo), len(on_disk), len(gone))
+    probe_videos([dataset_dir / path for path in todo], timeout=timeout or DEFAULT_TIMEOUT_S,
+                 processes=jobs or os.cpu_count() or 1, on_result=record)
+    catalog.upsert(pending)
+    return CatalogSync(dataset=dataset, probed=todo, deleted=gone, unchanged=len(on_disk) - len(todo), bad=bad)
+
+
+def seed_scan_results(task_dir: Path, rows: Iterable[ManifestRow], videos: Iterable[Mapping[str, Any]],
+                      num_frames: int, height: int, width: int) -> int:
+    """Give a task folder's pre-scan the catalog's verdicts: entries of ``scan.json`` for the
+    manifest files it has no result for yet (a resumed task keeps its own).
+
+    An entry holds under the catalog's (size, mtime): training probes a file again when it changed
+    since the last ``pytrain sources sync``.
+
+    Args:
+        task_dir: the task folder (``scan.json`` is written there atomically).
+        rows: the manifest (paths relative to the sources root, ``dataset/folder/file``).
+        videos: catalog rows (:meth:`pytrain.db.VideoCatalog.videos`) of the task's datasets.
+        num_frames, height, width: the task's clip size (frames, pixels), part of the stamp.
+
+    Returns:
+        How many entries were added.
+
+    Raises:
+        OSError: ``scan.json`` cannot be written.
+    """
+    from pytrain.training.probe import SCAN_RESULTS, scan_stamp
+
+    by_path = {f"{v['dataset']}/{v['path']}": v for v in videos}
+    scan_path = Path(task_dir) / SCAN_RESULTS
+    try:
+        results = json.loads(scan_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        results = {}
+    added = 0
+    for row in rows:
+        video = by_path.get(row.path)
+        if video is None or row.path in results:
+            continue
+        results[row.path] = {"stamp": scan_stamp(video["size_bytes"], video["mtime_ns"], num_frames, height, width),
+                             "reason": video["reason"]}
+        added += 1
+    if added:
+        write_json_atomic(scan_path, results)
+    return added
