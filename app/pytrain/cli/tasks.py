@@ -1,6 +1,6 @@
 """``pytrain`` commands of the database, sources and orchestrator part.
 
-``db upgrade``, ``db current``, ``sources sync``, ``sources list``, ``submit``, ``tasks``,
+``db upgrade``, ``db current``, ``sources sync``, ``sources inspect``, ``sources list``, ``submit``, ``tasks``,
 ``show ID``, ``cancel ID``, ``orchestrate``. Every option that mirrors a setting also reads its
 ``PYTRAIN_*`` environment variable (named in ``--help``).
 """
@@ -135,6 +135,34 @@ def sources_sync(
         typer.echo(f"skipped {name}: {reason}")
     for name, done in result.catalog.items():
         typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
+
+
+@sources_app.command("inspect")
+def sources_inspect(
+    dataset: str = typer.Argument(..., help="A registered dataset (run `pytrain sources sync` first)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNG charts (default: <results_dir>/datasets/DATASET)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="The split the class minimum is checked for (default: the task default)."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="The split the class minimum is checked for (default: the task default)."),
+) -> None:
+    """Per class and subclass: clips, durations, resolutions, fps, codecs; bad files with reasons,
+    exact duplicates, classes below the split's minimum; class-balance and duration charts (PNG)."""
+    from pytrain.db import TASK_DEFAULTS, VideoCatalog
+    from pytrain.sources import min_clips
+    from pytrain.sources.inspect import format_report, inspect_dataset, write_charts
+
+    settings = _settings()
+    videos = VideoCatalog(_queue(settings).engine).videos([dataset])
+    val = TASK_DEFAULTS["val_fraction"] if val_fraction is None else val_fraction
+    test = TASK_DEFAULTS["test_fraction"] if test_fraction is None else test_fraction
+    report = inspect_dataset(dataset, videos, min_clips_per_class=min_clips(val, test))
+    report["charts"] = write_charts(report, videos, out or settings.results_dir / "datasets" / dataset)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for line in format_report(report):
+        typer.echo(line)
+    typer.echo(f"charts: {', '.join(report['charts'].values())}")
 
 
 @sources_app.command("list")

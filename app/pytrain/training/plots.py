@@ -58,3 +58,30 @@ def plot_confusion(matrix: list[list[int]], class_list: list[str], path: Path, t
     _save(fig, Path(path))
     plt.close(fig)
     return Path(path)
+
+
+def plot_class_balance(counts: dict[str, int], path: Path, title: str) -> Path:
+    """Clips per class as horizontal bars (``pytrain sources inspect``), the count at each bar's end."""
+    plt = _pyplot()
+    names = list(counts)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.4 * len(names) + 1)))
+    bars = ax.barh(names, [counts[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, padding=3)
+    ax.invert_yaxis()
+    ax.set(xlabel="clips", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_durations(durations: list[float], path: Path, title: str) -> Path:
+    """A histogram of clip durations in seconds (``pytrain sources inspect``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.hist(durations, bins=min(50, max(1, len(set(durations)))), color="tab:green")
+    ax.set(xlabel="duration (s)", ylabel="clips", title=title)
+    ax.grid(alpha=0.3)
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)

@@ -105,17 +105,26 @@ def _describe(path: str, num_frames: int, height: int, width: int) -> dict:
     try:
         info["content_hash"] = content_hash(path)
         info.update(_stream_metadata(path))
-    except Exception:  # a bad file's metadata may be missing: its reason already says why
-        pass
+    except Exception as exc:  # a bad file's metadata may be missing: its reason already says why
+        if info["reason"] is None:  # the clip decoded, yet the file cannot be read to its end
+            info["reason"] = f"the file cannot be read to its end: {type(exc).__name__}: {exc}"
+    present = info.pop("frames_present", None)
+    if info["reason"] is None and present is not None and info["frame_count"] and present < info["frame_count"]:
+        # decoders conceal missing data (a cut AVI decodes to grey frames): count what is there
+        info["reason"] = f"truncated: the container lists {info['frame_count']} frames, only {present} are present"
     return info
 
 
 def _stream_metadata(path: str) -> dict:
-    """The first video stream's metadata: PyAV when installed (codec, pixel format too), else decord.
+    """The first video stream's metadata: PyAV when installed (codec, pixel format, and the
+    frames really present, counted by demuxing without decoding), else decord.
 
     Returns:
-        Some of ``duration_s`` (seconds), ``frame_count`` (frames), ``fps``, ``width``, ``height``
-        (pixels), ``codec``, ``pixel_format``.
+        Some of ``duration_s`` (seconds), ``frame_count`` (frames the container lists), ``fps``,
+        ``width``, ``height`` (pixels), ``codec``, ``pixel_format``, ``frames_present``.
+
+    Raises:
+        Exception: whatever the library raises for a file it cannot read.
     """
     try:
         import av
@@ -137,8 +146,10 @@ def _stream_metadata(path: str) -> dict:
             duration = None
         frames = stream.frames or (round(duration * fps) if duration and fps else None)
         ctx = stream.codec_context
-        return {"duration_s": duration, "frame_count": frames, "fps": fps, "width": ctx.width, "height": ctx.height,
+        info = {"duration_s": duration, "frame_count": frames, "fps": fps, "width": ctx.width, "height": ctx.height,
                 "codec": ctx.name, "pixel_format": ctx.pix_fmt}
+        info["frames_present"] = sum(1 for packet in container.demux(stream) if packet.size) if stream.frames else None
+        return info
 
 
 class _Worker:
