@@ -541,9 +541,8 @@ def write_task(task_dir: Path, sources_root: Path, *, dataset: str = "dataset1",
     Returns:
         The :class:`pytrain.spec.TaskSpec` written.
     """
-    import csv
-
-    from pytrain.spec import MANIFEST, TaskSpec
+    
+    from pytrain.spec import ManifestRow, TaskSpec, write_manifest
 
     task_dir.mkdir(parents=True, exist_ok=True)
     clips = sorted((sources_root / dataset).glob("*/*.mp4"))
@@ -562,10 +561,7 @@ def write_task(task_dir: Path, sources_root: Path, *, dataset: str = "dataset1",
     fields.update(spec_fields)
     spec = TaskSpec(**fields)
     spec.save(task_dir)
-    with (task_dir / MANIFEST).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(rows)
+    write_manifest([ManifestRow(*row) for row in rows], task_dir)
     return spec
 
 
@@ -751,20 +747,17 @@ def device_parity(task_dir: Path, sources_root: Path, device_type: str) -> dict[
         ``{"providers", "clips", "fp32": {"max_abs_diff", "top1_agreement"}, "bf16_autocast": {...} | None}``;
         differences are of softmax probabilities.
     """
-    import csv
-
     import numpy as np
     import onnxruntime as ort
     import torch
 
-    from pytrain.spec import MANIFEST, MODEL_ONNX, TensorSpec
+    from pytrain.spec import MODEL_ONNX, TensorSpec, read_manifest
     from pytrain.training.export import ProbabilityModel
     from pytrain.training.models import rebuild_from_checkpoint
     from pytrain.video import read_clip
 
     spec = TensorSpec.load(task_dir)
-    with (task_dir / MANIFEST).open(newline="") as handle:
-        paths = [sources_root / row["path"] for row in csv.DictReader(handle) if row["split"] == "test"]
+    paths = [sources_root / row.path for row in read_manifest(task_dir) if row.split == "test"]
     clips = np.stack([read_clip(p, spec.num_frames, spec.height, spec.width) for p in paths])
     available = ort.get_available_providers()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]

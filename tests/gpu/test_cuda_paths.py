@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.processes import communicate_or_kill
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,13 +56,7 @@ def _cli(task_dir: Path, sources: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
+_wait = communicate_or_kill  # kills the run's whole process group on timeout
 
 
 def test_bf16_autocast_training_step_on_cuda_learns_a_fixed_batch():

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from fixtures.clips import make_bad_files
+from fixtures.processes import communicate_or_kill
 
 from pytrain.errors import ConfigurationError
 from pytrain.spec import PLOTS, ProgressRecord, TensorSpec
@@ -41,14 +42,7 @@ def _cli(task_dir: Path, *extra: str, **popen) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """``communicate`` that kills the run's whole process group when it times out."""
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
+_wait = communicate_or_kill  # kills the run's whole process group on timeout
 
 
 def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):

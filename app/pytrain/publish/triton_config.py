@@ -96,6 +96,21 @@ def version_policy(versions: Sequence[int] | None) -> dict[str, Any]:
     return {"specific": {"versions": sorted(int(v) for v in versions)}}
 
 
+def _config_data(model_name: str, spec: TensorSpec, runtime: dict[str, str], kind: str, *, max_batch_size: int,
+                 versions: Sequence[int] | None) -> dict[str, Any]:
+    """The config both files share: tensors, batching, versions; ``runtime`` (platform or backend)
+    and the instance ``kind`` are what differ."""
+    return {
+        "name": model_name,
+        **runtime,
+        "max_batch_size": max_batch_size,
+        "version_policy": version_policy(versions),
+        **_io(spec),
+        "instance_group": [{"count": 1, "kind": kind}],
+        "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
+    }
+
+
 def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int, versions: Sequence[int] | None = None) -> dict[str, Any]:
     """``config.pbtxt`` as data: ONNX Runtime on GPU instances, dynamic batching, the served versions.
 
@@ -105,15 +120,7 @@ def gpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int, v
         max_batch_size: largest batch Triton forms (clips per execution).
         versions: the versions served (see :func:`version_policy`).
     """
-    return {
-        "name": model_name,
-        "platform": "onnxruntime_onnx",
-        "max_batch_size": max_batch_size,
-        "version_policy": version_policy(versions),
-        **_io(spec),
-        "instance_group": [{"count": 1, "kind": "KIND_GPU"}],
-        "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
-    }
+    return _config_data(model_name, spec, {"platform": "onnxruntime_onnx"}, "KIND_GPU", max_batch_size=max_batch_size, versions=versions)
 
 
 #: Folder of a model's TensorRT engines, inside the model's folder of the repository.
@@ -159,15 +166,7 @@ def tensorrt_optimization(model_name: str, spec: TensorSpec, *, max_batch_size: 
 
 def cpu_config_data(model_name: str, spec: TensorSpec, *, max_batch_size: int, versions: Sequence[int] | None = None) -> dict[str, Any]:
     """``configs/cpu.pbtxt`` as data: the Python backend on a CPU instance, same tensors, batching and versions."""
-    return {
-        "name": model_name,
-        "backend": "python",
-        "max_batch_size": max_batch_size,
-        "version_policy": version_policy(versions),
-        **_io(spec),
-        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
-        "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
-    }
+    return _config_data(model_name, spec, {"backend": "python"}, "KIND_CPU", max_batch_size=max_batch_size, versions=versions)
 
 
 def to_model_config(data: Mapping[str, Any]) -> model_config_pb2.ModelConfig:
@@ -289,6 +288,10 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
 
     ``class_list`` is Python's ``repr`` of the list (existing clients ``ast.literal_eval`` it).
     Lines end with ``\\n``; the file ends with one ``\\n`` after ``batch_size``.
+
+    A spec with ``clip_seconds`` (the training clips' median duration, seconds) adds
+    ``clip_seconds = 2.4`` after ``output_name``; old readers ignore the key, and a spec without it
+    gives the historical bytes above.
     """
     lines = [
         "[PREDICTION]",
@@ -298,6 +301,7 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
         f"width = {spec.width}",
         f"input_name = {spec.input_name}",
         f"output_name = {spec.output_name}",
+        *([] if spec.clip_seconds is None else [f"clip_seconds = {float(spec.clip_seconds):g}"]),
         "",
         "[TRAINING]",
         f"epochs = {int(epochs)}",
@@ -309,7 +313,8 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
 
 def read_pytrain_ini(text: str) -> dict[str, Any]:
     """Parse a ``<model>.config`` text back into ``{"num_frames", "class_list", "height", "width",
-    "input_name", "output_name", "epochs", "shuffle_size", "batch_size"}``.
+    "input_name", "output_name", "epochs", "shuffle_size", "batch_size"}``, plus ``"clip_seconds"``
+    (float, seconds) when the file has it.
 
     Raises:
         PublishError: a missing section or key, or an unparsable value.
@@ -321,7 +326,9 @@ def read_pytrain_ini(text: str) -> dict[str, Any]:
     try:
         parser.read_string(text)
         pred, train = parser["PREDICTION"], parser["TRAINING"]
+        optional = {"clip_seconds": pred.getfloat("clip_seconds")} if "clip_seconds" in pred else {}
         return {
+            **optional,
             "num_frames": pred.getint("num_frames"),
             "class_list": list(ast.literal_eval(pred["class_list"])),
             "height": pred.getint("height"),
