@@ -13,7 +13,7 @@ from typing import Any
 from pytrain.errors import ConfigurationError
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
-from pytrain.sources import resolve_classes, split_clips, write_manifest
+from pytrain.sources import load_groups, resolve_classes, split_clips, write_manifest
 from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
@@ -96,6 +96,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         val_fraction=task["val_fraction"],
         test_fraction=task["test_fraction"],
         seed=task["seed"],
+        groups=load_groups(settings.sources_dir, task["sources"], [clip.path for clip in resolved.clips]),
     )
     split_counts = Counter((row.split, row.label) for row in rows)
     spec = TaskSpec(
