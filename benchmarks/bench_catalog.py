@@ -107,7 +107,7 @@ def main() -> int:
         print(f"2. first sync: {sync_s:.1f} s ({len(synced.probed) / sync_s:.1f} files/s), {len(synced.probed)} probed")
 
         started = time.perf_counter()
-        videos = VideoCatalog(engine).videos(["bench"])  # the orchestrator's catalog query, timed too
+        videos = VideoCatalog(engine).verdicts(["bench"])  # the orchestrator's catalog query, timed too
         second = (time.perf_counter() - started) + _pre_scan(settings, 2, videos, args.jobs)
         print(f"3. second task's pre-scan, catalog known: {second:.2f} s = {100 * second / first:.2f} % of the first (target < 5 %)")
 

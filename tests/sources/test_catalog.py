@@ -90,7 +90,7 @@ def test_training_prescan_probes_only_files_changed_since_the_catalog(settings, 
                          ("eating_soup/clip_000.mp4", "train"), ("eating_soup/clip_001.mp4", "test"), ("broken_x/notes.mp4", "train")]]
     rows[-1] = (rows[-1][0], "cooking", "train")
     spec = write_task(task, settings.sources_dir, rows=rows)
-    videos = VideoCatalog(engine).videos(["dataset1"])
+    videos = VideoCatalog(engine).verdicts(["dataset1"])
     assert seed_scan_results(task, read_manifest(task), videos, spec.num_frames, spec.height, spec.width) == 5
     _touch(dataset / "eating_soup" / "clip_001.mp4")  # changed after the sync: training must look again
     scanned: list[list[str]] = []

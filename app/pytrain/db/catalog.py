@@ -47,3 +47,8 @@ class VideoCatalog(Repository):
     def videos(self, datasets: Iterable[str]) -> list[dict[str, Any]]:
         """Every catalogued file of ``datasets`` (all columns), sorted by dataset and path."""
         return self._execute(queries.LIST_VIDEOS, {"datasets": list(datasets)})
+
+    def verdicts(self, datasets: Iterable[str]) -> list[dict[str, Any]]:
+        """``dataset``, ``path``, ``size_bytes``, ``mtime_ns`` and ``reason`` (``None``: ok) of every
+        catalogued file of ``datasets``: what :func:`pytrain.sources.catalog.seed_scan_results` reads."""
+        return self._execute(queries.VIDEO_VERDICTS, {"datasets": list(datasets)})

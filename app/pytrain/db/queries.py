@@ -153,6 +153,9 @@ ON CONFLICT (dataset, path) DO UPDATE SET
 #: Files gone from the disk.
 DELETE_VIDEOS = text("DELETE FROM videos WHERE dataset = :dataset AND path = ANY(:paths)")
 
-#: Every catalogued file of some datasets, for ``sources inspect`` and the orchestrator's seed of
-#: the pre-scan.
+#: Every catalogued file of some datasets, for ``sources inspect``.
 LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY dataset, path")
+
+#: The probe verdicts of some datasets, for the orchestrator's seed of a task's pre-scan (only the
+#: columns it needs: a task may list tens of thousands of files).
+VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason FROM videos WHERE dataset = ANY(:datasets)")

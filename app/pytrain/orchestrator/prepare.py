@@ -72,7 +72,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         settings: gives ``sources_dir``, ``model_tasks_dir`` and ``task_timeout_seconds``.
         registered: registered dataset names (``None``: do not check).
         gpus: GPU ids for the run, or ``None`` for CPU.
-        videos: video catalog rows of the task's datasets (:meth:`pytrain.db.VideoCatalog.videos`):
+        videos: video catalog verdicts of the task's datasets (:meth:`pytrain.db.VideoCatalog.verdicts`):
             their verdicts seed the pre-scan's ``scan.json`` (:func:`pytrain.sources.catalog.seed_scan_results`).
 
     Returns:

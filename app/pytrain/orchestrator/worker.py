@@ -310,7 +310,7 @@ class Orchestrator:
         task_id = run.task_id
         try:
             prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus,
-                                    videos=VideoCatalog(self.engine).videos(run.task["sources"]))
+                                    videos=VideoCatalog(self.engine).verdicts(run.task["sources"]))
         except DatabaseError:
             raise
         except PyTrainError as exc:

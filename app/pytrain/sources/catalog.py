@@ -150,7 +150,7 @@ def seed_scan_results(task_dir: Path, rows: Iterable[ManifestRow], videos: Itera
     Args:
         task_dir: the task folder (``scan.json`` is written there atomically).
         rows: the manifest (paths relative to the sources root, ``dataset/folder/file``).
-        videos: catalog rows (:meth:`pytrain.db.VideoCatalog.videos`) of the task's datasets.
+        videos: catalog verdicts (:meth:`pytrain.db.VideoCatalog.verdicts`) of the task's datasets.
         num_frames, height, width: the task's clip size (frames, pixels), part of the stamp.
 
     Returns:
