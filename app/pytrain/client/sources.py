@@ -11,7 +11,9 @@ Accepted sources:
 
 =================================  ==========================================================
 ``srt://host:port?mode=caller``    SRT; ``mode=listener`` waits for a caller (OBS, a camera)
-``rtsp://``, ``rtsps://``          RTSP (over TCP: loss-free on a LAN, through firewalls)
+``rtsp://``, ``rtsps://``          RTSP pulled from a camera (over TCP: loss-free, through
+                                   firewalls); ``?listen=1``: be the RTSP server a sender
+                                   publishes to (ffmpeg's ``-rtsp_flags listen``)
 ``rtmp://``, ``rtmps://``          RTMP (``?listen=1`` waits for a publisher)
 ``udp://host:port``                MPEG-TS over UDP (listens on the port)
 ``tcp://``                         MPEG-TS over TCP
@@ -32,6 +34,9 @@ from pytrain.errors import ClientError
 
 #: URL schemes ffmpeg reads as network streams.
 NETWORK_SCHEMES = ("srt", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "http", "https")
+#: How much of a network stream ffmpeg reads to find its video: microseconds, bytes.
+PROBE_MICROSECONDS = 1_000_000
+PROBE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class StreamSource:
         normal, not a failed connection."""
         query = {k.lower(): v for k, v in parse_qs(urlsplit(self.url).query).items()}
         return (self.kind == "udp" or (self.kind == "srt" and query.get("mode") == ["listener"])
-                or (self.kind.startswith("rtmp") and query.get("listen") == ["1"]))
+                or (self.kind.startswith(("rtmp", "rtsp")) and query.get("listen") == ["1"]))
 
     def check(self) -> None:
         """Refuse a source that can never work, before anything starts.
@@ -125,9 +130,15 @@ def ffmpeg_command(source: StreamSource, *, fps: float, height: int, width: int,
         before += ["-f", "v4l2"]
     elif kind in ("rtsp", "rtsps"):
         before += ["-rtsp_transport", "tcp"]
+        if source.listens:  # ffmpeg's RTSP reader takes "listen" as a flag, not in the URL
+            before += ["-rtsp_flags", "listen"]
+            url = url.split("?", 1)[0]
     elif kind == "udp" and "overrun_nonfatal" not in url:
         # a burst larger than the socket buffer drops packets instead of ending the stream
         url += ("&" if "?" in url else "?") + "overrun_nonfatal=1&fifo_size=50000"
+    if kind in NETWORK_SCHEMES:
+        # a live stream has no index: find its video after 1 s / 1 MB instead of ffmpeg's 5 s
+        before += ["-analyzeduration", str(PROBE_MICROSECONDS), "-probesize", str(PROBE_BYTES)]
     return [
         binary, "-nostdin", "-hide_banner", "-loglevel", "error", *before, "-i", url,
         "-an", "-sn", "-dn", "-vf", f"fps={fps:.6g},scale={width}:{height}", "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1",

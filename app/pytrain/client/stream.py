@@ -168,7 +168,7 @@ class StreamReader(threading.Thread):
         self.stall_timeout_s, self.connect_retries = stall_timeout_s, connect_retries
         self.backoff_s, self.backoff_cap_s = backoff_s, backoff_cap_s
         self.stats = StreamStats(source.label)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self.pids: list[int] = []  # every ffmpeg started, for tests that check none is left behind
@@ -178,16 +178,16 @@ class StreamReader(threading.Thread):
 
     def stop(self) -> None:
         """Ask the thread to end; it terminates and reaps its ffmpeg."""
-        self._stop.set()
+        self._halt.set()
         self._kill()
 
     def run(self) -> None:
         failures = 0
         command = ffmpeg_command(self.source, fps=self.sampling.fps, height=self.sampling.height, width=self.sampling.width)
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 got_frames, why = self._run_once(command)
-                if self._stop.is_set() or (self.source.is_file and not self.source.loop and why == "ended"):
+                if self._halt.is_set() or (self.source.is_file and not self.source.loop and why == "ended"):
                     return
                 failures = 0 if got_frames else failures + 1
                 if failures > self.connect_retries:
@@ -197,7 +197,7 @@ class StreamReader(threading.Thread):
                 delay = min(self.backoff_cap_s, self.backoff_s * 2 ** max(0, failures - 1))
                 self.stats.reconnects += 1
                 log.warning("stream %s: %s; reconnecting in %.1f s (attempt %d)", self.source.label, why, delay, self.stats.reconnects)
-                if self._stop.wait(delay):
+                if self._halt.wait(delay):
                     return
         finally:
             self._kill()
@@ -214,7 +214,7 @@ class StreamReader(threading.Thread):
         with self._lock:
             self._proc = proc
             self.pids.append(proc.pid)
-        if self._stop.is_set():  # stop() came between the check and the start
+        if self._halt.is_set():  # stop() came between the check and the start
             self._kill()
             return False, "stopped"
         stderr: list[bytes] = []
@@ -224,7 +224,7 @@ class StreamReader(threading.Thread):
         got, chunk = False, bytearray()
         last = time.monotonic()
         why = "ended"
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             # before the first frame a listener may wait for its sender for as long as it takes
             limit = None if (not got and self.source.listens) else self.stall_timeout_s
             ready, _, _ = select.select([fd], [], [], 0.2)
@@ -244,7 +244,7 @@ class StreamReader(threading.Thread):
         self._kill()
         drain.join(timeout=2.0)
         message = b"".join(stderr).decode("utf-8", "replace").strip().splitlines()
-        if why == "ended" and message and not self._stop.is_set():
+        if why == "ended" and message and not self._halt.is_set():
             why = f"ffmpeg: {message[-1]}"
         elif why == "ended" and not got:
             why = "ended without a frame"
