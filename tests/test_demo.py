@@ -58,8 +58,51 @@ def test_demo_trains_publishes_serves_and_predicts_held_out_clips(tmp_path: Path
             [sys.executable, "-m", "pytrain.cli.main", "evaluate", "--model", "demo", "--task", "1", "--url", server.grpc_url],
             env=env, capture_output=True, text=True, timeout=300,
         )
-    assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
-    assert f"accuracy {demo_accuracy}" in evaluated.stdout, (demo_accuracy, evaluated.stdout)
+        assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
+        assert f"accuracy {demo_accuracy}" in evaluated.stdout, (demo_accuracy, evaluated.stdout)
+        check_stream_majority_labels(tmp_path, env, server.grpc_url)
+
+
+def check_stream_majority_labels(root: Path, env: dict[str, str], grpc_url: str) -> None:
+    """`pytrain stream` on one looping held-out clip per class, each sent over SRT by a real ffmpeg:
+    every stream's majority label is its clip's class (windows span the model's clip_seconds, read
+    from the local model repository)."""
+    import collections
+    import shutil
+    import signal
+    import time
+
+    from pytrain.serving import free_port
+    from pytrain.spec import read_manifest
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    held_out = {row.label: row.path for row in read_manifest(root / "model_tasks" / "task-1-demo") if row.split == "test"}
+    urls, senders = {}, []
+    try:
+        for label, rel in sorted(held_out.items()):
+            port = free_port()
+            senders.append(subprocess.Popen(
+                ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(root / "sources" / rel), "-c", "copy",
+                 "-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener"], stderr=subprocess.DEVNULL, start_new_session=True))
+            urls[f"srt://127.0.0.1:{port}?mode=caller"] = label
+        time.sleep(0.5)
+        stream = subprocess.Popen([sys.executable, "-m", "pytrain.cli.main", "stream", *urls, "--model", "demo", "--url", grpc_url],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        labels: dict[str, list[str]] = collections.defaultdict(list)
+        while min((len(labels[u]) for u in urls), default=0) < 3:
+            line = stream.stdout.readline()
+            assert line, stream.stderr.read()[-2000:]
+            window = json.loads(line)
+            labels[window["stream"]].append(window["label"])
+        stream.send_signal(signal.SIGTERM)
+        assert stream.wait(timeout=20) == 0
+    finally:
+        for proc in senders:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    majority = {url: collections.Counter(got).most_common(1)[0][0] for url, got in labels.items()}
+    assert majority == urls, labels
 
 
 def test_demo_fails_below_its_accuracy_threshold() -> None:

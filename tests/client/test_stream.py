@@ -45,7 +45,8 @@ def clip_of(sources: Path, cls: str) -> Path:
 def publisher(clip: Path, url: str, *output: str):
     """``ffmpeg -re -stream_loop -1 -i clip -c copy <output...> url``: a looping live sender."""
     proc = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
-                             *(output or ("-f", "mpegts")), url], stdin=subprocess.DEVNULL, start_new_session=True)
+                             *(output or ("-f", "mpegts")), url], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         yield proc
     finally:
