@@ -34,7 +34,7 @@ def stream(
     smooth: int = typer.Option(1, "--smooth", min=1, help="Mean of the last K windows' probabilities, per stream."),
     min_probability: float = typer.Option(0.0, "--min-probability", min=0.0, max=1.0, help="Print no window whose (smoothed) top probability is below this."),
     events: bool = typer.Option(False, "--events", help="Print a window only when its stream's (smoothed) label changes."),
-    loop: bool = typer.Option(False, "--loop", help="Repeat video files forever."),
+    loop: bool = typer.Option(False, "--loop", help="Repeat the video files among the URLs forever."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also append every line to this file."),
     stall_timeout: float = typer.Option(10.0, "--stall-timeout", min=0.1, help="Seconds without a frame before a stream is reconnected."),
     connect_retries: int = typer.Option(5, "--connect-retries", min=0, help="Attempts in a row without a frame before a stream gives up."),
@@ -55,7 +55,7 @@ def stream(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    sources = [StreamSource(u, loop=loop) for u in urls]
+    sources = [StreamSource(u, loop=loop and StreamSource(u).is_file) for u in urls]  # --loop repeats the files among them
     client = TritonClient(url, ready_timeout_s=ready_timeout, load_timeout_s=max(ready_timeout, 10.0))
     classifier = StreamClassifier(
         sources, model, version=version, config_path=config, clip_seconds=clip_seconds, stride=stride, top_k=top_k,
