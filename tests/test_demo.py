@@ -43,6 +43,9 @@ def test_demo_trains_publishes_serves_and_predicts_held_out_clips(tmp_path: Path
     version_dir = tmp_path / "model_repo" / "demo" / "1"
     assert (version_dir / "model.onnx").is_file()
     assert (tmp_path / "model_repo" / "demo" / "demo.config").read_text().startswith("[PREDICTION]\nnum_frames = 8\n")
+    # the training clips' median duration (24-36 frames at 12-25 fps) is recorded for live streams
+    assert json.loads((version_dir / "tensor_spec.json").read_text())["clip_seconds"] == 2.0
+    assert "\nclip_seconds = 2\n" in (tmp_path / "model_repo" / "demo" / "demo.config").read_text()
     assert (tmp_path / "results" / "demo" / "1" / "metrics.json").is_file()
 
     # `pytrain evaluate` on the same held-out clips (the task's test split) prints the demo's accuracy.
