@@ -55,6 +55,19 @@ from pytrain.training.transforms import TrainPreset, apply_boxes
 log = logging.getLogger("pytrain.training")
 
 
+#: ``TrainConfig.class_weights``: how the loss weighs the classes.
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """``n / (classes * n_c)`` per class (scikit-learn's "balanced"); a class without clips gets 0.
+
+    Example: counts ``[40, 4]`` -> ``[0.55, 5.5]``.
+    """
+    total, k = sum(counts), len(counts)
+    return [total / (k * n) if n else 0.0 for n in counts]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings read from ``TaskSpec.extra`` (types checked, unknown keys warned about).
@@ -76,6 +89,9 @@ class TrainConfig:
         cache_pool_factor: frames kept per cached training clip, as a multiple of ``num_frames``.
         decode_timeout_s: seconds a file may take in the pre-scan (and a DataLoader batch with
             workers) before its decoder is considered hung.
+        class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
+            class ``c`` by ``n_train / (classes * n_c)`` (its training clips ``n_c``), so every
+            class counts the same in the loss (:func:`balanced_class_weights`).
     """
 
     weight_decay: float = 0.05
@@ -92,6 +108,11 @@ class TrainConfig:
     cache: bool = False
     cache_pool_factor: int = 2
     decode_timeout_s: float = 60.0
+    class_weights: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ConfigurationError(f"task extra class_weights={self.class_weights!r} is not known", hint=f"use one of {CLASS_WEIGHTS}")
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> "TrainConfig":
@@ -428,9 +449,13 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     return _Data(by_split, skipped, sampler, train_loader, eval_loaders)
 
 
-def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.device, ddp: _Distributed, steps_per_epoch: int):
+def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.device, ddp: _Distributed, steps_per_epoch: int,
+                              class_counts: list[int] | None = None):
     """The model on ``device``, the model to step (DDP-wrapped under ``torchrun``), the loss, the
     AdamW optimiser and its warm-up + cosine schedule (stepped once per batch).
+
+    ``class_counts`` (training clips per class) weigh the loss when ``cfg.class_weights`` is
+    ``balanced``.
 
     Returns:
         ``(model, train_model, criterion, optimizer, scheduler)``.
@@ -445,7 +470,10 @@ def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.de
     if ddp.world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = None
+    if cfg.class_weights == "balanced" and class_counts:
+        weight = torch.tensor(balanced_class_weights(class_counts), dtype=torch.float32, device=device)
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no weight decay on norms and biases
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.learning_rate)
@@ -740,7 +768,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True  # fixed clip size: let cuDNN pick the fastest kernels
 
     data = build_data(spec, cfg, task_dir, sources_root, ddp, device, args)
-    model, train_model, criterion, optimizer, scheduler = build_model_and_optimizer(spec, cfg, device, ddp, len(data.train_loader))
+    counts = [sum(s.label == k for s in data.by_split["train"]) for k in range(len(spec.class_list))]
+    model, train_model, criterion, optimizer, scheduler = build_model_and_optimizer(spec, cfg, device, ddp, len(data.train_loader), counts)
     progress = ProgressLog(task_dir / PROGRESS, enabled=ddp.main)
     run = _Run(spec, cfg, task_dir, device, ddp, progress, data, model, train_model, criterion, optimizer, scheduler, wall_start)
 
