@@ -244,7 +244,7 @@ def _check_task_data(request, settings, registered: set[str]) -> None:
         SourceError, SplitError, ConfigurationError: as the orchestrator would fail the task.
     """
     from pytrain.db import TASK_DEFAULTS
-    from pytrain.sources import resolve_classes, split_clips
+    from pytrain.sources import load_groups, resolve_classes, split_clips
 
     if not all((settings.sources_dir / name).is_dir() for name in request.sources):
         return
@@ -263,6 +263,7 @@ def _check_task_data(request, settings, registered: set[str]) -> None:
         val_fraction=values["val_fraction"],
         test_fraction=values["test_fraction"],
         seed=values["seed"],
+        groups=load_groups(settings.sources_dir, request.sources, [clip.path for clip in resolved.clips]),
     )
 
 
