@@ -13,5 +13,5 @@ def synced(settings, engine):
     from pytrain.sources import sync_sources
 
     write_tree(settings.sources_dir, LAYOUT)
-    sync_sources(settings, engine=engine)
+    sync_sources(settings, engine=engine, probe=False)  # registration only: the files are placeholders
     return settings.sources_dir

@@ -80,7 +80,7 @@ def test_hostile_rows_are_refused_or_fail_naming_the_value_and_the_next_task_run
     write_tree(settings.sources_dir, LAYOUT)
     outside = write_tree(tmp_path / "outside", {"stolen": {"cooking_x": 2, "drinking_y": 2}}) / "stolen"
     (settings.sources_dir / "escape").symlink_to(outside, target_is_directory=True)
-    synced = sync_sources(settings, engine=engine)
+    synced = sync_sources(settings, engine=engine, probe=False)  # placeholder files: registration only
     assert "escape" in synced.skipped and synced.registered == ["dataset1"]
     SourceRegistry(engine).register(["escape"])  # as if the symlink replaced a registered folder afterwards
 
