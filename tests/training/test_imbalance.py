@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from fixtures.clips import write_task
+from orchestrator.test_cli import cli  # noqa: F401 -- the in-process CLI fixture
 from pytrain.errors import ConfigurationError
 from pytrain.sources.synthetic import make_dataset
+from pytrain.training.metrics import weak_classes
 from pytrain.training.train import TrainConfig, balanced_class_weights, main
 
 
@@ -28,7 +30,8 @@ def imbalanced_sources(tmp_path_factory):
     return root
 
 
-def _minority_recall(tmp_path, sources, **extra) -> float:
+def _minority_recall(tmp_path, sources, **extra) -> tuple[float, dict]:
+    """The minority class's recall over all splits, and ``metrics.json``."""
     # (folder, label, clip numbers, train/val/test counts): walking 34 + 6 drinking-looking = 40, drinking 4
     plan = (("walking_dog", "walking", range(34), (26, 4)), ("drinking_water", "walking", range(4, 10), (4, 1)),
             ("drinking_water", "drinking", range(4), (2, 1)))
@@ -39,19 +42,36 @@ def _minority_recall(tmp_path, sources, **extra) -> float:
     task = tmp_path / ("task-" + "-".join(f"{k}{v}" for k, v in extra.items()) if extra else tmp_path / "task-plain")
     write_task(task, sources, rows=rows, epochs=4, extra={"hflip": 0.0, "label_smoothing": 0.0, **extra})
     main(argparse.Namespace(task_dir=str(task), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
-    splits = json.loads((task / "metrics.json").read_text())["splits"]
-    confusion = sum(np.array(splits[s]["confusion_matrix"]) for s in ("train", "val", "test"))
+    saved = json.loads((task / "metrics.json").read_text())
+    confusion = sum(np.array(saved["splits"][s]["confusion_matrix"]) for s in ("train", "val", "test"))
     minority = ["drinking", "walking"].index("drinking")
-    return confusion[minority, minority] / confusion[minority].sum()
+    return confusion[minority, minority] / confusion[minority].sum(), saved
 
 
 def test_balanced_class_weights_raise_the_minority_recall(tmp_path, imbalanced_sources):
-    plain = _minority_recall(tmp_path, imbalanced_sources)
-    balanced = _minority_recall(tmp_path, imbalanced_sources, class_weights="balanced")
+    plain, plain_metrics = _minority_recall(tmp_path, imbalanced_sources)
+    balanced, balanced_metrics = _minority_recall(tmp_path, imbalanced_sources, class_weights="balanced")
     assert (plain, balanced) == (0.0, 1.0)  # seed 0: the plain loss never answers drinking; the balanced one always does
+    assert weak_classes(plain_metrics) == {"drinking": {"recall": 0.0, "others": 1.0}}  # what `pytrain show` warns about
+    assert weak_classes(balanced_metrics) == {}
 
 
 def test_balanced_weights_are_inverse_frequency_and_unknown_modes_are_refused():
     assert balanced_class_weights([40, 4]) == [0.55, 5.5]
     with pytest.raises(ConfigurationError, match="class_weights='inverse' is not known"):
         TrainConfig.from_extra({"class_weights": "inverse"})
+
+
+def test_show_names_a_class_far_below_the_others_on_stderr(cli, engine):
+    from sqlalchemy import text
+
+    from pytrain.db import TaskQueue
+
+    task_id = TaskQueue(engine).submit({"model_name": "m", "sources": ["d"], "classes": ["drinking", "walking"]})
+    per_class = {"drinking": {"recall": 0.1, "support": 4}, "walking": {"recall": 0.9, "support": 40}}
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE training_tasks SET metrics = CAST(:m AS jsonb) WHERE id = :id"),
+                     {"m": json.dumps({"splits": {"test": {"per_class": per_class}}}), "id": task_id})
+    code, out, err = cli("show", str(task_id))
+    assert code == 0 and json.loads(out)["id"] == task_id
+    assert err.startswith("class drinking: test recall 0.10, far below the others' mean 0.90") and "class_weights=balanced" in err

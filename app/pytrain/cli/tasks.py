@@ -335,8 +335,15 @@ def tasks(
 
 
 def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
-    """Print every column of one task as JSON."""
-    typer.echo(json.dumps(_queue().get(task_id).to_dict(), indent=2, default=str))
+    """Print every column of one task as JSON; on stderr, the classes whose test recall is far
+    below the others' (with what to try)."""
+    from pytrain.training.metrics import weak_classes
+
+    row = _queue().get(task_id)
+    typer.echo(json.dumps(row.to_dict(), indent=2, default=str))
+    for name, weak in weak_classes(row.metrics).items():
+        typer.echo(f"class {name}: test recall {weak['recall']:.2f}, far below the others' mean {weak['others']:.2f}: check its clips "
+                   "(`pytrain sources inspect`), or train with class_weights=balanced", err=True)
 
 
 def cancel(task_id: int = typer.Argument(..., help="Task id.")) -> None:

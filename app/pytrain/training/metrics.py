@@ -63,3 +63,25 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_list: li
         "macro_f1": float(np.mean(f1)),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+#: A class is "far below the others" when its recall is under this share of the others' mean.
+WEAK_RECALL_RATIO = 0.5
+
+
+def weak_classes(metrics: dict[str, Any] | None, split: str = "test") -> dict[str, dict[str, float]]:
+    """The classes whose ``split`` recall is far below the others' (``< WEAK_RECALL_RATIO`` of
+    their mean), from a task's ``metrics`` (``metrics.json``, or the row's ``metrics`` column).
+
+    Returns:
+        ``{class: {"recall", "others"}}`` (``others``: the mean recall of the other classes with
+        clips in the split); empty without metrics, per-class figures, or a weak class.
+    """
+    per_class = ((metrics or {}).get("splits", {}).get(split) or {}).get("per_class") or {}
+    recalls = {name: m["recall"] for name, m in per_class.items() if m.get("support")}
+    weak = {}
+    for name, recall in recalls.items():
+        others = [r for n, r in recalls.items() if n != name]
+        if others and recall < WEAK_RECALL_RATIO * (mean := sum(others) / len(others)):
+            weak[name] = {"recall": recall, "others": mean}
+    return weak
