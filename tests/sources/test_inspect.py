@@ -7,7 +7,6 @@ import shutil
 
 from fixtures.clips import make_bad_files, make_lavfi_clip
 from orchestrator.test_cli import cli  # noqa: F401 -- the in-process CLI fixture
-from pytrain.sources import sync_sources
 
 
 def test_inspect_lists_bad_files_duplicates_and_small_classes_and_writes_charts(cli, settings, engine, synthetic_sources, tmp_path):
@@ -20,7 +19,9 @@ def test_inspect_lists_bad_files_duplicates_and_small_classes_and_writes_charts(
     make_bad_files(dataset / "broken_x")
     avi = make_lavfi_clip(tmp_path / "cam.avi")
     (dataset / "broken_x" / "avi.mp4").write_bytes(avi.read_bytes()[: avi.stat().st_size * 2 // 5])
-    sync_sources(settings, engine=engine, jobs=2)
+    code, out, err = cli("sources", "sync", "--jobs", "2")
+    assert code == 0, err
+    assert "catalog dataset1: probed 12 (4 bad), unchanged 0, forgotten 0" in out
 
     code, out, err = cli("sources", "inspect", "dataset1", "--json", "--out", str(tmp_path / "charts"))
     assert code == 0, err
