@@ -30,7 +30,7 @@ from pytrain.video import read_clip, video_seconds
 MODEL = "stream_kitchen"
 T, H, W = 8, 32, 32
 # windows of 8 frames over 1 s (8 fps), a new one every 4 frames: one answer per 0.5 s of stream
-FAST = dict(clip_seconds=1.0, stride=4, stall_timeout_s=1.5, backoff_s=0.2, backoff_cap_s=1.0)
+FAST = dict(clip_seconds=1.0, stride=4, stall_timeout_s=3.0, backoff_s=0.2, backoff_cap_s=1.0)
 
 needs_ffmpeg = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs the ffmpeg program (scripts/test.sh installs it)")
 

@@ -67,10 +67,10 @@ def stream(
         with client, classifier:
             for prediction in classifier:
                 line = json.dumps(prediction.to_dict())
-                typer.echo(line)
-                if sink is not None:
+                if sink is not None:  # the file first: every line printed is also in it when a signal stops us
                     sink.write(line + "\n")
                     sink.flush()
+                typer.echo(line)
     except KeyboardInterrupt:
         pass
     finally:

@@ -349,6 +349,7 @@ class StreamClassifier:
         self._own_client = client is None
         self.client = client or TritonClient(url, ready_timeout_s=30.0, inference_timeout_s=30.0)
         self.readers: list[StreamReader] = []
+        self._running = 0  # readers whose end-of-stream marker the iterator has not taken yet
         self._queue: queue.Queue[Window | StreamStats] = queue.Queue()
         self._smoothers: dict[str, _Smoother] = {}
         self._last_label: dict[str, str] = {}
@@ -388,6 +389,7 @@ class StreamClassifier:
         for source in self.sources:
             reader = StreamReader(source, self.sampling, self._queue, **self.reader_options)
             self.readers.append(reader)
+            self._running += 1
             reader.start()
 
     def close(self) -> None:
@@ -415,8 +417,7 @@ class StreamClassifier:
         self.start()
         assert self.info is not None
         batch_limit = max(1, self.info.max_batch_size or 1)
-        running = len(self.readers)
-        while running:
+        while self._running:  # kept on the instance: iterating again after a break goes on where it was
             item = self._queue.get()
             items = [item]
             while len(items) < batch_limit * 4:  # everything already waiting: one request per batch
@@ -425,7 +426,7 @@ class StreamClassifier:
                 except queue.Empty:
                     break
             windows = [i for i in items if isinstance(i, Window)]
-            running -= sum(isinstance(i, StreamStats) for i in items)
+            self._running -= sum(isinstance(i, StreamStats) for i in items)
             if windows:
                 yield from self._classify(windows)
 
