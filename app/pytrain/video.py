@@ -135,8 +135,7 @@ def decode_clip(
     except (VideoDecodeError, ConfigurationError):
         raise
     except Exception as exc:  # the decoders raise DECORDError / RuntimeError for unreadable input
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "decoder error"
-        raise VideoDecodeError(path, f"{type(exc).__name__}: {first_line}") from exc
+        raise _decoder_error(path, exc) from exc
     if frames.shape != (num_frames, height, width, 3):
         raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(num_frames, height, width, 3)}")
     return np.ascontiguousarray(frames, dtype=np.uint8)
@@ -175,6 +174,13 @@ def _decode_torchcodec(path: Path, num_frames: int, height: int, width: int, rng
     return reader.get_frames_at(indices).data.numpy()
 
 
+def _decoder_error(path: str | Path, exc: Exception) -> VideoDecodeError:
+    """A decoder library's exception as a :class:`VideoDecodeError` naming the file: its type and
+    first line (FFmpeg's messages go on for lines)."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "decoder error"
+    return VideoDecodeError(path, f"{type(exc).__name__}: {first_line}")
+
+
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
@@ -193,7 +199,7 @@ def video_seconds(path: str | Path) -> float:
         reader = decord.VideoReader(str(path), num_threads=1)
         frames, fps = len(reader), float(reader.get_avg_fps())
     except Exception as exc:  # DECORDError / RuntimeError for unreadable input
-        raise VideoDecodeError(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'decoder error'}") from exc
+        raise _decoder_error(path, exc) from exc
     if frames < 1 or not fps > 0:
         raise VideoDecodeError(path, f"{frames} frames at {fps} fps: no duration")
     return frames / fps
