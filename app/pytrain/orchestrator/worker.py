@@ -37,7 +37,7 @@ from pytrain.errors import DatabaseError, PyTrainError, RunnerError, SchemaOutOf
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
-from pytrain.spec import METRICS, ProgressRecord, format_progress
+from pytrain.spec import METRICS, ProgressRecord, format_progress, read_progress_record
 
 log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
@@ -96,13 +96,13 @@ class _Heartbeat(threading.Thread):
             self._beat()
 
     def _beat(self) -> None:
-        progress = read_progress(self.task_dir) if self.task_dir is not None else None
+        record = read_progress_record(self.task_dir) if self.task_dir is not None else None
         try:
-            state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, progress)
+            state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, None if record is None else record.to_dict())
         except DatabaseError as exc:  # a database hiccup: try again at the next beat
             log.warning("task %s: heartbeat failed: %s", self.run_.task_id, exc)
             return
-        self._log_epoch(progress)
+        self._log_epoch(record)
         if state != "ok" and self.state == "ok":
             self.state = state
             if state == "cancelled":
@@ -111,10 +111,9 @@ class _Heartbeat(threading.Thread):
                 log.warning("task %s: this worker lost the run (lease expired); stopping it", self.run_.task_id)
             self.cancel.set()
 
-    def _log_epoch(self, progress: dict | None) -> None:
+    def _log_epoch(self, record: ProgressRecord | None) -> None:
         """Log one progress line (:func:`pytrain.spec.format_progress`) per new epoch."""
-        record = ProgressRecord.from_dict(progress or {})  # the row JSON read_progress made: already valid
-        if record.epoch is None or record.epoch == self._logged_epoch:
+        if record is None or record.epoch is None or record.epoch == self._logged_epoch:
             return
         self._logged_epoch = record.epoch
         progress_log.info("task %s: %s", self.run_.task_id, format_progress(record))
