@@ -41,10 +41,19 @@ INSERT INTO training_tasks (
                      --   stratified by class, deterministic for a given seed.
     include_other,   -- default false. true: videos of unselected classes become class 'Other';
                      --   false: they are ignored.
-    priority         -- default 0. Higher runs first; equal priority runs oldest first.
+    priority,        -- default 0. Higher runs first; equal priority runs oldest first.
+    sampling,        -- default 'uniform' (num_frames spread over the whole video); 'dense': num_frames
+                     --   frames frame_interval apart from a window, for long videos.
+    frame_interval,  -- default 1. Frames between sampled frames with dense sampling. CHECK: 1..64.
+    num_clips,       -- default 1. Clips drawn from each training video per epoch. CHECK: 1..64.
+    test_clips,      -- default 1. Clips per video averaged at validation, test and prediction. CHECK: 1..64.
+    nodes,           -- default 1. Nodes of a Slurm run (the other runners use one host). CHECK: 1..1024.
+    options          -- default '{}'. Further training settings (pytrain.task_options.TrainConfig),
+                     --   e.g. '{"cache": true, "class_weights": "balanced"}'; unknown keys fail the task.
 ) VALUES (
     'kitchen_r3d', '{dataset1,dataset2}', '{cooking,drinking,eating}',
-    'r3d_18', false, 20, 224, 224, 50, 4, 300, 0.001, 0, 0.6, 0.2, 0.2, true, 10
+    'r3d_18', false, 20, 224, 224, 50, 4, 300, 0.001, 0, 0.6, 0.2, 0.2, true, 10,
+    'uniform', 1, 1, 1, 1, '{"cache": true}'
 );
 
 -- 3. Columns PyTrain fills in (read them, do not set them):

@@ -1,7 +1,10 @@
 """The contracts between the orchestrator, the training entrypoint, publishing and the client.
 
-A task folder ``model_tasks/<task_dir_name>/`` is the only thing the orchestrator and the training
-run share (it is bind-mounted into the training container). Its files:
+A task folder ``model_tasks/<task_dir_name>/`` (``task-<id>-<model>-<first 8 hex of the row's uid>``,
+:func:`task_dir_name`) is the only thing the orchestrator and the training run share (it is
+bind-mounted into the training container). The uid makes the name unique per task row, so a task
+row never finds another row's folder, even after the database was reset and ids start again at 1.
+Its files:
 
 =====================  ========================  =============================================
 file                   written by                what
@@ -11,8 +14,17 @@ file                   written by                what
                                                  (``path`` relative to the sources root)
 ``progress.jsonl``     training                  one :class:`ProgressRecord` per line (JSON)
 ``train.log``          runner                    stdout and stderr of the training run
-``checkpoint_last.pt`` training                  for resume after a crash
+``checkpoint_last.pt`` training                  for resume after a crash; carries the run's
+                                                 fingerprint (:mod:`pytrain.training.checkpoints`)
+``checkpoint_prev.pt`` training                  the checkpoint ``checkpoint_last.pt`` replaced:
+                                                 resume falls back to it when the last one is
+                                                 unreadable (truncated)
 ``checkpoint_best.pt`` training                  best validation loss
+``run.lock``           training                  ``flock``-ed by the run that trains in the folder;
+                                                 holds that run's host and pid (kept after the run:
+                                                 its presence does not mean a run holds it)
+``stale-<time>/``      training                  files of a run whose fingerprint no longer matches
+                                                 the task (moved aside, never deleted)
 ``model.onnx``         training (export)         raw uint8 frames in, probabilities out
 ``tensor_spec.json``   training (export)         :class:`TensorSpec`, read by publishing,
                                                  the Triton config, the INI config and the client
@@ -33,6 +45,7 @@ import json
 import os
 import tempfile
 import typing
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +61,8 @@ PROGRESS = "progress.jsonl"
 TRAIN_LOG = "train.log"
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
+CHECKPOINT_PREV = "checkpoint_prev.pt"
+RUN_LOCK = "run.lock"
 MODEL_ONNX = "model.onnx"
 TENSOR_SPEC = "tensor_spec.json"
 METRICS = "metrics.json"
@@ -64,9 +79,26 @@ DEFAULT_OUTPUT_NAME = "dense"
 OTHER_CLASS = "Other"
 
 
-def task_dir_name(task_id: int, model_name: str) -> str:
-    """Folder name of a task under ``model_tasks/``: ``task-<id>-<model_name>``."""
-    return f"task-{task_id}-{model_name}"
+def task_dir_name(task_id: int, model_name: str, uid: uuid.UUID | str) -> str:
+    """Folder name of a task under ``model_tasks/``: ``task-<id>-<model_name>-<uid8>``.
+
+    Args:
+        task_id: the ``training_tasks`` row's id.
+        model_name: the row's model name.
+        uid: the row's ``uid`` (a random UUID, migration 0005), as a ``UUID`` or its text; its
+            first 8 hex digits end the name, so a row never reuses the folder of another row with
+            the same id and model (a database reset starts ids at 1 again).
+
+    Example: ``task_dir_name(1, "kitchen", "3f2b8c1e-...")`` -> ``"task-1-kitchen-3f2b8c1e"``.
+
+    Raises:
+        ConfigurationError: ``uid`` is not a UUID.
+    """
+    try:
+        hex8 = (uid if isinstance(uid, uuid.UUID) else uuid.UUID(str(uid))).hex[:8]
+    except ValueError as exc:
+        raise ConfigurationError(f"task {task_id}: uid {uid!r} is not a UUID", hint="use the training_tasks row's uid column") from exc
+    return f"task-{task_id}-{model_name}-{hex8}"
 
 
 @contextmanager
@@ -171,6 +203,9 @@ class TaskSpec(_JsonFile):
 
     Attributes:
         task_id: id of the ``training_tasks`` row.
+        uid: the row's ``uid`` (UUID text): names the task folder (:func:`task_dir_name`) and is
+            part of the checkpoint fingerprint, so a checkpoint of another row is never resumed.
+            ``""`` in ``task.json`` files written before the column existed.
         model_name: ``[A-Za-z0-9_-]{1,64}``; the Triton model name.
         class_list: sorted class labels; index ``i`` is logit ``i``.
         architecture: model name understood by :mod:`pytrain.training.models` (e.g. ``tiny``,
@@ -192,7 +227,11 @@ class TaskSpec(_JsonFile):
             split itself is ``manifest.csv``).
         folders: ``{label: [dataset/folder, ...]}``, the folders each class was resolved from.
         split_counts: ``{split: {label: clips}}`` of ``manifest.csv``.
-        extra: training settings beyond the table's columns (:class:`pytrain.training.train.TrainConfig`).
+        sampling, frame_interval, num_clips, test_clips: clip sampling (the columns' meanings are in
+            :data:`pytrain.task_columns.TASK_COLUMNS`).
+        nodes: nodes of a Slurm run (1 elsewhere).
+        extra: the row's ``options``: training settings beyond the table's columns
+            (:class:`pytrain.task_options.TrainConfig`).
     """
 
     FILE_NAME = TASK_SPEC
@@ -223,7 +262,13 @@ class TaskSpec(_JsonFile):
     test_fraction: float = column_default("test_fraction")
     folders: dict[str, list[str]] = field(default_factory=dict)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    sampling: str = column_default("sampling")
+    frame_interval: int = column_default("frame_interval")
+    num_clips: int = column_default("num_clips")
+    test_clips: int = column_default("test_clips")
+    nodes: int = column_default("nodes")
     extra: dict[str, Any] = field(default_factory=dict)
+    uid: str = ""
 
     def __post_init__(self) -> None:
         if len(self.class_list) < 2:

@@ -21,6 +21,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,9 @@ SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 ARCHITECTURE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 #: A class is the start of a folder name: no ``/``, no control character, at most 255 characters.
 CLASS_NAME_PATTERN = r"^[^/\x00-\x1f\x7f]{1,255}$"
+#: ``sampling`` values: see :mod:`pytrain.training.data` for what each draws.
+SAMPLING_MODES = ("uniform", "dense")
+SAMPLING_PATTERN = "^(" + "|".join(SAMPLING_MODES) + ")$"
 #: The most datasets and classes one task may list (checked when a worker claims the task).
 MAX_SOURCES = 256
 MAX_CLASSES = 1000
@@ -54,6 +59,7 @@ _PYTHON_TYPES: dict[str, type] = {
     "integer": int,
     "bigint": int,
     "double precision": float,
+    "jsonb": dict,
 }
 
 
@@ -64,13 +70,15 @@ class TaskColumn:
     Attributes:
         name: the column name (also the ``TaskSpec`` field and the ``pytrain submit`` option).
         sql_type: the PostgreSQL type (``text``, ``text[]``, ``boolean``, ``integer``, ``bigint``,
-            ``double precision``).
+            ``double precision``, ``jsonb``).
         default: the database default, or :data:`REQUIRED`.
         low, high: bounds of the value (``None``: unbounded on that side).
         low_open, high_open: the bound itself is excluded (``> low`` / ``< high``).
         pattern: a regular expression the value must match (text columns).
         check: name of the CHECK constraint holding the bounds (without the
             ``ck_training_tasks_`` prefix); several columns may share one (the fractions).
+        condition: the CHECK's SQL condition when it is neither bounds nor a pattern
+            (``jsonb_typeof(options) = 'object'``).
         help: one line for ``pytrain submit --help`` (the README's table says more).
     """
 
@@ -84,6 +92,7 @@ class TaskColumn:
     high_open: bool = False
     pattern: str | None = None
     check: str | None = None
+    condition: str | None = None
 
     @property
     def python_type(self) -> type:
@@ -103,6 +112,8 @@ class TaskColumn:
             return "true" if self.default else "false"
         if isinstance(self.default, str):
             return "'" + self.default.replace("'", "''") + "'"
+        if self.sql_type == "jsonb":
+            return "'" + json.dumps(self.default).replace("'", "''") + "'::jsonb"
         return repr(self.default)
 
     def check_sql(self) -> str | None:
@@ -190,6 +201,23 @@ TASK_COLUMNS: tuple[TaskColumn, ...] = (
                low_open=True, high_open=True, check="fractions_range"),
     TaskColumn("include_other", "boolean", False, "Unselected classes become 'Other'"),
     TaskColumn("priority", "integer", 0, "Higher runs first"),
+    # Migration 0005: clip sampling for long videos (MMAction2's clip_len/frame_interval/num_clips).
+    TaskColumn("sampling", "text", "uniform",
+               "Clip sampling: uniform (num_frames spread over the whole video) or dense (num_frames frames "
+               "frame_interval apart, a window at a random start)", pattern=SAMPLING_PATTERN, check="sampling_known"),
+    TaskColumn("frame_interval", "integer", 1, "Frames between two sampled frames in dense sampling (must be 1 with uniform)",
+               low=1, high=64, check="frame_interval_range"),
+    TaskColumn("num_clips", "integer", 1, "Clips drawn from each training video per epoch", low=1, high=64,
+               check="num_clips_range"),
+    TaskColumn("test_clips", "integer", 1,
+               "Evenly spaced clips per video whose probabilities are averaged at validation, test and prediction",
+               low=1, high=64, check="test_clips_range"),
+    # Migration 0005: Slurm (the other runners need 1).
+    TaskColumn("nodes", "integer", 1, "Nodes to train on (the slurm runner; the others run on 1)", low=1, high=1024,
+               check="nodes_range"),
+    # Migration 0005: training settings beyond the columns (pytrain.task_options.TrainConfig).
+    TaskColumn("options", "jsonb", {}, "Further training settings as a JSON object (cache, class_weights, patience, ...)",
+               condition="jsonb_typeof(options) = 'object'", check="options_object"),
 )
 
 _BY_NAME = {c.name: c for c in TASK_COLUMNS}
@@ -211,8 +239,9 @@ def column(name: str) -> TaskColumn:
 
 
 def task_defaults() -> dict[str, Any]:
-    """``{column: database default}`` for every column that has one (what a minimal INSERT gets)."""
-    return {c.name: c.default for c in TASK_COLUMNS if not c.required}
+    """``{column: database default}`` for every column that has one (what a minimal INSERT gets);
+    a fresh copy each call (``options``' default is a dict)."""
+    return {c.name: copy.deepcopy(c.default) for c in TASK_COLUMNS if not c.required}
 
 
 def default(name: str) -> Any:
@@ -224,7 +253,7 @@ def default(name: str) -> Any:
     value = column(name).default
     if value is REQUIRED:
         raise KeyError(f"column {name} has no default")
-    return value
+    return copy.deepcopy(value)
 
 
 def check_constraints() -> dict[str, str]:
@@ -236,6 +265,11 @@ def check_constraints() -> dict[str, str]:
     for c in TASK_COLUMNS:
         if c.check is None:
             continue
-        condition = f"{c.name} ~ '{c.pattern}'" if c.pattern is not None else c.check_sql()
+        if c.condition is not None:
+            condition = c.condition
+        elif c.pattern is not None:
+            condition = f"{c.name} ~ '{c.pattern}'"
+        else:
+            condition = c.check_sql()
         checks.setdefault(c.check, []).append(condition)
     return {name: " AND ".join(parts) for name, parts in checks.items()}

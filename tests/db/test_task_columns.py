@@ -146,3 +146,28 @@ def test_readme_table_states_each_columns_type_default_and_bounds():
         assert default == ("required" if c.default is REQUIRED else c.sql_default()), c.name
         if c.check is not None and c.check != "fractions_range" and c.pattern is None:
             assert f"({c.bounds_text()}" in meaning, c.name
+
+
+def test_options_must_be_a_json_object_in_the_database(engine):
+    row = {**REQUIRED_ROW, "options": "'[1, 2]'::jsonb"}
+    with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO training_tasks ({', '.join(row)}) VALUES ({', '.join(row.values())})"))
+    assert "ck_training_tasks_options_object" in str(info.value.orig)
+
+
+def test_submit_names_an_unknown_or_mistyped_option():
+    base = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking"]}
+    assert TaskRequest.parse({**base, "options": {"cache": True, "patience": 3}}).columns()["options"] == {"cache": True, "patience": 3}
+    with pytest.raises(ConfigurationError, match=r"'cahce' is not a training setting.*known options: .*cache"):
+        TaskRequest.parse({**base, "options": {"cahce": True}})
+    with pytest.raises(ConfigurationError, match=r"patience='3' should be a int"):
+        TaskRequest.parse({**base, "options": {"patience": "3"}})
+
+
+def test_claim_refuses_a_rows_unknown_option(tmp_path):
+    from pytrain.orchestrator.prepare import prepare_task
+    from pytrain.settings import Settings
+
+    row = {"id": 1, "model_name": "m", "sources": ["d"], "classes": ["a"], "options": {"chache": True}}
+    with pytest.raises(ConfigurationError, match="'chache' is not a training setting"):
+        prepare_task(row, Settings(data_dir=tmp_path), registered=None)

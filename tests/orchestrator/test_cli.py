@@ -43,6 +43,15 @@ def test_submit_inserts_a_validated_task_with_database_defaults(cli, engine, syn
         ["cooking", "drinking"], 3, 2, 20, "r3d_18")
 
 
+def test_submit_options_become_the_rows_options_json(cli, engine, synced):
+    code, _, _ = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking",
+                     "-o", "cache=true", "--option", "class_weights=balanced", "-o", "patience=4")
+    assert code == 0
+    assert TaskQueue(engine).get(1)["options"] == {"cache": True, "class_weights": "balanced", "patience": 4}
+    code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "-o", "cache")
+    assert code == 1 and "--option 'cache' is not KEY=VALUE" in err
+
+
 def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cli, engine, synced):
     code, out, err = cli("submit", "-m", "bad name", "-s", "dataset1", "-c", "cooking", "--epochs", "0")
     assert code == 1

@@ -204,11 +204,22 @@ def submit(
     test_fraction: Optional[float] = typer.Option(None, help=_help("test_fraction")),
     include_other: Optional[bool] = typer.Option(None, "--include-other/--no-include-other", help=_help("include_other")),
     priority: Optional[int] = typer.Option(None, help=_help("priority")),
+    sampling: Optional[str] = typer.Option(None, help=_help("sampling")),
+    frame_interval: Optional[int] = typer.Option(None, help=_help("frame_interval")),
+    num_clips: Optional[int] = typer.Option(None, help=_help("num_clips")),
+    test_clips: Optional[int] = typer.Option(None, help=_help("test_clips")),
+    nodes: Optional[int] = typer.Option(None, help=_help("nodes")),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", metavar="KEY=VALUE",
+        help="A training option (the options column), VALUE as JSON where it parses (true, 3, 0.1), else text; repeat for several.",
+    ),
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
-    fields = {k: v for k, v in locals().items() if k not in ("sources", "classes") and v is not None}
+    fields = {k: v for k, v in locals().items() if k not in ("sources", "classes", "option") and v is not None}
     from pytrain.db import SourceRegistry, TaskRequest
 
+    if option:
+        fields["options"] = _options(option)
     request = TaskRequest.parse({**fields, "sources": _split(sources), "classes": _split(classes)})
     queue = _queue()
     registered = set(SourceRegistry(queue.engine).names())
@@ -219,6 +230,24 @@ def submit(
     _check_task_data(request, _settings(), registered)
     task_id = queue.submit(request.columns())
     typer.echo(f"task {task_id} queued ({request.model_name})")
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs as the ``options`` object; a VALUE that is not JSON stays text.
+
+    Raises:
+        ConfigurationError: a pair without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--option {pair!r} is not KEY=VALUE", hint="e.g. --option cache=true --option class_weights=balanced")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def _check_architecture(architecture: str | None) -> None:

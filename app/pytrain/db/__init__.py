@@ -22,9 +22,11 @@ from pytrain.db.engine import database_url, dispose_engines, get_engine
 from pytrain.db.models import (
     FINAL_STATUSES,
     NOTIFY_CHANNEL,
+    RUN_OUTCOMES,
     STATUSES,
     TASK_DEFAULTS,
     Source,
+    TaskRun,
     TrainingTask,
 )
 from pytrain.db.queue import Claim, Notifications, SourceRegistry, TaskQueue, TaskRow
@@ -35,6 +37,7 @@ from pytrain.db.schema import check_schema, current_revision, head_revision, upg
 __all__ = [
     "FINAL_STATUSES",
     "NOTIFY_CHANNEL",
+    "RUN_OUTCOMES",
     "STATUSES",
     "TASK_DEFAULTS",
     "Claim",
@@ -44,6 +47,7 @@ __all__ = [
     "TaskQueue",
     "TaskRequest",
     "TaskRow",
+    "TaskRun",
     "TrainingTask",
     "VideoCatalog",
     "check_schema",

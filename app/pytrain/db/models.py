@@ -9,6 +9,7 @@ The models mirror the Alembic migrations in :mod:`pytrain.db.migrations` (the mi
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     UniqueConstraint,
+    Uuid,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -35,6 +37,10 @@ from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, ch
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+#: ``task_runs.outcome`` of an ended run (``NULL`` while it runs): a final status, or ``requeued``
+#: (the run was lost or interrupted and the task went back to the queue).
+RUN_OUTCOMES = (*FINAL_STATUSES, "requeued")
 
 #: Channel of the insert/re-queue trigger: payload is the task id.
 NOTIFY_CHANNEL = "pytrain_tasks"
@@ -121,6 +127,7 @@ _SQL_TYPES = {
     "integer": Integer,
     "bigint": BigInteger,
     "double precision": Double,
+    "jsonb": JSONB,
 }
 
 
@@ -168,6 +175,19 @@ class TrainingTask(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     task_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Migration 0005.
+    sampling: Mapped[str] = _task_column("sampling")
+    frame_interval: Mapped[int] = _task_column("frame_interval")
+    num_clips: Mapped[int] = _task_column("num_clips")
+    test_clips: Mapped[int] = _task_column("test_clips")
+    nodes: Mapped[int] = _task_column("nodes")
+    options: Mapped[dict[str, Any]] = _task_column("options")
+    #: Random per row: names the task folder, so no later row (after a database reset) reuses it.
+    uid: Mapped[uuid.UUID] = mapped_column(Uuid, server_default=text("gen_random_uuid()"), unique=True)
+    #: The current (or last) run, ``task_runs.id``: the fencing token of every write a run makes.
+    run_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("task_runs.id", ondelete="SET NULL", use_alter=True), nullable=True
+    )
 
     __table_args__ = (
         # The bounds and patterns of the user-settable columns, from the column table.
@@ -192,4 +212,29 @@ class TrainingTask(Base):
         ),
         Index("ix_training_tasks_queue", text("priority DESC"), "created_at", "id", postgresql_where=text("status = 'queued'")),
         Index("ix_training_tasks_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
+    )
+
+
+class TaskRun(Base):
+    """One run of a task: from a worker's claim to its end (migration 0005).
+
+    A task that is re-queued (worker lost, interrupted) or retried (``pytrain retry``) gets a new
+    run; the row keeps them all. ``outcome`` is ``NULL`` while the run is going, else one of
+    :data:`RUN_OUTCOMES`; ``version`` is the version a successful run published.
+    """
+
+    __tablename__ = "task_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("training_tasks.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(f"outcome IN ({', '.join(repr(s) for s in RUN_OUTCOMES)})", name="outcome_known"),
+        CheckConstraint("(finished_at IS NULL) = (outcome IS NULL)", name="finished_has_outcome"),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping
+import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -68,6 +69,14 @@ class TaskRow(Mapping[str, Any]):
     lease_expires_at: datetime | None
     heartbeat_at: datetime | None
     task_dir: str | None
+    sampling: str
+    frame_interval: int
+    num_clips: int
+    test_clips: int
+    nodes: int
+    options: dict[str, Any]
+    uid: uuid.UUID
+    run_id: int | None
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> "TaskRow":

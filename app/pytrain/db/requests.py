@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pytrain.errors import ConfigurationError
+from pytrain.task_options import TrainConfig
 from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, column, default
 
 
@@ -56,6 +57,22 @@ class TaskRequest(BaseModel):
     test_fraction: float | None = _field("test_fraction")
     include_other: bool | None = _field("include_other")
     priority: int | None = _field("priority")
+    sampling: str | None = _field("sampling")
+    frame_interval: int | None = _field("frame_interval")
+    num_clips: int | None = _field("num_clips")
+    test_clips: int | None = _field("test_clips")
+    nodes: int | None = _field("nodes")
+    options: dict[str, Any] | None = _field("options")
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                TrainConfig.from_options(value)
+            except ConfigurationError as exc:
+                raise ValueError(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from None
+        return value
 
     @field_validator("sources", "classes")
     @classmethod

@@ -17,6 +17,7 @@ from pytrain.sources import load_groups, resolve_classes, split_clips, write_man
 from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
+from pytrain.task_options import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,12 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     Raises:
         SourceError, SplitError: the datasets or classes do not resolve (see
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
-        ConfigurationError: fewer than two classes, a negative seed, or a source or class entry
-            no folder can match (:func:`check_task_lists`).
+        ConfigurationError: fewer than two classes, a negative seed, a source or class entry
+            no folder can match (:func:`check_task_lists`), or an unknown or mistyped option
+            (:meth:`pytrain.task_options.TrainConfig.from_options`).
     """
     check_task_lists(task)
+    TrainConfig.from_options(dict(task.get("options") or {}))
     if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
         raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(
@@ -107,6 +110,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         split_counts={
             split: {label: split_counts[(split, label)] for label in resolved.class_list} for split in SPLITS
         },
+        extra=dict(task.get("options") or {}),
         **{name: task[name] for name in _SPEC_COLUMNS},
     )
     task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name)

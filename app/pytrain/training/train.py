@@ -12,8 +12,8 @@ Read top to bottom (torchvision's ``references/video_classification/train.py`` l
 argument parser at the bottom. Every epoch appends a :class:`~pytrain.spec.ProgressRecord` to
 ``progress.jsonl``.
 
-Hyperparameters beyond :class:`~pytrain.spec.TaskSpec`'s fields come from ``TaskSpec.extra`` and
-are typed and defaulted by :class:`TrainConfig`.
+Hyperparameters beyond :class:`~pytrain.spec.TaskSpec`'s fields come from the task row's ``options``
+(``TaskSpec.extra``) and are typed and defaulted by :class:`pytrain.task_options.TrainConfig`.
 
 Re-running a task resumes from ``checkpoint_last.pt`` when it exists (same model, same data order:
 randomness depends only on ``(seed, epoch, clip)`` and the saved RNG state), so a run that crashed
@@ -46,6 +46,7 @@ from pytrain.spec import (
     CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec, atomic_path,
     format_progress, write_json_atomic,
 )
+from pytrain.task_options import CLASS_WEIGHTS, TrainConfig, balanced_class_weights  # noqa: F401 (re-exported)
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.models import ARCHITECTURES, build_model
@@ -53,87 +54,6 @@ from pytrain.training.probe import SCAN_RESULTS, scan_stamp, scan_videos
 from pytrain.training.transforms import TrainPreset, apply_boxes
 
 log = logging.getLogger("pytrain.training")
-
-
-#: ``TrainConfig.class_weights``: how the loss weighs the classes.
-CLASS_WEIGHTS = ("none", "balanced")
-
-
-def balanced_class_weights(counts: list[int]) -> list[float]:
-    """``n / (classes * n_c)`` per class (scikit-learn's "balanced"); a class without clips gets 0.
-
-    Example: counts ``[40, 4]`` -> ``[0.55, 5.5]``.
-    """
-    total, k = sum(counts), len(counts)
-    return [total / (k * n) if n else 0.0 for n in counts]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings read from ``TaskSpec.extra`` (types checked, unknown keys warned about).
-
-    Attributes:
-        weight_decay: AdamW weight decay (decoupled, Loshchilov & Hutter 2019).
-        label_smoothing: of the cross-entropy loss.
-        warmup_epochs: linear learning-rate warm-up, in epochs (fractions allowed).
-        min_lr_ratio: the cosine schedule ends at ``learning_rate * min_lr_ratio``.
-        patience: stop after this many epochs without a lower monitored loss (the validation loss;
-            the training loss when there are no val clips; see :class:`EarlyStopping`).
-        grad_clip: max gradient L2 norm (0 turns clipping off).
-        dropout: before the classifier (``tiny`` and per-frame models).
-        temporal_head: ``mean`` or ``gru`` (per-frame models).
-        augment: random resized crop + flip in training.
-        hflip: probability of a horizontal flip when ``augment``.
-        crop_scale_min: smallest crop area fraction when ``augment``.
-        cache: keep decoded clips on disk (``<task>/clip_cache`` unless ``--cache-dir``).
-        cache_pool_factor: frames kept per cached training clip, as a multiple of ``num_frames``.
-        decode_timeout_s: seconds a file may take in the pre-scan (and a DataLoader batch with
-            workers) before its decoder is considered hung.
-        class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
-            class ``c`` by ``n_train / (classes * n_c)`` (its training clips ``n_c``), so every
-            class counts the same in the loss (:func:`balanced_class_weights`).
-    """
-
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    patience: int = 10
-    grad_clip: float = 1.0
-    dropout: float = 0.2
-    temporal_head: str = "mean"
-    augment: bool = True
-    hflip: float = 0.5
-    crop_scale_min: float = 0.6
-    cache: bool = False
-    cache_pool_factor: int = 2
-    decode_timeout_s: float = 60.0
-    class_weights: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise ConfigurationError(f"task extra class_weights={self.class_weights!r} is not known", hint=f"use one of {CLASS_WEIGHTS}")
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> "TrainConfig":
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in extra.items():
-            if key not in known:
-                log.warning("task extra %r is not a training setting; ignored (known: %s)", key, sorted(known))
-                continue
-            default = getattr(cls, key)
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                value = float(value) if ok else value
-            else:
-                ok = isinstance(value, type(default)) and not isinstance(value, bool)
-            if not ok:
-                raise ConfigurationError(f"task extra {key}={value!r} should be a {type(default).__name__}")
-            values[key] = value
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,7 +664,7 @@ def _load_task(args: argparse.Namespace) -> tuple[Path, TaskSpec, TrainConfig, P
     """
     task_dir = Path(args.task_dir).resolve()
     spec = TaskSpec.load(task_dir)
-    cfg = TrainConfig.from_extra(spec.extra)
+    cfg = TrainConfig.from_options(spec.extra)
     root_arg = args.sources_root or spec.sources_root
     if not root_arg or not Path(root_arg).is_dir():
         raise ConfigurationError(f"sources root {root_arg!r} is not a folder", hint="pass --sources-root (or set sources_root in task.json)")

@@ -1,0 +1,123 @@
+"""The task row's ``options``: training settings beyond the table's columns, typed and defaulted.
+
+A task row's ``options`` column (a JSON object, default ``{}``) becomes ``TaskSpec.extra`` in
+``task.json``; :class:`TrainConfig` is the one definition of its keys, their types and defaults.
+``pytrain submit`` and the orchestrator (at claim time, before any process starts) check a row's
+options with :meth:`TrainConfig.from_options`, so a misspelt key or a wrong type fails the task
+with the key named instead of being ignored. This module imports nothing heavy (the orchestrator
+image has no torch).
+
+Example::
+
+    INSERT INTO training_tasks (model_name, sources, classes, options)
+    VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', '{"cache": true, "class_weights": "balanced"}');
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pytrain.errors import ConfigurationError
+
+#: ``TrainConfig.class_weights``: how the loss weighs the classes.
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """``n / (classes * n_c)`` per class (scikit-learn's "balanced"); a class without clips gets 0.
+
+    Example: counts ``[40, 4]`` -> ``[0.55, 5.5]``.
+    """
+    total, k = sum(counts), len(counts)
+    return [total / (k * n) if n else 0.0 for n in counts]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings from the task row's ``options`` (``TaskSpec.extra``).
+
+    Attributes:
+        weight_decay: AdamW weight decay (decoupled, Loshchilov & Hutter 2019).
+        label_smoothing: of the cross-entropy loss.
+        warmup_epochs: linear learning-rate warm-up, in epochs (fractions allowed).
+        min_lr_ratio: the cosine schedule ends at ``learning_rate * min_lr_ratio``.
+        patience: stop after this many epochs without a lower monitored loss (the validation loss;
+            the training loss when there are no val clips; see ``pytrain.training.train.EarlyStopping``).
+        grad_clip: max gradient L2 norm (0 turns clipping off).
+        dropout: before the classifier (``tiny`` and per-frame models).
+        temporal_head: ``mean`` or ``gru`` (per-frame models).
+        augment: random resized crop + flip in training.
+        hflip: probability of a horizontal flip when ``augment``.
+        crop_scale_min: smallest crop area fraction when ``augment``.
+        cache: keep decoded clips on disk (``<task>/clip_cache`` unless ``--cache-dir``): 15-27x
+            faster epochs after the first on the data measured in ``benchmarks/``.
+        cache_pool_factor: frames kept per cached training clip, as a multiple of ``num_frames``.
+        decode_timeout_s: seconds a file may take in the pre-scan (and a DataLoader batch with
+            workers) before its decoder is considered hung.
+        class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
+            class ``c`` by ``n_train / (classes * n_c)`` (its training clips ``n_c``), so every
+            class counts the same in the loss (:func:`balanced_class_weights`).
+    """
+
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    patience: int = 10
+    grad_clip: float = 1.0
+    dropout: float = 0.2
+    temporal_head: str = "mean"
+    augment: bool = True
+    hflip: float = 0.5
+    crop_scale_min: float = 0.6
+    cache: bool = False
+    cache_pool_factor: int = 2
+    decode_timeout_s: float = 60.0
+    class_weights: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ConfigurationError(f"task option class_weights={self.class_weights!r} is not known", hint=f"use one of {CLASS_WEIGHTS}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "TrainConfig":
+        """Check and type a row's ``options`` (JSON numbers may be ints where floats are meant).
+
+        Raises:
+            ConfigurationError: ``options`` is not an object, a key is not a setting (the known
+                keys are listed), or a value has the wrong type.
+        """
+        if not isinstance(options, dict):
+            raise ConfigurationError(f"task options {options!r} is not a JSON object", hint='use e.g. {"cache": true}')
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            if key not in known:
+                raise ConfigurationError(f"task option {key!r} is not a training setting", hint=f"known options: {', '.join(sorted(known))}")
+            default = getattr(cls, key)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                value = float(value) if ok else value
+            else:
+                ok = isinstance(value, type(default)) and not isinstance(value, bool)
+            if not ok:
+                raise ConfigurationError(f"task option {key}={value!r} should be a {type(default).__name__}",
+                                         hint=f"e.g. {{\"{key}\": {_json(default)}}}")
+            values[key] = value
+        return cls(**values)
+
+    #: The name training used before the ``options`` column existed.
+    from_extra = from_options
+
+    def to_options(self) -> dict[str, Any]:
+        """Every setting as a JSON-ready dict (``metrics.json`` records it)."""
+        return asdict(self)
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
