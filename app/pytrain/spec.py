@@ -33,7 +33,7 @@ file                   written by                what
 ``history.png`` etc.   training                  plots
 ``scan.json``          training                  pre-scan of every video (readable or why
                                                  not), reused by a resumed run
-``clip_cache/``        training                  decoded clips, only with ``extra.cache``
+``clip_cache/``        training                  decoded clips, only with option ``cache``
 =====================  ========================  =============================================
 """
 

@@ -729,5 +729,5 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="DataLoader worker processes; default min(8, cpus per rank - 1) (env PYTRAIN_NUM_WORKERS)")
     parser.add_argument("--cache-dir", default=env("PYTRAIN_CACHE_DIR"),
                         help="keep decoded clips here so later epochs do not decode again; default: no cache unless "
-                             "task extra cache=true (then <task-dir>/clip_cache) (env PYTRAIN_CACHE_DIR)")
+                             "task option cache=true (then <task-dir>/clip_cache) (env PYTRAIN_CACHE_DIR)")
     return parser
