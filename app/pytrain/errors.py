@@ -69,6 +69,10 @@ class ExportError(PyTrainError):
     """The ONNX export failed or the exported model does not match PyTorch."""
 
 
+class WeightsError(PyTrainError):
+    """Pretrained weights could not be downloaded, or the download failed its hash check."""
+
+
 class RunnerError(PyTrainError):
     """A runner could not run a task (missing entrypoint, Docker engine unreachable, ...).
 

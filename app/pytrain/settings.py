@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     model_repo_dir: Path = Field(default=_ROOT / "model_repo", description="Triton model repository PyTrain publishes into.")
     model_tasks_dir: Path = Field(default=_ROOT / "model_tasks", description="One folder per task: spec, manifest, logs, checkpoints, ONNX.")
     results_dir: Path = Field(default=_ROOT / "results", description="results/<model>/<version>/: metrics, plots, the task row.")
+    # Pretrained weights (pytrain.weights): filled by `pytrain weights fetch`, read-only for training.
+    torch_home: Path | None = Field(
+        default=None,
+        description="Pretrained weights folder in torch's layout (hub/checkpoints/): training's TORCH_HOME, mounted "
+        "read-only into training containers. Unset: <data_dir>/torch.",
+    )
+    weights_base_url: str = Field(
+        default="https://download.pytorch.org/models", min_length=1,
+        description="Where `pytrain weights fetch` downloads torchvision's weight files from (a mirror, or a test server).",
+    )
 
     # --- orchestrator ---------------------------------------------------------------------
     # A plain name, not a fixed list: the runners register themselves (pytrain.runners.RUNNERS), and
@@ -147,6 +157,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"PYTRAIN_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be smaller than "
                 f"PYTRAIN_LEASE_SECONDS ({self.lease_seconds}), or every lease expires between heartbeats"
+    @model_validator(mode="after")
+    def _default_torch_home(self) -> "Settings":
+        self.torch_home = (self.data_dir / "torch") if self.torch_home is None else self.torch_home.expanduser().resolve()
+        return self
+
             )
         return self
 

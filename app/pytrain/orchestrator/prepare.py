@@ -18,6 +18,7 @@ from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
 from pytrain.task_options import TrainConfig
+from pytrain.weights import require_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,15 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
         ConfigurationError: fewer than two classes, a negative seed, a source or class entry
             no folder can match (:func:`check_task_lists`), or an unknown or mistyped option
-            (:meth:`pytrain.task_options.TrainConfig.from_options`).
+            (:meth:`pytrain.task_options.TrainConfig.from_options`); a ``pretrained`` task whose
+            weights are not in ``settings.torch_home`` (:func:`pytrain.weights.require_weights`:
+            the message holds the ``pytrain weights fetch`` command).
     """
     check_task_lists(task)
     TrainConfig.from_options(dict(task.get("options") or {}))
     if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
+    if task.get("pretrained"):  # before any folder, process or container: training never downloads
+        require_weights(task["architecture"], settings.torch_home)
         raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(
         settings.sources_dir, task["sources"], task["classes"], include_other=task["include_other"], registered=registered

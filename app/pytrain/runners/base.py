@@ -13,6 +13,7 @@ What every runner shares lives here, written once:
   ``cancel``, ``stop`` and the timeout, stops it, and builds the :class:`RunResult`;
 - :func:`run_result`, the one mapping from how a run ended to an :class:`Outcome` and a message;
 - :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
+- :func:`torchrun_args`, how several GPUs start several training ranks;
 - :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output.
 
 A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
@@ -291,6 +292,27 @@ def error_with_tail(message: str, tail: str, *, max_chars: int) -> str:
     if room <= 0:
         return message[:max_chars]
     return f"{message}\n{tail[-room:]}"
+
+
+#: The training entrypoint every runner starts: ``python -m pytrain.training``.
+TRAINING_MODULE = "pytrain.training"
+
+
+def torchrun_args(nproc: int | None) -> list[str] | None:
+    """torchrun's arguments that start :data:`TRAINING_MODULE` once per GPU of this host, or ``None``
+    when one process trains (one GPU or the CPU). Written once for every runner: the docker runner
+    puts them after ``torchrun``, the local runner after ``python -m torch.distributed.run``.
+
+    ``--standalone`` is a single-node rendezvous on a free local port, so nothing else is set up.
+
+    Args:
+        nproc: :attr:`GpuSelection.count`: ranks to start, ``-1`` for every GPU (torchrun's
+            ``gpu``), ``None`` for CPU.
+    """
+    if nproc is None or nproc == 1:
+        return None
+    per_node = "gpu" if nproc < 0 else str(nproc)
+    return ["--standalone", f"--nproc_per_node={per_node}", "-m", TRAINING_MODULE]
 
 
 _GPU_ID = re.compile(r"\d+|GPU-[0-9a-f-]+", re.IGNORECASE)

@@ -15,6 +15,8 @@ For each task it
    - no network, a read-only root file system and a tmpfs ``/tmp``,
    - every Linux capability dropped and ``no-new-privileges`` (no setuid way back to root),
    - the dataset mounted read-only at ``/sources`` and only the task folder writable at ``/task``;
+   - the pretrained weights folder (``PYTRAIN_TORCH_HOME``) read-only at ``/opt/torch-home`` as
+     ``TORCH_HOME`` (training never downloads; ``pytrain weights fetch`` fills it);
    - the image's non-root user (uid 1000; as root the runner hands the task folder to it), or,
      when the runner itself is not root, this process's uid:gid so the files stay the user's;
    - tini as PID 1 (``init``), so ``docker stop`` reaches python at once;
@@ -54,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pytrain.errors import ConfigurationError, RunnerError
-from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise
+from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise, torchrun_args
 from pytrain.runners.base import parse_gpus as parse_gpu_selection
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
@@ -152,10 +154,8 @@ def training_command(nproc: int | None) -> tuple[list[str] | None, list[str]]:
     ``-1`` = all): ``torchrun --standalone --nproc_per_node=N -m pytrain.training``.
     """
     args = ["--task-dir", CONTAINER_TASK_DIR, "--sources-root", CONTAINER_SOURCES_DIR]
-    if nproc is None or nproc == 1:
-        return None, args
-    per_node = "gpu" if nproc < 0 else str(nproc)
-    return ["torchrun", "--standalone", f"--nproc_per_node={per_node}", "-m", "pytrain.training"], args
+    launch = torchrun_args(nproc)
+    return (None, args) if launch is None else (["torchrun", *launch], args)
 
 
 def _host_path(path: Path, local_root: Path, host_root: Path | None, mounts: Sequence[tuple[str, str]] = ()) -> str:
@@ -275,8 +275,9 @@ class DockerRunner:
             ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
         environment: extra environment variables for the container (never secrets).
         context_dir: repository root the image is built from (default: this checkout).
-        torch_home: a torch cache (``hub/checkpoints/`` with pretrained weights) mounted read-only
-            for ``pretrained`` tasks; default ``$TORCH_HOME``, else ``~/.cache/torch`` when it exists.
+        torch_home: the pretrained weights folder (``hub/checkpoints/``, :mod:`pytrain.weights`), mounted
+            read-only at ``/opt/torch-home`` as the container's ``TORCH_HOME`` when it exists;
+            default ``settings.torch_home`` (``PYTRAIN_TORCH_HOME``).
         memlock_bytes: the container's locked-memory limit; default ``settings.container_memlock``
             (``-1``: unlimited, NVIDIA's recommendation). A host whose own hard limit is lower
             (``ulimit -Hl``; some CI sandboxes) cannot grant it: set that limit there.
@@ -334,10 +335,7 @@ class DockerRunner:
         self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
         self.environment = dict(environment or {})
         self.context_dir = context_dir
-        if torch_home is None:
-            candidate = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
-            torch_home = candidate if candidate.is_dir() else None
-        self.torch_home = torch_home
+        self.torch_home = Path(torch_home if torch_home is not None else settings.torch_home)
         if memlock_bytes is None:
             memlock_bytes = settings.container_memlock
         if memlock_bytes < -1:
@@ -420,7 +418,7 @@ class DockerRunner:
         ]
         environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
                        DECODER_ENV: self.settings.decoder, **self.environment}
-        if self.torch_home is not None and Path(self.torch_home).is_dir():
+        if self.torch_home.is_dir():  # the orchestrator refused pretrained tasks whose file is missing
             mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, own), type="bind", read_only=True))
             environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)
         memory = self.settings.container_memory

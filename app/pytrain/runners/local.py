@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytrain.errors import RunnerError
-from pytrain.runners.base import PreparedTask, RunResult, parse_gpus, supervise
+from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args
 from pytrain.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,18 @@ _SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_K
 class LocalRunner:
     """Runs ``<command> --task-dir DIR --sources-root ROOT`` as a local subprocess.
 
+    With several GPUs (``--gpus 0,1``: ``CUDA_VISIBLE_DEVICES=0,1``) the command is
+    ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m pytrain.training``
+    (torchrun with this interpreter; :func:`pytrain.runners.base.torchrun_args`, shared with the
+    docker runner): one rank per GPU. ``TORCH_HOME`` is the weights folder
+    (``settings.torch_home``), from which ``pretrained`` tasks load and which training never
+    writes to.
+
     Args:
         settings: PyTrain settings (default: the process settings); ``task_timeout_seconds`` and
             ``gpus`` are read from the prepared task instead.
-        command: the entrypoint; default ``[sys.executable, "-m", "pytrain.training"]``. Tests pass
-            a small script here.
+        command: the entrypoint for every run, in place of ``python -m pytrain.training`` and of
+            torchrun. Tests pass a small script here.
         grace_seconds: time between SIGTERM and SIGKILL when stopping a run (seconds).
         poll_seconds: how often the run is checked for cancellation and timeout (seconds).
     """
@@ -137,7 +144,7 @@ class LocalRunner:
         poll_seconds: float = 0.2,
     ) -> None:
         self.settings = settings or get_settings()
-        self.command = list(command) if command else [sys.executable, "-m", "pytrain.training"]
+        self.command = list(command) if command else None
         self.grace_seconds = grace_seconds
         self.poll_seconds = poll_seconds
 
@@ -145,6 +152,7 @@ class LocalRunner:
         # Training needs neither the database nor Triton: its process does not get their secrets.
         env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
         env["PYTHONUNBUFFERED"] = "1"
+        env["TORCH_HOME"] = str(self.settings.torch_home)
         # No --gpus: the run sees what this shell sees (CUDA_VISIBLE_DEVICES inherited);
         # "all": every GPU; "0,1": those; "none": an empty list hides every GPU.
         if task.gpus is None:
@@ -155,6 +163,15 @@ class LocalRunner:
         else:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(selection.ids)
         return env
+
+    def _command(self, task: PreparedTask) -> list[str]:
+        """The entrypoint for ``task``: torchrun with one rank per GPU when it has several."""
+        if self.command is not None:
+            return self.command
+        launch = torchrun_args(parse_gpus(task.gpus).count)
+        if launch is None:
+            return [sys.executable, "-m", TRAINING_MODULE]
+        return [sys.executable, "-m", "torch.distributed.run", *launch]
 
     def run(self, task: PreparedTask, cancel: threading.Event, stop: threading.Event | None = None) -> RunResult:
         """Run the entrypoint for ``task`` and block until it ends (see :class:`pytrain.runners.base.Runner`).
@@ -169,7 +186,7 @@ class LocalRunner:
             RunnerError: the entrypoint cannot be started.
             ConfigurationError: ``task.gpus`` is not a GPU list.
         """
-        argv = [*self.command, "--task-dir", str(task.task_dir), "--sources-root", str(task.sources_root)]
+        argv = [*self._command(task), "--task-dir", str(task.task_dir), "--sources-root", str(task.sources_root)]
         env = self._env(task)
         task.task_dir.mkdir(parents=True, exist_ok=True)
         log_path = task.log_path
