@@ -553,13 +553,18 @@ def run_epoch(run: _Run, state: RunState) -> None:
     if not math.isfinite(tr["loss"]):
         raise TrainingError(f"the training loss became {tr['loss']} in epoch {epoch}", hint="lower learning_rate (or check the clips)")
     if ddp.world_size > 1:
-        # BatchNorm running statistics are per rank: give every rank rank 0's, so all ranks
-        # evaluate (and decide early stopping on) the model rank 0 checkpoints
+        # BatchNorm running statistics are per rank: give every rank rank 0's, the model rank 0
+        # validates and checkpoints
         for buffer in run.model.buffers():
             dist.broadcast(buffer, 0)
     va = None
-    if run.data.by_split["val"]:
-        va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.device, desc="val", show_progress=ddp.main)
+    if run.data.by_split["val"] and ddp.main:  # once, on rank 0, not once per rank: the weights are the same
+        va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.device, desc="val", show_progress=True)
+        log.info("validated %d clips on rank %d of %d", len(va["labels"]), ddp.rank, ddp.world_size)
+    if ddp.world_size > 1:  # rank 0's val loss and accuracy: every rank takes the same early-stopping decision
+        shared = [None if va is None else {"loss": va["loss"], "accuracy": va["accuracy"]}]
+        dist.broadcast_object_list(shared, src=0)
+        va = shared[0]
     row = {
         "epoch": epoch, "epochs": spec.epochs,
         "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
