@@ -74,7 +74,8 @@ def test_compose_structure():
     assert env["PYTRAIN_RUNNER"] == "docker" and env["PYTRAIN_NGC_API_KEY_FILE"] == "/run/secrets/ngc_api.key"
     assert not any("API_KEY=" in str(v) or "nvapi-" in str(v) for v in env.values() if v)  # the key itself never in env
     assert orchestrator["build"]["dockerfile"] == "docker/orchestrator.Dockerfile"
-    assert orchestrator["hostname"]  # stable worker id across restarts (orphan cleanup)
+    # stable worker id across restarts (orphan cleanup), unique per host (tests/test_compose_hosts.py)
+    assert orchestrator["environment"]["PYTRAIN_WORKER_ID"].startswith("${PYTRAIN_HOST_NAME:?")
 
     triton = services["triton"]
     assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:") and triton["image"].endswith("-py3")
