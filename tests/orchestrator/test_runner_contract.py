@@ -338,11 +338,11 @@ def test_get_runner_builds_registered_runners_and_names_them_for_an_unknown_one(
 
     monkeypatch.setattr(runners, "RUNNERS", dict(runners.RUNNERS))
     assert isinstance(runners.get_runner(settings), LocalRunner)
-    with pytest.raises(ConfigurationError, match=r"unknown runner 'slurm'; known runners: docker, local"):
-        runners.get_runner(settings.model_copy(update={"runner": "slurm"}))
+    with pytest.raises(ConfigurationError, match=r"unknown runner 'kubernetes'; known runners: docker, local, slurm"):
+        runners.get_runner(settings.model_copy(update={"runner": "kubernetes"}))
     built = []
-    runners.register_runner("slurm", lambda s: built.append(s) or LocalRunner(s))
-    assert isinstance(runners.get_runner(settings.model_copy(update={"runner": "slurm"})), LocalRunner)
+    runners.register_runner("kubernetes", lambda s: built.append(s) or LocalRunner(s))
+    assert isinstance(runners.get_runner(settings.model_copy(update={"runner": "kubernetes"})), LocalRunner)
     assert len(built) == 1
     with pytest.raises(ValueError, match="already registered"):
         runners.register_runner("local", LocalRunner)

@@ -124,6 +124,9 @@ RUNNING_ELSEWHERE = text("""
 SELECT id FROM training_tasks WHERE status = 'running' AND worker_id IS DISTINCT FROM :worker_id
 """)
 
+# The tasks a worker id still holds: at its start, those a crashed predecessor was running.
+RUNNING_HERE = text("SELECT id FROM training_tasks WHERE status = 'running' AND worker_id = :worker_id")
+
 REGISTER_SOURCE = text("""
 INSERT INTO sources (name, folder) VALUES (:name, :name)
 ON CONFLICT (name) DO NOTHING

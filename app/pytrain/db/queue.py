@@ -337,6 +337,10 @@ class TaskQueue(Repository):
         """Ids of tasks running under any worker other than ``worker_id``."""
         return {int(row["id"]) for row in self._execute(queries.RUNNING_ELSEWHERE, {"worker_id": worker_id})}
 
+    def running_here(self, worker_id: str) -> set[int]:
+        """Ids of tasks running under ``worker_id`` (at a worker's start: its crashed predecessor's)."""
+        return {int(row["id"]) for row in self._execute(queries.RUNNING_HERE, {"worker_id": worker_id})}
+
 
 def _first_line(exc: object) -> str:
     lines = str(exc).strip().splitlines()

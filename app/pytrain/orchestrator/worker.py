@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, check_schema, get_engine
 from pytrain.errors import DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
-from pytrain.runners import Outcome, PreparedTask, Runner, RunResult, error_with_tail, get_runner
+from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
 from pytrain.spec import METRICS, ProgressRecord, format_progress, read_progress_record
 
@@ -222,7 +222,12 @@ class Orchestrator:
             SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
         """
         check_schema(self.engine)
-        orphans = self.runner.cleanup_orphans(self.queue.running_elsewhere(self.worker_id))
+        active = self.queue.running_elsewhere(self.worker_id)
+        if isinstance(self.runner, ClusterRunner):
+            # Its runs (Slurm jobs) outlive a crashed worker: those of the tasks this worker id still
+            # holds go on; the tasks are re-queued below, and their next run re-attaches to them.
+            active |= self.queue.running_here(self.worker_id)
+        orphans = self.runner.cleanup_orphans(active)
         if orphans:
             log.info("stopped runs left behind by a crashed worker: tasks %s", sorted(orphans))
         self.queue.requeue_lost(self.settings.max_attempts, own_worker_id=self.worker_id)
@@ -310,6 +315,7 @@ class Orchestrator:
         try:
             prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus,
                                     videos=VideoCatalog(self.engine).verdicts(run.task["sources"]))
+            check_nodes(self.runner, prepared)  # nodes > 1 only on a cluster runner (slurm)
         except DatabaseError:
             raise
         except PyTrainError as exc:
@@ -340,6 +346,10 @@ class Orchestrator:
         if result.outcome is Outcome.INTERRUPTED:
             heartbeat.end()
             self.queue.requeue(run, f"interrupted: worker {self.worker_id} shut down during the run; re-queued")
+            return "queued"
+        if result.outcome is Outcome.REQUEUED:  # the cluster lost the run (a node failed, a preemption)
+            heartbeat.end()
+            self.queue.requeue(run, f"{result.message}; re-queued")
             return "queued"
         if result.outcome is not Outcome.SUCCEEDED:
             message = result.message or f"run ended with {result.outcome.value}"

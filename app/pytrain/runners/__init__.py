@@ -1,10 +1,11 @@
 """Runners: how a prepared task is trained, chosen by name (``PYTRAIN_RUNNER``).
 
-``local`` (a subprocess, :mod:`pytrain.runners.local`) and ``docker`` (one container per task,
-:mod:`pytrain.runners.docker`) are registered here; the contract they share is
+``local`` (a subprocess, :mod:`pytrain.runners.local`), ``docker`` (one container per task,
+:mod:`pytrain.runners.docker`) and ``slurm`` (one batch job per task, :mod:`pytrain.runners.slurm`) are
+registered here; the contract they share is
 :mod:`pytrain.runners.base`. A new runner is one call::
 
-    register_runner("slurm", lambda settings: SlurmRunner(settings))
+    register_runner("kubernetes", lambda settings: KubernetesRunner(settings))
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pytrain.errors import ConfigurationError
-from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, Runner, RunResult, error_with_tail, parse_gpus
+from pytrain.runners.base import (
+    ClusterRunner, GpuSelection, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, parse_gpus,
+)
 from pytrain.runners.local import LocalRunner
 from pytrain.settings import Settings, get_settings
 
@@ -41,8 +44,15 @@ def _docker_runner(settings: Settings) -> Runner:
     return DockerRunner(settings)
 
 
+def _slurm_runner(settings: Settings) -> Runner:
+    from pytrain.runners.slurm import SlurmRunner  # imported lazily: only a Slurm login node needs it
+
+    return SlurmRunner(settings)
+
+
 register_runner("local", LocalRunner)
 register_runner("docker", _docker_runner)
+register_runner("slurm", _slurm_runner)
 
 
 def get_runner(settings: Settings | None = None) -> Runner:
@@ -61,6 +71,6 @@ def get_runner(settings: Settings | None = None) -> Runner:
 
 
 __all__ = [
-    "RUNNERS", "GpuSelection", "LocalRunner", "Outcome", "PreparedTask", "RunResult", "Runner", "RunnerFactory",
-    "error_with_tail", "get_runner", "parse_gpus", "register_runner",
+    "RUNNERS", "ClusterRunner", "GpuSelection", "LocalRunner", "Outcome", "PreparedTask", "RunResult", "Runner", "RunnerFactory",
+    "check_nodes", "error_with_tail", "get_runner", "parse_gpus", "register_runner",
 ]

@@ -46,6 +46,7 @@ class Outcome(str, Enum):
     TIMED_OUT = "timed_out"
     OUT_OF_MEMORY = "out_of_memory"
     INTERRUPTED = "interrupted"  # the worker is shutting down; the task goes back to the queue
+    REQUEUED = "requeued"  # the cluster lost the run (node failure, preemption); the task goes back to the queue
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,36 @@ class Runner(Protocol):
             RunnerError: the runner cannot look for its runs (e.g. the Docker engine is down).
         """
         ...
+
+
+@runtime_checkable
+class ClusterRunner(Runner, Protocol):
+    """A runner whose runs may span several nodes and outlive their worker (a Slurm job).
+
+    Two things differ from a :class:`Runner`, and the worker asks ``isinstance(runner,
+    ClusterRunner)`` for them: only a cluster runner takes tasks with ``nodes`` > 1
+    (:func:`check_nodes`); and a restarted worker passes the tasks it still held when it crashed
+    to ``cleanup_orphans`` as active too, so their runs go on, and the next ``run`` of each
+    re-attaches to its run (:meth:`find_run`) instead of starting a second one.
+    """
+
+    def find_run(self, task: PreparedTask) -> str | None:
+        """The id of a live run of ``task`` (left by a crashed worker) that ``run`` would re-attach to, or ``None``."""
+        ...
+
+
+def check_nodes(runner: Runner, task: PreparedTask) -> None:
+    """Refuse a task with ``nodes`` > 1 on a runner that trains on one host.
+
+    Raises:
+        ConfigurationError: ``task.spec.nodes`` > 1 and ``runner`` is not a :class:`ClusterRunner`.
+    """
+    nodes = task.spec.nodes
+    if nodes > 1 and not isinstance(runner, ClusterRunner):
+        raise ConfigurationError(
+            f"task {task.task_id} asks for nodes = {nodes}, but the {runner.name} runner trains on one host",
+            hint="set nodes = 1, or run it with PYTRAIN_RUNNER=slurm",
+        )
 
 
 class RunHandle(Protocol):

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -239,6 +240,18 @@ def _setup_distributed(device_arg: str) -> tuple[_Distributed, torch.device]:
     if device_arg == "cpu" or not torch.cuda.is_available():
         return _Distributed(), torch.device("cpu")
     return _Distributed(), torch.device("cuda", 0)
+
+
+def _placement(ddp: _Distributed, device: torch.device) -> list[dict[str, Any]]:
+    """Where every rank runs: ``[{"rank", "node", "device"}]`` in rank order, gathered from all ranks
+    (a collective: every rank calls it). ``node`` is Slurm's node name (``SLURMD_NODENAME``) when
+    the run is a Slurm job, else the host name; ``device`` is ``str(device)`` (``cpu``, ``cuda:0``)."""
+    mine = {"rank": ddp.rank, "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "device": str(device)}
+    if ddp.world_size == 1:
+        return [mine]
+    everyone: list[Any] = [None] * ddp.world_size
+    dist.all_gather_object(everyone, mine)
+    return sorted(everyone, key=lambda entry: entry["rank"])
 
 
 def _loader(dataset, *, batch_size: int, sampler=None, num_workers: int, device: torch.device, timeout: float, seed: int, drop_last: bool = False) -> DataLoader:
@@ -623,9 +636,12 @@ def _clip_seconds(samples: list[data_mod.Sample]) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
-def _finish(run: _Run, state: RunState) -> dict[str, Any]:
+def _finish(run: _Run, state: RunState, placement: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Best checkpoint -> test/train/val evaluation, ONNX export + parity, plots, ``metrics.json``
-    and the ``done`` record (rank 0 only). Returns the metrics."""
+    and the ``done`` record (rank 0 only). Returns the metrics. ``placement``
+    (:func:`_placement`) becomes ``devices`` (one entry per rank) and ``nodes`` (the distinct
+    node names, in rank order)."""
+    placement = placement or [{"rank": 0, "node": socket.gethostname(), "device": str(run.device)}]
     spec, stopping, by_split = run.spec, state.stopping, run.data.by_split
     best = torch.load(run.task_dir / CHECKPOINT_BEST, map_location="cpu", weights_only=False)
     run.model.load_state_dict(best["model"])
@@ -647,6 +663,7 @@ def _finish(run: _Run, state: RunState) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - run.wall_start,
         "train_clips_per_second": float(np.mean(speeds)) if speeds else None,
         "device": str(run.device), "world_size": run.ddp.world_size, "torch_version": torch.__version__,
+        "nodes": list(dict.fromkeys(entry["node"] for entry in placement)), "devices": placement,
         "export": export_report, "train_config": asdict(run.cfg), "task": spec.to_dict(),
     }
     write_json_atomic(run.task_dir / METRICS, result)
@@ -686,6 +703,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     wall_start = time.perf_counter()
     task_dir, spec, cfg, sources_root = _load_task(args)
     ddp, device = _setup_distributed(args.device)
+    placement = _placement(ddp, device)
     torch.manual_seed(spec.seed + ddp.rank)  # same init on every rank comes from DDP's broadcast
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -710,7 +728,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dist.barrier()  # wait for rank 0's final evaluation and export
         dist.destroy_process_group()
         return {}
-    result = _finish(run, state)
+    result = _finish(run, state, placement)
     if ddp.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
