@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")
     poll_seconds: float = Field(default=5.0, gt=0, description="Polling fallback when no NOTIFY arrives (seconds).")
     max_attempts: int = Field(default=3, ge=1, description="A task whose lease expired this many times fails.")
+    fence_margin_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Self-fencing: a worker that has not renewed its lease for lease_seconds minus this margin stops "
+        "its run itself, before another worker can claim the task (seconds). Keep it above the runner's stop time "
+        "(local: 5 s grace). Unset: max(2 heartbeats, 10 % of the lease).",
+    )
     task_timeout_seconds: float | None = Field(default=None, gt=0, description="Kill a task's run after this long (seconds); unset: no limit.")
 
     # --- serving --------------------------------------------------------------------------
@@ -176,16 +182,35 @@ class Settings(BaseSettings):
         return None if value is None else value.expanduser()
 
     @model_validator(mode="after")
+    def _default_torch_home(self) -> "Settings":
+        self.torch_home = (self.data_dir / "torch") if self.torch_home is None else self.torch_home.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> "Settings":
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"PYTRAIN_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be smaller than "
                 f"PYTRAIN_LEASE_SECONDS ({self.lease_seconds}), or every lease expires between heartbeats"
-    @model_validator(mode="after")
-    def _default_torch_home(self) -> "Settings":
-        self.torch_home = (self.data_dir / "torch") if self.torch_home is None else self.torch_home.expanduser().resolve()
+            )
         return self
 
+    @property
+    def fence_seconds(self) -> float:
+        """How long a worker may go without renewing its lease before it stops its run itself:
+        ``lease_seconds - fence_margin_seconds`` (default margin: max(2 heartbeats, 10 % of the lease))."""
+        margin = self.fence_margin_seconds
+        if margin is None:
+            margin = max(2 * self.heartbeat_seconds, 0.1 * self.lease_seconds)
+        return self.lease_seconds - margin
+
+    @model_validator(mode="after")
+    def _fence_after_a_heartbeat(self) -> "Settings":
+        if self.fence_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"PYTRAIN_LEASE_SECONDS ({self.lease_seconds}) minus the fencing margin ({self.lease_seconds - self.fence_seconds:g} s, "
+                f"PYTRAIN_FENCE_MARGIN_SECONDS) must exceed PYTRAIN_HEARTBEAT_SECONDS ({self.heartbeat_seconds}), "
+                "or a worker stops its run between two heartbeats: lengthen the lease or shorten the margin"
             )
         return self
 

@@ -136,7 +136,7 @@ def test_stop_requeues_the_running_task_without_counting_an_attempt(settings, en
     assert row["error"] == "interrupted: worker test-worker shut down during the run; re-queued"
 
 
-@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "finish")])
+@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "finish_succeeded")])
 def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_lost(settings, engine, synced, caplog, mode, write):
     """A beat landing just after the worker's own final write (re-queue on SIGTERM, finish) must not
     log "lost the run (lease expired)": the worker ended the run, no lease expired."""
@@ -164,7 +164,7 @@ def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_
     assert not thread.is_alive()
     assert beats_after_write == ["ok"]
     assert queue.get(task_id)["status"] == ("queued" if mode == "wait" else "succeeded")
-    assert not [r for r in caplog.records if "lost the run" in r.getMessage()]
+    assert not [r for r in caplog.records if "no longer holds the task" in r.getMessage()]
 
 
 def test_stop_with_finish_running_lets_the_task_finish_and_claims_no_more(settings, engine, synced):

@@ -1,7 +1,7 @@
 """``pytrain`` commands of the database, sources and orchestrator part.
 
 ``db upgrade``, ``db current``, ``sources sync``, ``sources inspect``, ``sources list``, ``submit``, ``tasks``,
-``show ID``, ``cancel ID``, ``orchestrate``. Every option that mirrors a setting also reads its
+``show ID``, ``cancel ID``, ``retry ID``, ``orchestrate``. Every option that mirrors a setting also reads its
 ``PYTRAIN_*`` environment variable (named in ``--help``).
 """
 
@@ -364,12 +364,16 @@ def tasks(
 
 
 def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
-    """Print every column of one task as JSON; on stderr, the classes whose test recall is far
-    below the others' (with what to try)."""
+    """Print every column of one task as JSON, with its runs under "runs" (worker, start, end,
+    outcome, error, version; oldest first); on stderr, the classes whose test recall is far below
+    the others' (with what to try)."""
+    from dataclasses import asdict
+
     from pytrain.training.metrics import weak_classes
 
-    row = _queue().get(task_id)
-    typer.echo(json.dumps(row.to_dict(), indent=2, default=str))
+    queue = _queue()
+    row = queue.get(task_id)
+    typer.echo(json.dumps({**row.to_dict(), "runs": [asdict(run) for run in queue.runs(task_id)]}, indent=2, default=str))
     for name, weak in weak_classes(row.metrics).items():
         typer.echo(f"class {name}: test recall {weak['recall']:.2f}, far below the others' mean {weak['others']:.2f}: check its clips "
                    "(`pytrain sources inspect`), or train with class_weights=balanced", err=True)
@@ -382,6 +386,15 @@ def cancel(task_id: int = typer.Argument(..., help="Task id.")) -> None:
         typer.echo(f"task {task_id} cancelled")
     else:
         typer.echo(f"task {task_id} had already ended ({queue.status(task_id)}); nothing to cancel")
+
+
+def retry(task_id: int = typer.Argument(..., help="Task id.")) -> None:
+    """Put a failed or cancelled task back in the queue as a new run (attempts reset, error
+    cleared; its earlier runs stay listed by `pytrain show ID`)."""
+    queue = _queue()
+    queue.retry(task_id)
+    earlier = len(queue.runs(task_id))
+    typer.echo(f"task {task_id} queued again ({earlier} earlier run{'' if earlier == 1 else 's'} kept in its history)")
 
 
 def orchestrate(
@@ -413,4 +426,5 @@ def register(app: typer.Typer) -> None:
     app.command("tasks")(tasks)
     app.command("show")(show)
     app.command("cancel")(cancel)
+    app.command("retry")(retry)
     app.command("orchestrate")(orchestrate)

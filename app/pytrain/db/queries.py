@@ -1,10 +1,14 @@
 """Every SQL statement of the task queue, in one place, with bound parameters only.
 
 Times come from the database clock (``now()``), never from a worker's clock, so workers on hosts
-with skewed clocks agree on whether a lease expired. A run of a task is identified by
-``(id, worker_id, started_at)``: ``started_at`` is set at each claim, so a worker whose lease
-expired (and whose task was claimed again, even by a worker with the same id) can no longer renew
-or finish it.
+with skewed clocks agree on whether a lease expired.
+
+Runs and fencing: each claim inserts a ``task_runs`` row and stores its id in the task's
+``run_id``, in the same statement. Every later write of that run (heartbeat, task folder, finish,
+re-queue) names ``run_id = :run_id``: the run id is the fencing token. A worker whose lease expired
+and whose task was re-queued or claimed again (even by a worker with the same id) matches no row
+any more, so it can neither renew, finish nor publish. The statements that end a run also end its
+``task_runs`` row (outcome, finished_at, error, version), in the same statement.
 """
 
 from __future__ import annotations
@@ -12,27 +16,34 @@ from __future__ import annotations
 from sqlalchemy import text
 
 _LEASE = "now() + CAST(:lease_seconds AS double precision) * interval '1 second'"
-_RUN = "id = :task_id AND worker_id = :worker_id AND started_at = :started_at"
+_RUN = "id = :task_id AND run_id = :run_id"
 
-#: Claim the next queued task (highest priority, then oldest) for ``:worker_id``.
+#: Claim the next queued task (highest priority, then oldest) for ``:worker_id``: a new run.
 #: ``SKIP LOCKED`` lets concurrent workers claim different tasks without waiting on each other.
+#: The run's ``task_runs`` row and the task's ``run_id`` are written by one statement.
 CLAIM = text(f"""
-UPDATE training_tasks AS t
-SET status = 'running',
-    worker_id = :worker_id,
-    started_at = now(),
-    finished_at = NULL,
-    heartbeat_at = now(),
-    lease_expires_at = {_LEASE},
-    error = NULL
-FROM (
+WITH next AS (
     SELECT id FROM training_tasks
     WHERE status = 'queued'
     ORDER BY priority DESC, created_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
-) AS next
-WHERE t.id = next.id
+), run AS (
+    INSERT INTO task_runs (task_id, worker_id)
+    SELECT id, :worker_id FROM next
+    RETURNING id, task_id, started_at
+)
+UPDATE training_tasks AS t
+SET status = 'running',
+    worker_id = :worker_id,
+    run_id = run.id,
+    started_at = run.started_at,
+    finished_at = NULL,
+    heartbeat_at = now(),
+    lease_expires_at = {_LEASE},
+    error = NULL
+FROM run
+WHERE t.id = run.task_id
 RETURNING t.*
 """)
 
@@ -47,54 +58,88 @@ RETURNING id
 """)
 
 #: What happened to a run whose heartbeat failed: cancelled by a user, or lost (re-queued, taken).
-RUN_STATE = text("SELECT status, worker_id, started_at FROM training_tasks WHERE id = :task_id")
+RUN_STATE = text("SELECT status, run_id FROM training_tasks WHERE id = :task_id")
+
+#: The success transaction's first statement: lock the task row (a concurrent re-queue, claim or
+#: cancel waits until the transaction ends), then the worker checks ``run_id`` and ``status``,
+#: publishes, and records the outcome with :data:`FINISH` before committing.
+LOCK_TASK = text("SELECT status, run_id FROM training_tasks WHERE id = :task_id FOR UPDATE")
+
+#: End the run's ``task_runs`` row: a CTE of the statements that end a run (``{task}`` names the
+#: CTE returning the task's ``id`` and ``run_id``). ``outcome IS NULL``: a run ends once.
+_END_RUN = """
+ended AS (
+    UPDATE task_runs AS r
+    SET finished_at = now(), outcome = {outcome}, error = {error}, version = {version}
+    FROM {task} AS x
+    WHERE r.id = x.run_id AND r.outcome IS NULL
+    RETURNING r.id
+)"""
 
 #: Record the end of a run. A cancelled task stays cancelled: only ``cancelled`` may overwrite it.
 FINISH = text(f"""
-UPDATE training_tasks
-SET status = :status,
-    finished_at = now(),
-    error = :error,
-    metrics = COALESCE(CAST(:metrics AS jsonb), metrics),
-    version = COALESCE(:version, version),
-    progress = COALESCE(CAST(:progress AS jsonb), progress),
-    lease_expires_at = NULL
-WHERE {_RUN} AND (status = 'running' OR (status = 'cancelled' AND :status = 'cancelled'))
-RETURNING id
+WITH task AS (
+    UPDATE training_tasks
+    SET status = :status,
+        finished_at = now(),
+        error = :error,
+        metrics = COALESCE(CAST(:metrics AS jsonb), metrics),
+        version = COALESCE(:version, version),
+        progress = COALESCE(CAST(:progress AS jsonb), progress),
+        lease_expires_at = NULL
+    WHERE {_RUN} AND (status = 'running' OR (status = 'cancelled' AND :status = 'cancelled'))
+    RETURNING id, run_id
+), {_END_RUN.format(outcome=":status", error=":error", version="CAST(:version AS integer)", task="task")}
+SELECT id FROM task
 """)
 
 #: Give a run back to the queue without counting a lost attempt (the worker shuts down cleanly).
+#: A queued task has no current run (``run_id`` NULL); its runs stay in ``task_runs``.
 REQUEUE = text(f"""
-UPDATE training_tasks
-SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, error = :reason
-WHERE {_RUN} AND status = 'running'
-RETURNING id
+WITH task AS (
+    UPDATE training_tasks
+    SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, error = :reason, run_id = NULL
+    WHERE {_RUN} AND status = 'running'
+    RETURNING id, CAST(:run_id AS bigint) AS run_id
+), {_END_RUN.format(outcome="'requeued'", error=":reason", version="NULL", task="task")}
+SELECT id FROM task
 """)
 
 #: Re-queue runs whose worker is gone: leases that expired, and (at a worker's start) runs still
 #: marked as its own. Each counts as a lost attempt; at ``:max_attempts`` the task fails instead.
-REQUEUE_LOST = text("""
-UPDATE training_tasks
-SET attempts = attempts + 1,
-    status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'queued' END,
-    finished_at = CASE WHEN attempts + 1 >= :max_attempts THEN now() END,
-    worker_id = CASE WHEN attempts + 1 >= :max_attempts THEN worker_id END,
-    error = format(
-        '%s (run %s of %s lost)%s',
-        CASE WHEN lease_expires_at < now()
-             THEN format('worker %s stopped renewing its lease (expired %s UTC)', worker_id,
-                         to_char(lease_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))
-             ELSE format('worker %s restarted while running this task', worker_id)
-        END,
-        attempts + 1,
-        CAST(:max_attempts AS integer),
-        CASE WHEN attempts + 1 >= :max_attempts
-             THEN '; giving up (PYTRAIN_MAX_ATTEMPTS reached)'
-             ELSE '; re-queued' END),
-    lease_expires_at = NULL
-WHERE status = 'running'
-  AND (lease_expires_at < now() OR worker_id = CAST(:own_worker_id AS text))
-RETURNING id, status, attempts, error
+#: The lost run's ``task_runs`` row ends as ``requeued`` (``failed`` when the task gives up).
+REQUEUE_LOST = text(f"""
+WITH lost AS (
+    SELECT id, run_id FROM training_tasks
+    WHERE status = 'running'
+      AND (lease_expires_at < now() OR worker_id = CAST(:own_worker_id AS text))
+    FOR UPDATE SKIP LOCKED
+), task AS (
+    UPDATE training_tasks AS t
+    SET attempts = t.attempts + 1,
+        status = CASE WHEN t.attempts + 1 >= :max_attempts THEN 'failed' ELSE 'queued' END,
+        finished_at = CASE WHEN t.attempts + 1 >= :max_attempts THEN now() END,
+        worker_id = CASE WHEN t.attempts + 1 >= :max_attempts THEN t.worker_id END,
+        run_id = CASE WHEN t.attempts + 1 >= :max_attempts THEN t.run_id END,
+        error = format(
+            '%s (run %s of %s lost)%s',
+            CASE WHEN t.lease_expires_at < now()
+                 THEN format('worker %s stopped renewing its lease (expired %s UTC)', t.worker_id,
+                             to_char(t.lease_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))
+                 ELSE format('worker %s restarted while running this task', t.worker_id)
+            END,
+            t.attempts + 1,
+            CAST(:max_attempts AS integer),
+            CASE WHEN t.attempts + 1 >= :max_attempts
+                 THEN '; giving up (PYTRAIN_MAX_ATTEMPTS reached)'
+                 ELSE '; re-queued' END),
+        lease_expires_at = NULL
+    FROM lost
+    WHERE t.id = lost.id
+    RETURNING t.id, lost.run_id, t.status, t.attempts, t.error
+), {_END_RUN.format(outcome="CASE WHEN x.status = 'failed' THEN 'failed' ELSE 'requeued' END", error="x.error",
+                    version="NULL", task="task")}
+SELECT id, status, attempts, error FROM task
 """)
 
 CANCEL = text("""
@@ -106,7 +151,48 @@ WHERE id = :task_id AND status IN ('queued', 'running')
 RETURNING id
 """)
 
-SET_TASK_DIR = text("UPDATE training_tasks SET task_dir = :task_dir WHERE id = :task_id")
+#: Where the run prepared the task's folder (fenced: a stale run cannot move it).
+SET_TASK_DIR = text(f"UPDATE training_tasks SET task_dir = :task_dir WHERE {_RUN} AND status = 'running' RETURNING id")
+
+#: ``pytrain retry``: a failed or cancelled task goes back to the queue for a new run; its earlier
+#: runs stay in ``task_runs``. Any other status matches no row (the caller says why).
+RETRY = text("""
+UPDATE training_tasks
+SET status = 'queued', attempts = 0, error = NULL, finished_at = NULL, worker_id = NULL,
+    lease_expires_at = NULL, run_id = NULL
+WHERE id = :task_id AND status IN ('failed', 'cancelled')
+RETURNING id
+""")
+
+#: The runs of a task, oldest first (``pytrain show``).
+LIST_RUNS = text("SELECT * FROM task_runs WHERE task_id = :task_id ORDER BY id")
+
+# -- worker identity: one live orchestrator per worker id ---------------------------------------
+#: The advisory lock key of a worker id: PostgreSQL's own 64-bit text hash, so every client (any
+#: language, any host) derives the same key.
+_WORKER_KEY = "hashtextextended(CAST(:worker_id AS text), 0)"
+
+#: Name this session in ``pg_stat_activity`` (the worker lock's connection names its host and pid).
+SET_APPLICATION_NAME = text("SELECT set_config('application_name', :name, false)")
+
+#: A round trip: is the connection still alive?
+PING = text("SELECT 1")
+
+#: Take the worker id's session-level advisory lock; ``false`` when another session holds it. The
+#: lock lives as long as the connection: a crashed orchestrator's lock goes with its connection.
+WORKER_LOCK = text(f"SELECT pg_try_advisory_lock({_WORKER_KEY}) AS locked")
+
+#: Who holds the worker id's lock: the other session's ``application_name`` (host and pid,
+#: :class:`pytrain.db.queue.WorkerLock`), address and start. A bigint key is stored as
+#: ``classid`` (high 32 bits) and ``objid`` (low 32 bits) with ``objsubid = 1``.
+WORKER_LOCK_HOLDER = text(f"""
+SELECT a.application_name, CAST(a.client_addr AS text) AS client_addr, a.backend_start
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((CAST(l.classid AS bigint) << 32) | CAST(l.objid AS bigint)) = {_WORKER_KEY}
+  AND a.pid <> pg_backend_pid()
+""")
 
 GET_TASK = text("SELECT * FROM training_tasks WHERE id = :task_id")
 

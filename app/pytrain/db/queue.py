@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -107,12 +109,37 @@ _TASK_ROW_FIELDS = tuple(f.name for f in fields(TaskRow))
 
 
 @dataclass(frozen=True)
+class RunRow:
+    """One ``task_runs`` row: a run of a task from its claim to its end.
+
+    Attributes:
+        id: the run id (the task row's ``run_id`` while it holds the task).
+        task_id: the task.
+        worker_id: the worker that claimed it.
+        started_at, finished_at: database clock, timezone-aware; ``finished_at`` is ``None`` while
+            the run goes on.
+        outcome: ``None`` while it goes on, else one of :data:`pytrain.db.models.RUN_OUTCOMES`.
+        error: why it ended that way (``None`` on success).
+        version: the version a successful run published.
+    """
+
+    id: int
+    task_id: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    version: int | None
+
+
+@dataclass(frozen=True)
 class Claim:
     """One claimed run of a task: the row as claimed, plus the key that identifies the run.
 
-    A run is keyed by ``(task id, worker id, started_at)``: ``started_at`` is set at each claim,
-    so a worker whose lease expired and whose task was claimed again can no longer renew or
-    finish it (fencing; see :mod:`pytrain.db.queries`).
+    A run is keyed by its ``task_runs`` id (``run_id``), stored in the task row at the claim: a
+    worker whose lease expired and whose task was re-queued or claimed again can no longer renew,
+    finish or publish it (the run id is the fencing token; see :mod:`pytrain.db.queries`).
     """
 
     task: TaskRow
@@ -124,14 +151,20 @@ class Claim:
         return self.task.id
 
     @property
+    def run_id(self) -> int:
+        """This run's ``task_runs`` id: the fencing token of every write the run makes."""
+        assert self.task.run_id is not None  # a claimed row always has one (the CLAIM query sets it)
+        return self.task.run_id
+
+    @property
     def started_at(self) -> datetime:
         """When this claim was made, on the database clock."""
         assert self.task.started_at is not None  # a claimed row always has one (the CLAIM query sets it)
         return self.task.started_at
 
     def key(self) -> dict[str, Any]:
-        """The query parameters that identify this run (``task_id``, ``worker_id``, ``started_at``)."""
-        return {"task_id": self.task_id, "worker_id": self.worker_id, "started_at": self.started_at}
+        """The query parameters that identify this run (``task_id``, ``run_id``)."""
+        return {"task_id": self.task_id, "run_id": self.run_id}
 
 
 def _json(value: Any) -> str | None:
@@ -256,8 +289,7 @@ class TaskQueue(Repository):
         if self._execute(queries.HEARTBEAT, params):
             return "ok"
         rows = self._execute(queries.RUN_STATE, {"task_id": run.task_id})
-        if rows and rows[0]["status"] == "cancelled" and rows[0]["worker_id"] == run.worker_id \
-                and rows[0]["started_at"] == run.started_at:
+        if rows and rows[0]["status"] == "cancelled" and rows[0]["run_id"] == run.run_id:
             return "cancelled"
         return "lost"
 
@@ -275,7 +307,7 @@ class TaskQueue(Repository):
         version: int | None = None,
         progress: dict[str, Any] | None = None,
     ) -> bool:
-        """Record how a run ended.
+        """Record how a run ended, in the task row and the run's ``task_runs`` row.
 
         Returns:
             ``False`` when the run was no longer this worker's (nothing was written), or when the
@@ -291,6 +323,56 @@ class TaskQueue(Repository):
         }
         return bool(self._execute(queries.FINISH, params))
 
+    def finish_succeeded(
+        self,
+        run: Claim,
+        publish: Callable[[], tuple[int, dict[str, Any] | None]],
+        *,
+        metrics: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> Literal["succeeded", "cancelled", "lost"]:
+        """Publish and record a successful run in ONE transaction that holds the task row's lock.
+
+        The row is locked (``SELECT ... FOR UPDATE``); if ``run`` no longer holds the task
+        (``run_id`` changed, or the status is not ``running``) nothing is published. A task
+        cancelled meanwhile is recorded as cancelled, unpublished. Otherwise ``publish()`` runs
+        while the lock is held (a concurrent re-queue, claim or cancel waits) and the success is
+        recorded with the version it returns before the commit. If the commit fails (the server
+        restarted), nothing was recorded: call again; ``publish`` must then be idempotent for this
+        run (:func:`pytrain.publish.publish_task` finds the version this run already published).
+
+        Args:
+            run: the run that trained the task.
+            publish: ``() -> (version, metrics or None)``: publishes, returns the version and the
+                metrics to record (``None``: ``metrics`` as given).
+            metrics, progress: the run's metrics and last progress record.
+
+        Returns:
+            ``"succeeded"``; ``"cancelled"`` (cancelled before publishing); ``"lost"`` (the run no
+            longer holds the task: nothing published, nothing written).
+
+        Raises:
+            DatabaseError: the database failed (nothing recorded; retry).
+            Exception: whatever ``publish`` raises (nothing recorded; the lock is released).
+        """
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
+                if row is None or row["run_id"] != run.run_id or row["status"] not in ("running", "cancelled"):
+                    return "lost"
+                params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
+                if row["status"] == "cancelled":
+                    conn.execute(queries.FINISH, {**params, "status": "cancelled", "error": "cancelled before publishing"})
+                    return "cancelled"
+                version, published_metrics = publish()
+                if published_metrics is not None:
+                    params["metrics"] = _json(published_metrics)
+                recorded = conn.execute(queries.FINISH, {**params, "status": "succeeded", "version": int(version)}).first()
+                assert recorded is not None  # the row is locked and was checked: FINISH matches it
+                return "succeeded"
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise DatabaseError(f"recording task {run.task_id}'s success failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+
     def requeue(self, run: Claim, reason: str) -> bool:
         """Put a running task back in the queue without counting a lost attempt (clean shutdown)."""
         return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason}))
@@ -299,7 +381,8 @@ class TaskQueue(Repository):
         """Re-queue runs whose lease expired (and, with ``own_worker_id``, that worker's runs).
 
         Each re-queue increments ``attempts``; a task reaching ``max_attempts`` fails with a message
-        saying so.
+        saying so. The lost run's ``task_runs`` row ends as ``requeued`` (``failed`` when the task
+        gives up). A row locked by a worker recording its success is skipped (looked at next time).
 
         Returns:
             ``[{"id", "status", "attempts", "error"}]`` for every task touched.
@@ -309,9 +392,37 @@ class TaskQueue(Repository):
             log.warning("task %s: %s", row["id"], row["error"])
         return rows
 
-    def set_task_dir(self, task_id: int, task_dir: str) -> None:
-        """Record where the task's folder is."""
-        self._execute(queries.SET_TASK_DIR, {"task_id": task_id, "task_dir": task_dir})
+    def set_task_dir(self, run: Claim, task_dir: str) -> bool:
+        """Record where the run prepared the task's folder.
+
+        Returns:
+            ``False`` when the run no longer holds the task (nothing written).
+        """
+        return bool(self._execute(queries.SET_TASK_DIR, {**run.key(), "task_dir": task_dir}))
+
+    def retry(self, task_id: int) -> None:
+        """Put a failed or cancelled task back in the queue as a new run (``pytrain retry``).
+
+        ``attempts`` starts again at 0 and ``error`` is cleared; the earlier runs stay in
+        ``task_runs`` (:meth:`runs`).
+
+        Raises:
+            TaskNotFoundError: no such task.
+            ConfigurationError: the task is queued, running or succeeded (the message says which).
+        """
+        if self._execute(queries.RETRY, {"task_id": task_id}):
+            return
+        status = self.get(task_id).status  # raises TaskNotFoundError
+        hint = {
+            "succeeded": "submit a new task to train the model again",
+            "queued": "it is waiting for a worker already",
+            "running": "cancel it first (`pytrain cancel ID`), or wait for it to end",
+        }.get(status, "only failed or cancelled tasks can be retried")
+        raise ConfigurationError(f"task {task_id} is {status}: only a failed or cancelled task can be retried", hint=hint)
+
+    def runs(self, task_id: int) -> list[RunRow]:
+        """The runs of task ``task_id`` (``task_runs``), oldest first; ``[]`` for a task never claimed."""
+        return [RunRow(**row) for row in self._execute(queries.LIST_RUNS, {"task_id": task_id})]
 
     def listen(self) -> bool:
         """Start listening for queued-task notifications; returns whether ``LISTEN`` works (else: poll)."""
@@ -431,5 +542,93 @@ class Notifications:
         if self._conn is not None:
             try:
                 self._conn.close()
+            finally:
+                self._conn = None
+
+
+class WorkerLock:
+    """One live orchestrator per worker id: a session-level advisory lock on the worker id.
+
+    The lock (``pg_try_advisory_lock`` on PostgreSQL's 64-bit hash of the id, see
+    :data:`pytrain.db.queries.WORKER_LOCK`) is held on a dedicated autocommit connection whose
+    ``application_name`` names this host and pid, so a second orchestrator with the same id can
+    say who holds it. The server drops the lock with the connection: an orchestrator that crashed
+    (or whose connection broke) does not block its successor.
+
+    Args:
+        engine: the queue's database.
+        worker_id: the id to hold.
+    """
+
+    def __init__(self, engine: Engine, worker_id: str) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self._conn: Any = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock (as far as it knows: a broken connection is found by :meth:`ensure`)."""
+        return self._conn is not None
+
+    def acquire(self) -> None:
+        """Take the lock, or refuse.
+
+        Raises:
+            ConfigurationError: another live orchestrator holds this worker id (the message names
+                its host and pid, and the fix).
+            DatabaseError: the database cannot be reached.
+        """
+        if self._conn is not None:
+            return
+        name = f"pytrain worker {socket.gethostname()} pid {os.getpid()}"[:63]  # NAMEDATALEN - 1
+        key = {"worker_id": self.worker_id}
+        conn = None
+        try:
+            conn = self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+            conn.detach()  # a connection of its own: closing it really closes it (and drops the lock)
+            conn.execute(queries.SET_APPLICATION_NAME, {"name": name})
+            locked = bool(conn.execute(queries.WORKER_LOCK, key).scalar())
+            holder = None if locked else conn.execute(queries.WORKER_LOCK_HOLDER, key).mappings().first()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            if conn is not None:
+                conn.close()
+            raise DatabaseError(f"cannot lock worker id {self.worker_id!r}: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+        if not locked:
+            conn.close()
+            who = "another orchestrator"
+            if holder is not None:
+                who = (f"{holder['application_name'] or 'another session'} (from {holder['client_addr'] or 'a local socket'}, "
+                       f"connected since {holder['backend_start']:%Y-%m-%d %H:%M:%S %Z})")
+            raise ConfigurationError(
+                f"worker id {self.worker_id!r} is already in use by a running orchestrator: {who}",
+                hint="give each orchestrator its own id (PYTRAIN_WORKER_ID or --worker-id), or stop the other one first",
+            )
+        self._conn = conn
+        log.info("worker id %s locked (%s)", self.worker_id, name)
+
+    def ensure(self) -> None:
+        """Check the lock's connection; after it broke (server restart), take the lock again.
+
+        Raises:
+            ConfigurationError: another orchestrator took the id while the connection was down.
+            DatabaseError: the database cannot be reached (the lock is not held).
+        """
+        if self._conn is not None:
+            try:
+                self._conn.execute(queries.PING)
+                return
+            except (DBAPIError, SQLAlchemyError) as exc:
+                log.warning("lost the connection holding worker id %s (%s); locking it again", self.worker_id,
+                            _first_line(getattr(exc, "orig", None) or exc))
+                self.release()
+        self.acquire()
+
+    def release(self) -> None:
+        """Release the lock (close its connection); idempotent."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except (DBAPIError, SQLAlchemyError):
+                pass  # a broken connection: the server dropped the lock with it
             finally:
                 self._conn = None

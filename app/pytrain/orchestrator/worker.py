@@ -5,16 +5,23 @@ operations are in :class:`pytrain.db.TaskQueue`; this module only decides what t
 
 Life of a worker:
 
-1. Start: check the schema (refuse an old one), kill runs a crashed predecessor with the same
-   worker id left behind (``runner.cleanup_orphans``), re-queue the tasks still marked running
-   under this worker id.
+1. Start: check the schema (refuse an old one), take the worker id's lock in the database (a
+   second live orchestrator with the same id refuses to start; :class:`pytrain.db.WorkerLock`),
+   kill runs a crashed predecessor with the same worker id left behind
+   (``runner.cleanup_orphans``), re-queue the tasks still marked running under this worker id.
 2. Loop: re-queue tasks whose lease expired (any worker's), claim the next task
    (``FOR UPDATE SKIP LOCKED``), run it; when the queue is empty, wait for a ``NOTIFY`` on
    ``pytrain_tasks`` or the polling interval, whichever comes first.
 3. While a task runs, a heartbeat thread renews its lease every ``heartbeat_seconds``, copies
    ``progress.jsonl`` into the row and sets the runner's ``cancel`` event when the task was
-   cancelled (or the run was lost: its lease expired and someone else re-queued it).
-4. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
+   cancelled (or the run was lost: its lease expired and someone else re-queued it). A fence
+   thread stops the run itself (``cancel``) when the lease has not been renewed for
+   ``settings.fence_seconds`` (lease minus margin), so a worker cut off from the database, or
+   frozen, never trains past its lease alongside the run that replaces it.
+4. Success: publishing and recording the outcome happen in one transaction that locks the task
+   row and checks the run still holds it (:meth:`pytrain.db.TaskQueue.finish_succeeded`); a
+   database that drops meanwhile is retried (publishing is idempotent per run).
+5. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
    interrupted and re-queued (default) or allowed to finish.
 """
 
@@ -32,8 +39,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, check_schema, get_engine
-from pytrain.errors import DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
+from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, WorkerLock, check_schema, get_engine
+from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
@@ -73,43 +80,88 @@ def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews a run's lease, copies its progress into the row, and notices cancellation."""
+    """Renews a run's lease, copies its progress into the row, notices cancellation, and fences.
 
-    def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event) -> None:
+    ``state``: ``ok``; ``cancelled`` (a user cancelled the task); ``lost`` (a heartbeat found the
+    run no longer holds the task); ``fenced`` (the lease was not renewed for
+    ``settings.fence_seconds``: the worker stopped its run itself). Any state but ``ok`` sets
+    ``cancel``, which the runner obeys within its poll + grace time.
+
+    Args:
+        claimed_at: ``time.monotonic()`` taken before the claim was sent: the lease runs from a
+            moment after it, so fencing counts from here.
+    """
+
+    def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event,
+                 claimed_at: float | None = None) -> None:
         super().__init__(name=f"heartbeat-task-{run.task_id}", daemon=True)
         self.queue = queue
         self.run_ = run
         self.settings = settings
         self.cancel = cancel
         self.task_dir: Path | None = None
-        self.state = "ok"  # ok | cancelled | lost
+        self.state = "ok"  # ok | cancelled | lost | fenced
+        #: ``time.monotonic()`` when the last successful renewal was sent (before the database set the lease).
+        self.renewed_at = time.monotonic() if claimed_at is None else claimed_at
         self._done = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held during a beat (a database call)
+        self._state_lock = threading.Lock()  # never held across a database call: the fence must not wait on one
         self._ended = False
         self._logged_epoch: int | None = None
+        self._fence = threading.Thread(target=self._watch, name=f"fence-task-{run.task_id}", daemon=True)
+
+    def start(self) -> None:
+        """Start beating, and the fence that watches the renewals."""
+        super().start()
+        self._fence.start()
 
     def beat(self) -> None:
         """Renew the lease, copy progress into the row, and set ``cancel`` if the run was cancelled or lost."""
         with self._lock:
-            if self._ended:
+            if self._ended or self.state == "fenced":
                 return
             self._beat()
 
     def _beat(self) -> None:
         record = read_progress_record(self.task_dir) if self.task_dir is not None else None
+        sent = time.monotonic()
         try:
             state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, None if record is None else record.to_dict())
-        except DatabaseError as exc:  # a database hiccup: try again at the next beat
-            log.warning("task %s: heartbeat failed: %s", self.run_.task_id, exc)
+        except DatabaseError as exc:  # a database hiccup: try again at the next beat (the fence bounds how long)
+            log.warning("task %s: heartbeat failed (%.1f s since the last renewal): %s",
+                        self.run_.task_id, time.monotonic() - self.renewed_at, exc)
             return
         self._log_epoch(record)
-        if state != "ok" and self.state == "ok":
+        if state == "ok":
+            with self._state_lock:
+                if self.state == "ok":
+                    self.renewed_at = sent
+            return
+        if state == "cancelled":
+            self._set_state("cancelled", "task %s was cancelled; stopping its run")
+        else:
+            self._set_state("lost", "task %s: the run no longer holds the task (re-queued or claimed by another worker); stopping it")
+
+    def _set_state(self, state: str, message: str) -> None:
+        with self._state_lock:
+            if self.state != "ok" or self._ended:
+                return
             self.state = state
-            if state == "cancelled":
-                log.info("task %s was cancelled; stopping its run", self.run_.task_id)
-            else:
-                log.warning("task %s: this worker lost the run (lease expired); stopping it", self.run_.task_id)
-            self.cancel.set()
+        (log.info if state == "cancelled" else log.warning)(message, self.run_.task_id)
+        self.cancel.set()
+
+    def _watch(self) -> None:
+        """The fence: stop the run once the lease has gone unrenewed for ``settings.fence_seconds``."""
+        step = min(0.25, self.settings.heartbeat_seconds / 2)
+        while not self._done.wait(step):
+            with self._state_lock:
+                if self.state != "ok" or self._ended:
+                    return
+                overdue = time.monotonic() - self.renewed_at >= self.settings.fence_seconds
+            if overdue:
+                self._set_state("fenced", "task %s: lease not renewed for PYTRAIN_LEASE_SECONDS minus the fencing margin "
+                                f"({self.settings.fence_seconds:g} s); stopping the run before another worker may claim it")
+                return
 
     def _log_epoch(self, record: ProgressRecord | None) -> None:
         """Log one progress line (:func:`pytrain.spec.format_progress`) per new epoch."""
@@ -126,15 +178,18 @@ class _Heartbeat(threading.Thread):
                 return
 
     def end(self) -> None:
-        """No beat from now on: the worker is about to record the run's outcome. A beat after that
-        write would find the run no longer running and wrongly report it lost."""
+        """No beat and no fencing from now on: the worker is about to record the run's outcome. A
+        beat after that write would find the run no longer running and wrongly report it lost."""
         with self._lock:  # waits for a beat in flight
-            self._ended = True
+            with self._state_lock:
+                self._ended = True
 
     def stop(self) -> None:
-        """Stop beating and wait for the thread."""
+        """Stop beating and fencing, and wait for both threads (a beat stuck on a dead connection
+        is not waited for beyond a heartbeat: the thread is a daemon and its run is fenced)."""
         self._done.set()
-        self.join()
+        self._fence.join()
+        self.join(timeout=max(1.0, self.settings.heartbeat_seconds))
 
 
 class Orchestrator:
@@ -175,6 +230,7 @@ class Orchestrator:
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it
         self._started = False
+        self._identity = WorkerLock(self.engine, self.worker_id)  # one live orchestrator per worker id
         self.current: Claim | None = None
         self._heartbeat: _Heartbeat | None = None  # the running task's
 
@@ -220,8 +276,10 @@ class Orchestrator:
 
         Raises:
             SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
+            ConfigurationError: another live orchestrator uses this worker id (named in the message).
         """
         check_schema(self.engine)
+        self._identity.acquire()  # before touching any run: a duplicate must not kill the other's runs
         active = self.queue.running_elsewhere(self.worker_id)
         if isinstance(self.runner, ClusterRunner):
             # Its runs (Slurm jobs) outlive a crashed worker: those of the tasks this worker id still
@@ -245,7 +303,8 @@ class Orchestrator:
             The number of tasks this worker ran to an end (any outcome).
 
         Raises:
-            SchemaOutOfDateError: see :meth:`start`.
+            SchemaOutOfDateError, ConfigurationError: see :meth:`start`; the worker id's lock is
+                released when this returns.
         """
         if not self._started:
             self.start()
@@ -257,9 +316,10 @@ class Orchestrator:
                 if max_tasks is not None and done >= max_tasks:
                     break
                 try:
+                    self._identity.ensure()  # a server restart dropped the lock: take it again (or refuse)
                     ran = self.run_once()
                     idle = not ran and exit_when_idle and self.queue.counts().get("queued", 0) == 0
-                except SchemaOutOfDateError:
+                except (SchemaOutOfDateError, ConfigurationError):
                     raise
                 except DatabaseError as exc:  # the server restarts, the network drops: keep trying
                     log.warning("database unavailable (%s); retrying in %.1f s", exc, self.settings.poll_seconds)
@@ -274,34 +334,47 @@ class Orchestrator:
                 self._wait_for_work(self.settings.poll_seconds)
         finally:
             self.queue.unlisten()
+            self.close()
         return done
+
+    def close(self) -> None:
+        """Release the worker id's lock (idempotent); :meth:`run` calls it when it returns."""
+        self._identity.release()
+        self._started = False
 
     def run_once(self) -> bool:
         """Re-queue lost runs, then claim and run one task. Returns whether a task was run."""
         self.queue.requeue_lost(self.settings.max_attempts)
         if self._stop.is_set():
             return False
+        claimed_at = time.monotonic()  # before the claim: the lease runs from a moment after this
         run = self.queue.claim(self.worker_id, self.settings.lease_seconds)
         if run is None:
             return False
         self.current = run
         try:
-            status = self.process(run)
+            status = self.process(run, claimed_at=claimed_at)
             log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
         finally:
             self.current = None
         return True
 
     # -- one task --------------------------------------------------------------------------
-    def process(self, run: Claim) -> str:
+    def process(self, run: Claim, *, claimed_at: float | None = None) -> str:
         """Prepare, run and record one claimed task.
+
+        Args:
+            run: the claimed run.
+            claimed_at: ``time.monotonic()`` before the claim was sent (fencing counts from it;
+                default: now).
 
         Returns:
             The task's status afterwards as this worker sees it: ``succeeded``, ``failed``,
-            ``cancelled``, ``queued`` (interrupted), or ``lost`` (the run was taken away).
+            ``cancelled``, ``queued`` (interrupted), or ``lost`` (the run was taken away, or
+            fenced: stopped by this worker because its lease could not be renewed in time).
         """
         cancel = threading.Event()
-        heartbeat = _Heartbeat(self.queue, run, self.settings, cancel)
+        heartbeat = _Heartbeat(self.queue, run, self.settings, cancel, claimed_at)
         heartbeat.start()
         self._heartbeat = heartbeat
         try:
@@ -320,7 +393,9 @@ class Orchestrator:
             raise
         except PyTrainError as exc:
             return self._fail(run, f"cannot prepare task {task_id}: {exc}")
-        self.queue.set_task_dir(task_id, str(prepared.task_dir))
+        if not self.queue.set_task_dir(run, str(prepared.task_dir)):
+            log.warning("task %s: the run no longer holds the task; not starting it", task_id)
+            return "lost"
         heartbeat.task_dir = prepared.task_dir
 
         try:
@@ -335,6 +410,8 @@ class Orchestrator:
         heartbeat.beat()  # the final progress, and a last look at cancellation
         progress = read_progress(prepared.task_dir)
 
+        if heartbeat.state == "fenced":
+            return self._after_fencing(run)
         if heartbeat.state == "lost":
             return "lost"
         if heartbeat.state == "cancelled" or result.outcome is Outcome.CANCELLED:
@@ -358,9 +435,22 @@ class Orchestrator:
             # The README promises the stderr tail in `error`: the message first, then the tail's end.
             error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
             return self._fail(run, error, progress)
-        return self._succeed(run, prepared, progress)
+        return self._succeed(run, prepared, progress, heartbeat)
 
-    def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None) -> str:
+    def _after_fencing(self, run: Claim) -> str:
+        """The run was stopped by the fence: give the task back if the database is there and the
+        run still holds it (nobody claimed it meanwhile); else its lease expires and any worker
+        re-queues it. Either way this worker records nothing else."""
+        reason = f"worker {self.worker_id} could not renew its lease in time; it stopped the run (fenced) and re-queued the task"
+        try:
+            requeued = self.queue.requeue(run, reason)
+        except DatabaseError as exc:
+            log.warning("task %s: fenced; cannot re-queue it (%s): its lease will expire", run.task_id, exc)
+            return "lost"
+        log.warning("task %s: fenced; %s", run.task_id, "re-queued" if requeued else "another worker holds it now")
+        return "lost"
+
+    def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None, heartbeat: _Heartbeat) -> str:
         metrics_path = prepared.task_dir / METRICS
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -368,27 +458,40 @@ class Orchestrator:
             return self._fail(run, f"training reported success but wrote no {metrics_path}", progress)
         except json.JSONDecodeError as exc:
             return self._fail(run, f"{metrics_path} is not valid JSON: {exc}", progress)
-        if self.queue.status(run.task_id) == "cancelled":  # cancelled in the last seconds: do not publish
-            self._end_heartbeat()
-            self.queue.finish(run, "cancelled", error="cancelled before publishing", metrics=metrics, progress=progress)
-            return "cancelled"
         record = _json_safe({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
                              "task_dir": str(prepared.task_dir)})
-        try:
+
+        def publish() -> tuple[int, dict[str, Any] | None]:
             published = self.publisher(prepared.task_dir, settings=self.settings, task_record=record)
-            version = int(published.version)
             if published.serving_note:  # a class or clip-size change: older versions are no longer served
-                metrics = {**metrics, "served_versions": list(published.served_versions), "serving_note": published.serving_note}
-        except PyTrainError as exc:
-            return self._fail(run, f"publishing failed: {exc}", progress, metrics=metrics)
-        except Exception as exc:
-            log.exception("task %s: publishing crashed", run.task_id)
-            return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
-        self._end_heartbeat()
-        if not self.queue.finish(run, "succeeded", metrics=metrics, version=version, progress=progress):
-            log.warning("task %s: finished, but the run was no longer this worker's", run.task_id)
-            return "lost"
-        return "succeeded"
+                return int(published.version), {**metrics, "served_versions": list(published.served_versions),
+                                                 "serving_note": published.serving_note}
+            return int(published.version), None
+
+        heartbeat.end()  # the success transaction locks the row: a beat would wait on it, then find the run ended
+        # The database may drop while recording (a restart): retry until it is back, for at most a
+        # lease after the last renewal (by then another worker may re-queue the task; each retry
+        # re-checks that the run still holds it, and publishing is idempotent per run).
+        deadline = heartbeat.renewed_at + self.settings.lease_seconds
+        while True:
+            try:
+                outcome = self.queue.finish_succeeded(run, publish, metrics=metrics, progress=progress)
+                break
+            except DatabaseError as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.error("task %s: cannot record the success (%s); giving up: its lease has expired", run.task_id, exc)
+                    return "lost"
+                log.warning("task %s: recording the success failed (%s); retrying (%.0f s left)", run.task_id, exc, remaining)
+                time.sleep(min(1.0, remaining))
+            except PyTrainError as exc:
+                return self._fail(run, f"publishing failed: {exc}", progress, metrics=metrics)
+            except Exception as exc:
+                log.exception("task %s: publishing crashed", run.task_id)
+                return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
+        if outcome == "lost":
+            log.warning("task %s: training finished, but the run no longer holds the task: not published", run.task_id)
+        return outcome
 
     def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
         log.error("task %s failed: %s", run.task_id, message)

@@ -111,7 +111,10 @@ def publish_task(
             ``triton_grpc_url`` (when set, that Triton is asked to load the model).
         task_record: the ``training_tasks`` row (a mapping), saved as
             ``results/<model>/<v>/task.json`` (values JSON cannot hold, e.g. datetimes, are
-            written with ``str``); when it names a model, it must be ``task.json``'s.
+            written with ``str``); when it names a model, it must be ``task.json``'s. With ``id``
+            and ``run_id`` the publish is idempotent per run: when ``history.jsonl`` shows this
+            run published a version that is still there, that version is returned and nothing is
+            published again (the orchestrator retries after a database failure).
         _before_rename: test hook called with ``(staged_folder, version)`` just before the final
             rename (to simulate a crash midway).
 
@@ -169,12 +172,20 @@ def publish_task(
         _stage_version(version_stage, onnx_path, tensor_spec, ini_text, model_name)
         _stage_results(results_stage, task_dir, task_row_json)
         with versions.model_lock(model_dir):
-            serving = _Serving(model_dir, tensor_spec, ini_text, settings)
-            version = _place_version(
-                version_stage, model_dir, results_model_dir, serving.files_for, model_name, before_rename=_before_rename
-            )
-            versions.append_history(model_dir, serving.record(version, task_record.get("id")))
-        _rename_into(results_stage, results_model_dir / str(version), model_name)
+            earlier = versions.published_by_run(model_dir, task_record.get("id"), task_record.get("run_id"))
+            if earlier is None:
+                serving = _Serving(model_dir, tensor_spec, ini_text, settings)
+                version = _place_version(
+                    version_stage, model_dir, results_model_dir, serving.files_for, model_name, before_rename=_before_rename
+                )
+                versions.append_history(model_dir, serving.record(version, task_record.get("id"), task_record.get("run_id")))
+                served, note = serving.served, serving.note
+            else:  # this run published already (its success was not recorded: a retry): the same version
+                version, served, note = earlier.version, earlier.served, earlier.message
+                log.info("model %s: run %s of task %s published version %d already; not publishing again",
+                         model_name, earlier.run_id, earlier.task_id, version)
+        if earlier is None or not (results_model_dir / str(version)).exists():
+            _rename_into(results_stage, results_model_dir / str(version), model_name)
     except OSError as exc:
         raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
     finally:
@@ -187,11 +198,11 @@ def publish_task(
 
     published = PublishedModel(
         model_name, version, model_dir / str(version), results_model_dir / str(version),
-        served_versions=tuple(serving.served), serving_note=serving.note,
+        served_versions=tuple(served), serving_note=note,
     )
-    log.info("published model %s version %d at %s, serving versions %s", model_name, version, published.path, serving.served)
-    if serving.note:
-        log.warning("model %s: %s", model_name, serving.note)
+    log.info("published model %s version %d at %s, serving versions %s", model_name, version, published.path, served)
+    if note:
+        log.warning("model %s: %s", model_name, note)
     if settings.triton_grpc_url:
         from pytrain.publish.loader import request_load
 
@@ -231,10 +242,11 @@ class _Serving:
             )
         return versions.model_files(self.model_dir.name, self.spec, self.ini_text, self.served, self.settings)
 
-    def record(self, version: int, task_id: Any) -> versions.HistoryRecord:
+    def record(self, version: int, task_id: Any, run_id: Any = None) -> versions.HistoryRecord:
         return versions.HistoryRecord(
             "publish", time.time(), versions.current_user(), version, self.served, self.previous,
             task_id=int(task_id) if isinstance(task_id, int) else None, message=self.note,
+            run_id=int(run_id) if isinstance(run_id, int) else None,
         )
 
 

@@ -73,6 +73,8 @@ class HistoryRecord:
         previous: versions they served before, ascending (``[]`` for a model's first version).
         task_id: the task that trained ``version`` (publish only), else ``None``.
         message: why the served set is what it is (e.g. a class change), or ``""``.
+        run_id: the run of the task (``task_runs.id``) that published it (publish only), else
+            ``None``; a retry of that run finds its version here (:func:`published_by_run`).
     """
 
     event: str
@@ -83,6 +85,7 @@ class HistoryRecord:
     previous: list[int]
     task_id: int | None = None
     message: str = ""
+    run_id: int | None = None
 
     def to_json(self) -> str:
         """One JSON object, no newline."""
@@ -112,6 +115,18 @@ def read_history(model_dir: Path) -> list[HistoryRecord]:
             except ValueError as exc:
                 log.warning("%s: skipping a line: %s", Path(model_dir) / HISTORY_FILE, exc)
     return records
+
+
+def published_by_run(model_dir: Path, task_id: Any, run_id: Any) -> HistoryRecord | None:
+    """The ``publish`` record of run ``run_id`` of task ``task_id`` whose version folder is still
+    there, or ``None`` (also when either id is ``None``). Call it under :func:`model_lock`."""
+    if task_id is None or run_id is None:
+        return None
+    for record in reversed(read_history(model_dir)):
+        if record.event == "publish" and record.task_id == task_id and record.run_id == run_id \
+                and (Path(model_dir) / str(record.version)).is_dir():
+            return record
+    return None
 
 
 def append_history(model_dir: Path, record: HistoryRecord) -> None:

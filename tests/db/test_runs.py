@@ -1,0 +1,188 @@
+"""Runs of a task (``task_runs``), the run id as fencing token, ``retry``, and the worker id lock,
+on a real PostgreSQL. Budget: under 1 s per test (about 10 s for the file)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from sqlalchemy import text
+
+from pytrain.db import TaskQueue, WorkerLock
+from pytrain.errors import ConfigurationError, TaskNotFoundError
+
+TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]}
+
+
+def expire_lease(engine, task_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE training_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
+
+
+def test_claim_starts_a_run_and_stores_its_id_in_the_task(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    row = queue.get(task_id)
+    assert row.run_id == run.run_id
+    [only] = queue.runs(task_id)
+    assert (only.id, only.task_id, only.worker_id, only.outcome, only.finished_at) == (run.run_id, task_id, "host-a", None, None)
+    assert only.started_at == row.started_at
+
+
+def test_a_stale_run_can_neither_renew_nor_finish_nor_move_the_folder(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    stale = queue.claim("host-a", 30)
+    expire_lease(engine, task_id)
+    queue.requeue_lost(max_attempts=3)
+    fresh = queue.claim("host-a", 30)  # the same worker id: only the run id tells the runs apart
+    assert fresh.run_id != stale.run_id
+    assert queue.heartbeat(stale, 30) == "lost"
+    assert queue.set_task_dir(stale, "/elsewhere") is False
+    assert queue.finish(stale, "failed", error="stale") is False
+    assert queue.requeue(stale, "stale") is False
+    assert queue.finish_succeeded(stale, publish=lambda: pytest.fail("a stale run must not publish")) == "lost"
+    row = queue.get(task_id)
+    assert (row.status, row.run_id, row.error, row.task_dir) == ("running", fresh.run_id, None, None)
+    assert queue.heartbeat(fresh, 30) == "ok" and queue.set_task_dir(fresh, "/here") is True
+
+
+def test_requeue_lost_ends_the_lost_run_as_requeued_and_the_last_as_failed(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    for _ in range(2):
+        queue.claim("host-a", 30)
+        expire_lease(engine, task_id)
+        queue.requeue_lost(max_attempts=2)
+    runs = queue.runs(task_id)
+    assert [r.outcome for r in runs] == ["requeued", "failed"]
+    assert runs[0].error.startswith("worker host-a stopped renewing its lease") and runs[0].error.endswith("re-queued")
+    assert runs[1].error.endswith("giving up (PYTRAIN_MAX_ATTEMPTS reached)")
+    assert all(r.finished_at is not None for r in runs)
+    row = queue.get(task_id)
+    assert (row.status, row.run_id) == ("failed", runs[1].id)
+
+
+def test_finish_and_requeue_end_the_runs_row(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    first = queue.claim("host-a", 30)
+    assert queue.requeue(first, "interrupted: shutting down")
+    assert queue.get(task_id).run_id is None  # a queued task has no current run
+    second = queue.claim("host-b", 30)
+    assert queue.finish(second, "failed", error="boom")
+    assert [(r.worker_id, r.outcome, r.error) for r in queue.runs(task_id)] == [
+        ("host-a", "requeued", "interrupted: shutting down"), ("host-b", "failed", "boom")]
+
+
+def test_success_is_published_and_recorded_in_one_locked_transaction(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    seen = []
+
+    def publish():
+        # While publishing, the row is locked: another session cannot re-queue or cancel it.
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '100ms'"))
+            with pytest.raises(Exception, match="lock timeout"):
+                other.execute(text("UPDATE training_tasks SET status = 'cancelled' WHERE id = :id"), {"id": task_id})
+        seen.append(queue.get(task_id).status)  # another connection: the success is not visible yet
+        return 4, {"test_accuracy": 0.9, "served_versions": [4]}
+
+    assert queue.finish_succeeded(run, publish, metrics={"test_accuracy": 0.9}) == "succeeded"
+    assert seen == ["running"]
+    row = queue.get(task_id)
+    assert (row.status, row.version, row.metrics) == ("succeeded", 4, {"test_accuracy": 0.9, "served_versions": [4]})
+    [ended] = queue.runs(task_id)
+    assert (ended.outcome, ended.version, ended.error) == ("succeeded", 4, None)
+
+
+def test_a_task_cancelled_before_publishing_is_recorded_cancelled_unpublished(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    queue.cancel(task_id)
+    assert queue.finish_succeeded(run, publish=lambda: pytest.fail("must not publish")) == "cancelled"
+    assert queue.get(task_id).status == "cancelled"
+    assert [(r.outcome, r.error) for r in queue.runs(task_id)] == [("cancelled", "cancelled before publishing")]
+
+
+def test_a_failing_publish_records_nothing_and_releases_the_lock(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    with pytest.raises(RuntimeError, match="disk full"):
+        queue.finish_succeeded(run, publish=lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert queue.finish(run, "failed", error="publishing failed: disk full")  # not blocked by a leftover lock
+    assert [r.outcome for r in queue.runs(task_id)] == ["failed"]
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_retry_queues_a_failed_or_cancelled_task_as_a_new_run_keeping_its_history(engine, status):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    if status == "failed":
+        expire_lease(engine, task_id)
+        queue.requeue_lost(max_attempts=1)
+    else:
+        queue.cancel(task_id)
+        queue.finish(run, "cancelled", error="cancelled while running")
+    assert queue.get(task_id).status == status
+    queue.retry(task_id)
+    row = queue.get(task_id)
+    assert (row.status, row.attempts, row.error, row.finished_at, row.run_id, row.worker_id) == ("queued", 0, None, None, None, None)
+    again = queue.claim("host-b", 30)
+    assert [(r.worker_id, r.outcome) for r in queue.runs(task_id)] == [("host-a", status), ("host-b", None)]
+    assert again.run_id == queue.runs(task_id)[1].id
+
+
+@pytest.mark.parametrize("status, hint", [("queued", "waiting for a worker"), ("running", "pytrain cancel"),
+                                          ("succeeded", "submit a new task")])
+def test_retry_refuses_other_statuses_naming_the_status(engine, status, hint):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    if status != "queued":
+        run = queue.claim("host-a", 30)
+        if status == "succeeded":
+            queue.finish_succeeded(run, publish=lambda: (1, None))
+    with pytest.raises(ConfigurationError, match=f"task {task_id} is {status}: only a failed or cancelled task can be retried") as info:
+        queue.retry(task_id)
+    assert hint in info.value.hint
+    assert queue.get(task_id).status == status
+    with pytest.raises(TaskNotFoundError):
+        queue.retry(999)
+
+
+def test_a_second_holder_of_a_worker_id_is_refused_naming_the_first(engine):
+    first, second, other = WorkerLock(engine, "host-gpu0"), WorkerLock(engine, "host-gpu0"), WorkerLock(engine, "host-gpu1")
+    first.acquire()
+    try:
+        other.acquire()  # another id: no conflict
+        with pytest.raises(ConfigurationError) as info:
+            second.acquire()
+        assert info.value.message.startswith(
+            f"worker id 'host-gpu0' is already in use by a running orchestrator: pytrain worker {socket.gethostname()} pid {os.getpid()}")
+        assert "PYTRAIN_WORKER_ID" in info.value.hint
+        assert not second.held
+    finally:
+        first.release()
+        other.release()
+    second.acquire()  # released with its connection
+    second.release()
+
+
+def test_a_worker_lock_dropped_by_the_server_is_taken_again(engine, pg_admin_url):
+    lock = WorkerLock(engine, "host-gpu0")
+    lock.acquire()
+    with engine.begin() as conn:  # the server drops the lock's session (as a restart would)
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name LIKE 'pytrain worker %' AND datname = current_database()"))
+    lock.ensure()
+    assert lock.held
+    with pytest.raises(ConfigurationError):
+        WorkerLock(engine, "host-gpu0").acquire()
+    lock.release()
