@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from pytrain.errors import ConfigurationError
+from pytrain.sampling import ClipSampling, check_sampling
 from pytrain.task_columns import default as column_default
 
 TASK_SPEC = "task.json"
@@ -290,10 +291,21 @@ class TensorSpec(_JsonFile):
     Input ``input_name``: ``(N, num_frames, height, width, 3)`` uint8 RGB frames, N dynamic.
     Output ``output_name``: ``(N, len(class_list))`` float32 class probabilities (softmax).
 
-    ``clip_seconds`` is the training clips' typical duration (the median over the training split,
-    seconds): training samples ``num_frames`` over a whole clip, so a live stream is sampled at
-    ``num_frames / clip_seconds`` frames per second (:mod:`pytrain.client.stream`). ``None`` for
-    models exported before PyTrain recorded it (their ``tensor_spec.json`` still loads).
+    ``clip_seconds`` is the time one input clip spans, seconds: in ``uniform`` sampling the training
+    clips' typical duration (the median over the training split: training samples ``num_frames``
+    over a whole clip); in ``dense`` sampling ``num_frames * frame_interval`` frames at the training
+    videos' median frame rate. A live stream is sampled at ``num_frames / clip_seconds`` frames per
+    second (:mod:`pytrain.client.stream`). ``None`` for models exported before PyTrain recorded it
+    (their ``tensor_spec.json`` still loads).
+
+    ``sampling``, ``frame_interval`` and ``test_clips`` say how a video becomes the input clips
+    (:mod:`pytrain.sampling`; the client samples the same way and averages ``test_clips`` views).
+    Specs written before PyTrain recorded them load as ``uniform``, 1, 1: what those models were
+    trained with.
+
+    Raises:
+        ConfigurationError: an unknown sampling mode or out-of-range counts
+            (:func:`pytrain.sampling.check_sampling`).
     """
 
     FILE_NAME = TENSOR_SPEC
@@ -312,6 +324,18 @@ class TensorSpec(_JsonFile):
     channels: int = 3
     architecture: str = ""
     clip_seconds: float | None = None
+    sampling: str = column_default("sampling")
+    frame_interval: int = column_default("frame_interval")
+    test_clips: int = column_default("test_clips")
+
+    def __post_init__(self) -> None:
+        check_sampling(self.sampling, self.frame_interval, test_clips=self.test_clips)
+
+    @property
+    def clip_sampling(self) -> ClipSampling:
+        """How clips are cut from a video for this model (one training clip per video: the
+        client never trains)."""
+        return ClipSampling(self.sampling, self.frame_interval, test_clips=self.test_clips)
 
     @property
     def input_shape(self) -> list[int]:

@@ -1,18 +1,21 @@
 """Clip sampling and decoding shared by training (evaluation mode) and the client.
 
-Training's evaluation transform and ``pytrain predict`` both call :func:`read_clip`, so a clip is
-sampled and resized the same way on both sides. Normalisation is *not* done here: it lives inside
+Training's evaluation transform and ``pytrain predict``/``evaluate`` both call :func:`decode_views`
+(:func:`read_clip` is its one-view uniform case), so a clip is sampled
+(:func:`pytrain.sampling.clip_indices`) and resized the same way on both sides. Normalisation is *not* done here: it lives inside
 the model (and so inside the exported ONNX graph), see :mod:`pytrain.training.preprocess`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pytrain.errors import ConfigurationError, VideoDecodeError
+from pytrain.sampling import ClipSampling, clip_indices
 
 #: The decoders behind :func:`decode_clip`; the first is the default. ``PYTRAIN_DECODER`` picks one
 #: (:class:`pytrain.settings.Settings` validates it; this module reads the variable itself because
@@ -34,12 +37,13 @@ def default_decoder() -> str:
 
 
 def sample_indices(num_video_frames: int, num_frames: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Frame indices for a clip of ``num_frames`` frames sampled uniformly over a video.
+    """Frame indices for one clip of ``num_frames`` frames sampled uniformly over a video.
 
     The video is cut into ``num_frames`` equal segments (the TSN scheme, Wang et al. 2016,
     "Temporal Segment Networks", ECCV). Evaluation (``rng is None``) takes the centre frame of each
     segment, so it is deterministic; training (``rng`` given) takes a uniformly random frame inside
-    each segment (temporal jitter).
+    each segment (temporal jitter). This is :func:`pytrain.sampling.clip_indices` in ``uniform``
+    mode with one clip.
 
     A video shorter than ``num_frames`` frames gets repeated indices (each frame is shown for
     about ``num_frames / num_video_frames`` steps), so the clip always has ``num_frames`` frames.
@@ -55,18 +59,7 @@ def sample_indices(num_video_frames: int, num_frames: int, *, rng: np.random.Gen
     Raises:
         ValueError: ``num_video_frames < 1`` or ``num_frames < 1``.
     """
-    if num_video_frames < 1:
-        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    segment = num_video_frames / num_frames
-    starts = np.arange(num_frames, dtype=np.float64) * segment
-    if rng is None:
-        positions = starts + segment / 2.0
-    else:
-        positions = starts + rng.random(num_frames) * segment
-    indices = np.floor(positions).astype(np.int64)
-    return np.clip(indices, 0, num_video_frames - 1)
+    return clip_indices(num_video_frames, num_frames, rng=rng)[0]
 
 
 def read_clip(path: str | Path, num_frames: int, height: int, width: int, *, decoder: str | None = None) -> np.ndarray:
@@ -96,6 +89,24 @@ def decode_clip(
 ) -> np.ndarray:
     """Decode ``num_frames`` frames sampled with :func:`sample_indices`, resized to ``height x width``.
 
+    :func:`decode_views` in ``uniform`` mode with one clip (see there for the decoders).
+
+    Returns:
+        ``(num_frames, height, width, 3)`` uint8 RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+        ConfigurationError: an unknown decoder, or torchcodec asked for and not installed.
+    """
+    return decode_views(path, num_frames, height, width, rng=rng, decoder=decoder)[0]
+
+
+def decode_views(
+    path: str | Path, num_frames: int, height: int, width: int, sampling: ClipSampling | None = None, *,
+    rng: np.random.Generator | None = None, clip: int = 0, decoder: str | None = None,
+) -> np.ndarray:
+    """Decode the clips :func:`pytrain.sampling.clip_indices` picks, resized to ``height x width``.
+
     Two decoders, both FFmpeg underneath, both resizing while decoding (FFmpeg's scaler):
 
     - ``decord`` (default). decord 0.6 fails on some target sizes (e.g. 48x32 from 64x64: "The
@@ -109,13 +120,17 @@ def decode_clip(
 
     Args:
         path: the video file.
-        num_frames: frames in the clip (T).
+        num_frames: frames per clip (T).
         height, width: output size in pixels.
-        rng: ``None`` for evaluation (deterministic); a generator for training's temporal jitter.
+        sampling: the sampling mode and counts (default: uniform, one clip).
+        rng: ``None`` for evaluation (deterministic, ``sampling.test_clips`` views); a generator
+            for one training clip.
+        clip: with ``rng``, which of the video's ``sampling.num_clips`` training clips.
         decoder: ``decord`` or ``torchcodec``; default :func:`default_decoder`.
 
     Returns:
-        ``(num_frames, height, width, 3)`` uint8 RGB.
+        ``(V, num_frames, height, width, 3)`` uint8 RGB; ``V`` is ``sampling.test_clips`` for
+        evaluation, 1 for training.
 
     Raises:
         VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
@@ -129,26 +144,35 @@ def decode_clip(
         raise VideoDecodeError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "the file is empty")
+    shape: list[int] = []
+
+    def pick(total: int) -> list[int]:
+        indices = clip_indices(total, num_frames, sampling, rng=rng, clip=clip)
+        shape[:] = indices.shape
+        return indices.reshape(-1).tolist()
+
     decode = _decode_torchcodec if decoder == "torchcodec" else _decode_decord
     try:
-        frames = decode(path, num_frames, height, width, rng)
+        frames = decode(path, height, width, pick)
     except (VideoDecodeError, ConfigurationError):
         raise
     except Exception as exc:  # the decoders raise DECORDError / RuntimeError for unreadable input
         raise _decoder_error(path, exc) from exc
-    if frames.shape != (num_frames, height, width, 3):
-        raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(num_frames, height, width, 3)}")
-    return np.ascontiguousarray(frames, dtype=np.uint8)
+    views = shape[0] if shape else 0
+    if frames.shape != (views * num_frames, height, width, 3):
+        raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(views * num_frames, height, width, 3)}")
+    return np.ascontiguousarray(frames, dtype=np.uint8).reshape(views, num_frames, height, width, 3)
 
 
-def _decode_decord(path: Path, num_frames: int, height: int, width: int, rng: np.random.Generator | None) -> np.ndarray:
+def _decode_decord(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
+    """Frames ``pick(frame_count)`` of ``path``, resized: ``(len, H, W, 3)`` uint8."""
     import decord  # imported here: the orchestrator never decodes
 
     reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
     total = len(reader)
     if total < 1:
         raise VideoDecodeError(path, "the video has no frames")
-    indices = sample_indices(total, num_frames, rng=rng).tolist()
+    indices = pick(total)
     try:
         return reader.get_batch(indices).asnumpy()
     except decord.DECORDError as exc:
@@ -158,7 +182,8 @@ def _decode_decord(path: Path, num_frames: int, height: int, width: int, rng: np
         return _resize(native.get_batch(indices).asnumpy(), height, width)
 
 
-def _decode_torchcodec(path: Path, num_frames: int, height: int, width: int, rng: np.random.Generator | None) -> np.ndarray:
+def _decode_torchcodec(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
+    """As :func:`_decode_decord`, with torchcodec's ``Resize`` transform."""
     try:
         from torchcodec.decoders import VideoDecoder
         from torchcodec.transforms import Resize
@@ -170,8 +195,7 @@ def _decode_torchcodec(path: Path, num_frames: int, height: int, width: int, rng
     total = int(reader.metadata.num_frames or 0)
     if total < 1:
         raise VideoDecodeError(path, "the video has no frames")
-    indices = sample_indices(total, num_frames, rng=rng).tolist()
-    return reader.get_frames_at(indices).data.numpy()
+    return reader.get_frames_at(pick(total)).data.numpy()
 
 
 def _decoder_error(path: str | Path, exc: Exception) -> VideoDecodeError:
@@ -193,6 +217,20 @@ def video_seconds(path: str | Path) -> float:
     Raises:
         VideoDecodeError: the file cannot be opened, or reports no frames or no frame rate.
     """
+    frames, fps = _frames_and_fps(path)
+    return frames / fps
+
+
+def video_fps(path: str | Path) -> float:
+    """A video's average frame rate, frames per second (decord's index).
+
+    Raises:
+        VideoDecodeError: the file cannot be opened, or reports no frames or no frame rate.
+    """
+    return _frames_and_fps(path)[1]
+
+
+def _frames_and_fps(path: str | Path) -> tuple[int, float]:
     import decord
 
     try:
@@ -202,20 +240,41 @@ def video_seconds(path: str | Path) -> float:
         raise _decoder_error(path, exc) from exc
     if frames < 1 or not fps > 0:
         raise VideoDecodeError(path, f"{frames} frames at {fps} fps: no duration")
-    return frames / fps
+    return frames, fps
 
 
 def median_seconds(paths: list[str | Path], *, limit: int = 200) -> float | None:
     """The median duration (seconds) of up to ``limit`` of ``paths`` (evenly spread over the list,
     so the figure costs at most ``limit`` file opens); files that cannot be read are left out.
     ``None`` when none can be read."""
+    return _median(paths, video_seconds, limit)
+
+
+def clip_seconds(paths: list[str | Path], num_frames: int, sampling: ClipSampling | None = None, *, limit: int = 200) -> float | None:
+    """The time one model input spans, seconds, over the videos ``paths`` (training's): ``uniform``
+    sampling spreads a clip over a whole video, so the videos' median duration
+    (:func:`median_seconds`); ``dense`` sampling takes ``num_frames * frame_interval`` frames, so
+    that many frames at the videos' median frame rate. ``None`` when no file can be read.
+
+    A live stream is sampled at ``num_frames / clip_seconds`` frames per second
+    (:mod:`pytrain.client.stream`): for ``dense`` that is every ``frame_interval``-th frame at the
+    training videos' frame rate.
+    """
+    sampling = sampling or ClipSampling()
+    if sampling.mode == "uniform":
+        return median_seconds(paths, limit=limit)
+    fps = _median(paths, video_fps, limit)
+    return None if fps is None else sampling.window(num_frames) / fps
+
+
+def _median(paths: list[str | Path], measure: Callable[[str | Path], float], limit: int) -> float | None:
     if not paths:
         return None
     step = max(1, len(paths) // limit)
-    durations = []
+    values = []
     for path in list(paths)[::step][:limit]:
         try:
-            durations.append(video_seconds(path))
+            values.append(measure(path))
         except VideoDecodeError:
             continue
-    return float(np.median(durations)) if durations else None
+    return float(np.median(values)) if values else None

@@ -145,7 +145,7 @@ def test_cache_serves_clips_without_decoding_again(synthetic_sources, tmp_path, 
         raise AssertionError("decoded although the clip is cached")
 
     monkeypatch.setattr(data_mod, "read_clip", no_decoding)
-    monkeypatch.setattr(data_mod, "decode_clip", no_decoding)
+    monkeypatch.setattr(data_mod, "decode_views", no_decoding)
     assert torch.equal(evaluation[0][0], first_eval)
     assert np.array_equal(first_eval.numpy(), read_clip(clip, 8, 32, 32))
     assert torch.equal(training[(0, 1)][0], first_train)

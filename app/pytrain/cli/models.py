@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import typer
 
+from pytrain.cli.serving import CLIPS_HELP
 from pytrain.errors import PyTrainError
 
 _URL_HELP = "Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL)."
@@ -105,6 +106,7 @@ def evaluate(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even when some clips could not be decoded."),
     timeout: float = typer.Option(60.0, "--timeout", help="Inference timeout per request, seconds."),
     ready_timeout: float = typer.Option(10.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
+    clips_per_video: Optional[int] = typer.Option(None, "--clips", min=1, help=CLIPS_HELP),
 ) -> None:
     """Run labelled clips through Triton as `predict` does; print accuracy, top-k, per-class P/R/F1.
 
@@ -126,7 +128,7 @@ def evaluate(
         with Progress(transient=True) as bar:
             job = bar.add_task(f"evaluating {model}", total=len(clips))
             report = run_evaluation(client, model, clips, version=version, batch_size=batch_size,
-                                    progress=lambda done: bar.update(job, completed=done))
+                                    progress=lambda done: bar.update(job, completed=done), views=clips_per_video)
     folder = report.save(settings.results_dir)
     _print_report(report, folder)
     if report.bad and not skip_bad:

@@ -97,6 +97,11 @@ def control_key_file() -> None:
     typer.echo(str(key_file(settings)))
 
 
+#: ``--clips`` of ``pytrain predict`` and ``pytrain evaluate``.
+CLIPS_HELP = ("Evenly spaced clips (views) per video whose probabilities are averaged (default: the model's test_clips, "
+               "from --config or the local model repository's tensor_spec.json; else 1).")
+
+
 def predict(
     videos: List[Path] = typer.Argument(..., help="Video files (mp4)."),
     model: str = typer.Option(..., "--model", help="Triton model name."),
@@ -106,8 +111,11 @@ def predict(
     config: Optional[Path] = typer.Option(None, "--config", help="PyTrain <model>.config to read clip size and tensor names from (default: Triton's model metadata)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Inference timeout per request, seconds."),
     ready_timeout: float = typer.Option(10.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
+    clips: Optional[int] = typer.Option(None, "--clips", min=1, help=CLIPS_HELP),
 ) -> None:
     """Classify videos over gRPC; prints one JSON object per video.
+
+    Each video is sampled as the model was trained (its sampling mode; --clips evenly spaced views, probabilities averaged).
 
     Each line is {"video": PATH, "label": "cooking", "probability": 0.7779}, plus "top_k": [{"label", "probability"}, ...] with --top-k K > 1.
 
@@ -120,12 +128,12 @@ def predict(
         info = client.model_info(model, version, config_path=config)
         for video in videos:
             try:
-                clip = client.read_video(video, info)
+                views = client.read_views(video, info, clips=clips)
             except ClientError as exc:
                 failed += 1
                 typer.echo(json.dumps({"video": str(video), "error": str(exc)}))
                 continue
-            [top] = client.predict_frames(model, clip[None], version=version, top_k=top_k)
+            [top] = client.classify_views(model, [views], version=version, top_k=top_k)
             line = {"video": str(video), **top[0].to_dict()}
             if top_k > 1:
                 line["top_k"] = [p.to_dict() for p in top]

@@ -8,12 +8,17 @@ Example::
         [top] = client.predict("kitchen", ["clip.mp4"], top_k=3)
         top[0].label, top[0].probability                    # ("cooking", 0.7779)
 
-The client builds the model's :class:`~pytrain.spec.TensorSpec` (clip size, dtypes, tensor names)
-from Triton's model metadata, or from a PyTrain ``<model>.config`` when one is given, checks it
-against the input and output Triton serves (:func:`check_served_tensors`), decodes each
-video with :func:`pytrain.video.read_clip` (the evaluation decode path of training), sends the
-uint8 frames, and asks Triton's classification extension for the top ``k`` classes, so the labels
-come from the server's ``labels.txt``.
+The client builds the model's :class:`~pytrain.spec.TensorSpec` (clip size, dtypes, tensor names,
+sampling) from Triton's model metadata, or from a PyTrain ``<model>.config`` when one is given,
+checks it against the input and output Triton serves (:func:`check_served_tensors`), decodes each
+video with :func:`pytrain.video.decode_views` (the evaluation decode path of training: the model's
+sampling mode, ``test_clips`` evenly spaced views), sends the uint8 frames, and asks Triton's
+classification extension for every class's probability, so the labels come from the server's
+``labels.txt``. A video's views are averaged (:func:`average_views`), as training's evaluation does.
+
+Triton's metadata carries no sampling: without a ``<model>.config`` it is read from the local
+model repository's ``<model>/<version>/tensor_spec.json`` when this host has it
+(``PYTRAIN_MODEL_REPO_DIR``), else the model is taken as ``uniform`` with one view.
 
 Timeouts are separate: ``ready_timeout_s`` (server start), ``load_timeout_s`` (a model becoming
 ready) and ``inference_timeout_s`` (one request).
@@ -127,7 +132,11 @@ class ModelInfo:
         except PyTrainError as exc:
             raise ClientError(f"{path}: {exc.message}", hint=exc.hint) from exc
         spec_fields = {f.name for f in fields(TensorSpec)}
-        return cls(name=name or path.stem, version=version, spec=TensorSpec(**{k: v for k, v in data.items() if k in spec_fields}))
+        try:
+            spec = TensorSpec(**{k: v for k, v in data.items() if k in spec_fields})
+        except PyTrainError as exc:  # e.g. frame_interval with uniform sampling
+            raise ClientError(f"{path}: {exc.message}", hint=exc.hint) from exc
+        return cls(name=name or path.stem, version=version, spec=spec)
 
 
 class TritonClient:
@@ -300,7 +309,7 @@ class TritonClient:
             if config_path is not None:
                 info = replace(ModelInfo.from_pytrain_config(config_path, name=model, version=version_s), max_batch_size=max_batch)
             else:
-                info = _info_from_metadata(model, version_s, meta, max_batch)
+                info = _with_repository_sampling(_info_from_metadata(model, version_s, meta, max_batch))
             check_served_tensors(info, meta)
         except ClientError:
             raise
@@ -409,19 +418,51 @@ class TritonClient:
         return response.as_numpy(info.output_name)
 
     def predict(
-        self, model: str, videos: Sequence[str | Path], *, version: str | int | None = None, top_k: int = 1
+        self, model: str, videos: Sequence[str | Path], *, version: str | int | None = None, top_k: int = 1,
+        clips: int | None = None,
     ) -> list[list[Prediction]]:
-        """Decode each video as evaluation does (:func:`pytrain.video.read_clip`) and classify it.
+        """Decode each video as evaluation does (:meth:`read_views`) and classify it.
+
+        Args:
+            clips: views per video whose probabilities are averaged; default the model's
+                ``test_clips``.
 
         Returns:
-            One top-k list per video, in order.
+            One top-k list per video, in order (the views' mean probabilities).
 
         Raises:
             ClientError: a video cannot be decoded (naming it), or as :meth:`predict_frames`.
         """
         info = self.model_info(model, version)
-        clips = np.stack([self.read_video(v, info) for v in videos]) if videos else np.empty((0, *info.clip_shape), info.input_dtype)
-        return self.predict_frames(model, clips, version=version, top_k=top_k)
+        views = [self.read_views(v, info, clips=clips) for v in videos]
+        return self.classify_views(model, views, version=version, top_k=top_k)
+
+    def classify_views(
+        self, model: str, videos: Sequence[np.ndarray], *, version: str | int | None = None, top_k: int = 1
+    ) -> list[list[Prediction]]:
+        """Classify videos from their views: each video's top ``top_k`` classes by the mean
+        probability of its views (:func:`average_views`), as training's evaluation averages them.
+
+        Args:
+            videos: per video ``(K, T, H, W, 3)`` uint8 views (:meth:`read_views`; ``K`` may differ
+                between videos). All views go to Triton together, in batches.
+
+        Returns:
+            One top-k list per video, in order.
+
+        Raises:
+            ClientError: as :meth:`predict_frames`.
+        """
+        info = self.model_info(model, version)
+        if not videos:
+            return []
+        answers = self.predict_frames(model, np.concatenate(list(videos)), version=version, top_k=info.num_classes)
+        k = max(1, min(int(top_k), info.num_classes))
+        results, start = [], 0
+        for views in videos:
+            results.append(average_views(answers[start : start + len(views)])[:k])
+            start += len(views)
+        return results
 
     # --- shared memory ------------------------------------------------------------------
     def _input_tensor(self, info: ModelInfo, frames: np.ndarray) -> Any:
@@ -482,20 +523,88 @@ class TritonClient:
 
     @staticmethod
     def read_video(path: str | Path, info: ModelInfo) -> np.ndarray:
-        """``(T, H, W, 3)`` uint8 clip of ``path`` for ``info``'s model.
+        """``(T, H, W, 3)`` uint8 clip of ``path`` for ``info``'s model: its sampling, one view
+        (the centre one).
 
         Raises:
             ClientError: the video cannot be decoded (wraps :class:`VideoDecodeError`).
         """
-        from pytrain.video import read_clip
+        return TritonClient.read_views(path, info, clips=1)[0]
 
+    @staticmethod
+    def read_views(path: str | Path, info: ModelInfo, *, clips: int | None = None) -> np.ndarray:
+        """``(K, T, H, W, 3)`` uint8: the ``K`` evenly spaced views of ``path`` that training's
+        evaluation takes (:func:`pytrain.video.decode_views` with the model's sampling).
+
+        Args:
+            clips: ``K``; default the model's ``test_clips``.
+
+        Raises:
+            ClientError: the video cannot be decoded (wraps :class:`VideoDecodeError`), or ``clips``
+                is out of range.
+        """
+        from pytrain.video import decode_views
+
+        sampling = info.spec.clip_sampling
         try:
-            return read_clip(path, info.num_frames, info.height, info.width)
+            if clips is not None:
+                sampling = replace(sampling, test_clips=int(clips))
+            return decode_views(path, info.num_frames, info.height, info.width, sampling)
         except VideoDecodeError as exc:
             raise ClientError(exc.message, hint="pass an mp4 (H.264) file FFmpeg can decode") from exc
+        except PyTrainError as exc:
+            raise ClientError(exc.message, hint=exc.hint) from exc
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def average_views(answers: Sequence[Sequence[Prediction]]) -> list[Prediction]:
+    """One video's prediction from its views' answers (each listing every class): the mean
+    probability per label, most probable first (ties: label order).
+
+    Raises:
+        ClientError: no answers, or answers that do not list the same labels.
+    """
+    if not answers:
+        raise ClientError("no views to average")
+    labels = sorted(p.label for p in answers[0])
+    table = []
+    for answer in answers:
+        by_label = {p.label: p.probability for p in answer}
+        if sorted(by_label) != labels:
+            raise ClientError(f"the views' answers list different classes: {labels} and {sorted(by_label)}")
+        table.append([by_label[label] for label in labels])
+    mean = np.mean(np.asarray(table, dtype=np.float64), axis=0)
+    return [Prediction(labels[i], float(mean[i])) for i in np.argsort(-mean, kind="stable")]
+
+
+def repository_spec(model: str, version: str = "") -> TensorSpec | None:
+    """``PYTRAIN_MODEL_REPO_DIR/<model>/<version or newest>/tensor_spec.json`` when this host has
+    the model repository, else ``None`` (never raises)."""
+    from pytrain.settings import get_settings
+
+    try:
+        folder = Path(get_settings().model_repo_dir) / model
+        versions = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        chosen = version or (str(max(versions)) if versions else "")
+        return TensorSpec.load(folder / chosen) if chosen else None
+    except (PyTrainError, OSError, ValueError):
+        return None
+
+
+def _with_repository_sampling(info: ModelInfo) -> ModelInfo:
+    """``info`` (from Triton's metadata, which has no sampling) with the sampling and
+    ``clip_seconds`` of the local repository's spec of the model (:func:`repository_spec`), when
+    there is one for the same tensors; else ``info`` as it is (uniform, one view)."""
+    local = repository_spec(info.name, info.version)
+    if local is None or local.input_shape != info.spec.input_shape or local.num_classes != info.num_classes:
+        log.info("model %s: no local tensor_spec.json for the served tensors; sampling as uniform with one view "
+                 "(pass the model's PyTrain config for a model trained otherwise)", info.name)
+        return info
+    spec = replace(info.spec, sampling=local.sampling, frame_interval=local.frame_interval, test_clips=local.test_clips,
+                   clip_seconds=local.clip_seconds)
+    return replace(info, spec=spec)
 
 
 def _not_ready_hint(state: str) -> str:

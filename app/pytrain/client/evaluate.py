@@ -2,9 +2,10 @@
 
 Clips come from folders named ``<class>_<subclass>`` (the class is the text before the first
 underscore, as for training: :func:`pytrain.sources.resolve.class_of`) or from a task's test split
-(its ``manifest.csv``). Each clip is decoded with :meth:`TritonClient.read_video` (the evaluation
-decode path of training) and sent in batches; the answer asks for every class's probability
-(Triton's classification extension, so the names are the served ``labels.txt``), and the metrics
+(its ``manifest.csv``). Each clip is decoded with :meth:`TritonClient.read_views` (the evaluation
+decode path of training: the model's sampling, ``test_clips`` views unless ``views`` says otherwise)
+and sent in batches; the answer asks for every class's probability (Triton's classification
+extension, so the names are the served ``labels.txt``), a clip's views are averaged, and the metrics
 are :func:`pytrain.training.metrics.classification_report`'s: accuracy, top-k, per-class
 precision/recall/F1 and the confusion matrix.
 
@@ -159,6 +160,7 @@ def evaluate(
     version: str | int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    views: int | None = None,
 ) -> EvaluationReport:
     """Classify ``clips`` on ``model`` and measure the answers against their labels.
 
@@ -169,6 +171,8 @@ def evaluate(
         version: the version to evaluate; default the one Triton serves now (:func:`served_version`).
         batch_size: clips per request; default the model's ``max_batch_size``.
         progress: called with the number of clips handled after each batch.
+        views: evenly spaced views per clip whose probabilities are averaged; default the
+            model's ``test_clips``.
 
     Returns:
         The :class:`EvaluationReport`; clips that could not be decoded are in ``bad``.
@@ -190,12 +194,12 @@ def evaluate(
         batch, frames = [], []
         for clip in clips[start : start + step]:
             try:
-                frames.append(client.read_video(clip.path, info))
+                frames.append(client.read_views(clip.path, info, clips=views))
                 batch.append(clip)
             except ClientError as exc:
                 bad.append({"video": str(clip.path), "error": exc.message})
         if frames:
-            answers = client.predict_frames(model, np.stack(frames), version=version_s, top_k=info.num_classes)
+            answers = client.classify_views(model, frames, version=version_s, top_k=info.num_classes)
             for clip, answer in zip(batch, answers):
                 rows.append((clip, {p.label: p.probability for p in answer}))
                 class_list = class_list or sorted(p.label for p in answer)

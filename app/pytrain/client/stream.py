@@ -11,12 +11,15 @@ Example::
 
 How a stream becomes predictions:
 
-- **Sampling as in training.** Training samples ``num_frames`` frames over a whole clip whose
-  typical length is the tensor spec's ``clip_seconds`` (the training clips' median duration). A
-  stream is therefore decoded at ``fps = num_frames / clip_seconds`` frames per second
-  (:func:`pytrain.client.sources.ffmpeg_command`: ffmpeg resamples and scales), and a window is
-  ``num_frames`` consecutive frames: it spans the time a training clip did. A new window starts
-  every ``stride`` frames (default half a window).
+- **Sampling as in training.** A model input spans the tensor spec's ``clip_seconds``: with
+  ``uniform`` sampling training spreads ``num_frames`` frames over a whole clip (``clip_seconds``:
+  the training clips' median duration); with ``dense`` sampling it takes ``num_frames`` frames
+  ``frame_interval`` apart (``clip_seconds``: ``num_frames * frame_interval`` frames at the training
+  videos' median frame rate, so the stream's frames are ``frame_interval`` source frames apart at
+  that rate). A stream is therefore decoded at ``fps = num_frames / clip_seconds`` frames per
+  second (:func:`pytrain.client.sources.ffmpeg_command`: ffmpeg resamples and scales), and a
+  window is ``num_frames`` consecutive frames: it spans the time a training clip did. A new window
+  starts every ``stride`` frames (default half a window).
 - **One reader thread per stream** runs ffmpeg and cuts windows. A stream that ends or stalls (no
   frame for ``stall_timeout_s``) is restarted with capped exponential backoff; a stream that never
   delivers a frame in ``connect_retries`` attempts in a row gives up with an error naming its URL,
@@ -44,7 +47,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pytrain.client.client import ModelInfo, Prediction, TritonClient
+from pytrain.client.client import ModelInfo, Prediction, TritonClient, repository_spec
 from pytrain.client.sources import StreamSource, ffmpeg_command
 from pytrain.errors import ClientError
 
@@ -471,17 +474,6 @@ def resolve_clip_seconds(info: ModelInfo, given: float | None, model: str, versi
 
 def _repository_clip_seconds(model: str, version: str) -> float | None:
     """``clip_seconds`` from ``PYTRAIN_MODEL_REPO_DIR/<model>/<version or newest>/tensor_spec.json``
-    when this host has the repository."""
-    from pytrain.errors import PyTrainError
-    from pytrain.settings import get_settings
-    from pytrain.spec import TensorSpec
-
-    try:
-        folder = Path(get_settings().model_repo_dir) / model
-        versions = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-        chosen = version or (str(max(versions)) if versions else "")
-        if not chosen:
-            return None
-        return TensorSpec.load(folder / chosen).clip_seconds
-    except (PyTrainError, OSError, ValueError):
-        return None
+    when this host has the repository (:func:`pytrain.client.client.repository_spec`)."""
+    local = repository_spec(model, version)
+    return None if local is None else local.clip_seconds

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pytrain.errors import ConfigurationError
+from pytrain.sampling import check_sampling
 from pytrain.task_options import TrainConfig
 from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, column, default
 
@@ -81,6 +82,17 @@ class TaskRequest(BaseModel):
         if any(not v for v in cleaned):
             raise ValueError("names must not be empty")
         return list(dict.fromkeys(cleaned))  # drop duplicates, keep order
+
+    @model_validator(mode="after")
+    def _sampling_followable(self) -> "TaskRequest":
+        """``frame_interval`` other than 1 needs ``sampling='dense'`` (the orchestrator checks it again at claim)."""
+        values = {name: default(name) if getattr(self, name) is None else getattr(self, name)
+                  for name in ("sampling", "frame_interval", "num_clips", "test_clips")}
+        try:
+            check_sampling(values.pop("sampling"), values.pop("frame_interval"), **values)
+        except ConfigurationError as exc:
+            raise ValueError(f"{exc.message}: {exc.hint}" if exc.hint else exc.message) from None
+        return self
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "TaskRequest":

@@ -21,6 +21,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from pytrain.errors import PublishError
+from pytrain.sampling import ClipSampling
 from pytrain.settings import TRITON_ACCELERATORS, Settings
 from pytrain.spec import TensorSpec
 
@@ -289,9 +290,17 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
     ``class_list`` is Python's ``repr`` of the list (existing clients ``ast.literal_eval`` it).
     Lines end with ``\\n``; the file ends with one ``\\n`` after ``batch_size``.
 
-    A spec with ``clip_seconds`` (the training clips' median duration, seconds) adds
-    ``clip_seconds = 2.4`` after ``output_name``; old readers ignore the key, and a spec without it
-    gives the historical bytes above.
+    A spec with ``clip_seconds`` (the time an input clip spans, seconds) adds
+    ``clip_seconds = 2.4`` after ``output_name``. A model sampled otherwise than uniform with one
+    view (:mod:`pytrain.sampling`) adds, after that, all three of::
+
+        sampling = dense
+        frame_interval = 4
+        test_clips = 3
+
+    Old readers ignore the keys; a spec without ``clip_seconds`` and with the default sampling
+    gives the historical bytes above (and :func:`read_pytrain_ini` reads the missing keys as
+    their defaults).
     """
     lines = [
         "[PREDICTION]",
@@ -302,6 +311,9 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
         f"input_name = {spec.input_name}",
         f"output_name = {spec.output_name}",
         *([] if spec.clip_seconds is None else [f"clip_seconds = {float(spec.clip_seconds):g}"]),
+        *([] if spec.clip_sampling == ClipSampling() else [
+            f"sampling = {spec.sampling}", f"frame_interval = {int(spec.frame_interval)}", f"test_clips = {int(spec.test_clips)}",
+        ]),
         "",
         "[TRAINING]",
         f"epochs = {int(epochs)}",
@@ -314,7 +326,8 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
 def read_pytrain_ini(text: str) -> dict[str, Any]:
     """Parse a ``<model>.config`` text back into ``{"num_frames", "class_list", "height", "width",
     "input_name", "output_name", "epochs", "shuffle_size", "batch_size"}``, plus ``"clip_seconds"``
-    (float, seconds) when the file has it.
+    (float, seconds), ``"sampling"`` (str), ``"frame_interval"`` and ``"test_clips"`` (int) for
+    those the file has.
 
     Raises:
         PublishError: a missing section or key, or an unparsable value.
@@ -326,7 +339,8 @@ def read_pytrain_ini(text: str) -> dict[str, Any]:
     try:
         parser.read_string(text)
         pred, train = parser["PREDICTION"], parser["TRAINING"]
-        optional = {"clip_seconds": pred.getfloat("clip_seconds")} if "clip_seconds" in pred else {}
+        readers = {"clip_seconds": pred.getfloat, "sampling": pred.get, "frame_interval": pred.getint, "test_clips": pred.getint}
+        optional = {key: read(key) for key, read in readers.items() if key in pred}
         return {
             **optional,
             "num_frames": pred.getint("num_frames"),

@@ -7,16 +7,24 @@ and read back in later epochs instead of decoding again (disk use: ``cache_pool 
 per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; a training clip reads only its frames of the pool, and
 the OS page cache keeps hot files in memory without the process's RSS growing).
 
-Sampling (see :func:`pytrain.video.sample_indices`):
+Sampling (the task's ``sampling``/``frame_interval``/``num_clips``/``test_clips``, see
+:mod:`pytrain.sampling`; the frames are decoded with :func:`pytrain.video.decode_views`):
 
-- evaluation: the centre frame of each of ``num_frames`` equal segments (:func:`pytrain.video.read_clip`);
-- training: a random frame in each segment (temporal jitter), and the clip's random resized crop +
-  flip box drawn by :meth:`~pytrain.training.transforms.TrainPreset.draw`; the box is applied to the
-  batch in the training step, on the device (:func:`~pytrain.training.transforms.apply_boxes`), so
-  the workers only decode;
-- clips shorter than ``num_frames`` frames repeat frames (each frame shown ~``num_frames / length`` times);
+- evaluation: ``uniform``: the centre frame of each of ``num_frames`` equal segments; ``dense``: the
+  centre window of ``num_frames`` frames ``frame_interval`` apart; with ``test_clips`` K > 1, K evenly
+  spaced views per video, whose probabilities evaluation averages;
+- training: ``uniform``: a random frame in each segment (temporal jitter); ``dense``: a window at a
+  random start; ``num_clips`` clips per video per epoch (the dataset is ``num_clips`` times longer).
+  Each clip gets its random resized crop + flip box drawn by
+  :meth:`~pytrain.training.transforms.TrainPreset.draw`; the box is applied to the batch in the
+  training step, on the device (:func:`~pytrain.training.transforms.apply_boxes`), so the workers
+  only decode;
+- short videos: ``uniform`` repeats frames (each frame shown ~``num_frames / length`` times),
+  ``dense`` loops (MMAction2's ``loop``);
 - with the cache, training draws its jittered frames from a pool of ``cache_pool`` evaluation-sampled
-  frames (default ``2 x num_frames``) decoded once, instead of from every frame of the video.
+  frames (default ``2 x num_frames``) decoded once, instead of from every frame of the video. The pool
+  serves ``uniform`` sampling only, and evaluation only with one view: for the other settings the
+  cache is not used and a log line says why (:func:`cache_limit`).
 
 Randomness is a pure function of ``(seed, epoch, index)``, so results do not depend on the number
 of DataLoader workers, and a resumed run sees the same clips as an uninterrupted one.
@@ -28,7 +36,7 @@ import hashlib
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -37,9 +45,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import SourceError, TrainingError, VideoDecodeError
-from pytrain.spec import atomic_path, read_manifest
+from pytrain.sampling import ClipSampling
+from pytrain.spec import TaskSpec, atomic_path, read_manifest
 from pytrain.training.transforms import TrainPreset, full_box
-from pytrain.video import decode_clip, default_decoder, read_clip, sample_indices
+from pytrain.video import decode_views, default_decoder, read_clip, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,13 @@ def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> t
         else:
             samples.append(Sample(full, row.path, index[row.label], row.split))
     return samples, skipped
+
+
+def task_sampling(spec: TaskSpec) -> ClipSampling:
+    """The task's clip sampling (its ``sampling``, ``frame_interval``, ``num_clips`` and
+    ``test_clips``). Raises :class:`~pytrain.errors.ConfigurationError` for a setting training
+    cannot follow (:func:`pytrain.sampling.check_sampling`)."""
+    return ClipSampling(spec.sampling, spec.frame_interval, spec.num_clips, spec.test_clips)
 
 
 def check_splits(samples: list[Sample]) -> None:
@@ -172,15 +188,29 @@ def _read_npy_frames(file: Path, shape: tuple[int, int, int, int], indices: np.n
     return out
 
 
+def cache_limit(sampling: ClipSampling, *, train: bool) -> str | None:
+    """Why :class:`ClipCache` cannot serve ``sampling``'s training (``train``) or evaluation clips,
+    or ``None`` when it can. The cache keeps a pool of uniformly spaced frames per video: it cannot
+    hold the windows of ``dense`` sampling, nor the extra views of ``test_clips > 1``."""
+    if sampling.mode != "uniform":
+        return f"{sampling.mode} sampling reads windows frame_interval apart, not the cache's pool of uniformly spaced frames"
+    if not train and sampling.test_clips > 1:
+        return f"test_clips={sampling.test_clips}: the cache keeps one evaluation view per video"
+    return None
+
+
 class ClipDataset(Dataset):
     """Clips of a list of samples.
 
     Items:
 
     - evaluation: ``(clip (T, H, W, 3) uint8, label () int64)``, the clip equal to
-      :func:`pytrain.video.read_clip`'s;
-    - training: ``(clip (T, H, W, 3) uint8, label () int64, box (5,) int64)``: the clip with
-      temporal jitter only, and its augmentation box (``(top, left, height, width, flip)``, see
+      :func:`pytrain.video.read_clip`'s in ``uniform`` mode; with ``sampling.test_clips`` K > 1,
+      ``(views (K, T, H, W, 3) uint8, label)`` (:func:`pytrain.video.decode_views`);
+    - training (``len(samples) * sampling.num_clips`` items: item ``i`` is clip ``i // len(samples)``
+      of video ``i % len(samples)``, so an epoch passes over the videos ``num_clips`` times):
+      ``(clip (T, H, W, 3) uint8, label () int64, box (5,) int64)``: the clip with temporal
+      sampling only, and its augmentation box (``(top, left, height, width, flip)``, see
       :mod:`~pytrain.training.transforms`) for the training step to apply to the
       batch with :func:`~pytrain.training.transforms.apply_boxes`.
 
@@ -192,8 +222,10 @@ class ClipDataset(Dataset):
         seed: base of the per-item random generator.
         augment: draws the training boxes; ``None`` for temporal jitter only (every box is the
             whole frame, unflipped).
-        cache: decoded-clip cache, or ``None`` to stream.
+        cache: decoded-clip cache, or ``None`` to stream; ignored (with a log line) where it cannot
+            serve ``sampling`` (:func:`cache_limit`).
         cache_pool: frames per clip kept in the cache for training jitter (default ``2 * num_frames``).
+        sampling: the sampling mode and counts (default: uniform, one clip, one view).
     """
 
     def __init__(
@@ -208,27 +240,34 @@ class ClipDataset(Dataset):
         augment: TrainPreset | None = None,
         cache: ClipCache | None = None,
         cache_pool: int | None = None,
+        sampling: ClipSampling | None = None,
     ) -> None:
         self.samples = list(samples)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.train = train
         self.seed = seed
         self.augment = augment
+        self.sampling = sampling or ClipSampling()
+        reason = cache_limit(self.sampling, train=train) if cache is not None else None
+        if reason is not None:
+            log.info("%s clips are decoded every time, not cached: %s", "training" if train else "evaluation", reason)
+            cache = None
         self.cache = cache
         self.cache_pool = cache_pool or 2 * num_frames
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * (self.sampling.num_clips if self.train else 1)
 
     def labels(self) -> list[int]:
-        return [s.label for s in self.samples]
+        """The class index of every item, in item order."""
+        return [self.samples[i % len(self.samples)].label for i in range(len(self))]
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         if isinstance(item, (tuple, list)):
             index, epoch = int(item[0]), int(item[1])
         else:
             index, epoch = int(item), 0
-        sample = self.samples[index]
+        sample = self.samples[index % len(self.samples)]
         label = torch.tensor(sample.label, dtype=torch.int64)
         if not self.train:
             return torch.from_numpy(self._eval_clip(sample)), label
@@ -238,22 +277,25 @@ class ClipDataset(Dataset):
     def _eval_clip(self, sample: Sample) -> np.ndarray:
         if self.cache is not None:
             return self.cache.read_clip(sample.path, self.num_frames, self.height, self.width)
-        return read_clip(sample.path, self.num_frames, self.height, self.width)
+        views = decode_views(sample.path, self.num_frames, self.height, self.width, self.sampling)
+        return views[0] if len(views) == 1 else views
 
     def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        # seeded by the item: with one clip per video this is (seed, epoch, video), as it always was
         rng = np.random.default_rng((self.seed, epoch, index))
         try:
             if self.cache is not None:
                 indices = sample_indices(self.cache_pool, self.num_frames, rng=rng)
                 clip = self.cache.read_frames(sample.path, self.cache_pool, self.height, self.width, indices)
             else:
-                clip = decode_clip(sample.path, self.num_frames, self.height, self.width, rng=rng)
+                clip = decode_views(sample.path, self.num_frames, self.height, self.width, self.sampling, rng=rng,
+                                    clip=index // len(self.samples))[0]
         except VideoDecodeError as exc:
-            # The pre-scan decoded the evaluation frames; a jittered frame can still be broken
+            # The pre-scan decoded the evaluation frames; a sampled frame can still be broken
             # (e.g. damage in the middle of the file): fall back to the evaluation clip.
             log.warning("%s; using its evaluation frames instead", exc)
             try:
-                clip = read_clip(sample.path, self.num_frames, self.height, self.width)
+                clip = decode_views(sample.path, self.num_frames, self.height, self.width, replace(self.sampling, test_clips=1))[0]
             except VideoDecodeError as again:
                 raise TrainingError(f"{again} (it passed the pre-scan, so the file changed during training?)") from again
         # drawn after the jitter, from the same generator: the boxes the in-worker transform drew

@@ -167,7 +167,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, *, desc: str = "eval", show_progress: bool = True) -> dict[str, Any]:
-    """Deterministic evaluation (centre-of-segment clips, no augmentation, eval mode).
+    """Deterministic evaluation (the task's evaluation clips, no augmentation, eval mode).
+
+    Batches of ``(N, T, H, W, 3)`` clips, or ``(N, K, T, H, W, 3)`` with ``K`` views per video
+    (``test_clips``, :mod:`pytrain.sampling`): a video's probabilities are then the mean of its
+    views' softmax, as the client averages them, and the loss is the criterion on their log.
 
     Returns:
         ``{"loss", "accuracy", "labels": (N,) int64, "probabilities": (N, C) float32}``; loss and
@@ -178,12 +182,19 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
     for clips, labels in _progress_bar(loader, len(loader), desc, show_progress):
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        views = clips.shape[1] if clips.ndim == 6 else 0
         with _autocast(device):
-            logits = model(clips)
+            logits = model(clips.flatten(0, 1) if views else clips)
         logits = logits.float()
-        total_loss += float(criterion(logits, labels)) * labels.shape[0]
+        if views:
+            probs = torch.softmax(logits, dim=1).view(labels.shape[0], views, -1).mean(dim=1)
+            # log-probabilities are logits whose softmax is probs: the criterion's smoothing and weights apply
+            total_loss += float(criterion(torch.log(probs.clamp_min(1e-12)), labels)) * labels.shape[0]
+        else:
+            probs = torch.softmax(logits, dim=1)
+            total_loss += float(criterion(logits, labels)) * labels.shape[0]
         all_labels.append(labels.cpu().numpy())
-        all_probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+        all_probs.append(probs.cpu().numpy())
     if not all_labels:
         return {"loss": float("nan"), "accuracy": float("nan"), "labels": np.zeros(0, np.int64), "probabilities": np.zeros((0, 0), np.float32)}
     labels_np = np.concatenate(all_labels)
@@ -362,9 +373,10 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     if cfg.cache or args.cache_dir:
         cache = data_mod.ClipCache(Path(args.cache_dir) if args.cache_dir else task_dir / "clip_cache")
     size = (spec.num_frames, spec.height, spec.width)
+    sampling = data_mod.task_sampling(spec)
     augment = TrainPreset(scale=(cfg.crop_scale_min, 1.0), hflip=cfg.hflip) if cfg.augment else None
     train_set = data_mod.ClipDataset(by_split["train"], *size, train=True, seed=spec.seed, augment=augment, cache=cache,
-                                     cache_pool=cfg.cache_pool_factor * spec.num_frames)
+                                     cache_pool=cfg.cache_pool_factor * spec.num_frames, sampling=sampling)
     sampler = data_mod.ShuffleBufferSampler(len(train_set), spec.shuffle_size, seed=spec.seed, rank=ddp.rank, world_size=ddp.world_size)
     # a worker decodes a whole batch before the loader sees it: allow a batch's worth of files
     timeout = max(_LOADER_TIMEOUT_FLOOR_S, cfg.decode_timeout_s * spec.batch_size)
@@ -375,7 +387,9 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     eval_loaders = {
         # evaluation keeps no activations for a backward pass, so twice the clips fit in memory;
         # one (persistent) worker per split bounds the processes the three loaders keep alive
-        split: _loader(data_mod.ClipDataset(by_split[split], *size, cache=cache), batch_size=2 * spec.batch_size,
+        # (a video's test_clips views count as clips)
+        split: _loader(data_mod.ClipDataset(by_split[split], *size, cache=cache, sampling=sampling),
+                       batch_size=max(1, 2 * spec.batch_size // sampling.test_clips),
                        num_workers=min(num_workers, 1), device=device, timeout=timeout, seed=spec.seed)
         for split in ("train", "val", "test")
     }
@@ -621,18 +635,20 @@ def _export(run: _Run, best: dict[str, Any]) -> dict[str, Any]:
     spec = run.spec
     tensor_spec = TensorSpec(class_list=list(spec.class_list), num_frames=spec.num_frames, height=spec.height, width=spec.width,
                              input_name=spec.input_name, output_name=spec.output_name, architecture=spec.architecture,
-                             clip_seconds=_clip_seconds(run.data.by_split["train"]))
+                             clip_seconds=_clip_seconds(run.data.by_split["train"], spec),
+                             sampling=spec.sampling, frame_interval=spec.frame_interval, test_clips=spec.test_clips)
     parity_set = data_mod.ClipDataset(run.data.by_split["test"][:_PARITY_CLIPS], spec.num_frames, spec.height, spec.width)
     parity_clips = np.stack([parity_set[i][0].numpy() for i in range(len(parity_set))])
     return export.export_checkpoint(best, run.task_dir, tensor_spec, parity_clips)
 
 
-def _clip_seconds(samples: list[data_mod.Sample]) -> float | None:
-    """The training clips' median duration (seconds, 3 decimals) for the tensor spec: a live stream
-    is sampled at ``num_frames / clip_seconds`` fps (:mod:`pytrain.client.stream`)."""
-    from pytrain.video import median_seconds
+def _clip_seconds(samples: list[data_mod.Sample], spec: TaskSpec) -> float | None:
+    """The time a model input spans (seconds, 3 decimals) for the tensor spec: the training clips'
+    median duration, or a dense window at their median frame rate (:func:`pytrain.video.clip_seconds`);
+    a live stream is sampled at ``num_frames / clip_seconds`` fps (:mod:`pytrain.client.stream`)."""
+    from pytrain.video import clip_seconds
 
-    seconds = median_seconds([s.path for s in samples])
+    seconds = clip_seconds([s.path for s in samples], spec.num_frames, data_mod.task_sampling(spec))
     return None if seconds is None else round(seconds, 3)
 
 
