@@ -94,9 +94,9 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     check_task_lists(task)
     TrainConfig.from_options(dict(task.get("options") or {}))
     check_sampling(task["sampling"], task["frame_interval"], num_clips=task["num_clips"], test_clips=task["test_clips"])
-    if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
     if task.get("pretrained"):  # before any folder, process or container: training never downloads
         require_weights(task["architecture"], settings.torch_home)
+    if task["seed"] < 0:  # rows from before migration 0003 (its CHECK is NOT VALID for old rows)
         raise ConfigurationError(f"seed {task['seed']} is negative", hint="insert the task again with a seed >= 0")
     resolved = resolve_classes(
         settings.sources_dir, task["sources"], task["classes"], include_other=task["include_other"], registered=registered
