@@ -311,7 +311,23 @@ def _progress_text(task: dict[str, Any]) -> str:
     return format_progress(record, brief=True)
 
 
+def _weak_recall_text(metrics: dict[str, Any] | None) -> str:
+    """``recall min 0.20 (drinking)`` for a task whose test recall of some class is far below the
+    others' (:func:`pytrain.training.metrics.weak_classes`, the rule ``pytrain show`` warns with):
+    the lowest such recall and its class, ``+N`` when N more classes are that far below; ``""``
+    when none is (or the task has no per-class metrics yet)."""
+    from pytrain.training.metrics import weak_classes
+
+    weak = weak_classes(metrics)
+    if not weak:
+        return ""
+    name = min(weak, key=lambda n: (weak[n]["recall"], n))
+    more = f" +{len(weak) - 1}" if len(weak) > 1 else ""
+    return f"recall min {weak[name]['recall']:.2f} ({name}{more})"
+
+
 def _tasks_table(rows: list[dict[str, Any]]):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="training_tasks")
@@ -320,9 +336,11 @@ def _tasks_table(rows: list[dict[str, Any]]):
     colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
     for row in rows:
         error = (row["error"] or "").splitlines()[0][:60] if row["error"] else ""
+        weak = _weak_recall_text(row["metrics"])
+        progress = ", ".join(text for text in (_progress_text(row), weak and f"[yellow]{escape(weak)}[/]") if text)
         table.add_row(
             str(row["id"]), row["model_name"], f"[{colours.get(row['status'], 'white')}]{row['status']}[/]",
-            str(row["priority"]), str(row["attempts"]), _progress_text(row),
+            str(row["priority"]), str(row["attempts"]), progress,
             "" if row["version"] is None else str(row["version"]), row["worker_id"] or "",
             row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
         )
