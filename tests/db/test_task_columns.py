@@ -77,7 +77,10 @@ def test_task_row_fields_are_the_tables_columns():
 
 def _row_with(name: str, value: float) -> dict[str, float] | None:
     """The probed value, plus a partner fraction that keeps the three summing to 1; ``None`` when
-    no valid partner exists (``train_fraction = 1`` leaves nothing for the required test split)."""
+    no valid partner exists (``train_fraction = 1`` leaves nothing for the required test split).
+    ``frame_interval`` is probed with ``dense`` sampling (``uniform`` needs 1: pytrain.sampling)."""
+    if name == "frame_interval":
+        return {"sampling": "dense", name: value}
     if name not in FRACTION_PARTNER:
         return {name: value}
     values = {"train_fraction": 0.6, "val_fraction": 0.2, "test_fraction": 0.2, name: value}
