@@ -26,7 +26,7 @@ cluster_idle() {
     [ "$(sinfo -h -N -n n1,n2 -o '%N %t' 2>/dev/null | grep -c ' idle$')" = 2 ]
 }
 
-if command -v sinfo >/dev/null 2>&1 && [ -f "$CONF" ] && cluster_idle; then
+if [ "${SLURM_REWRITE_CONF:-0}" != 1 ] && command -v sinfo >/dev/null 2>&1 && [ -f "$CONF" ] && cluster_idle; then
     echo "start_slurm: n1 and n2 are already idle"
     exit 0
 fi
@@ -93,7 +93,8 @@ AccountingStorageType=accounting_storage/none
 JobRequeue=0
 ReturnToService=2
 MinJobAge=300
-KillWait=5
+# scancel: SIGTERM, then SIGKILL after KillWait seconds (a cancelled job leaves squeue within seconds).
+KillWait=2
 SlurmdTimeout=30
 InactiveLimit=0
 MpiDefault=none
@@ -102,6 +103,7 @@ NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 CPUs=$CPUS RealMemo
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
+    REWROTE=1
 fi
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -109,6 +111,8 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if ! running /run/slurm/slurmctld.pid; then
     echo "start_slurm: starting slurmctld (log: $LOGDIR/slurmctld.log)"
     /usr/sbin/slurmctld
+elif [ "${REWROTE:-0}" = 1 ]; then
+    scontrol reconfigure  # the running daemons read the new slurm.conf
 fi
 for node in n1 n2; do
     install -d -m 0755 "/var/spool/slurmd/$node"

@@ -5,6 +5,7 @@ external boundary, so each part of the pipeline owns its own:
 - ``fixtures.db``     -- a real PostgreSQL server and a fresh database per test
 - ``fixtures.triton`` -- the real ``tritonserver`` from nvidia-pytriton
 - ``fixtures.docker`` -- a real Docker engine and a local base image
+- ``fixtures.slurm``  -- a real two-node Slurm cluster on this host (scripts/start_slurm.sh)
 """
 
-pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker"]
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm"]

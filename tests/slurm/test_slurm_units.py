@@ -1,0 +1,173 @@
+"""The Slurm runner's pure parts, without a cluster: what scontrol/sacct print -> JobInfo ->
+RunResult, the job comment, the generated batch script, and who refuses nodes > 1.
+
+The scontrol lines are real output of this repository's test cluster (Slurm 22.05, no
+accounting); the sacct lines are what a cluster with accounting prints for the same format.
+Budget: < 1 s for the file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytrain.errors import ConfigurationError
+from pytrain.runners import LocalRunner, Outcome, PreparedTask, check_nodes
+from pytrain.runners.slurm import (
+    JobInfo, SlurmRunner, job_comment, parse_job_comment, parse_sacct, parse_scontrol_job, render_sbatch, slurm_result,
+    time_limit_minutes,
+)
+from pytrain.settings import Settings
+from pytrain.spec import TaskSpec
+
+FAILED = (
+    "JobId=7 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901753 Nice=0 Account=(null) "
+    "QOS=(null) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) Requeue=0 Restarts=0 BatchFlag=1 Reboot=0 "
+    "ExitCode=3:0 RunTime=00:00:00 TimeLimit=UNLIMITED TimeMin=N/A SubmitTime=2026-12-01T03:00:55 "
+    "Partition=debug AllocNode:Sid=localhost:18647 ReqNodeList=(null) ExcNodeList=(null) NodeList=n1 BatchHost=n1 "
+    "NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* TRES=cpu=1,mem=1000M,node=1,billing=1 "
+    "Command=(null) WorkDir=/tmp StdErr=/dev/null StdIn=/dev/null StdOut=/dev/null Power= "
+)
+CANCELLED = (
+    "JobId=8 JobName=pytrain-task-3 UserId=root(0) JobState=CANCELLED Reason=None Dependency=(null) Requeue=0 "
+    "ExitCode=0:15 RunTime=00:00:01 TimeLimit=UNLIMITED NodeList=n1 BatchHost=n1 NumNodes=1 "
+    "Comment=pytrain:task=3:uid=6aafeae6-d049-4acd-9689-bf8a41e62fde:worker=vm-cpu WorkDir=/tmp Power= "
+)
+TIMEOUT = "JobId=3 JobName=hang.sh JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15 RunTime=00:01:10 NodeList=n1"
+PENDING = ("JobId=4 JobName=hang.sh JobState=PENDING Reason=Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_"
+           "higher_priority_partitions Dependency=(null) ExitCode=0:0 NodeList= NumNodes=2-2")
+SACCT = """\
+41|pytrain-task-5|CANCELLED by 1000|0:15|n[1-2]
+42|pytrain-task-6|NODE_FAIL|0:0|n[1-2]
+42.batch|batch|CANCELLED|0:15|n1
+43|pytrain-task-7|OUT_OF_MEMORY|0:125|n1
+44|pytrain-task-8|COMPLETED|0:0|n1
+45|pytrain-task-9|PREEMPTED|0:0|n2
+46|pytrain-task-10|FAILED|2:0|n1
+"""
+
+
+def test_scontrol_lines_parse_to_state_exit_code_signal_and_comment():
+    assert parse_scontrol_job(FAILED) == JobInfo("7", "FAILED", 3, 0, "NonZeroExitCode", name="wrap", nodes="n1")
+    cancelled = parse_scontrol_job(CANCELLED)
+    assert (cancelled.state, cancelled.exit_code, cancelled.signal, cancelled.reason) == ("CANCELLED", 0, 15, "")
+    assert parse_job_comment(cancelled.comment) == {"task": "3", "uid": "6aafeae6-d049-4acd-9689-bf8a41e62fde", "worker": "vm-cpu"}
+    assert (parse_scontrol_job(TIMEOUT).state, parse_scontrol_job(TIMEOUT).reason) == ("TIMEOUT", "TimeLimit")
+    pending = parse_scontrol_job(PENDING)
+    assert (pending.state, pending.ended, pending.nodes) == ("PENDING", False, "")
+    assert parse_scontrol_job("slurm_load_jobs error: Invalid job id specified\n") is None
+
+
+def test_sacct_lines_parse_with_who_cancelled_and_steps_ignored():
+    assert parse_sacct(SACCT, "41") == JobInfo("41", "CANCELLED", 0, 15, cancelled_by=1000, name="pytrain-task-5", nodes="n[1-2]")
+    assert parse_sacct(SACCT, "42").state == "NODE_FAIL"  # the allocation, not its 42.batch step
+    assert (parse_sacct(SACCT, "43").state, parse_sacct(SACCT, "43").signal) == ("OUT_OF_MEMORY", 125)
+    assert (parse_sacct(SACCT, "46").state, parse_sacct(SACCT, "46").exit_code) == ("FAILED", 2)
+    assert parse_sacct(SACCT, "99") is None and parse_sacct("", "41") is None
+
+
+def _result(info, *, stopped_by=None, tail="Traceback\nValueError: bad clip", oom=None, timeout=90.0):
+    return slurm_result(info, job_id=info.job_id if info else "9", stopped_by=stopped_by, tail_text=tail, oom_evidence=oom,
+                        timeout_seconds=timeout, details={})
+
+
+@pytest.mark.parametrize(("source", "outcome", "code", "message"), [
+    ("scontrol", Outcome.FAILED, 3, "Slurm job 7 exited with code 3: ValueError: bad clip"),
+    ("sacct-44", Outcome.SUCCEEDED, 0, ""),
+    ("sacct-46", Outcome.FAILED, 2, "Slurm job 46 exited with code 2: ValueError: bad clip"),
+    ("sacct-43", Outcome.OUT_OF_MEMORY, 253,
+     "out of memory (Slurm job state OUT_OF_MEMORY); lower batch_size, num_frames or the frame size"),
+    ("timeout", Outcome.TIMED_OUT, 0,
+     "timed out: Slurm job 3 reached its time limit (90 s, rounded up to whole minutes; PYTRAIN_TASK_TIMEOUT_SECONDS)"),
+    ("sacct-42", Outcome.REQUEUED, 0, "Slurm job 42 ended NODE_FAIL on n[1-2]"),
+    ("sacct-45", Outcome.REQUEUED, 0, "Slurm job 45 ended PREEMPTED on n2"),
+    ("sacct-41", Outcome.FAILED, 0,
+     "Slurm job 41 was cancelled by an operator (uid 1000) (scancel outside PyTrain); submit the task again to retry"),
+    ("cancelled", Outcome.FAILED, 0,
+     "Slurm job 8 was cancelled by an operator (scancel outside PyTrain); submit the task again to retry"),
+])
+def test_each_slurm_end_maps_to_one_outcome_and_message(source, outcome, code, message):
+    info = {"scontrol": parse_scontrol_job(FAILED), "timeout": parse_scontrol_job(TIMEOUT), "cancelled": parse_scontrol_job(CANCELLED)}.get(source)
+    if source.startswith("sacct-"):
+        info = parse_sacct(SACCT, source.split("-")[1])
+    result = _result(info)
+    assert (result.outcome, result.message) == (outcome, message)
+    if outcome is not Outcome.OUT_OF_MEMORY:
+        assert result.exit_code == code
+    assert result.stderr_tail == ("" if outcome is Outcome.SUCCEEDED else "Traceback\nValueError: bad clip")
+    assert result.details["slurm_state"] == info.state
+
+
+def test_our_own_cancel_wins_over_what_slurm_says_and_memory_kills_are_out_of_memory():
+    cancelled = parse_scontrol_job(CANCELLED)
+    assert _result(cancelled, stopped_by=Outcome.CANCELLED).message == "cancelled"
+    assert _result(cancelled, stopped_by=Outcome.INTERRUPTED).outcome is Outcome.INTERRUPTED
+    assert _result(cancelled, stopped_by=Outcome.TIMED_OUT, timeout=2).message == "timed out after 2 s (PYTRAIN_TASK_TIMEOUT_SECONDS)"
+    # OverMemoryKill: the job ends FAILED 137; slurmstepd's line in the output is the evidence.
+    killed = JobInfo("5", "FAILED", 137, 0, "NonZeroExitCode")
+    result = _result(killed, oom="the job's output says 'Exceeded job memory limit'")
+    assert result.outcome is Outcome.OUT_OF_MEMORY and result.exit_code == 137
+    gone = _result(None)
+    assert (gone.outcome, gone.message.startswith("Slurm job 9 is gone and its end is unknown")) == (Outcome.FAILED, True)
+
+
+def test_job_comment_round_trips_and_ignores_foreign_comments():
+    comment = job_comment(12, "6aafeae6-d049-4acd-9689-bf8a41e62fde", "login 1:gpu0")
+    assert comment == "pytrain:task=12:uid=6aafeae6-d049-4acd-9689-bf8a41e62fde:worker=login_1_gpu0"
+    assert parse_job_comment(comment) == {"task": "12", "uid": "6aafeae6-d049-4acd-9689-bf8a41e62fde", "worker": "login_1_gpu0"}
+    assert parse_job_comment("my own job") is None and parse_job_comment("") is None
+
+
+def _task(tmp_path: Path, nodes: int, timeout: float | None = 3600) -> PreparedTask:
+    spec = TaskSpec(task_id=12, model_name="kitchen", class_list=["a", "b"], nodes=nodes, uid="6aafeae6-d049-4acd-9689-bf8a41e62fde")
+    return PreparedTask(spec=spec, task_dir=tmp_path / "model_tasks" / "task-12-kitchen-6aafeae6", sources_root=tmp_path / "sources",
+                        timeout_seconds=timeout)
+
+
+def test_one_node_one_process_is_plain_python_without_torchrun(tmp_path):
+    script = render_sbatch(_task(tmp_path, 1, timeout=61), Settings(slurm_python="/opt/venv/bin/python"), worker_id="w")
+    assert "#SBATCH --nodes=1\n" in script and "#SBATCH --time=2\n" in script  # 61 s -> 2 whole minutes
+    assert "torch.distributed.run" not in script and "--gpus-per-node" not in script and "--mem" not in script
+    assert script.rstrip().splitlines()[-1] == (
+        f"exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 /opt/venv/bin/python -m pytrain.training "
+        f"--task-dir {tmp_path}/model_tasks/task-12-kitchen-6aafeae6 --sources-root {tmp_path}/sources"
+    )
+    assert time_limit_minutes(None) is None and time_limit_minutes(1) == 1 and time_limit_minutes(120) == 2
+
+
+def test_two_nodes_with_gpus_and_pyxis_run_one_torchrun_per_node(tmp_path):
+    settings = Settings(slurm_gpus_per_node=8, slurm_cpus_per_task=64, slurm_mem="512G", slurm_partition="gpu", slurm_account="lab",
+                        slurm_qos="high", slurm_container_image="nvcr.io#nvidia/pytorch:24.10-py3",
+                        slurm_extra_sbatch="--exclusive; #SBATCH --constraint=h100")
+    script = render_sbatch(_task(tmp_path, 2), settings, worker_id="login1-cpu")
+    task_dir = tmp_path / "model_tasks" / "task-12-kitchen-6aafeae6"
+    sbatch = [line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")]
+    assert sbatch == [
+        "--job-name=pytrain-task-12", "--comment=pytrain:task=12:uid=6aafeae6-d049-4acd-9689-bf8a41e62fde:worker=login1-cpu",
+        "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=64", "--mem=512G", "--partition=gpu",
+        "--account=lab", "--qos=high", "--time=60", f"--chdir={task_dir}", f"--output={task_dir}/train.log",
+        "--open-mode=append", "--no-requeue", "--exclusive", "--constraint=h100",
+    ]
+    assert (f"'--container-image=nvcr.io#nvidia/pytorch:24.10-py3' --container-mounts={tmp_path}/sources:{tmp_path}/sources:ro,"
+            f"{task_dir}:{task_dir} --container-workdir={task_dir} --no-container-mount-home bash -c \"$node_command\"") in script
+    assert ("exec python -m torch.distributed.run --nnodes=$SLURM_JOB_NUM_NODES --nproc-per-node=8 --rdzv-backend=c10d "
+            "--rdzv-id=$SLURM_JOB_ID --rdzv-endpoint=$PYTRAIN_RDZV_ENDPOINT --rdzv-conf=is_host=$is_host -m pytrain.training") in script
+    # The script is valid bash (syntax only: it is not run here).
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_bad_extra_sbatch_lines_and_zero_nodes_are_refused_naming_the_value(tmp_path):
+    with pytest.raises(ConfigurationError, match="PYTRAIN_SLURM_EXTRA_SBATCH entry 'exclusive'"):
+        SlurmRunner(Settings(slurm_extra_sbatch="exclusive"))
+    with pytest.raises(ConfigurationError, match="nodes = 0"):
+        render_sbatch(_task(tmp_path, 0), Settings(), worker_id="w")
+
+
+def test_only_a_cluster_runner_takes_more_than_one_node(tmp_path):
+    check_nodes(LocalRunner(Settings()), _task(tmp_path, 1))
+    with pytest.raises(ConfigurationError, match="task 12 asks for nodes = 2, but the local runner trains on one host") as raised:
+        check_nodes(LocalRunner(Settings()), _task(tmp_path, 2))
+    assert "PYTRAIN_RUNNER=slurm" in str(raised.value.hint)
+    check_nodes(SlurmRunner(Settings()), _task(tmp_path, 2))  # no error
