@@ -80,7 +80,8 @@ def check_stream_majority_labels(root: Path, env: dict[str, str], grpc_url: str)
 
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
-    held_out = {row.label: row.path for row in read_manifest(root / "model_tasks" / "task-1-demo") if row.split == "test"}
+    (task_dir,) = (root / "model_tasks").glob("task-1-demo-*")  # task-<id>-<model>-<uid8>
+    held_out = {row.label: row.path for row in read_manifest(task_dir) if row.split == "test"}
     urls, senders = {}, []
     try:
         for label, rel in sorted(held_out.items()):

@@ -63,7 +63,8 @@ def test_container_up_builds_runs_streams_and_exits_with_the_container_code(dock
                               capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 3, proc.stderr[-3000:]
         assert "failed: exit code 3; training container exited with code 3: bad" in proc.stderr
-        assert (tmp_path / "model_tasks" / "task-8-debug2" / "task.json").is_file()
+        (made,) = (tmp_path / "model_tasks").glob("task-8-debug2-*")  # a spec without a uid gets a fresh one
+        assert (made / "task.json").is_file()
         assert "Successfully built" not in proc.stderr
 
         # a training_tasks row on the command line: resolved and split like the orchestrator does
@@ -76,7 +77,8 @@ def test_container_up_builds_runs_streams_and_exits_with_the_container_code(dock
                               capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.strip() == "24"  # 2 cooking folders + 1 walking folder, 8 clips each
-        assert TaskSpec.load(tmp_path / "model_tasks" / "task-9-rowspec").class_list == ["cooking", "walking"]
+        (made,) = (tmp_path / "model_tasks").glob("task-9-rowspec-*")
+        assert TaskSpec.load(made).class_list == ["cooking", "walking"]
     finally:
         if tag is not None:  # built from the checkout for this test
             docker_tracker.track_image(tag)

@@ -18,6 +18,7 @@ from orchestrator_fakes import LAYOUT, FakePublisher, FakeRunner
 from pytrain.db import SourceRegistry, TaskQueue
 from pytrain.orchestrator import Orchestrator
 from pytrain.sources import sync_sources
+from pytrain.spec import task_dir_name
 
 MB = "x" * 2**20
 OK = {"model_name": "hostile", "sources": ["dataset1"], "classes": ["cooking", "drinking"]}
@@ -103,7 +104,7 @@ def test_hostile_rows_are_refused_or_fail_naming_the_value_and_the_next_task_run
     assert "resolves to" in got["sources symlink out"] and "outside the sources root" in got["sources symlink out"]
 
     assert queue.get(normal)["status"] == "succeeded"
-    task_dir = settings.model_tasks_dir / f"task-{normal}-kitchen"
+    task_dir = settings.model_tasks_dir / task_dir_name(normal, "kitchen", queue.get(normal).uid)
     assert {p for p in _files(tmp_path) - before if task_dir not in (p, *p.parents)} == set()
     assert sorted(p.name for p in settings.model_tasks_dir.iterdir()) == [task_dir.name]
     assert _files(outside.parent) == {outside, outside / "cooking_x", outside / "drinking_y",

@@ -33,7 +33,7 @@ from pytrain.errors import ConfigurationError
 from pytrain.orchestrator import Orchestrator
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, Runner
 from pytrain.settings import Settings
-from pytrain.spec import MANIFEST, TaskSpec
+from pytrain.spec import MANIFEST, TaskSpec, task_dir_name
 from test_local_runner import pid_alive, wait_for
 
 GRACE_SECONDS = 1.0  # SIGTERM -> SIGKILL; the hanging programs ignore SIGTERM, so every stop needs it
@@ -277,7 +277,7 @@ def test_interrupt_requeues_the_task(kind, engine, synced):
     worker = Orchestrator(kind.settings, engine=engine, runner=runner, publisher=FakePublisher())
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    task_dir = kind.settings.model_tasks_dir / f"task-{task_id}-kitchen"
+    task_dir = kind.settings.model_tasks_dir / task_dir_name(task_id, "kitchen", queue.get(task_id).uid)
     _wait_started(task_dir)
     worker.stop()
     thread.join(15)
@@ -297,7 +297,7 @@ def test_failed_runs_stderr_tail_reaches_the_task_rows_error(kind, engine, synce
     row = queue.get(task_id)
     assert row["status"] == "failed"
     message, *tail = row["error"].splitlines()
-    log_path = kind.settings.model_tasks_dir / f"task-{task_id}-kitchen" / "train.log"
+    log_path = kind.settings.model_tasks_dir / task_dir_name(task_id, "kitchen", row["uid"]) / "train.log"
     assert message.endswith(f" exited with code 1: ValueError: no clip could be decoded (log: {log_path})"), message
     assert tail[-1] == "ValueError: no clip could be decoded"
     assert tail[-6:-1] == [f"stderr line {i}" for i in range(20, 25)]

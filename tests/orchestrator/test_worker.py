@@ -14,7 +14,7 @@ from pytrain.db import TaskQueue
 from pytrain.errors import PublishError, SchemaOutOfDateError
 from pytrain.orchestrator import Orchestrator, default_worker_id
 from pytrain.sources import read_manifest
-from pytrain.spec import TaskSpec
+from pytrain.spec import TaskSpec, task_dir_name
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
 
@@ -38,8 +38,8 @@ def test_worker_prepares_runs_publishes_and_records_task(settings, engine, synce
     assert row["progress"] == {"event": "done", "epoch": 1, "epochs": 1, "train_loss": 0.5, "val_accuracy": 0.8, "test_accuracy": 0.7}
     assert row["worker_id"] == "test-worker"
     assert row["finished_at"] >= row["started_at"]
-    task_dir = settings.model_tasks_dir / f"task-{task_id}-kitchen"
-    assert row["task_dir"] == str(task_dir)
+    task_dir = settings.model_tasks_dir / task_dir_name(task_id, "kitchen", row["uid"])
+    assert row["task_dir"] == str(task_dir) and task_dir.name == f"task-{task_id}-kitchen-{row['uid'].hex[:8]}"
 
     spec = TaskSpec.load(task_dir)
     assert spec.class_list == ["Other", "cooking", "drinking"]
@@ -91,7 +91,7 @@ def test_failed_run_is_recorded_with_message_and_log(settings, engine, synced):
     Orchestrator(settings, engine=engine, runner=FakeRunner("fail"), publisher=FakePublisher()).run(exit_when_idle=True)
     row = queue.get(task_id)
     assert row["status"] == "failed"
-    assert row["error"] == f"training exited with code 2: boom (log: {settings.model_tasks_dir}/task-{task_id}-kitchen/train.log)"
+    assert row["error"] == f"training exited with code 2: boom (log: {settings.model_tasks_dir / task_dir_name(task_id, 'kitchen', row['uid'])}/train.log)"
 
 
 def test_runner_crash_fails_the_task_not_the_worker(settings, engine, synced):

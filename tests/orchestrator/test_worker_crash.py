@@ -14,6 +14,7 @@ from orchestrator_fakes import FakePublisher
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
 from pytrain.runners import LocalRunner
+from pytrain.spec import task_dir_name
 from test_local_runner import STUB, pid_alive, wait_for
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
@@ -52,7 +53,7 @@ def start_doomed_worker(settings, worker_id: str) -> subprocess.Popen:
 def kill_worker_mid_task(settings, queue: TaskQueue, task_id: int, worker_id: str) -> int:
     """Start a worker, wait until its run hangs, SIGKILL the worker. Returns the orphaned run's pid."""
     proc = start_doomed_worker(settings, worker_id)
-    hanging = settings.model_tasks_dir / f"task-{task_id}-kitchen" / "hanging"
+    hanging = settings.model_tasks_dir / task_dir_name(task_id, "kitchen", queue.get(task_id).uid) / "hanging"
     try:
         wait_for(hanging.exists, timeout=30)
         assert queue.get(task_id)["worker_id"] == worker_id
@@ -97,14 +98,14 @@ def test_restarted_worker_kills_its_orphaned_run_and_requeues_the_task_at_once(s
     assert row["error"] == "worker host-gpu0 restarted while running this task (run 1 of 3 lost); re-queued"
     assert worker.run(exit_when_idle=True) == 1
     assert queue.get(task_id)["status"] == "succeeded"
-    assert not (Path(settings.model_tasks_dir) / f"task-{task_id}-kitchen" / "runner.pid").exists()
+    assert not (Path(settings.model_tasks_dir) / task_dir_name(task_id, "kitchen", queue.get(task_id).uid) / "runner.pid").exists()
 
 
 def test_sigterm_interrupts_the_run_requeues_the_task_and_exits(settings, engine, synced):
     queue = TaskQueue(engine)
     task_id = queue.submit(TASK)
     proc = start_doomed_worker(settings, "host-gpu0")
-    task_dir = settings.model_tasks_dir / f"task-{task_id}-kitchen"
+    task_dir = settings.model_tasks_dir / task_dir_name(task_id, "kitchen", queue.get(task_id).uid)
     try:
         wait_for((task_dir / "hanging").exists, timeout=30)
         orphan = int((task_dir / "hanging").read_text())

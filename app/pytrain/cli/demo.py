@@ -182,13 +182,13 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     record = queue.get(task_id)
     if record.status != "succeeded":
         raise TrainingError(f"task {task_id} ended {record.status}: {record.error or 'no error recorded'}",
-                            hint=f"see {settings.model_tasks_dir / task_dir_name(task_id, options.model_name)}/train.log")
+                            hint=f"see {settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid)}/train.log")
     version = record.version
     metrics = record.metrics or {}
     console.print(f"task {task_id} succeeded: published [bold]{options.model_name}[/] version {version} into {settings.model_repo_dir}")
 
     step(6, "Triton: serve and predict the held-out clips over gRPC")
-    task_dir = Path(record.task_dir or settings.model_tasks_dir / task_dir_name(task_id, options.model_name))
+    task_dir = Path(record.task_dir or settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid))
     held_out = [r for r in read_manifest(task_dir) if r.split == "test"]
     predictions = _predict(settings, options.model_name, version, held_out, console)
     correct = sum(p["label"] == p["true_label"] for p in predictions)

@@ -10,11 +10,13 @@ Every flag also reads the ``PYTRAIN_*`` variable that ``--help`` names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import shutil
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -88,13 +90,16 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
         missing = sorted({"model_name", "sources", "classes"} - set(data))
         if missing:
             raise ConfigurationError(f"--spec row lacks {missing}", hint='e.g. {"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}')
-        prepared = prepare_task({"id": 0, **task_defaults(), **data}, settings, registered=None, gpus=settings.gpus)
+        # a fresh uid per call: a debugging run never resumes another one's folder
+        prepared = prepare_task({"id": 0, "uid": uuid.uuid4(), **task_defaults(), **data}, settings, registered=None, gpus=settings.gpus)
         return prepared.spec, prepared.task_dir
     try:
         spec = TaskSpec(**data)
     except TypeError as exc:
         raise ConfigurationError(f"--spec: {exc}", hint="fields: see pytrain.spec.TaskSpec (task_id, model_name, class_list, ...)") from exc
-    task_dir = settings.model_tasks_dir / task_dir_name(spec.task_id, spec.model_name)
+    if not spec.uid:  # a task.json from before the uid existed
+        spec = dataclasses.replace(spec, uid=str(uuid.uuid4()))
+    task_dir = settings.model_tasks_dir / task_dir_name(spec.task_id, spec.model_name, spec.uid)
     task_dir.mkdir(parents=True, exist_ok=True)
     spec.save(task_dir)
     if manifest is not None:

@@ -120,15 +120,16 @@ def clips_from_paths(paths: Sequence[Path]) -> list[LabelledClip]:
 
 
 def clips_from_task(settings: Settings, task_id: int) -> list[LabelledClip]:
-    """The test split of task ``task_id``: ``<PYTRAIN_MODEL_TASKS_DIR>/task-<id>-<model>/manifest.csv``
-    (paths relative to ``PYTRAIN_SOURCES_DIR``).
+    """The test split of task ``task_id``: ``<PYTRAIN_MODEL_TASKS_DIR>/task-<id>-<model>-<uid8>/manifest.csv``
+    (paths relative to ``PYTRAIN_SOURCES_DIR``). After a database reset several rows may have had
+    the id; the folder whose ``task.json`` was written last is the current row's.
 
     Raises:
         ClientError: no such task folder, or an empty test split.
     """
     from pytrain.spec import read_manifest
 
-    folders = sorted(settings.model_tasks_dir.glob(f"task-{int(task_id)}-*"))
+    folders = sorted(settings.model_tasks_dir.glob(f"task-{int(task_id)}-*"), key=lambda f: _mtime(f / "task.json"), reverse=True)
     if not folders:
         raise ClientError(f"no task folder task-{task_id}-<model> in {settings.model_tasks_dir}",
                           hint="check the task id (pytrain tasks) and PYTRAIN_MODEL_TASKS_DIR")
@@ -136,6 +137,13 @@ def clips_from_task(settings: Settings, task_id: int) -> list[LabelledClip]:
     if not clips:
         raise ClientError(f"task {task_id} ({folders[0]}) has no test split clips")
     return clips
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def served_version(client: TritonClient, model: str) -> str:

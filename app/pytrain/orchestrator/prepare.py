@@ -65,13 +65,14 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
                  videos: Iterable[Mapping[str, Any]] = ()) -> PreparedTask:
     """Resolve a task's classes, split its clips and write its folder.
 
-    The folder ``<model_tasks_dir>/task-<id>-<model_name>/`` is kept across attempts (the training
-    resumes from its checkpoint); ``task.json`` and ``manifest.csv`` are rewritten atomically and
-    are the same every time (the split is deterministic).
+    The folder ``<model_tasks_dir>/task-<id>-<model_name>-<uid8>/`` (:func:`pytrain.spec.task_dir_name`)
+    is kept across attempts of the row (the training resumes from its checkpoint when the
+    checkpoint's fingerprint still matches); ``task.json`` and ``manifest.csv`` are rewritten
+    atomically and are the same every time (the split is deterministic).
 
     Args:
         task: the ``training_tasks`` row (a :class:`pytrain.db.TaskRow`, or any mapping with its
-            user-settable columns).
+            user-settable columns, ``id`` and ``uid``).
         settings: gives ``sources_dir``, ``model_tasks_dir`` and ``task_timeout_seconds``.
         registered: registered dataset names (``None``: do not check).
         gpus: GPU ids for the run, or ``None`` for CPU.
@@ -112,6 +113,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     split_counts = Counter((row.split, row.label) for row in rows)
     spec = TaskSpec(
         task_id=int(task["id"]),
+        uid=str(task["uid"]),
         class_list=resolved.class_list,
         sources_root=str(settings.sources_dir),
         folders=resolved.folders,
@@ -121,7 +123,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         extra=dict(task.get("options") or {}),
         **{name: task[name] for name in _SPEC_COLUMNS},
     )
-    task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name)
+    task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name, spec.uid)
     task_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(rows, task_dir)
     spec.save(task_dir)

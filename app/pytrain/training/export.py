@@ -30,6 +30,7 @@ from torch import nn
 
 from pytrain.errors import ExportError
 from pytrain.spec import MODEL_ONNX, TensorSpec, atomic_path
+from pytrain.training.disk import NO_SPACE_HINT, find_no_space, no_space_message
 from pytrain.training.models import VideoClassifier, rebuild_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, spec: TensorSp
             )
         return f"dynamo (opset {DYNAMO_OPSET})"
     except Exception as exc:  # the exporter raises many types; the fallback is logged
+        if find_no_space(exc) is not None:  # the other exporter would fill the same disk
+            raise
         log.warning("dynamo ONNX export failed (%s: %s); trying the TorchScript exporter", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
     try:
         with warnings.catch_warnings():
@@ -139,7 +142,11 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
         ``{"exporter", "onnx_bytes", "parity": {...}}`` for ``metrics.json``.
 
     Raises:
-        ExportError: the export, the checker, the signature or the parity check failed.
+        ExportError: the export, the checker, the signature or the parity check failed, or the
+            file system is full ("no space left on device in <out_dir> while writing model.onnx
+            (about N bytes needed, M bytes free)"). ``model.onnx`` and ``tensor_spec.json`` then
+            stay as they were: the new model is checked under a temporary name, ``tensor_spec.json``
+            is written next, and only then is ``model.onnx`` replaced.
     """
     import onnx
 
@@ -152,15 +159,22 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
         raise ExportError(f"parity clips have shape {clips.shape}, expected (N>=1, {', '.join(map(str, clip_shape))})")
     out_dir = Path(out_dir)
     final = out_dir / MODEL_ONNX
-    with atomic_path(final, suffix=".onnx") as tmp:
-        example = torch.from_numpy(np.concatenate([clips, clips])[:2])  # batch 2: keeps the batch axis symbolic
-        exporter = _export(module, example, tmp, spec)
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as exc:
-            raise ExportError(f"onnx.checker rejected the exported model: {exc}") from exc
-        _check_signature(onnx.load(str(tmp), load_external_data=False), spec)
-        parity = check_parity(tmp, module, clips, spec)
-    spec.save(out_dir)
+    try:
+        with atomic_path(final, suffix=".onnx") as tmp:
+            example = torch.from_numpy(np.concatenate([clips, clips])[:2])  # batch 2: keeps the batch axis symbolic
+            exporter = _export(module, example, tmp, spec)
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+            except Exception as exc:
+                raise ExportError(f"onnx.checker rejected the exported model: {exc}") from exc
+            _check_signature(onnx.load(str(tmp), load_external_data=False), spec)
+            parity = check_parity(tmp, module, clips, spec)
+            spec.save(out_dir)  # before model.onnx is replaced: a full disk leaves the old pair as it was
+    except Exception as exc:
+        if find_no_space(exc) is None:
+            raise
+        # the weights dominate the file: ~ their bytes (the graph adds kilobytes)
+        needed = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        raise ExportError(no_space_message(out_dir, MODEL_ONNX, needed), hint=NO_SPACE_HINT) from exc
     log.info("exported %s with the %s exporter; parity max |diff| %.2g on %d clips", final, exporter, parity["max_abs_diff"], parity["clips"])
     return {"exporter": exporter, "onnx_bytes": final.stat().st_size, "parity": parity}

@@ -31,8 +31,9 @@ import os
 import socket
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,16 @@ from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import (
-    CHECKPOINT_BEST, CHECKPOINT_LAST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec, atomic_path,
+    CHECKPOINT_BEST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec,
     format_progress, write_json_atomic,
 )
 from pytrain.task_options import CLASS_WEIGHTS, TrainConfig, balanced_class_weights  # noqa: F401 (re-exported)
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
+from pytrain.training.checkpoints import find_resumable, move_aside, run_fingerprint, save_checkpoint, save_last  # noqa: F401 (save_checkpoint re-exported)
 from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import SCAN_RESULTS, scan_stamp, scan_videos
+from pytrain.training.run_lock import RunLock
 from pytrain.training.transforms import TrainPreset, apply_boxes
 
 log = logging.getLogger("pytrain.training")
@@ -81,12 +84,6 @@ class ProgressLog:
             handle.write(record.to_json() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-
-
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (appears whole)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,39 +513,57 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     wall_start: float  # time.perf_counter() when main() began
 
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """What the run is (:func:`pytrain.training.checkpoints.run_fingerprint`); every checkpoint carries it."""
+        return run_fingerprint(self.spec, self.cfg, self.task_dir)
+
     def checkpoint(self, state: RunState) -> dict[str, Any]:
         """Everything a resume needs: one dict, as torchvision's references save it.
 
         ``cuda_rng`` is the CUDA generator of this rank's device (dropout on CUDA draws from it,
-        not from the CPU generator ``rng``); ``None`` on the CPU.
+        not from the CPU generator ``rng``); ``None`` on the CPU. ``fingerprint`` says which run
+        the checkpoint belongs to (:mod:`pytrain.training.checkpoints`).
         """
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {
             "model": self.model.state_dict(), "model_args": dict(self.model.model_args), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "state": state.to_dict(), "rng": torch.get_rng_state(),
             "cuda_rng": cuda_rng, "task": self.spec.to_dict(), "train_config": asdict(self.cfg), "torch_version": torch.__version__,
+            "fingerprint": self.fingerprint,
         }
 
 
 def resume(run: _Run) -> RunState:
-    """Load ``checkpoint_last.pt`` into the model, optimiser, scheduler and RNG when it exists.
+    """Load the run's checkpoint into the model, optimiser, scheduler and RNG when there is one.
+
+    ``checkpoint_last.pt``, else ``checkpoint_prev.pt`` when the last one is missing or unreadable,
+    and only if its fingerprint is this run's (:func:`pytrain.training.checkpoints.find_resumable`).
+    A checkpoint of another run (another task row, classes, manifest, option...) is not loaded:
+    the run starts at epoch 1, the changed fields are logged, and rank 0 moves the old run's files
+    into ``stale-<time>/`` (:func:`pytrain.training.checkpoints.move_aside`).
 
     Returns:
-        The loop state to continue from (a fresh one without a checkpoint).
+        The loop state to continue from (a fresh one when starting over).
 
     Raises:
-        TrainingError: the checkpoint cannot be read, or was written for another model.
+        TrainingError: the checkpoint's fingerprint matches but its model arguments do not (a bug).
     """
     monitor = "val_loss" if run.data.by_split["val"] else "train_loss"
     if monitor == "train_loss":
         log.warning("no val clips: early stopping and the best checkpoint follow the training loss")
-    last_path = run.task_dir / CHECKPOINT_LAST
-    if not last_path.is_file():
+    found = find_resumable(run.task_dir, run.fingerprint)
+    if run.ddp.world_size > 1:
+        dist.barrier()  # every rank has read the checkpoint before rank 0 moves files
+    if run.ddp.main:
+        moved = move_aside(run.task_dir, found)
+        for reason in found.stale_reasons:
+            log.warning("starting over at epoch 1: %s", reason)
+        if moved is not None:
+            log.warning("moved the files that do not belong to this run into %s", moved)
+    checkpoint, last_path = found.checkpoint, found.path
+    if checkpoint is None:
         return RunState(EarlyStopping(monitor, run.cfg.patience))
-    try:
-        checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # written atomically, so this is damage from outside
-        raise TrainingError(f"cannot read {last_path}: {exc}", hint="delete it to start the task over") from exc
     model_args = dict(run.model.model_args)
     if checkpoint.get("model_args") != model_args:
         raise TrainingError(
@@ -606,7 +621,7 @@ def run_epoch(run: _Run, state: RunState) -> None:
         checkpoint = run.checkpoint(state)
         if improved:
             save_checkpoint(checkpoint, run.task_dir / CHECKPOINT_BEST)
-        save_checkpoint(checkpoint, run.task_dir / CHECKPOINT_LAST)  # last: a crash before this line redoes the epoch
+        save_last(checkpoint, run.task_dir)  # last (the one it replaces becomes prev): a crash before this line redoes the epoch
         # from_dict: without val clips, val_loss/val_accuracy stay in the line as null, as they always were
         record = ProgressRecord.from_dict({"event": "epoch", **row})
         run.progress.write(record)
@@ -713,13 +728,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, export. Returns the metrics written to ``metrics.json`` (``{}`` on ranks
     other than 0).
 
+    Rank 0 holds the task folder's run lock (:class:`~pytrain.training.run_lock.RunLock`) from
+    before it writes anything there until it returns, so two runs of one task never write the
+    same files.
+
     Raises:
+        RunLockedError: another run holds the task folder (its host and pid are named).
         PyTrainError: any failure with a message for the task row (the entrypoint prints it).
     """
+    with ExitStack() as held:
+        return _main(args, held)
+
+
+def _main(args: argparse.Namespace, held: ExitStack) -> dict[str, Any]:
     wall_start = time.perf_counter()
     task_dir, spec, cfg, sources_root = _load_task(args)
     ddp, device = _setup_distributed(args.device)
     placement = _placement(ddp, device)
+    if ddp.main:  # only rank 0 writes the task folder (the ranks of one run are one run)
+        held.enter_context(RunLock(task_dir))
     torch.manual_seed(spec.seed + ddp.rank)  # same init on every rank comes from DDP's broadcast
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)

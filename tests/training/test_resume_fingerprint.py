@@ -1,0 +1,221 @@
+"""Resume only what belongs to the run (issue 9): task folders named by the row's uid, checkpoint
+fingerprints, and the previous checkpoint when the last one is truncated.
+
+Real files, real training (architecture ``tiny``, 8 frames of 32x32 from 18 real mp4 clips) on the
+CPU, a real PostgreSQL for the database reset. Budgets (measured on the 2-core CI box, loaded):
+the shared trained folder ~20 s once; the database-reset test ~45 s (three 1-epoch runs); the
+truncated-checkpoint and changed-option tests ~15-20 s each; the unit tests under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import text
+
+from fixtures.clips import write_task
+from pytrain.db import TaskQueue
+from pytrain.orchestrator.prepare import prepare_task
+from pytrain.sources import sync_sources
+from pytrain.sources.synthetic import make_dataset
+from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MODEL_ONNX, PROGRESS, TaskSpec, task_dir_name
+from pytrain.task_options import TrainConfig
+from pytrain.training.checkpoints import find_resumable, fingerprint_changes, run_fingerprint, save_last
+from pytrain.training.train import main
+
+#: A tiny, fast run: the columns a task row and a task.json share.
+SMALL = {"architecture": "tiny", "num_frames": 8, "height": 32, "width": 32, "batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def small_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dataset1`` with 6 real 32x32 clips in each of cooking_pan, drinking_tea, walking_dog."""
+    root = tmp_path_factory.mktemp("small_sources")
+    make_dataset(root / "dataset1", folders=("cooking_pan", "drinking_tea", "walking_dog"), clips_per_folder=6, height=32, width=32,
+                 frame_counts=(24,))
+    return root
+
+
+def small_rows(sources: Path) -> list[tuple[str, str, str]]:
+    """Manifest rows of :func:`small_sources`: clips 0-3 train, 4 val, 5 test per class."""
+    rows = []
+    for clip in sorted((sources / "dataset1").glob("*/*.mp4")):
+        number = int(clip.stem.split("_")[-1])
+        rows.append((clip.relative_to(sources).as_posix(), clip.parent.name.partition("_")[0],
+                     "train" if number < 4 else "val" if number == 4 else "test"))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def trained_task(tmp_path_factory: pytest.TempPathFactory, small_sources: Path) -> Path:
+    """A task folder trained for 2 epochs (so it holds checkpoint_last.pt and checkpoint_prev.pt).
+    Read-only for tests: copy it (:func:`copy_task`)."""
+    torch.set_num_threads(1)
+    task = tmp_path_factory.mktemp("trained") / "task"
+    write_task(task, small_sources, rows=small_rows(small_sources), epochs=2, **SMALL)
+    train(task)
+    return task
+
+
+def copy_task(trained: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "task"))
+
+
+def train(task_dir: Path) -> dict:
+    return main(argparse.Namespace(task_dir=str(task_dir), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
+
+
+def events(task_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (task_dir / PROGRESS).read_text().splitlines()]
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+# --- the task folder is the row's --------------------------------------------------------------
+
+
+def test_a_new_task_1_after_a_database_reset_starts_at_epoch_1(settings, engine, small_sources, caplog):
+    shutil.copytree(small_sources / "dataset1", settings.sources_dir / "dataset1")
+    sync_sources(settings, engine=engine, probe=False)
+    queue = TaskQueue(engine)
+    row = {"model_name": "kitchen", "sources": ["dataset1"], "epochs": 1, "options": {"hflip": 0.0}, **SMALL}
+
+    def run_new_task(classes: list[str]) -> tuple[Path, TaskSpec]:
+        task_id = queue.submit({**row, "classes": classes})
+        assert task_id == 1  # ids start again after each reset
+        prepared = prepare_task(queue.get(task_id), settings, registered=None)
+        return prepared.task_dir, prepared.spec
+
+    def reset() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE training_tasks RESTART IDENTITY CASCADE"))
+
+    old_dir, old_spec = run_new_task(["cooking", "drinking"])
+    train(old_dir)
+    assert old_dir.name == task_dir_name(1, "kitchen", old_spec.uid) == f"task-1-kitchen-{old_spec.uid.replace('-', '')[:8]}"
+
+    reset()
+    new_dir, new_spec = run_new_task(["cooking", "walking"])  # same id, same model, other classes
+    assert new_dir != old_dir and new_spec.uid != old_spec.uid
+    train(new_dir)
+    assert [e["resumed_from_epoch"] for e in events(new_dir) if e["event"] == "start"] == [0]
+    assert (old_dir / CHECKPOINT_LAST).is_file()  # the old row's folder is left alone
+
+    # the same classes, and the old row's folder found where the new row's belongs (a folder
+    # copied by hand, or named as before uids existed): the uid in the fingerprint starts it over
+    reset()
+    caplog.clear()
+    same_id = queue.submit({**row, "classes": ["cooking", "drinking"]})
+    uid = queue.get(same_id).uid
+    reused = settings.model_tasks_dir / task_dir_name(same_id, "kitchen", uid)
+    shutil.copytree(old_dir, reused)
+    prepare_task(queue.get(same_id), settings, registered=None)
+    with caplog.at_level(logging.WARNING, logger="pytrain.training"):
+        train(reused)
+    assert [e["event"] for e in events(reused)] == ["start", "epoch", "done"]  # only this run's records
+    assert events(reused)[0]["resumed_from_epoch"] == 0
+    logged = warnings_of(caplog)
+    assert f"task.uid: '{old_spec.uid}' -> '{uid}'" in logged, logged
+    assert "task.class_list" not in logged and "manifest.csv" not in logged  # nothing but the row changed
+    (stale,) = reused.glob("stale-*")
+    assert {CHECKPOINT_LAST, CHECKPOINT_BEST, MODEL_ONNX, PROGRESS, "reason.txt"} <= {p.name for p in stale.iterdir()}
+    assert torch.load(reused / CHECKPOINT_LAST, weights_only=False)["fingerprint"]["task.uid"] == str(uid)
+
+
+# --- a truncated last checkpoint ---------------------------------------------------------------
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(trained_task, tmp_path, caplog):
+    task = copy_task(trained_task, tmp_path)
+    intact = torch.load(task / CHECKPOINT_LAST, weights_only=False)
+    assert torch.load(task / CHECKPOINT_PREV, weights_only=False)["state"]["epoch"] == 1
+    data = (task / CHECKPOINT_LAST).read_bytes()
+    (task / CHECKPOINT_LAST).write_bytes(data[: len(data) // 2])  # a copy cut short, a bad disk
+
+    with caplog.at_level(logging.INFO, logger="pytrain.training"):
+        result = train(task)
+
+    assert events(task)[-3]["event"] == "start" and events(task)[-3]["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in events(task)[-2:-1]] == [2]  # epoch 2 again, then done
+    assert f"cannot read {task / CHECKPOINT_LAST}" in warnings_of(caplog)
+    (stale,) = task.glob("stale-*")
+    assert (stale / CHECKPOINT_LAST).stat().st_size == len(data) // 2  # kept, out of the rotation
+    redone = torch.load(task / CHECKPOINT_LAST, weights_only=False)
+    assert redone["state"]["epoch"] == 2 and result["epochs_run"] == 2
+    # the CPU run is deterministic: the redone epoch ends with the weights the lost checkpoint held
+    assert all(torch.equal(intact["model"][k], redone["model"][k]) for k in intact["model"])
+    assert torch.load(task / CHECKPOINT_PREV, weights_only=False)["state"]["epoch"] == 1
+
+
+# --- a changed option --------------------------------------------------------------------------
+
+
+def test_a_changed_option_starts_over_with_the_reason_logged(trained_task, tmp_path, caplog):
+    task = copy_task(trained_task, tmp_path)
+    spec = TaskSpec.load(task)
+    replace(spec, extra={**spec.extra, "label_smoothing": 0.0}).save(task)  # the row's options changed (default 0.1)
+
+    with caplog.at_level(logging.WARNING, logger="pytrain.training"):
+        result = train(task)
+
+    logged = warnings_of(caplog)
+    assert "starting over at epoch 1: checkpoint_last.pt belongs to another run: options.label_smoothing: 0.1 -> 0.0" in logged, logged
+    assert [e["event"] for e in events(task)] == ["start", "epoch", "epoch", "done"] and events(task)[0]["resumed_from_epoch"] == 0
+    assert result["epochs_run"] == 2 and [h["epoch"] for h in result["history"]] == [1, 2]
+    (stale,) = task.glob("stale-*")
+    assert "options.label_smoothing: 0.1 -> 0.0" in (stale / "reason.txt").read_text()
+    # the old run's files are kept there, not deleted
+    assert {p.name for p in stale.iterdir()} >= {CHECKPOINT_LAST, CHECKPOINT_PREV, CHECKPOINT_BEST, MODEL_ONNX, PROGRESS, "metrics.json"}
+    assert (stale / CHECKPOINT_LAST).read_bytes() == (trained_task / CHECKPOINT_LAST).read_bytes()
+
+
+# --- the parts, without training (each well under a second) ------------------------------------
+
+
+def test_save_last_keeps_the_replaced_checkpoint_as_prev_and_resume_falls_back_to_it(tmp_path):
+    fingerprint = {"task.seed": 0}
+    for epoch in (1, 2, 3):
+        save_last({"model": {}, "state": {"epoch": epoch}, "fingerprint": fingerprint}, tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT_LAST)["state"]["epoch"] == 3
+    assert torch.load(tmp_path / CHECKPOINT_PREV)["state"]["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_LAST, CHECKPOINT_PREV]  # no temporary file left
+
+    assert find_resumable(tmp_path, fingerprint).checkpoint["state"]["epoch"] == 3
+    (tmp_path / CHECKPOINT_LAST).unlink()  # a crash between the two renames of save_last
+    found = find_resumable(tmp_path, fingerprint)
+    assert (found.path.name, found.checkpoint["state"]["epoch"], found.stale_reasons) == (CHECKPOINT_PREV, 2, [])
+    (tmp_path / CHECKPOINT_PREV).write_bytes(b"PK\x03\x04 cut")  # and the previous one damaged too
+    found = find_resumable(tmp_path, fingerprint)
+    assert found.checkpoint is None and found.stale_reasons == ["no readable checkpoint: checkpoint_prev.pt"]
+
+
+def test_the_fingerprint_follows_the_weights_not_paths_or_bookkeeping(tmp_path, small_sources):
+    spec = write_task(tmp_path, small_sources, rows=small_rows(small_sources), **SMALL)
+    cfg = TrainConfig.from_options(spec.extra)
+    base = run_fingerprint(spec, cfg, tmp_path)
+
+    def changes(**fields) -> list[str]:
+        extra = fields.pop("extra", None)
+        other = replace(spec, **fields, extra={**spec.extra, **(extra or {})})
+        return fingerprint_changes(base, run_fingerprint(other, TrainConfig.from_options(other.extra), tmp_path))
+
+    # a container mounts the sources elsewhere; a host with other GPUs may resume; early stopping's
+    # patience and the decoder timeout do not change the weights
+    assert changes(sources_root="/sources", nodes=2, test_clips=3, model_name="renamed", extra={"patience": 3, "decode_timeout_s": 5.0}) == []
+    assert changes(class_list=["cooking", "walking"]) == ["task.class_list: ['cooking', 'drinking', 'walking'] -> ['cooking', 'walking']"]
+    assert changes(epochs=7, learning_rate=0.01) == ["task.epochs: 6 -> 7", "task.learning_rate: 0.003 -> 0.01"]
+    assert changes(extra={"cache": True}) == ["options.cache: False -> True"]  # cached runs draw frames from a smaller pool
+    with (tmp_path / "manifest.csv").open("a") as handle:
+        handle.write("dataset1/walking_dog/clip_000.mp4,walking,val\n")
+    (changed,) = fingerprint_changes(base, run_fingerprint(spec, cfg, tmp_path))
+    assert changed.startswith("manifest.csv sha256: '")
+    assert fingerprint_changes(None, base) == ["the checkpoint has no fingerprint (written before PyTrain recorded them)"]
