@@ -587,7 +587,7 @@ class SlurmRunner:
         Returns:
             The ids of the tasks whose jobs were cancelled.
         """
-        cancelled: set[int] = set()
+        cancelled: dict[str, int] = {}  # job id -> task id
         for job in self.cluster.jobs():
             meta = parse_job_comment(job.comment)
             if meta is None or meta["worker"] != _worker_tag(self.worker_id):
@@ -597,5 +597,9 @@ class SlurmRunner:
                 continue
             log.warning("task %s: cancelling Slurm job %s left by a crashed worker", task_id, job.job_id)
             self.cluster.cancel(job.job_id)
-            cancelled.add(task_id)
-        return cancelled
+            cancelled[job.job_id] = task_id
+        # Return once they are gone, as the other runners do (scancel only asks).
+        deadline = time.monotonic() + 30
+        while cancelled and time.monotonic() < deadline and any(job.job_id in cancelled for job in self.cluster.jobs()):
+            time.sleep(0.2)
+        return set(cancelled.values())

@@ -1,0 +1,307 @@
+"""The slurm runner on a real two-node Slurm cluster (n1, n2: ``scripts/start_slurm.sh``), through
+the real orchestrator on a real PostgreSQL.
+
+- a task with ``nodes = 2`` trains the tiny model on real mp4 clips with one torchrun per node,
+  is published, and the real tritonserver answers with it;
+- cancelling a running two-node training: its job leaves ``squeue`` within 10 s;
+- a job that exits 1, one over its memory limit, one over its time limit (the runner's and
+  Slurm's own): each failed with its reason, run once;
+- an operator's ``scancel`` fails the task naming it; a node set down during the run re-queues it;
+- an orchestrator killed with SIGKILL: its restart re-attaches to the still-running job (one job,
+  one start), or cancels the job of a task cancelled meanwhile.
+
+Budgets (2 shared cores): the two-node training ~60 s, its cancel ~25 s, Slurm's own time limit
+~75 s (whole minutes, checked every 30 s: marked slow), every other test < 15 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fixtures.clips import write_tree
+from fixtures.slurm import live_jobs
+
+from pytrain.db import TaskQueue
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners.slurm import SlurmRunner
+
+pytestmark = pytest.mark.slurm
+
+TRAIN_ROW = {
+    "sources": ["dataset1"], "classes": ["cooking", "drinking", "eating", "walking"], "architecture": "tiny",
+    "num_frames": 8, "height": 32, "width": 32, "epochs": 2, "batch_size": 4, "learning_rate": 0.003,
+}
+PLACEHOLDER_ROW = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
+LAYOUT = {"dataset1": {"cooking_bread": 3, "cooking_soup": 3, "drinking_water": 5, "eating": 4}}
+
+# Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the job's
+# folder). HOLD says it started (one line per start) and ends 0 with a metrics.json once "release" exists.
+HOLD = """
+import json, os, time
+with open("starts", "a") as f:
+    f.write(f"{os.getpid()} {os.environ.get('SLURM_JOB_ID')}\\n")
+while not os.path.exists("release"):
+    time.sleep(0.2)
+json.dump({"test_accuracy": 1.0}, open("metrics.json", "w"))
+"""
+FAIL = "import sys; print('working', flush=True); print('boom: dataset is empty', file=sys.stderr); sys.exit(1)"
+ALLOCATE = "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))\n"
+SLEEP = "import time; open('started', 'w').write('1'); time.sleep(300)"
+
+
+def wait_for(predicate, *, timeout: float, step: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what} not reached within {timeout:g} s")
+
+
+def jobs_of(task_id: int) -> dict[str, str]:
+    """Live jobs of a task: ``{job id: "name|state|comment"}``."""
+    return {job: what for job, what in live_jobs(f"pytrain-task-{task_id}").items() if what.startswith(f"pytrain-task-{task_id}|")}
+
+
+def running_job(task_id: int) -> str:
+    """The id of the task's job once it is RUNNING."""
+    return wait_for(lambda: next((job for job, what in jobs_of(task_id).items() if "|RUNNING|" in what), None),
+                    timeout=60, what=f"a running job of task {task_id}")
+
+
+def task_dir(queue: TaskQueue, task_id: int) -> Path:
+    return Path(wait_for(lambda: queue.get(task_id)["task_dir"], timeout=30, what="the task folder"))
+
+
+class NoPublish:
+    """A publisher for runs that train nothing: version 1, nothing written."""
+
+    def __call__(self, task_dir, *, settings, task_record):
+        return SimpleNamespace(version=1, served_versions=(1,), serving_note="")
+
+
+def stub_runner(settings, code: str) -> SlurmRunner:
+    return SlurmRunner(settings, command=[sys.executable, "-c", code], poll_seconds=0.2, grace_seconds=1.0)
+
+
+def in_thread(worker: Orchestrator, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def placeholders(slurm_settings, engine):
+    """Registered placeholder clips (the stand-in programs read none)."""
+    from pytrain.sources import sync_sources
+
+    write_tree(slurm_settings.sources_dir, LAYOUT)
+    sync_sources(slurm_settings, engine=engine, probe=False)
+    return slurm_settings
+
+
+@pytest.fixture
+def clips(slurm_settings, engine, synthetic_sources):
+    """The synthetic dataset of real mp4 clips, registered and catalogued."""
+    from pytrain.sources import sync_sources
+
+    shutil.copytree(synthetic_sources / "dataset1", slurm_settings.sources_dir / "dataset1")
+    sync_sources(slurm_settings, engine=engine)
+    return slurm_settings
+
+
+# -- training on two nodes ------------------------------------------------------------------------
+@pytest.mark.triton
+def test_two_node_task_trains_on_n1_and_n2_is_published_and_served(clips, engine, triton_server):
+    from pytrain.client import TritonClient
+
+    settings = clips.model_copy(update={"model_repo_dir": triton_server.model_repository, "triton_grpc_url": triton_server.grpc_url,
+                                        "triton_control_key": triton_server.control_key})
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "slurm_e2e", "nodes": 2, **TRAIN_ROW})
+    started = time.monotonic()
+    assert Orchestrator(settings, engine=engine, runner=SlurmRunner(settings, poll_seconds=0.5)).run(exit_when_idle=True) == 1
+    print(f"\nrow -> 2-node Slurm job -> published in {time.monotonic() - started:.1f} s")
+
+    row = queue.get(task_id)
+    folder = Path(row["task_dir"])
+    assert row["status"] == "succeeded", f"{row['error']}\n{(folder / 'train.log').read_text()[-3000:]}"
+    metrics = row["metrics"]
+    assert metrics["world_size"] == 2
+    assert sorted(metrics["nodes"]) == ["n1", "n2"]
+    assert sorted((d["rank"], d["device"]) for d in metrics["devices"]) == [(0, "cpu"), (1, "cpu")]
+    script = (folder / "slurm.sbatch").read_text()
+    assert "#SBATCH --nodes=2\n" in script and "-m torch.distributed.run --nnodes=$SLURM_JOB_NUM_NODES" in script
+    assert row["version"] == 1 and (settings.model_repo_dir / "slurm_e2e" / "1" / "model.onnx").is_file()
+
+    clip = sorted((settings.sources_dir / "dataset1").glob("eating*/*.mp4"))[0]
+    with TritonClient(triton_server.grpc_url) as client:
+        [predictions] = client.predict("slurm_e2e", [clip], top_k=4)
+    assert sorted(p.label for p in predictions) == TRAIN_ROW["classes"]
+    assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
+    assert jobs_of(task_id) == {}
+
+
+def test_cancelling_a_two_node_training_removes_its_job_within_10_seconds(clips, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "slurm_cancel", "nodes": 2, **TRAIN_ROW, "epochs": 200})
+    worker = Orchestrator(clips, engine=engine, runner=SlurmRunner(clips, poll_seconds=0.5))
+    thread = in_thread(worker, max_tasks=1)
+    job = running_job(task_id)
+    progress = task_dir(queue, task_id) / "progress.jsonl"
+    wait_for(lambda: progress.exists() and '"epoch"' in progress.read_text(), timeout=120, step=0.5, what="a trained epoch")
+    cancelled_at = time.monotonic()
+    assert queue.cancel(task_id)
+    wait_for(lambda: job not in live_jobs(), timeout=10, what=f"job {job} gone from squeue")
+    gone = time.monotonic() - cancelled_at
+    thread.join(30)
+    print(f"\ncancel -> job {job} gone from squeue in {gone:.1f} s")
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert (row["status"], row["error"]) == ("cancelled", "cancelled while running")
+
+
+# -- failures: recorded with their reason, run once ---------------------------------------------------
+@pytest.mark.parametrize(("code", "overrides", "expected"), [
+    (FAIL, {}, "exited with code 1: boom: dataset is empty"),
+    (ALLOCATE, {"slurm_mem": "200M"}, "out of memory (the job's output says 'Exceeded job memory limit'); lower batch_size"),
+    (SLEEP, {"task_timeout_seconds": 3.0}, "timed out after 3 s (PYTRAIN_TASK_TIMEOUT_SECONDS)"),
+], ids=["exit-1", "memory-limit", "time-limit"])
+def test_a_failed_job_is_recorded_with_its_reason_and_not_retried(placeholders, engine, code, overrides, expected):
+    settings = placeholders.model_copy(update=overrides)
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    assert Orchestrator(settings, engine=engine, runner=stub_runner(settings, code)).run(exit_when_idle=True) == 1
+    row = queue.get(task_id)
+    assert row["status"] == "failed" and expected in row["error"], row["error"]
+    assert (row["attempts"], len(queue.runs(task_id))) == (0, 1)  # one run, no retry
+    assert jobs_of(task_id) == {}
+
+
+@pytest.mark.slow
+def test_slurms_own_time_limit_is_recorded_as_timed_out(placeholders, engine):
+    """No task timeout for the runner to enforce; the job's --time=1 (an extra sbatch line) ends it:
+    Slurm's TIMEOUT state (after 60-90 s: Slurm checks limits every 30 s)."""
+    settings = placeholders.model_copy(update={"slurm_extra_sbatch": "--time=1"})
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    started = time.monotonic()
+    assert Orchestrator(settings, engine=engine, runner=stub_runner(settings, SLEEP)).run(exit_when_idle=True) == 1
+    print(f"\nSlurm TIMEOUT after {time.monotonic() - started:.1f} s")
+    row = queue.get(task_id)
+    assert row["status"] == "failed" and "reached its time limit" in row["error"], row["error"]
+    assert len(queue.runs(task_id)) == 1
+
+
+def test_an_operators_scancel_fails_the_task_naming_the_operator(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, SLEEP)), max_tasks=1)
+    job = running_job(task_id)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    thread.join(30)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert row["status"] == "failed"
+    assert row["error"].startswith(f"Slurm job {job} was cancelled by an operator (scancel outside PyTrain)"), row["error"]
+
+
+def test_a_node_failure_during_the_run_requeues_the_task(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, SLEEP)), max_tasks=1)
+    job = running_job(task_id)
+    wait_for((task_dir(queue, task_id) / "started").exists, timeout=30, what="the program to start")
+    subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=pytrain-test"], check=True, timeout=30)
+    thread.join(30)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert (row["status"], row["attempts"]) == ("queued", 0), row["error"]
+    assert row["error"].startswith(f"Slurm job {job} ended NODE_FAIL on n[1-2], NodeDown; re-queued"), row["error"]
+
+
+def test_local_runner_refuses_a_two_node_task_at_claim(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
+    local = placeholders.model_copy(update={"runner": "local"})
+    assert Orchestrator(local, engine=engine, publisher=NoPublish()).run(exit_when_idle=True) == 1
+    row = queue.get(task_id)
+    assert row["status"] == "failed"
+    assert f"task {task_id} asks for nodes = 2, but the local runner trains on one host" in row["error"], row["error"]
+
+
+# -- an orchestrator killed mid-run --------------------------------------------------------------------
+WORKER = """
+import sys
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners.slurm import SlurmRunner
+from pytrain.settings import Settings
+
+settings = Settings()
+runner = SlurmRunner(settings, command=[sys.executable, "-c", sys.argv[1]], poll_seconds=0.2)
+worker = Orchestrator(settings, runner=runner, publisher=lambda *a, **k: None)
+worker.run()
+"""
+
+
+def kill_worker_mid_run(settings, queue: TaskQueue, task_id: int) -> str:
+    """Start an orchestrator process, wait until its job runs HOLD, SIGKILL it; the job id."""
+    env = {**os.environ, "PYTRAIN_DATABASE_URL": settings.database_url.get_secret_value(), "PYTRAIN_RUNNER": "slurm",
+           "PYTRAIN_WORKER_ID": settings.worker_id, "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
+           "PYTRAIN_MODEL_TASKS_DIR": str(settings.model_tasks_dir), "PYTRAIN_DATA_DIR": str(settings.data_dir),
+           "PYTRAIN_LEASE_SECONDS": "20", "PYTRAIN_HEARTBEAT_SECONDS": "0.5", "PYTRAIN_POLL_SECONDS": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, HOLD], env=env)
+    try:
+        job = running_job(task_id)
+        wait_for((task_dir(queue, task_id) / "starts").exists, timeout=30, what="HOLD to start")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return job
+
+
+def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    job = kill_worker_mid_run(placeholders, queue, task_id)
+    folder = task_dir(queue, task_id)
+    assert queue.get(task_id)["status"] == "running" and job in jobs_of(task_id)  # the job outlives its orchestrator
+
+    runner = stub_runner(placeholders, HOLD)
+    results = []
+    run = runner.run
+    runner.run = lambda *args: results.append(run(*args)) or results[-1]
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=runner, publisher=NoPublish()), max_tasks=1)
+    wait_for(lambda: queue.get(task_id)["run_id"] != queue.runs(task_id)[0].id, timeout=30, what="the restart to claim the task")
+    (folder / "release").write_text("")
+    thread.join(30)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert row["status"] == "succeeded", row["error"]
+    assert [(r.details["job_id"], r.details["reattached"]) for r in results] == [(job, True)]
+    assert len((folder / "starts").read_text().splitlines()) == 1  # never started twice
+    assert jobs_of(task_id) == {}
+
+
+def test_restarted_orchestrator_cancels_the_job_of_a_task_cancelled_meanwhile(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    job = kill_worker_mid_run(placeholders, queue, task_id)
+    assert queue.cancel(task_id)
+    worker = Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, HOLD), publisher=NoPublish())
+    worker.start()
+    try:
+        assert job not in live_jobs()
+    finally:
+        worker.close()
+    assert queue.get(task_id)["status"] == "cancelled"
