@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import (
-    CHECKPOINT_BEST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec,
+    CHECKPOINT_BEST, CLIP_CACHE, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec,
     format_progress, write_json_atomic,
 )
 from pytrain.task_options import CLASS_WEIGHTS, TrainConfig, balanced_class_weights  # noqa: F401 (re-exported)
@@ -366,9 +366,8 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     log.info("clips: %s; skipped %d; device %s; world size %d; %d loader workers",
              {k: len(v) for k, v in by_split.items()}, len(skipped), device, ddp.world_size, num_workers)
 
-    cache = None
-    if cfg.cache or args.cache_dir:
-        cache = data_mod.ClipCache(Path(args.cache_dir) if args.cache_dir else task_dir / "clip_cache")
+    folder = cache_folder(cfg, task_dir, args.cache_dir)
+    cache = data_mod.ClipCache(folder) if folder is not None else None
     size = (spec.num_frames, spec.height, spec.width)
     sampling = data_mod.task_sampling(spec)
     augment = TrainPreset(scale=(cfg.crop_scale_min, 1.0), hflip=cfg.hflip) if cfg.augment else None
@@ -391,6 +390,19 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
         for split in ("train", "val", "test")
     }
     return _Data(by_split, skipped, sampler, train_loader, eval_loaders)
+
+
+def cache_folder(cfg: TrainConfig, task_dir: Path, cache_dir: str | None) -> Path | None:
+    """Where decoded clips are cached: ``cache_dir`` (``--cache-dir`` / ``PYTRAIN_CACHE_DIR``) when
+    given; else ``<task_dir>/clip_cache`` when the task row's options ask for it (``{"cache": true}``);
+    else ``None`` (no cache).
+
+    Inside the task folder the cache needs no runner support: the local runner's process writes
+    there, and the docker runner mounts the task folder (its only writable mount) at ``/task``.
+    """
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(task_dir) / CLIP_CACHE if cfg.cache else None
 
 
 def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.device, ddp: _Distributed, steps_per_epoch: int,
