@@ -30,6 +30,12 @@ if [ "$(id -u)" = 0 ] && [ -x scripts/start_dockerd.sh ]; then
   scripts/start_dockerd.sh || echo "warning: no Docker engine; the docker tests will skip" >&2
 fi
 
+# 3b. A two-node Slurm cluster on this host for the slurm runner's tests (root only; installs
+#     slurm-wlm and munge with apt when missing).
+if [ "$(id -u)" = 0 ] && [ -x scripts/start_slurm.sh ]; then
+  scripts/start_slurm.sh || echo "warning: no Slurm cluster; the slurm tests will skip" >&2
+fi
+
 # 4. The tests. pytest exits 5 when it collected no test: that is a failure, not a pass.
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # --- orchestrator ---------------------------------------------------------------------
     # A plain name, not a fixed list: the runners register themselves (pytrain.runners.RUNNERS), and
     # get_runner rejects an unknown one naming those it knows; a new runner is not a settings change.
-    runner: str = Field(default="local", min_length=1, description="How a claimed task is run: a registered runner (local, docker).")
+    runner: str = Field(default="local", min_length=1, description="How a claimed task is run: a registered runner (local, docker, slurm).")
     worker_id: str | None = Field(default=None, description="Worker id in the task row; default <hostname>-gpu<ids> or <hostname>-cpu (stable across restarts).")
     lease_seconds: float = Field(default=60.0, gt=0, description="A running task whose lease is older than this is re-queued (seconds).")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")

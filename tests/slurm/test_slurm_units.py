@@ -140,7 +140,8 @@ def test_one_node_one_process_is_plain_python_without_torchrun(tmp_path):
 def test_two_nodes_with_gpus_and_pyxis_run_one_torchrun_per_node(tmp_path):
     settings = Settings(slurm_gpus_per_node=8, slurm_cpus_per_task=64, slurm_mem="512G", slurm_partition="gpu", slurm_account="lab",
                         slurm_qos="high", slurm_container_image="nvcr.io#nvidia/pytorch:24.10-py3",
-                        slurm_extra_sbatch="--exclusive; #SBATCH --constraint=h100")
+                        slurm_extra_sbatch="--exclusive; #SBATCH --constraint=h100", torch_home=tmp_path / "torch")
+    settings.torch_home.mkdir()
     script = render_sbatch(_task(tmp_path, 2), settings, worker_id="login1-cpu")
     task_dir = tmp_path / "model_tasks" / "task-12-kitchen-6aafeae6"
     sbatch = [line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")]
@@ -151,7 +152,7 @@ def test_two_nodes_with_gpus_and_pyxis_run_one_torchrun_per_node(tmp_path):
         "--open-mode=append", "--no-requeue", "--exclusive", "--constraint=h100",
     ]
     assert (f"'--container-image=nvcr.io#nvidia/pytorch:24.10-py3' --container-mounts={tmp_path}/sources:{tmp_path}/sources:ro,"
-            f"{task_dir}:{task_dir} --container-workdir={task_dir} --no-container-mount-home bash -c \"$node_command\"") in script
+            f"{task_dir}:{task_dir},{settings.torch_home}:{settings.torch_home}:ro --container-workdir={task_dir} --no-container-mount-home bash -c \"$node_command\"") in script
     assert ("exec python -m torch.distributed.run --nnodes=$SLURM_JOB_NUM_NODES --nproc-per-node=8 --rdzv-backend=c10d "
             "--rdzv-id=$SLURM_JOB_ID --rdzv-endpoint=$PYTRAIN_RDZV_ENDPOINT --rdzv-conf=is_host=$is_host -m pytrain.training") in script
     # The script is valid bash (syntax only: it is not run here).

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import ConfigurationError, RunnerError
-from pytrain.runners.base import Outcome, PreparedTask, RunResult, run_result, supervise
+from pytrain.runners.base import TRAINING_MODULE, Outcome, PreparedTask, RunResult, run_result, supervise
 from pytrain.runners.local import _OOM_MARKERS, _SECRET_VARIABLES, tail
 from pytrain.settings import Settings, get_settings
 
@@ -310,14 +310,15 @@ def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, com
         python = settings.slurm_python or "python"
         srun += [
             f"--container-image={settings.slurm_container_image}",
-            f"--container-mounts={sources}:{sources}:ro,{task_dir}:{task_dir}",
+            f"--container-mounts={sources}:{sources}:ro,{task_dir}:{task_dir}"
+            + (f",{settings.torch_home}:{settings.torch_home}:ro" if settings.torch_home.is_dir() else ""),  # the weights
             f"--container-workdir={task_dir}",
             "--no-container-mount-home",
         ]
     else:
         python = settings.slurm_python or sys.executable
     arguments = ["--task-dir", task_dir, "--sources-root", sources]
-    training = ["-m", "pytrain.training", *arguments]
+    training = ["-m", TRAINING_MODULE, *arguments]
     q = shlex.join
     lines = [
         "#!/bin/bash",
@@ -519,7 +520,9 @@ class SlurmRunner:
 
     def _env(self) -> dict[str, str]:
         # sbatch exports the submitting environment to the job: never the database or Triton secrets.
-        return {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+        env["TORCH_HOME"] = str(self.settings.torch_home)  # pretrained weights, as the other runners give them
+        return env
 
     def find_run(self, task: PreparedTask) -> str | None:
         """The id of a live job of ``task`` (same task id and uid) that :meth:`run` would re-attach to."""
