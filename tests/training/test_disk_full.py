@@ -6,6 +6,8 @@ tmpfs mounted as the task folder (so the test runs as root; it skips, saying why
 task was trained to its last epoch beforehand and that version published, so the run the worker
 starts resumes straight into the export, where the tmpfs has room for about half the model.
 
+The entrypoint's own wording of any other write to a full disk is pinned by a unit test (<1 s).
+
 Budget: 60 s; measured 50-87 s on the shared 2-core box under load (the 1-epoch training run
 23 s of it, the worker's failing run 27 s).
 """
@@ -90,3 +92,19 @@ def test_disk_full_while_exporting_fails_the_task_and_leaves_the_published_versi
     assert not (task_dir / TENSOR_SPEC).exists()
     assert tree_digest(settings.model_repo_dir) == published  # version 1 byte for byte, and no version 2
     assert sorted(p.name for p in (settings.model_repo_dir / "kitchen").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_any_other_write_to_a_full_disk_is_named_as_such_not_as_an_unexpected_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import pytrain.training.train as train_mod
+    from pytrain.training.__main__ import main as entrypoint
+
+    def full(args):  # what a plot or metrics.json write raises on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_mod, "main", full)
+    assert entrypoint(["--task-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: no space left on device in {tmp_path}: [Errno 28] No space left on device "
+        "(hint: free space on that file system (or point PYTRAIN_MODEL_TASKS_DIR at a bigger one), then retry the task)")

@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # a bug or a library failure: keep the traceback in train.log
+        from pytrain.training.disk import NO_SPACE_HINT, find_no_space
+
+        if find_no_space(exc) is not None:  # a write the export and checkpoint errors do not word (metrics, plots, logs)
+            print(f"error: no space left on device in {args.task_dir}: {_cause_chain(exc)} (hint: {NO_SPACE_HINT})", file=sys.stderr, flush=True)
+            return 1
         logging.getLogger("pytrain.training").exception("unexpected failure")
         print(f"error: unexpected {type(exc).__name__}: {_cause_chain(exc)}", file=sys.stderr, flush=True)
         return 1
