@@ -65,6 +65,21 @@ def test_requeue_lost_ends_the_lost_run_as_requeued_and_the_last_as_failed(engin
     assert (row.status, row.run_id) == ("failed", runs[1].id)
 
 
+def test_a_run_cancelled_while_its_worker_is_gone_ends_when_the_lease_expires(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    queue.claim("host-a", 30)
+    queue.cancel(task_id)  # the worker never comes back to record it
+    queue.requeue_lost(max_attempts=3)
+    assert [r.outcome for r in queue.runs(task_id)] == [None]  # its lease runs: the worker may still record it
+    expire_lease(engine, task_id)
+    queue.requeue_lost(max_attempts=3)
+    [run] = queue.runs(task_id)
+    assert (run.outcome, run.error) == ("cancelled", "cancelled while running; worker host-a stopped renewing its lease")
+    row = queue.get(task_id)
+    assert (row.status, row.lease_expires_at) == ("cancelled", None) and row.finished_at is not None
+
+
 def test_finish_and_requeue_end_the_runs_row(engine):
     queue = TaskQueue(engine)
     task_id = queue.submit(TASK)

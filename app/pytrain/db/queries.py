@@ -151,6 +151,19 @@ WHERE id = :task_id AND status IN ('queued', 'running')
 RETURNING id
 """)
 
+#: End the runs of tasks cancelled while running whose worker never came back to record it (its
+#: lease expired): the task keeps ``cancelled`` and gets its ``finished_at``; the run ends.
+END_ABANDONED_CANCELS = text(f"""
+WITH task AS (
+    UPDATE training_tasks
+    SET finished_at = now(), lease_expires_at = NULL
+    WHERE status = 'cancelled' AND lease_expires_at < now() AND run_id IS NOT NULL
+    RETURNING id, run_id, worker_id
+), {_END_RUN.format(outcome="'cancelled'", error="format('cancelled while running; worker %s stopped renewing its lease', x.worker_id)",
+                    version="NULL", task="task")}
+SELECT id FROM task
+""")
+
 #: Where the run prepared the task's folder (fenced: a stale run cannot move it).
 SET_TASK_DIR = text(f"UPDATE training_tasks SET task_dir = :task_dir WHERE {_RUN} AND status = 'running' RETURNING id")
 

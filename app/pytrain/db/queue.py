@@ -383,6 +383,8 @@ class TaskQueue(Repository):
         Each re-queue increments ``attempts``; a task reaching ``max_attempts`` fails with a message
         saying so. The lost run's ``task_runs`` row ends as ``requeued`` (``failed`` when the task
         gives up). A row locked by a worker recording its success is skipped (looked at next time).
+        A task cancelled while running whose worker's lease expired (the worker never recorded the
+        cancel) keeps ``cancelled``; its run ends as ``cancelled`` and it gets its ``finished_at``.
 
         Returns:
             ``[{"id", "status", "attempts", "error"}]`` for every task touched.
@@ -390,6 +392,8 @@ class TaskQueue(Repository):
         rows = self._execute(queries.REQUEUE_LOST, {"max_attempts": int(max_attempts), "own_worker_id": own_worker_id})
         for row in rows:
             log.warning("task %s: %s", row["id"], row["error"])
+        for row in self._execute(queries.END_ABANDONED_CANCELS):
+            log.warning("task %s: cancelled while running; its worker stopped renewing the lease: run ended", row["id"])
         return rows
 
     def set_task_dir(self, run: Claim, task_dir: str) -> bool:
