@@ -25,8 +25,10 @@ from torch.utils.data import DataLoader
 from fixtures.clips import write_task
 from fixtures.triton import run_onnx, task_record
 from pytrain.client import Prediction, TritonClient
+from pytrain.client.evaluate import LabelledClip
+from pytrain.client.evaluate import evaluate as evaluate_served
 from pytrain.publish import publish_task
-from pytrain.settings import Settings
+from pytrain.settings import Settings, get_settings
 from pytrain.spec import TaskSpec, TensorSpec
 from pytrain.training.data import ClipDataset, load_samples, task_sampling
 from pytrain.training.models import rebuild_from_checkpoint
@@ -57,7 +59,7 @@ def dense_task(synthetic_sources: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_dense_model_gives_the_same_probabilities_in_evaluation_onnx_and_pytrain_predict(
-    triton_server, dense_task: Path, synthetic_sources: Path, tmp_path: Path
+    triton_server, dense_task: Path, synthetic_sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = TensorSpec.load(dense_task)
     assert (spec.sampling, spec.frame_interval, spec.test_clips) == ("dense", 3, 3)
@@ -101,6 +103,16 @@ def test_dense_model_gives_the_same_probabilities_in_evaluation_onnx_and_pytrain
         assert info.spec.clip_sampling == spec.clip_sampling
         default = client.predict(MODEL, [s.path for s in test], top_k=4)
         one_view = client.predict(MODEL, [s.path for s in test], top_k=4, clips=1)
+        # pytrain evaluate's path (version 1, the sampling from the local repository): the same answer per clip
+        monkeypatch.setenv("PYTRAIN_MODEL_REPO_DIR", str(triton_server.model_repository))
+        get_settings.cache_clear()
+        try:
+            report = evaluate_served(client, MODEL, [LabelledClip(s.path, task_spec.class_list[s.label]) for s in test])
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+    assert [p["probability"] for p in report.predictions] == [round(float(row.max()), 4) for row in by_class(default, spec.class_list)]
+    assert report.metrics["accuracy"] == pytest.approx(float(np.mean(evaluated.argmax(axis=1) == [s.label for s in test])))
     np.testing.assert_allclose(by_class(default, spec.class_list), evaluated, atol=1e-5)
     centre_view = replace(spec.clip_sampling, test_clips=1)
     centre = np.concatenate([run_onnx(dense_task / "model.onnx", decode_views(s.path, T, H, W, centre_view)) for s in test])
