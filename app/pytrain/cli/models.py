@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import typer
 
-from pytrain.cli.serving import CLIPS_HELP
+from pytrain.cli.serving import CLIPS_HELP, MAX_CLIPS
 from pytrain.errors import PyTrainError
 
 _URL_HELP = "Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL)."
@@ -106,7 +106,7 @@ def evaluate(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even when some clips could not be decoded."),
     timeout: float = typer.Option(60.0, "--timeout", help="Inference timeout per request, seconds."),
     ready_timeout: float = typer.Option(10.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
-    clips_per_video: Optional[int] = typer.Option(None, "--clips", min=1, help=CLIPS_HELP),
+    clips_per_video: Optional[int] = typer.Option(None, "--clips", min=1, max=MAX_CLIPS, help=CLIPS_HELP),
 ) -> None:
     """Run labelled clips through Triton as `predict` does; print accuracy, top-k, per-class P/R/F1.
 

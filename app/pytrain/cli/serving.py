@@ -20,6 +20,7 @@ from typing import List, Optional
 import typer
 
 from pytrain.errors import ClientError
+from pytrain.task_columns import column
 
 
 def register(app: typer.Typer) -> None:
@@ -97,7 +98,8 @@ def control_key_file() -> None:
     typer.echo(str(key_file(settings)))
 
 
-#: ``--clips`` of ``pytrain predict`` and ``pytrain evaluate``.
+#: ``--clips`` of ``pytrain predict`` and ``pytrain evaluate``: the bounds of the ``test_clips`` column.
+MAX_CLIPS = column("test_clips").high
 CLIPS_HELP = ("Evenly spaced clips (views) per video whose probabilities are averaged (default: the model's test_clips, "
                "from --config or the local model repository's tensor_spec.json; else 1).")
 
@@ -111,7 +113,7 @@ def predict(
     config: Optional[Path] = typer.Option(None, "--config", help="PyTrain <model>.config to read clip size and tensor names from (default: Triton's model metadata)."),
     timeout: float = typer.Option(60.0, "--timeout", help="Inference timeout per request, seconds."),
     ready_timeout: float = typer.Option(10.0, "--ready-timeout", help="How long to wait for the server and the model, seconds."),
-    clips: Optional[int] = typer.Option(None, "--clips", min=1, help=CLIPS_HELP),
+    clips: Optional[int] = typer.Option(None, "--clips", min=1, max=MAX_CLIPS, help=CLIPS_HELP),
 ) -> None:
     """Classify videos over gRPC; prints one JSON object per video.
 
