@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from pytrain.db import TASK_DEFAULTS, VideoCatalog, get_engine, upgrade
@@ -59,7 +60,7 @@ def _pre_scan(settings: Settings, task_id: int, videos: list[dict], jobs: int) -
     # add seconds to each child's start that the CLI's children do not pay
     from pytrain.training import train as train_mod
 
-    task = {**TASK_DEFAULTS, "id": task_id, "model_name": f"bench{task_id}", "sources": ["bench"],
+    task = {**TASK_DEFAULTS, "id": task_id, "uid": uuid.uuid4(), "model_name": f"bench{task_id}", "sources": ["bench"],
             "classes": ["cooking", "drinking"], "num_frames": 8, "height": 32, "width": 32}
     started = time.perf_counter()
     prepared = prepare_task(task, settings, registered=None, videos=videos)
