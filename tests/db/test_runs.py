@@ -201,3 +201,15 @@ def test_a_worker_lock_dropped_by_the_server_is_taken_again(engine, pg_admin_url
     with pytest.raises(ConfigurationError):
         WorkerLock(engine, "host-gpu0").acquire()
     lock.release()
+
+
+def test_the_fence_comes_a_margin_before_the_lease_and_after_a_heartbeat():
+    from pydantic import ValidationError
+
+    from pytrain.settings import Settings
+
+    assert Settings(lease_seconds=60, heartbeat_seconds=5).fence_seconds == 50  # margin: 2 heartbeats
+    assert Settings(lease_seconds=300, heartbeat_seconds=5).fence_seconds == 270  # margin: 10 % of the lease
+    assert Settings(lease_seconds=60, heartbeat_seconds=5, fence_margin_seconds=15).fence_seconds == 45
+    with pytest.raises(ValidationError, match=r"minus the fencing margin \(56 s, PYTRAIN_FENCE_MARGIN_SECONDS\) must exceed"):
+        Settings(lease_seconds=60, heartbeat_seconds=5, fence_margin_seconds=56)
