@@ -397,8 +397,14 @@ class SlurmCluster:
         return done.stdout.strip().split(";")[0]
 
     def job(self, job_id: str) -> JobInfo | None:
-        """The job as ``scontrol show job`` sees it; ``None`` once Slurm has forgotten it."""
+        """The job as ``scontrol show job`` sees it; ``None`` once Slurm has forgotten it.
+
+        Raises:
+            RunnerError: scontrol failed for another reason (the controller is restarting).
+        """
         done = _slurm(["scontrol", "-o", "show", "job", job_id])
+        if done.returncode != 0 and "Invalid job id" not in done.stderr:
+            raise RunnerError(f"scontrol show job {job_id} failed: {done.stderr.strip()}", hint="is slurmctld up? (scontrol ping)")
         return parse_scontrol_job(done.stdout) if done.returncode == 0 else None
 
     def final(self, job_id: str) -> JobInfo | None:
@@ -449,7 +455,11 @@ class _SlurmJob:
         self.gone = False  # Slurm no longer knows the job
 
     def _look(self) -> int | None:
-        info = self.cluster.job(self.job_id)
+        try:
+            info = self.cluster.job(self.job_id)
+        except RunnerError as exc:  # the controller restarts: the job goes on; look again next poll
+            log.warning("%s: cannot read its state (%s); still waiting", self.subject, exc)
+            return None
         if info is None:
             self.gone = True
             return 1
