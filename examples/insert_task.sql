@@ -76,7 +76,7 @@ INSERT INTO training_tasks (
 --   lease_expires_at  a running task's lease; its worker renews it every
 --                     PYTRAIN_HEARTBEAT_SECONDS. Expired -> re-queued by any worker.
 --   heartbeat_at      the last heartbeat.
---   task_dir          the task folder: model_tasks/task-<id>-<model_name>/.
+--   task_dir          the task folder: model_tasks/task-<id>-<model_name>-<first 8 hex digits of uid>/.
 
 -- 4. Cancel a task (queued or running; a running one stops within seconds).
 --    Same as `pytrain cancel ID`.
