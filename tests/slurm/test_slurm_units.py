@@ -172,3 +172,24 @@ def test_only_a_cluster_runner_takes_more_than_one_node(tmp_path):
         check_nodes(LocalRunner(Settings()), _task(tmp_path, 2))
     assert "PYTRAIN_RUNNER=slurm" in str(raised.value.hint)
     check_nodes(SlurmRunner(Settings()), _task(tmp_path, 2))  # no error
+
+
+def test_a_controller_that_does_not_answer_is_waited_out_and_a_forgotten_job_is_not(tmp_path):
+    """scontrol failing for another reason than 'Invalid job id' (slurmctld restarting) means "still
+    running, look again"; only a job Slurm no longer knows ends the wait. (Seen for real: slurmctld
+    stopped for 5 s during a 12 s job, which then ended COMPLETED.)"""
+    from pytrain.errors import RunnerError
+    from pytrain.runners.slurm import _SlurmJob
+
+    class Restarting:
+        answers = [RunnerError("scontrol show job 5 failed: Unable to contact slurm controller"), None]
+
+        def job(self, job_id):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    handle = _SlurmJob(Restarting(), "5", tmp_path / "train.log", poll_seconds=0.01)
+    assert handle.wait(0) is None and not handle.gone  # the controller did not answer: keep waiting
+    assert handle.wait(0) == 1 and handle.gone  # Slurm forgot the job: its end is unknown
