@@ -8,7 +8,8 @@ the real orchestrator on a real PostgreSQL.
   Slurm's own): each failed with its reason, run once;
 - an operator's ``scancel`` fails the task naming it; a node set down during the run re-queues it;
 - an orchestrator killed with SIGKILL: its restart re-attaches to the still-running job (one job,
-  one start), or cancels the job of a task cancelled meanwhile.
+  one start), or cancels the job of a task cancelled meanwhile; another orchestrator that claims
+  the task once the dead one's lease expired re-attaches the same way.
 
 Budgets (2 shared cores): the two-node training ~60 s, its cancel ~25 s, Slurm's own time limit
 ~75 s (whole minutes, checked every 30 s: marked slow), every other test < 15 s.
@@ -254,12 +255,12 @@ worker.run()
 """
 
 
-def kill_worker_mid_run(settings, queue: TaskQueue, task_id: int) -> str:
+def kill_worker_mid_run(settings, queue: TaskQueue, task_id: int, *, worker_id: str | None = None, lease_seconds: float = 20) -> str:
     """Start an orchestrator process, wait until its job runs HOLD, SIGKILL it; the job id."""
     env = {**os.environ, "PYTRAIN_DATABASE_URL": settings.database_url.get_secret_value(), "PYTRAIN_RUNNER": "slurm",
-           "PYTRAIN_WORKER_ID": settings.worker_id, "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
+           "PYTRAIN_WORKER_ID": worker_id or settings.worker_id, "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
            "PYTRAIN_MODEL_TASKS_DIR": str(settings.model_tasks_dir), "PYTRAIN_DATA_DIR": str(settings.data_dir),
-           "PYTRAIN_LEASE_SECONDS": "20", "PYTRAIN_HEARTBEAT_SECONDS": "0.5", "PYTRAIN_POLL_SECONDS": "0.2"}
+           "PYTRAIN_LEASE_SECONDS": str(lease_seconds), "PYTRAIN_HEARTBEAT_SECONDS": "0.5", "PYTRAIN_POLL_SECONDS": "0.2"}
     proc = subprocess.Popen([sys.executable, "-c", WORKER, HOLD], env=env)
     try:
         job = running_job(task_id)
@@ -290,6 +291,25 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     assert row["status"] == "succeeded", row["error"]
     assert [(r.details["job_id"], r.details["reattached"]) for r in results] == [(job, True)]
     assert len((folder / "starts").read_text().splitlines()) == 1  # never started twice
+    assert jobs_of(task_id) == {}
+
+
+def test_another_orchestrator_reattaches_once_the_dead_ones_lease_expired(placeholders, engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    dead = f"{placeholders.worker_id}-dead"
+    job = kill_worker_mid_run(placeholders, queue, task_id, worker_id=dead, lease_seconds=2)
+    folder = task_dir(queue, task_id)
+    runner = stub_runner(placeholders, HOLD)  # another worker id: placeholders.worker_id
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=runner, publisher=NoPublish()), max_tasks=1)
+    wait_for(lambda: jobs_of(task_id).get(job, "").endswith(f"worker={placeholders.worker_id}"), timeout=30,
+             what="the job taken over by the other worker")
+    (folder / "release").write_text("")
+    thread.join(30)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert (row["status"], row["worker_id"], row["attempts"]) == ("succeeded", placeholders.worker_id, 1), row["error"]
+    assert len((folder / "starts").read_text().splitlines()) == 1  # one job, started once
     assert jobs_of(task_id) == {}
 
 
