@@ -418,7 +418,7 @@ def retry(task_id: int = typer.Argument(..., help="Task id.")) -> None:
 def orchestrate(
     exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="Exit when no task is queued (scripts, the demo)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="GPU ids for runs, e.g. '0,1' or 'all' (env PYTRAIN_GPUS)."),
-    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS, e.g. local, docker (env PYTRAIN_RUNNER)."),
+    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS: local, docker, slurm (env PYTRAIN_RUNNER)."),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
                                             help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
     finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM or Ctrl-C let the running task finish instead of re-queueing it (a second signal interrupts it)."),
@@ -427,8 +427,11 @@ def orchestrate(
     """Run a worker: claim queued tasks and train them, one at a time."""
     from pytrain.orchestrator import Orchestrator
 
-    if runner is not None and runner not in ("local", "docker"):
-        raise ConfigurationError(f"unknown runner {runner!r}", hint="--runner local or --runner docker")
+    from pytrain.runners import RUNNERS
+
+    if runner is not None and runner not in RUNNERS:  # before anything starts (the embedded database)
+        known = ", ".join(sorted(RUNNERS))
+        raise ConfigurationError(f"unknown runner {runner!r}; known runners: {known}", hint=f"--runner one of: {known}")
     settings = _settings(gpus=gpus, runner=runner, worker_id=worker_id)
     worker = Orchestrator(settings)
     worker.install_signal_handlers(finish_running=finish_running)
