@@ -97,6 +97,14 @@ def test_dense_model_gives_the_same_probabilities_in_evaluation_onnx_and_pytrain
     by_cli = np.array([[{p["label"]: p["probability"] for p in line["top_k"]}[c] for c in spec.class_list] for line in lines])
     np.testing.assert_allclose(by_cli, evaluated, atol=1e-4)  # the CLI prints 4 decimals
 
+    # a client with neither the INI nor the model repository reads the sampling from the served
+    # config's parameters (Triton's metadata has none)
+    monkeypatch.delenv("PYTRAIN_MODEL_REPO_DIR", raising=False)
+    get_settings.cache_clear()
+    with TritonClient(triton_server.grpc_url) as client:
+        assert client.model_info(MODEL).spec.clip_sampling == spec.clip_sampling
+    get_settings.cache_clear()
+
     # the client reads the same sampling from the published INI; its default is the model's test_clips
     with TritonClient(triton_server.grpc_url) as client:
         info = client.model_info(MODEL, config_path=triton_server.model_repository / MODEL / f"{MODEL}.config")

@@ -151,3 +151,26 @@ def test_tensorrt_profile_has_static_clip_and_dynamic_batch_and_caches_in_the_mo
 def test_unknown_accelerator_is_refused_with_the_known_ones() -> None:
     with pytest.raises(PublishError, match=r"unknown Triton accelerator 'openvino'.*one of \('none', 'tensorrt'\)"):
         triton_config.gpu_config_pbtxt("kitchen", SPEC, max_batch_size=4, accelerator="openvino")
+
+
+def test_a_dense_models_configs_carry_its_sampling_as_parameters_and_uniform_configs_none():
+    from dataclasses import replace
+
+    from google.protobuf import json_format
+
+    from pytrain.publish.triton_config import sampling_from_parameters, sampling_parameters
+    from pytrain.publish.versions import compatible
+
+    uniform = TensorSpec(class_list=["a", "b"], num_frames=4, height=32, width=32)
+    dense = replace(uniform, sampling="dense", frame_interval=3, test_clips=2)
+    assert sampling_parameters(uniform) == {}
+    assert "parameters" not in triton_config.gpu_config_pbtxt("kitchen", uniform, max_batch_size=4)
+    assert 'key: "pytrain_sampling"' in triton_config.cpu_config_pbtxt("kitchen", dense, max_batch_size=4)
+    text = triton_config.gpu_config_pbtxt("kitchen", dense, max_batch_size=4)
+    assert 'key: "pytrain_sampling"' in text
+    # what a client reads back over gRPC (the config as JSON) gives the training sampling
+    config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True)
+    assert sampling_from_parameters(config) == {"sampling": "dense", "frame_interval": 3, "test_clips": 2}
+    assert sampling_from_parameters({}) == {}
+    # one config cannot describe two samplings: versions differing in it are not served together
+    assert not compatible(uniform, dense) and compatible(dense, replace(dense))

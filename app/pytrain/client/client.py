@@ -16,9 +16,11 @@ sampling mode, ``test_clips`` evenly spaced views), sends the uint8 frames, and 
 classification extension for every class's probability, so the labels come from the server's
 ``labels.txt``. A video's views are averaged (:func:`average_views`), as training's evaluation does.
 
-Triton's metadata carries no sampling: without a ``<model>.config`` it is read from the local
-model repository's ``<model>/<version>/tensor_spec.json`` when this host has it
-(``PYTRAIN_MODEL_REPO_DIR``), else the model is taken as ``uniform`` with one view.
+Triton's metadata carries no sampling: without a ``<model>.config`` it is read from the served
+model config's ``parameters`` (``pytrain_sampling``, ...; written for every non-uniform model,
+:func:`pytrain.publish.triton_config.sampling_parameters`), else from the local model repository's
+``<model>/<version>/tensor_spec.json`` when this host has it (``PYTRAIN_MODEL_REPO_DIR``), else
+the model is taken as ``uniform`` with one view.
 
 Timeouts are separate: ``ready_timeout_s`` (server start), ``load_timeout_s`` (a model becoming
 ready) and ``inference_timeout_s`` (one request).
@@ -304,12 +306,13 @@ class TritonClient:
             return self._info_cache[key]
         self.wait_model_ready(model, version_s)
         try:
-            max_batch = int(self._model_config(model, version_s).get("max_batch_size", 0))
+            config = self._model_config(model, version_s)
+            max_batch = int(config.get("max_batch_size", 0))
             meta = self._grpc.get_model_metadata(model, version_s, as_json=True, client_timeout=10.0)
             if config_path is not None:
                 info = replace(ModelInfo.from_pytrain_config(config_path, name=model, version=version_s), max_batch_size=max_batch)
             else:
-                info = _with_repository_sampling(_info_from_metadata(model, version_s, meta, max_batch))
+                info = _with_served_sampling(_info_from_metadata(model, version_s, meta, max_batch), config)
             check_served_tensors(info, meta)
         except ClientError:
             raise
@@ -591,6 +594,21 @@ def repository_spec(model: str, version: str = "") -> TensorSpec | None:
         return TensorSpec.load(folder / chosen) if chosen else None
     except (PyTrainError, OSError, ValueError):
         return None
+
+
+def _with_served_sampling(info: ModelInfo, config: dict[str, Any]) -> ModelInfo:
+    """``info`` with the clip sampling of the served model config's ``parameters``
+    (:func:`pytrain.publish.triton_config.sampling_from_parameters`); without them (a uniform
+    model, an older config, or a config behind the control key) that of the local repository's
+    spec (:func:`_with_repository_sampling`)."""
+    from pytrain.publish.triton_config import sampling_from_parameters
+
+    served = sampling_from_parameters(config)
+    if not served:
+        return _with_repository_sampling(info)
+    local = repository_spec(info.name, info.version)
+    clip_seconds = local.clip_seconds if local is not None and local.input_shape == info.spec.input_shape else None
+    return replace(info, spec=replace(info.spec, **served, clip_seconds=clip_seconds))
 
 
 def _with_repository_sampling(info: ModelInfo) -> ModelInfo:

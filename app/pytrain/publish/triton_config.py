@@ -97,10 +97,48 @@ def version_policy(versions: Sequence[int] | None) -> dict[str, Any]:
     return {"specific": {"versions": sorted(int(v) for v in versions)}}
 
 
+#: ``config.pbtxt`` ``parameters`` keys carrying a model's clip sampling (:func:`sampling_parameters`).
+SAMPLING_PARAMETER_PREFIX = "pytrain_"
+_SAMPLING_FIELDS = ("sampling", "frame_interval", "test_clips")
+
+
+def sampling_parameters(spec: TensorSpec) -> dict[str, Any]:
+    """The model's clip sampling as Triton ``parameters`` (``pytrain_sampling``,
+    ``pytrain_frame_interval``, ``pytrain_test_clips``, string values), so a client that has
+    neither the PyTrain config nor the model repository samples videos as training did (Triton's
+    model metadata has no such field; its model config does). ``{}`` for the default sampling
+    (uniform, one view): those configs stay as they were.
+    """
+    if spec.clip_sampling == ClipSampling():
+        return {}
+    return {SAMPLING_PARAMETER_PREFIX + name: {"string_value": str(getattr(spec, name))} for name in _SAMPLING_FIELDS}
+
+
+def sampling_from_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"sampling", "frame_interval", "test_clips"}`` from a Triton model config's ``parameters``
+    (as JSON: ``{"pytrain_sampling": {"string_value": "dense"}, ...}``); ``{}`` when it has none.
+
+    Raises:
+        PublishError: a value that is not a number where one is expected.
+    """
+    parameters = config.get("parameters") or {}
+    found = {}
+    for name in _SAMPLING_FIELDS:
+        value = (parameters.get(SAMPLING_PARAMETER_PREFIX + name) or {}).get("string_value")
+        if value is None:
+            continue
+        try:
+            found[name] = value if name == "sampling" else int(value)
+        except ValueError:
+            raise PublishError(f"model config parameter {SAMPLING_PARAMETER_PREFIX + name}={value!r} is not an integer") from None
+    return found
+
+
 def _config_data(model_name: str, spec: TensorSpec, runtime: dict[str, str], kind: str, *, max_batch_size: int,
                  versions: Sequence[int] | None) -> dict[str, Any]:
-    """The config both files share: tensors, batching, versions; ``runtime`` (platform or backend)
-    and the instance ``kind`` are what differ."""
+    """The config both files share: tensors, batching, versions, the clip sampling's parameters;
+    ``runtime`` (platform or backend) and the instance ``kind`` are what differ."""
+    parameters = sampling_parameters(spec)
     return {
         "name": model_name,
         **runtime,
@@ -109,6 +147,7 @@ def _config_data(model_name: str, spec: TensorSpec, runtime: dict[str, str], kin
         **_io(spec),
         "instance_group": [{"count": 1, "kind": kind}],
         "dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US},
+        **({"parameters": parameters} if parameters else {}),
     }
 
 

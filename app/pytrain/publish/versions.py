@@ -166,9 +166,11 @@ def model_lock(model_dir: Path) -> Iterator[None]:
 # --- the policy ------------------------------------------------------------------------------
 def compatible(a: TensorSpec, b: TensorSpec) -> bool:
     """True when one config and one ``labels.txt`` describe both: same classes in the same order,
-    same input/output names, dtypes and shapes (so the same clip size)."""
+    same input/output names, dtypes and shapes (so the same clip size), and the same clip sampling
+    (the config's ``parameters`` carry it for clients: :func:`pytrain.publish.triton_config.sampling_parameters`)."""
     return (
         list(a.class_list) == list(b.class_list)
+        and a.clip_sampling == b.clip_sampling
         and (a.input_name, a.output_name, a.input_dtype, a.output_dtype) == (b.input_name, b.output_name, b.input_dtype, b.output_dtype)
         and list(a.input_shape) == list(b.input_shape)
         and list(a.output_shape) == list(b.output_shape)
