@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.network import TcpProxy
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,63 +109,6 @@ def test_env_example_documents_every_variable_of_the_worker_file():
     assert names <= set(_env_example()), names - set(_env_example())
 
 
-class _TcpProxy:
-    """A published port in miniature: TCP on 127.0.0.1 forwarded to the test's PostgreSQL (its Unix
-    socket, or its TCP address when PYTRAIN_TEST_DATABASE_URL names one)."""
-
-    def __init__(self, target: tuple[int, object]) -> None:
-        import socket
-        import threading
-
-        self.family, self.address = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.socket(self.family, socket.SOCK_STREAM)
-            server.connect(self.address)
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(2)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _postgres_target(database_url: str) -> tuple[int, object]:
-    import socket
-
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    host = url.query.get("host") or url.host or "localhost"
-    if str(host).startswith("/"):
-        return socket.AF_UNIX, str(Path(host) / f".s.PGSQL.{url.port or 5432}")
-    return socket.AF_INET, (host, url.port or 5432)
-
-
 def test_readme_insert_command_works_as_written_against_the_published_port(database_url, engine, tmp_path):
     """The README's two lines after `docker compose up -d`, run by bash with an .env made from
     .env.example, reach a real PostgreSQL through a TCP port and insert the task."""
@@ -177,7 +122,7 @@ def test_readme_insert_command_works_as_written_against_the_published_port(datab
     lines = [line for line in block.splitlines()[1:] if line.strip()]
     assert lines[0].startswith("set -a && . ./.env && set +a") and lines[1].startswith('PGPASSWORD="$POSTGRES_PASSWORD" psql -h localhost')
     url = make_url(database_url)
-    proxy = _TcpProxy(_postgres_target(database_url))
+    proxy = TcpProxy(database_url)
     try:
         env_text = ENV_EXAMPLE.read_text()
         for name, value in (("POSTGRES_PORT", proxy.port), ("POSTGRES_USER", url.username), ("POSTGRES_DB", url.database)):

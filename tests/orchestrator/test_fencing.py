@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
+from fixtures.network import TcpProxy
 from fixtures.triton import make_task_folder
 from pytrain.db import TaskQueue, get_engine
 from pytrain.orchestrator import Orchestrator
@@ -203,69 +202,6 @@ def test_a_worker_stopped_past_its_lease_stops_its_run_itself_and_never_publishe
     assert a.proc.poll() is None  # a healthy worker again, waiting for work
     assert (a.stop(), b.stop()) == (0, 0)
     report("SIGSTOP past the lease", time.monotonic() - started)
-
-
-class TcpProxy:
-    """A TCP port on 127.0.0.1 that forwards to the PostgreSQL server (its Unix socket or TCP port);
-    :meth:`close` cuts every connection and stops listening, like a network that goes away."""
-
-    def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
-        socket_dir = url.query.get("host")
-        if socket_dir:
-            self.target: tuple = (socket.AF_UNIX, f"{socket_dir}/.s.PGSQL.{url.port or 5432}")
-        else:
-            self.target = (socket.AF_INET, (url.host, url.port or 5432))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = url.set(host="127.0.0.1", port=self.port, query={}).render_as_string(hide_password=False)
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.socket(self.target[0], socket.SOCK_STREAM)
-            server.connect(self.target[1])
-            with self._lock:
-                if self._closed:
-                    client.close()
-                    server.close()
-                    return
-                self._sockets += [client, server]
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets, self._sockets = self._sockets, []
-        self.listener.close()
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 def test_a_worker_cut_off_from_the_database_stops_its_run_within_lease_minus_margin(settings, engine, synced, workers):
