@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.network import TcpProxy
+from fixtures.processes import orchestrator_env
 from fixtures.triton import make_task_folder
 from pytrain.db import TaskQueue, get_engine
 from pytrain.orchestrator import Orchestrator
@@ -56,21 +57,8 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 def worker_env(settings, worker_id: str, artifacts: Path, *, database_url: str | None = None, **stub: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTRAIN_DATABASE_URL": database_url or settings.database_url.get_secret_value(),
-        "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
-        "PYTRAIN_MODEL_TASKS_DIR": str(settings.model_tasks_dir),
-        "PYTRAIN_MODEL_REPO_DIR": str(settings.model_repo_dir),
-        "PYTRAIN_RESULTS_DIR": str(settings.results_dir),
-        "PYTRAIN_DATA_DIR": str(settings.data_dir),
-        "PYTRAIN_WORKER_ID": worker_id,
-        "PYTRAIN_LEASE_SECONDS": str(LEASE),
-        "PYTRAIN_HEARTBEAT_SECONDS": str(HEARTBEAT),
-        "PYTRAIN_POLL_SECONDS": "0.5",
-        "STUB_ARTIFACTS": str(artifacts),
-        **stub,
-    }
+    return orchestrator_env(settings, worker_id, lease_seconds=LEASE, heartbeat_seconds=HEARTBEAT, poll_seconds=0.5,
+                            database_url=database_url, STUB_ARTIFACTS=str(artifacts), **stub)
 
 
 class Worker:

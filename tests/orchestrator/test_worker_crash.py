@@ -3,13 +3,13 @@ stub training entrypoint that hangs on its first run and succeeds on the next.""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from fixtures.processes import orchestrator_env
 from orchestrator_fakes import FakePublisher
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
@@ -34,19 +34,7 @@ worker.run()
 
 
 def start_doomed_worker(settings, worker_id: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTRAIN_DATABASE_URL": settings.database_url.get_secret_value(),
-        "PYTRAIN_SOURCES_DIR": str(settings.sources_dir),
-        "PYTRAIN_MODEL_TASKS_DIR": str(settings.model_tasks_dir),
-        "PYTRAIN_MODEL_REPO_DIR": str(settings.model_repo_dir),
-        "PYTRAIN_RESULTS_DIR": str(settings.results_dir),
-        "PYTRAIN_DATA_DIR": str(settings.data_dir),
-        "PYTRAIN_WORKER_ID": worker_id,
-        "PYTRAIN_LEASE_SECONDS": "1.5",
-        "PYTRAIN_HEARTBEAT_SECONDS": "0.2",
-        "PYTRAIN_POLL_SECONDS": "0.2",
-    }
+    env = orchestrator_env(settings, worker_id, lease_seconds=1.5, heartbeat_seconds=0.2, poll_seconds=0.2)
     return subprocess.Popen([sys.executable, "-c", WORKER, STUB], env=env)
 
 
