@@ -3,14 +3,15 @@
 # until both nodes are idle.
 #
 # Nodes n1 and n2 are two slurmd daemons on this host (Debian's slurm-wlm supports several per
-# host: each has its own Port, NodeAddr=127.0.0.1, and %n in its pid, spool and log paths). Memory
-# limits are enforced by polling (jobacct_gather/linux + OverMemoryKill, every second), so a job
-# that exceeds --mem ends OUT_OF_MEMORY; there is no accounting database (sacct says so), which
-# is why the runner also reads `scontrol show job`.
+# host: each has its own Port, NodeAddr=127.0.0.1, and %n in its pid, spool and log paths). --mem
+# is enforced by the kernel through cgroup v1 (task/cgroup) where its memory controller is mounted,
+# else by slurmstepd sampling every second (OverMemoryKill); see below. There is no accounting
+# database (sacct says so), which is why the runner also reads `scontrol show job`.
 #
 # Idempotent: when `sinfo` already shows n1 and n2 idle it does nothing; it installs slurm-wlm and
 # munge with apt when they are missing, writes the munge key and slurm.conf only when absent
-# (SLURM_REWRITE_CONF=1 rewrites slurm.conf), and starts only the daemons that are not running.
+# (SLURM_REWRITE_CONF=1 rewrites slurm.conf and cgroup.conf and restarts the daemons;
+# SLURM_NO_CGROUP=1 with it chooses OverMemoryKill), and starts only the daemons that are not running.
 # Needs root.
 #
 # Usage: scripts/start_slurm.sh          (env: SLURM_WAIT_SECONDS, default 60;
@@ -59,8 +60,27 @@ fi
 install -d -m 0755 /etc/slurm "$LOGDIR" /var/spool/slurmctld /var/spool/slurmd /run/slurm
 HOST="$(hostname -s)"
 CPUS="$(nproc)"
+# Memory limits: with cgroup v1's memory controller (mounted here), the kernel enforces --mem
+# (task/cgroup; slurmstepd reports an "oom-kill event"), as on most clusters. Without it (cgroup
+# v2 only: Slurm 22.05 needs systemd for that), slurmstepd samples the job's processes every second
+# and kills a step over its --mem (OverMemoryKill; "Exceeded job memory limit").
+if [ -d /sys/fs/cgroup/memory ] && [ -z "${SLURM_NO_CGROUP:-}" ]; then
+    MEMORY_LINES="TaskPlugin=task/cgroup
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1"
+    MEMORY_KIND="cgroup v1"
+else
+    MEMORY_LINES="TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill"
+    MEMORY_KIND="OverMemoryKill"
+fi
 if [ ! -f "$CONF" ] || [ "${SLURM_REWRITE_CONF:-0}" = 1 ]; then
-    echo "start_slurm: writing $CONF (nodes n1, n2 on $HOST, $CPUS CPUs and ${NODE_MEMORY} MB each)"
+    echo "start_slurm: writing $CONF (nodes n1, n2 on $HOST, $CPUS CPUs and ${NODE_MEMORY} MB each; memory limits: $MEMORY_KIND)"
+    printf '%s\n' "# Written by PyTrain's scripts/start_slurm.sh (read with TaskPlugin=task/cgroup)." \
+        "CgroupPlugin=cgroup/v1" "CgroupMountpoint=/sys/fs/cgroup" "ConstrainRAMSpace=yes" "ConstrainSwapSpace=no" \
+        "ConstrainCores=no" "ConstrainDevices=no" >/etc/slurm/cgroup.conf
     cat >"$CONF.tmp" <<EOF
 # Written by PyTrain's scripts/start_slurm.sh: a test cluster, two slurmd on one host.
 ClusterName=pytrain
@@ -76,18 +96,13 @@ SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmdLogFile=$LOGDIR/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 # Memory is a consumable resource, so --mem is a limit the nodes enforce.
 SelectTypeParameters=CR_Core_Memory
 # A job without --mem gets this much per node, not the whole node (two jobs fit on a node).
 DefMemPerNode=1000
-# Memory limits: slurmstepd samples the job's processes every second and kills a step over its
-# --mem (the job ends OUT_OF_MEMORY).
-JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=task=1
-JobAcctGatherParams=OverMemoryKill
+$MEMORY_LINES
 AccountingStorageType=accounting_storage/none
 # The orchestrator decides what happens after a node failure; Slurm does not re-queue by itself.
 JobRequeue=0
@@ -108,11 +123,19 @@ fi
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+if [ "${REWROTE:-0}" = 1 ]; then
+    # Plugins are read at start: restart whatever runs with the old configuration.
+    for pidfile in /run/slurm/slurmd-n1.pid /run/slurm/slurmd-n2.pid /run/slurm/slurmctld.pid; do
+        if running "$pidfile"; then
+            pid="$(cat "$pidfile")"
+            kill "$pid"
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+    done
+fi
 if ! running /run/slurm/slurmctld.pid; then
     echo "start_slurm: starting slurmctld (log: $LOGDIR/slurmctld.log)"
     /usr/sbin/slurmctld
-elif [ "${REWROTE:-0}" = 1 ]; then
-    scontrol reconfigure  # the running daemons read the new slurm.conf
 fi
 for node in n1 n2; do
     install -d -m 0755 "/var/spool/slurmd/$node"

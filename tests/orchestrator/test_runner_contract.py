@@ -136,8 +136,8 @@ def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
         name = f"pytrain-task-{task_dir.name.split('-')[1]}|"
         return any(what.startswith(name) for what in live_jobs().values())
 
-    # The test cluster enforces --mem by sampling every second (OverMemoryKill): the job ends FAILED
-    # with slurmstepd's "exceeded memory limit" in its output.
+    # The test cluster enforces --mem with cgroup v1 (or by sampling, OverMemoryKill): the job ends
+    # FAILED with slurmstepd's "oom-kill event" (or "Exceeded job memory limit") in its output.
     # HANG ignores SIGTERM: slurmstepd kills it after KillWait (2 s) and tearing the step down takes
     # ~7.7 s more here (measured); a run that obeys SIGTERM leaves squeue in ~0.3 s. The issue's
     # promise for Slurm is "gone from squeue within 10 s".
