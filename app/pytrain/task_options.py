@@ -16,9 +16,17 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 from pytrain.errors import ConfigurationError
+
+#: ``options`` keys read by a runner, not by training (:func:`check_options` checks them; training
+#: skips them): ``slurm`` holds per-task overrides of the ``PYTRAIN_SLURM_*`` settings
+#: (:func:`slurm_overrides`).
+RUNNER_OPTIONS = ("slurm",)
+#: ``PYTRAIN_SLURM_*`` settings a task may not override (where the job's Python is is the cluster's
+#: business, not the task's).
+_SLURM_NOT_PER_TASK = ("slurm_python",)
 
 #: ``TrainConfig.class_weights``: how the loss weighs the classes.
 CLASS_WEIGHTS = ("none", "balanced")
@@ -93,8 +101,11 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in options.items():
+            if key in RUNNER_OPTIONS:
+                continue
             if key not in known:
-                raise ConfigurationError(f"task option {key!r} is not a training setting", hint=f"known options: {', '.join(sorted(known))}")
+                raise ConfigurationError(f"task option {key!r} is not known",
+                                         hint=f"known options: {', '.join(sorted((*known, *RUNNER_OPTIONS)))}")
             default = getattr(cls, key)
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
@@ -115,6 +126,54 @@ class TrainConfig:
     def to_options(self) -> dict[str, Any]:
         """Every setting as a JSON-ready dict (``metrics.json`` records it)."""
         return asdict(self)
+
+
+def slurm_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The task's overrides of the ``PYTRAIN_SLURM_*`` settings: ``options["slurm"]`` as
+    ``{"slurm_<key>": value}``, each value checked against that setting's type and bounds.
+
+    Example: ``{"slurm": {"partition": "h100", "gpus_per_node": 8, "mem": "200G"}}`` ->
+    ``{"slurm_partition": "h100", "slurm_gpus_per_node": 8, "slurm_mem": "200G"}``.
+
+    The keys and their types are the settings' (:class:`pytrain.settings.Settings`, imported here
+    only: training never calls this).
+
+    Raises:
+        ConfigurationError: ``slurm`` is not an object, names no such setting, or a value does not
+            fit the setting.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from pytrain.settings import Settings
+
+    given = options.get("slurm", {})
+    per_task = {name.removeprefix("slurm_"): field for name, field in Settings.model_fields.items()
+                if name.startswith("slurm_") and name not in _SLURM_NOT_PER_TASK}
+    if not isinstance(given, dict):
+        raise ConfigurationError(f"task option slurm={given!r} is not a JSON object", hint='e.g. {"slurm": {"partition": "gpu"}}')
+    overrides: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in per_task:
+            raise ConfigurationError(f"task option slurm.{key} is not a Slurm setting", hint=f"known: {', '.join(sorted(per_task))}")
+        field = per_task[key]
+        try:
+            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            overrides[f"slurm_{key}"] = TypeAdapter(kind).validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise ConfigurationError(f"task option slurm.{key}={value!r}: {exc.errors()[0]['msg']}",
+                                     hint=f"PYTRAIN_SLURM_{key.upper()}: {field.description}") from None
+    return overrides
+
+
+def check_options(options: Any) -> None:
+    """Check a row's whole ``options`` (what ``pytrain submit`` and the claim run): the training
+    settings (:meth:`TrainConfig.from_options`) and the runners' keys (:func:`slurm_overrides`).
+
+    Raises:
+        ConfigurationError: the first bad key or value, named.
+    """
+    TrainConfig.from_options(options)
+    slurm_overrides(options)
 
 
 def _json(value: Any) -> str:

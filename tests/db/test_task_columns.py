@@ -161,7 +161,7 @@ def test_options_must_be_a_json_object_in_the_database(engine):
 def test_submit_names_an_unknown_or_mistyped_option():
     base = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking"]}
     assert TaskRequest.parse({**base, "options": {"cache": True, "patience": 3}}).columns()["options"] == {"cache": True, "patience": 3}
-    with pytest.raises(ConfigurationError, match=r"'cahce' is not a training setting.*known options: .*cache"):
+    with pytest.raises(ConfigurationError, match=r"'cahce' is not known.*known options: .*cache"):
         TaskRequest.parse({**base, "options": {"cahce": True}})
     with pytest.raises(ConfigurationError, match=r"patience='3' should be a int"):
         TaskRequest.parse({**base, "options": {"patience": "3"}})
@@ -172,5 +172,5 @@ def test_claim_refuses_a_rows_unknown_option(tmp_path):
     from pytrain.settings import Settings
 
     row = {"id": 1, "model_name": "m", "sources": ["d"], "classes": ["a"], "options": {"chache": True}}
-    with pytest.raises(ConfigurationError, match="'chache' is not a training setting"):
+    with pytest.raises(ConfigurationError, match="'chache' is not known"):
         prepare_task(row, Settings(data_dir=tmp_path), registered=None)

@@ -16,7 +16,7 @@ import pytest
 from pytrain.errors import ConfigurationError
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, check_nodes
 from pytrain.runners.slurm import (
-    JobInfo, SlurmRunner, job_comment, parse_job_comment, parse_sacct, parse_scontrol_job, render_sbatch, slurm_result,
+    JobInfo, SlurmRunner, job_comment, parse_job_comment, parse_sacct, parse_scontrol_job, render_sbatch, slurm_result, task_settings,
     time_limit_minutes,
 )
 from pytrain.settings import Settings
@@ -120,8 +120,9 @@ def test_job_comment_round_trips_and_ignores_foreign_comments():
     assert parse_job_comment("my own job") is None and parse_job_comment("") is None
 
 
-def _task(tmp_path: Path, nodes: int, timeout: float | None = 3600) -> PreparedTask:
-    spec = TaskSpec(task_id=12, model_name="kitchen", class_list=["a", "b"], nodes=nodes, uid="6aafeae6-d049-4acd-9689-bf8a41e62fde")
+def _task(tmp_path: Path, nodes: int, timeout: float | None = 3600, options: dict | None = None) -> PreparedTask:
+    spec = TaskSpec(task_id=12, model_name="kitchen", class_list=["a", "b"], nodes=nodes, uid="6aafeae6-d049-4acd-9689-bf8a41e62fde",
+                    extra=options or {})
     return PreparedTask(spec=spec, task_dir=tmp_path / "model_tasks" / "task-12-kitchen-6aafeae6", sources_root=tmp_path / "sources",
                         timeout_seconds=timeout)
 
@@ -157,6 +158,18 @@ def test_two_nodes_with_gpus_and_pyxis_run_one_torchrun_per_node(tmp_path):
             "--rdzv-id=$SLURM_JOB_ID --rdzv-endpoint=$PYTRAIN_RDZV_ENDPOINT --rdzv-conf=is_host=$is_host -m pytrain.training") in script
     # The script is valid bash (syntax only: it is not run here).
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_a_tasks_own_slurm_options_override_the_settings(tmp_path):
+    task = _task(tmp_path, 2, options={"slurm": {"partition": "h100", "gpus_per_node": 4, "extra_sbatch": "--exclusive"}, "cache": True})
+    script = render_sbatch(task, task_settings(Settings(slurm_partition="gpu", slurm_mem="64G"), task), worker_id="w")
+    sbatch = [line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")]
+    assert {"--partition=h100", "--gpus-per-node=4", "--mem=64G", "--exclusive"} <= set(sbatch) and "--partition=gpu" not in sbatch
+    assert "--nproc-per-node=4" in script
+    with pytest.raises(ConfigurationError, match=r"slurm.gpus_per_node='4'"):
+        task_settings(Settings(), _task(tmp_path, 1, options={"slurm": {"gpus_per_node": "4"}}))
+    with pytest.raises(ConfigurationError, match=r"slurm.python is not a Slurm setting"):
+        task_settings(Settings(), _task(tmp_path, 1, options={"slurm": {"python": "/usr/bin/python3"}}))
 
 
 def test_bad_extra_sbatch_lines_and_zero_nodes_are_refused_naming_the_value(tmp_path):

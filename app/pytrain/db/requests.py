@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pytrain.errors import ConfigurationError
 from pytrain.sampling import check_sampling
-from pytrain.task_options import TrainConfig
+from pytrain.task_options import check_options
 from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, column, default
 
 
@@ -70,7 +70,7 @@ class TaskRequest(BaseModel):
     def _known_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
             try:
-                TrainConfig.from_options(value)
+                check_options(value)
             except ConfigurationError as exc:
                 raise ValueError(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from None
         return value

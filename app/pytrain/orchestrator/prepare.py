@@ -18,7 +18,7 @@ from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
 from pytrain.sampling import check_sampling
-from pytrain.task_options import TrainConfig
+from pytrain.task_options import check_options
 from pytrain.weights import require_weights
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,13 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
         ConfigurationError: fewer than two classes, a negative seed, a source or class entry
             no folder can match (:func:`check_task_lists`), or an unknown or mistyped option
-            (:meth:`pytrain.task_options.TrainConfig.from_options`), or sampling training cannot
+            (:func:`pytrain.task_options.check_options`), or sampling training cannot
             follow (:func:`pytrain.sampling.check_sampling`); a ``pretrained`` task whose
             weights are not in ``settings.torch_home`` (:func:`pytrain.weights.require_weights`:
             the message holds the ``pytrain weights fetch`` command).
     """
     check_task_lists(task)
-    TrainConfig.from_options(dict(task.get("options") or {}))
+    check_options(dict(task.get("options") or {}))
     check_sampling(task["sampling"], task["frame_interval"], num_clips=task["num_clips"], test_clips=task["test_clips"])
     if task.get("pretrained"):  # before any folder, process or container: training never downloads
         require_weights(task["architecture"], settings.torch_home)

@@ -50,6 +50,7 @@ from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import TRAINING_MODULE, Outcome, PreparedTask, RunResult, run_result, supervise
 from pytrain.runners.local import _OOM_MARKERS, _SECRET_VARIABLES, tail
 from pytrain.settings import Settings, get_settings
+from pytrain.task_options import slurm_overrides
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,17 @@ def _extra_lines(text: str | None) -> list[str]:
                                      hint="give options like '--exclusive;--constraint=a100', separated by ';' or newlines")
         lines.append(part)
     return lines
+
+
+def task_settings(settings: Settings, task: PreparedTask) -> Settings:
+    """``settings`` with the task's own Slurm resources laid over them: the row's
+    ``options["slurm"]`` (e.g. ``{"partition": "h100", "gpus_per_node": 8}``,
+    :func:`pytrain.task_options.slurm_overrides`).
+
+    Raises:
+        ConfigurationError: an override that is not a Slurm setting or does not fit it.
+    """
+    return settings.model_copy(update=slurm_overrides(task.spec.extra))
 
 
 def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, command: Sequence[str] | None = None) -> str:
@@ -563,7 +575,7 @@ class SlurmRunner:
             log.info("task %s: re-attaching to Slurm job %s", task.task_id, job_id)
             self.cluster.set_comment(job_id, comment)
         else:
-            text = render_sbatch(task, self.settings, worker_id=self.worker_id, command=self.command)
+            text = render_sbatch(task, task_settings(self.settings, task), worker_id=self.worker_id, command=self.command)
             tmp = script.with_suffix(".tmp")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, script)
