@@ -47,6 +47,27 @@ def database_url(settings: Settings | None = None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+#: libpq connection parameters that turn a silent network failure (a host or link gone without a
+#: FIN or RST: a partition, a NAT that forgot the flow) into an error within seconds instead of the
+#: kernel's ~15 minutes of retransmissions (``tcp_retries2``) or, for an idle connection, never.
+#: ``connect_timeout`` s per connection attempt; a keepalive probe after ``keepalives_idle`` s of
+#: silence, every ``keepalives_interval`` s, ``keepalives_count`` unanswered ones end the connection;
+#: ``tcp_user_timeout`` ms that sent data may stay unacknowledged (Linux ``TCP_USER_TIMEOUT``).
+#: Source: PostgreSQL's libpq documentation, "Parameter Key Words". Ignored on Unix sockets; a
+#: value given in ``PYTRAIN_DATABASE_URL``'s query string wins. Well inside the default 60 s lease,
+#: so a worker that lost its database fails its heartbeat, and the fence stops its run.
+CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def connect_args(url: str | URL) -> dict[str, int]:
+    """:data:`CONNECT_ARGS` less those ``url``'s query already sets."""
+    query = make_url(url).query if isinstance(url, str) else url.query
+    return {key: value for key, value in CONNECT_ARGS.items() if key not in query}
+
+
 def get_engine(settings: Settings | None = None) -> Engine:
     """The process-wide SQLAlchemy engine for ``settings`` (cached per URL).
 
@@ -54,7 +75,8 @@ def get_engine(settings: Settings | None = None) -> Engine:
         settings: PyTrain settings; default :func:`pytrain.settings.get_settings`.
 
     Returns:
-        An engine with ``pool_pre_ping`` (survives server restarts).
+        An engine with ``pool_pre_ping`` (survives server restarts) and :data:`CONNECT_ARGS`
+        (a silently lost server is an error within seconds).
 
     Raises:
         ConfigurationError, DatabaseError: see :func:`database_url`.
@@ -63,14 +85,16 @@ def get_engine(settings: Settings | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args(url))
             _engines[url] = engine
         return engine
 
 
 def libpq_url(engine: Engine) -> str:
-    """The engine's URL as a plain libpq connection string for :func:`psycopg.connect` (LISTEN)."""
+    """The engine's URL as a plain libpq connection string for :func:`psycopg.connect` (LISTEN, the
+    worker lock), with :data:`CONNECT_ARGS` in its query like the engine's connections."""
     url: URL = engine.url.set(drivername="postgresql")
+    url = url.update_query_dict({key: str(value) for key, value in connect_args(url).items()})
     return url.render_as_string(hide_password=False)
 
 
