@@ -27,7 +27,13 @@ from pytrain.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 PID_FILE = "runner.pid"
-_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError", "DefaultCPUAllocator: can't allocate memory")
+#: What PyTorch and Python write when an allocation fails (the local and slurm runners look for them).
+OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError", "DefaultCPUAllocator: can't allocate memory")
+
+
+def oom_marker(output: str, markers: Sequence[str] = OOM_MARKERS) -> str | None:
+    """The first of ``markers`` that ``output`` (a run's log tail) contains, or ``None``."""
+    return next((marker for marker in markers if marker in output), None)
 
 
 def tail(path: Path, *, lines: int = 20, max_bytes: int = 16_384) -> str:
@@ -94,8 +100,7 @@ class _ProcessGroupRun:
         # own message in the log are the only evidence a local run leaves.
         if exit_code == -signal.SIGKILL:
             return "killed by SIGKILL, as the kernel's OOM killer does"
-        output = self.output_tail()
-        marker = next((marker for marker in _OOM_MARKERS if marker in output), None)
+        marker = oom_marker(self.output_tail())
         return f"the log says {marker!r}" if marker else None
 
     def close(self) -> None:
@@ -111,7 +116,18 @@ class _ProcessGroupRun:
 
 
 #: Environment variables a training process never inherits.
-_SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY"})
+SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY"})
+
+
+def training_environment(settings: Settings) -> dict[str, str]:
+    """The environment a training process started on a host (the local runner's child, a Slurm
+    job) inherits: this process's, less :data:`SECRET_VARIABLES` (training needs neither the
+    database nor Triton), unbuffered output, and ``TORCH_HOME`` = the weights folder
+    (``settings.torch_home``), from which ``pretrained`` tasks load."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TORCH_HOME"] = str(settings.torch_home)
+    return env
 
 
 class LocalRunner:
@@ -149,10 +165,7 @@ class LocalRunner:
         self.poll_seconds = poll_seconds
 
     def _env(self, task: PreparedTask) -> dict[str, str]:
-        # Training needs neither the database nor Triton: its process does not get their secrets.
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["TORCH_HOME"] = str(self.settings.torch_home)
+        env = training_environment(self.settings)
         # No --gpus: the run sees what this shell sees (CUDA_VISIBLE_DEVICES inherited);
         # "all": every GPU; "0,1": those; "none": an empty list hides every GPU.
         if task.gpus is None:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import TRAINING_MODULE, Outcome, PreparedTask, RunResult, run_result, supervise
-from pytrain.runners.local import _OOM_MARKERS, _SECRET_VARIABLES, tail
+from pytrain.runners.local import OOM_MARKERS, oom_marker, tail, training_environment
 from pytrain.settings import Settings, get_settings
 from pytrain.task_options import slurm_overrides
 
@@ -509,8 +509,7 @@ class _SlurmJob:
     def oom_evidence(self, exit_code: int | None) -> str | None:
         if self.info is not None and self.info.state == "OUT_OF_MEMORY":
             return "Slurm job state OUT_OF_MEMORY"
-        output = tail(self.log_path, lines=60)
-        marker = next((m for m in (*_SLURM_OOM_MARKERS, *_OOM_MARKERS) if m in output), None)
+        marker = oom_marker(tail(self.log_path, lines=60), (*_SLURM_OOM_MARKERS, *OOM_MARKERS))
         return f"the job's output says {marker!r}" if marker else None
 
 
@@ -542,9 +541,7 @@ class SlurmRunner:
 
     def _env(self) -> dict[str, str]:
         # sbatch exports the submitting environment to the job: never the database or Triton secrets.
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
-        env["TORCH_HOME"] = str(self.settings.torch_home)  # pretrained weights, as the other runners give them
-        return env
+        return training_environment(self.settings)
 
     def find_run(self, task: PreparedTask) -> str | None:
         """The id of a live job of ``task`` (same task id and uid) that :meth:`run` would re-attach to."""
