@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -196,7 +196,7 @@ class Repository:
         except IntegrityError as exc:
             raise ConfigurationError(f"the database rejected {self.subject}: {_first_line(exc.orig)}") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
-            raise DatabaseError(f"database operation failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+            raise DatabaseError(f"database operation failed: {_reason(exc)}") from exc
 
 
 class TaskQueue(Repository):
@@ -371,7 +371,7 @@ class TaskQueue(Repository):
                 assert recorded is not None  # the row is locked and was checked: FINISH matches it
                 return "succeeded"
         except (DBAPIError, SQLAlchemyError) as exc:
-            raise DatabaseError(f"recording task {run.task_id}'s success failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+            raise DatabaseError(f"recording task {run.task_id}'s success failed: {_reason(exc)}") from exc
 
     def requeue(self, run: Claim, reason: str) -> bool:
         """Put a running task back in the queue without counting a lost attempt (clean shutdown)."""
@@ -460,6 +460,12 @@ class TaskQueue(Repository):
 def _first_line(exc: object) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the database said: the driver's error an SQLAlchemy exception wraps
+    (``exc.orig``), else ``exc`` itself."""
+    return _first_line(getattr(exc, "orig", None) or exc)
 
 
 class SourceRegistry(Repository):
@@ -596,7 +602,7 @@ class WorkerLock:
         except (DBAPIError, SQLAlchemyError) as exc:
             if conn is not None:
                 conn.close()
-            raise DatabaseError(f"cannot lock worker id {self.worker_id!r}: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+            raise DatabaseError(f"cannot lock worker id {self.worker_id!r}: {_reason(exc)}") from exc
         if not locked:
             conn.close()
             who = "another orchestrator"
@@ -623,7 +629,7 @@ class WorkerLock:
                 return
             except (DBAPIError, SQLAlchemyError) as exc:
                 log.warning("lost the connection holding worker id %s (%s); locking it again", self.worker_id,
-                            _first_line(getattr(exc, "orig", None) or exc))
+                            _reason(exc))
                 self.release()
         self.acquire()
 
