@@ -64,7 +64,7 @@ def _pre_scan(settings: Settings, task_id: int, videos: list[dict], jobs: int) -
             "classes": ["cooking", "drinking"], "num_frames": 8, "height": 32, "width": 32}
     started = time.perf_counter()
     prepared = prepare_task(task, settings, registered=None, videos=videos)
-    train_mod._prepare_data(TaskSpec.load(prepared.task_dir), train_mod.TrainConfig.from_extra({}), prepared.task_dir,
+    train_mod._prepare_data(TaskSpec.load(prepared.task_dir), train_mod.TrainConfig.from_options({}), prepared.task_dir,
                             settings.sources_dir, train_mod._Distributed(), processes=jobs)
     return time.perf_counter() - started
 

@@ -120,9 +120,6 @@ class TrainConfig:
             values[key] = value
         return cls(**values)
 
-    #: The name training used before the ``options`` column existed.
-    from_extra = from_options
-
     def to_options(self) -> dict[str, Any]:
         """Every setting as a JSON-ready dict (``metrics.json`` records it)."""
         return asdict(self)

@@ -96,7 +96,7 @@ def test_training_prescan_probes_only_files_changed_since_the_catalog(settings, 
     scanned: list[list[str]] = []
     real_scan = train_mod.scan_videos
     monkeypatch.setattr(train_mod, "scan_videos", lambda paths, *a, **kw: scanned.append([Path(p).name for p in paths]) or real_scan(paths, *a, **kw))
-    by_split, skipped = train_mod._prepare_data(TaskSpec.load(task), train_mod.TrainConfig.from_extra({}), task, settings.sources_dir,
+    by_split, skipped = train_mod._prepare_data(TaskSpec.load(task), train_mod.TrainConfig.from_options({}), task, settings.sources_dir,
                                                 train_mod._Distributed(), processes=1)
     assert scanned == [["clip_001.mp4"]]
     notes = next(v for v in videos if v["path"] == "broken_x/notes.mp4")

@@ -18,7 +18,8 @@ from orchestrator.test_cli import cli  # noqa: F401 -- the in-process CLI fixtur
 from pytrain.errors import ConfigurationError
 from pytrain.sources.synthetic import make_dataset
 from pytrain.training.metrics import weak_classes
-from pytrain.training.train import TrainConfig, balanced_class_weights, main
+from pytrain.task_options import TrainConfig, balanced_class_weights
+from pytrain.training.train import main
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_balanced_class_weights_raise_the_minority_recall(tmp_path, imbalanced_s
 def test_balanced_weights_are_inverse_frequency_and_unknown_modes_are_refused():
     assert balanced_class_weights([40, 4]) == [0.55, 5.5]
     with pytest.raises(ConfigurationError, match="class_weights='inverse' is not known"):
-        TrainConfig.from_extra({"class_weights": "inverse"})
+        TrainConfig.from_options({"class_weights": "inverse"})
 
 
 def test_show_names_a_class_far_below_the_others_on_stderr(cli, engine):

@@ -20,7 +20,8 @@ from fixtures.processes import communicate_or_kill
 
 from pytrain.errors import ConfigurationError
 from pytrain.spec import PLOTS, ProgressRecord, TensorSpec
-from pytrain.training.train import EarlyStopping, RunState, TrainConfig, evaluate, main
+from pytrain.task_options import TrainConfig
+from pytrain.training.train import EarlyStopping, RunState, evaluate, main
 from pytrain.video import read_clip
 from training.conftest import write_task
 
@@ -167,9 +168,9 @@ def test_train_step_applies_each_clips_augmentation_box_before_the_model():
 
 
 def test_task_extra_settings_are_type_checked():
-    assert TrainConfig.from_extra({"patience": 3, "label_smoothing": 0}).label_smoothing == 0.0
+    assert TrainConfig.from_options({"patience": 3, "label_smoothing": 0}).label_smoothing == 0.0
     with pytest.raises(ConfigurationError, match="patience='3' should be a int"):
-        TrainConfig.from_extra({"patience": "3"})
+        TrainConfig.from_options({"patience": "3"})
 
 
 def test_cli_trains_with_workers_and_skips_bad_files(tmp_path, synthetic_sources):

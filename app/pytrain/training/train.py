@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,10 @@ from pytrain.spec import (
     CHECKPOINT_BEST, CLIP_CACHE, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec,
     format_progress, write_json_atomic,
 )
-from pytrain.task_options import CLASS_WEIGHTS, TrainConfig, balanced_class_weights  # noqa: F401 (re-exported)
+from pytrain.task_options import TrainConfig, balanced_class_weights
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
-from pytrain.training.checkpoints import find_resumable, move_aside, run_fingerprint, save_checkpoint, save_last  # noqa: F401 (save_checkpoint re-exported)
+from pytrain.training.checkpoints import find_resumable, move_aside, run_fingerprint, save_checkpoint, save_last
 from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import SCAN_RESULTS, scan_stamp, scan_videos
 from pytrain.training.run_lock import RunLock
@@ -679,12 +679,11 @@ def _clip_seconds(samples: list[data_mod.Sample], spec: TaskSpec) -> float | Non
     return None if seconds is None else round(seconds, 3)
 
 
-def _finish(run: _Run, state: RunState, placement: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _finish(run: _Run, state: RunState, placement: list[dict[str, Any]]) -> dict[str, Any]:
     """Best checkpoint -> test/train/val evaluation, ONNX export + parity, plots, ``metrics.json``
     and the ``done`` record (rank 0 only). Returns the metrics. ``placement``
     (:func:`_placement`) becomes ``devices`` (one entry per rank) and ``nodes`` (the distinct
     node names, in rank order)."""
-    placement = placement or [{"rank": 0, "node": socket.gethostname(), "device": str(run.device)}]
     spec, stopping, by_split = run.spec, state.stopping, run.data.by_split
     best = torch.load(run.task_dir / CHECKPOINT_BEST, map_location="cpu", weights_only=False)
     run.model.load_state_dict(best["model"])
