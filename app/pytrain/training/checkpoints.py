@@ -41,10 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,10 +50,10 @@ import torch
 
 from pytrain.errors import TrainingError
 from pytrain.spec import (
-    CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MANIFEST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, TENSOR_SPEC, TaskSpec,
+    CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MANIFEST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, TENSOR_SPEC, TaskSpec, atomic_path,
 )
 from pytrain.task_options import TrainConfig
-from pytrain.training.disk import NO_SPACE_HINT, find_no_space, no_space_message
+from pytrain.training.disk import NO_SPACE_HINT, find_no_space, no_space_message, tensor_bytes
 
 log = logging.getLogger("pytrain.training")
 
@@ -125,8 +122,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         TrainingError: the file system is full (names the folder and the bytes needed).
     """
     path = Path(path)
-    with _written(state, path) as tmp:
-        os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        _save(state, tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -142,50 +139,28 @@ def save_last(state: dict[str, Any], task_dir: Path) -> None:
     """
     task_dir = Path(task_dir)
     last = task_dir / CHECKPOINT_LAST
-    with _written(state, last) as tmp:
+    with atomic_path(last) as tmp:  # tmp -> last when the block ends
+        _save(state, tmp, last)
         if last.exists():
             os.replace(last, task_dir / CHECKPOINT_PREV)
-        os.replace(tmp, last)
     _fsync_dir(task_dir)
 
 
-@contextmanager
-def _written(state: dict[str, Any], path: Path) -> Iterator[Path]:
-    """``with _written(state, path) as tmp``: ``state`` saved and fsynced at a temporary path beside
-    ``path``; the block renames it; the temporary file is removed if it is still there after.
+def _save(state: dict[str, Any], tmp: Path, path: Path) -> None:
+    """``state`` saved and fsynced at ``tmp`` (the temporary name of ``path``).
 
     Raises:
         TrainingError: the file system is full.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(name)
     try:
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except Exception as exc:
-            if find_no_space(exc) is not None:
-                raise TrainingError(no_space_message(path.parent, path.name, _state_bytes(state)), hint=NO_SPACE_HINT) from exc
-            raise
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _state_bytes(state: dict[str, Any]) -> int:
-    """The bytes of the tensors in a checkpoint dict (nested dicts and lists included)."""
-    total, todo = 0, [state]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, torch.Tensor):
-            total += item.numel() * item.element_size()
-        elif isinstance(item, dict):
-            todo.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            todo.extend(item)
-    return total
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except Exception as exc:
+        if find_no_space(exc) is not None:
+            raise TrainingError(no_space_message(path.parent, path.name, tensor_bytes(state)), hint=NO_SPACE_HINT) from exc
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
+from typing import Any
 
 #: ``errno`` values that mean "no room left": the device is full, or the user's quota is.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -34,6 +35,24 @@ def find_no_space(exc: BaseException | None) -> OSError | None:
             return OSError(errno.ENOSPC, str(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (a tensor, or dicts, lists and tuples holding them, e.g.
+    a checkpoint or a ``state_dict``): the estimate :func:`no_space_message` gives for a file of
+    weights (the rest of such a file is kilobytes)."""
+    import torch
+
+    total, todo = 0, [obj]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return total
 
 
 def no_space_message(folder: Path, writing: str, needed_bytes: int | None) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 
 from pytrain.errors import ExportError
 from pytrain.spec import MODEL_ONNX, TensorSpec, atomic_path
-from pytrain.training.disk import NO_SPACE_HINT, find_no_space, no_space_message
+from pytrain.training.disk import NO_SPACE_HINT, find_no_space, no_space_message, tensor_bytes
 from pytrain.training.models import VideoClassifier, rebuild_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,6 @@ def export_checkpoint(checkpoint: dict[str, Any] | Path, out_dir: Path, spec: Te
     except Exception as exc:
         if find_no_space(exc) is None:
             raise
-        # the weights dominate the file: ~ their bytes (the graph adds kilobytes)
-        needed = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-        raise ExportError(no_space_message(out_dir, MODEL_ONNX, needed), hint=NO_SPACE_HINT) from exc
+        raise ExportError(no_space_message(out_dir, MODEL_ONNX, tensor_bytes(module.state_dict())), hint=NO_SPACE_HINT) from exc
     log.info("exported %s with the %s exporter; parity max |diff| %.2g on %d clips", final, exporter, parity["max_abs_diff"], parity["clips"])
     return {"exporter": exporter, "onnx_bytes": final.stat().st_size, "parity": parity}
