@@ -101,7 +101,7 @@ def control_key_file() -> None:
 #: ``--clips`` of ``pytrain predict`` and ``pytrain evaluate``: the bounds of the ``test_clips`` column.
 MAX_CLIPS = column("test_clips").high
 CLIPS_HELP = ("Evenly spaced clips (views) per video whose probabilities are averaged (default: the model's test_clips, "
-               "from --config or the local model repository's tensor_spec.json; else 1).")
+               "from --config, the served config's parameters or the local model repository's tensor_spec.json; else 1).")
 
 
 def predict(

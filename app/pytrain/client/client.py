@@ -312,7 +312,7 @@ class TritonClient:
             if config_path is not None:
                 info = replace(ModelInfo.from_pytrain_config(config_path, name=model, version=version_s), max_batch_size=max_batch)
             else:
-                info = _with_served_sampling(_info_from_metadata(model, version_s, meta, max_batch), config)
+                info = _with_sampling(_info_from_metadata(model, version_s, meta, max_batch), config)
             check_served_tensors(info, meta)
         except ClientError:
             raise
@@ -596,27 +596,25 @@ def repository_spec(model: str, version: str = "") -> TensorSpec | None:
         return None
 
 
-def _with_served_sampling(info: ModelInfo, config: dict[str, Any]) -> ModelInfo:
-    """``info`` with the clip sampling of the served model config's ``parameters``
-    (:func:`pytrain.publish.triton_config.sampling_from_parameters`); without them (a uniform
-    model, an older config, or a config behind the control key) that of the local repository's
-    spec (:func:`_with_repository_sampling`)."""
+def _with_sampling(info: ModelInfo, config: dict[str, Any]) -> ModelInfo:
+    """``info`` (from Triton's metadata, which has no sampling) with the model's clip sampling and
+    ``clip_seconds``.
+
+    The sampling comes from the served model config's ``parameters``
+    (:func:`pytrain.publish.triton_config.sampling_from_parameters`), else, without them (a uniform
+    model, an older config, a config behind the control key), from the local repository's spec of
+    the model (:func:`repository_spec`) when it has the same tensors; else ``info`` stays uniform
+    with one view. ``clip_seconds`` comes from that local spec (``None`` without one).
+    """
     from pytrain.publish.triton_config import sampling_from_parameters
 
     served = sampling_from_parameters(config)
-    if not served:
-        return _with_repository_sampling(info)
     local = repository_spec(info.name, info.version)
-    clip_seconds = local.clip_seconds if local is not None and local.input_shape == info.spec.input_shape else None
-    return replace(info, spec=replace(info.spec, **served, clip_seconds=clip_seconds))
-
-
-def _with_repository_sampling(info: ModelInfo) -> ModelInfo:
-    """``info`` (from Triton's metadata, which has no sampling) with the sampling and
-    ``clip_seconds`` of the local repository's spec of the model (:func:`repository_spec`), when
-    there is one for the same tensors; else ``info`` as it is (uniform, one view)."""
-    local = repository_spec(info.name, info.version)
-    if local is None or local.input_shape != info.spec.input_shape or local.num_classes != info.num_classes:
+    if local is not None and (local.input_shape != info.spec.input_shape or local.num_classes != info.num_classes):
+        local = None  # another model's spec
+    if served:
+        return replace(info, spec=replace(info.spec, **served, clip_seconds=None if local is None else local.clip_seconds))
+    if local is None:
         log.info("model %s: no local tensor_spec.json for the served tensors; sampling as uniform with one view "
                  "(pass the model's PyTrain config for a model trained otherwise)", info.name)
         return info

@@ -12,12 +12,12 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError
 from pytrain.runners.base import PreparedTask
+from pytrain.sampling import check_sampling
 from pytrain.settings import Settings
 from pytrain.sources import load_groups, resolve_classes, split_clips, write_manifest
 from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
-from pytrain.sampling import check_sampling
 from pytrain.task_options import check_options
 from pytrain.weights import require_weights
 
