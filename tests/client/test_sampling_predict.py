@@ -8,7 +8,6 @@ Budget: ~25 s (training one epoch of 12 videos x 2 clips and the ONNX export ~20
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fixtures.clips import write_task
+from fixtures.clips import train_task, write_task
 from fixtures.triton import run_onnx, task_record
 from pytrain.client import Prediction, TritonClient
 from pytrain.client.evaluate import LabelledClip
@@ -32,7 +31,7 @@ from pytrain.settings import Settings, get_settings
 from pytrain.spec import TaskSpec, TensorSpec
 from pytrain.training.data import ClipDataset, load_samples, task_sampling
 from pytrain.training.models import rebuild_from_checkpoint
-from pytrain.training.train import evaluate, main
+from pytrain.training.train import evaluate
 from pytrain.video import decode_views
 
 pytestmark = pytest.mark.triton
@@ -52,7 +51,7 @@ def dense_task(synthetic_sources: Path, tmp_path_factory: pytest.TempPathFactory
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        main(argparse.Namespace(task_dir=str(task), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
+        train_task(task)
     finally:
         torch.set_num_threads(threads)
     return task

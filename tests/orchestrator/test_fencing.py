@@ -132,16 +132,27 @@ def report(name: str, seconds: float) -> None:
     print(f"\n[fencing] {name}: {seconds:.1f} s", flush=True)
 
 
-def test_sigkilled_workers_task_is_resumed_by_the_other_after_the_lease_and_published_once(settings, engine, synced, workers):
-    started = time.monotonic()
-    queue = TaskQueue(engine)
+def host_a_trains_host_b_waits(queue: TaskQueue, workers, *, epochs: int, reached: int) -> tuple[int, "Worker", "Worker", Path]:
+    """Submit the task; start worker host-a (it claims it), then host-b (idle); wait until the run
+    (``epochs`` stub epochs of 0.5 s) has checkpointed epoch ``reached``.
+
+    Returns:
+        ``(task id, worker a, worker b, the task folder)``.
+    """
     task_id = queue.submit(TASK)
-    stub = {"STUB_EPOCHS": "8", "STUB_EPOCH_SECONDS": "0.5"}
+    stub = {"STUB_EPOCHS": str(epochs), "STUB_EPOCH_SECONDS": "0.5"}
     a = workers("host-a", **stub)
     wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
     b = workers("host-b", **stub)
     folder = task_folder(queue, task_id)
-    wait_for(lambda: checkpoint_epoch(folder) >= 2, timeout=30)
+    wait_for(lambda: checkpoint_epoch(folder) >= reached, timeout=30)
+    return task_id, a, b, folder
+
+
+def test_sigkilled_workers_task_is_resumed_by_the_other_after_the_lease_and_published_once(settings, engine, synced, workers):
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id, a, b, folder = host_a_trains_host_b_waits(queue, workers, epochs=8, reached=2)
     training = int((folder / "runner.pid").read_text().split()[0])
     a.signal(signal.SIGKILL)  # the host dies: its worker and its training
     os.killpg(training, signal.SIGKILL)
@@ -165,13 +176,7 @@ def test_sigkilled_workers_task_is_resumed_by_the_other_after_the_lease_and_publ
 def test_a_worker_stopped_past_its_lease_stops_its_run_itself_and_never_publishes(settings, engine, synced, workers):
     started = time.monotonic()
     queue = TaskQueue(engine)
-    task_id = queue.submit(TASK)
-    stub = {"STUB_EPOCHS": "16", "STUB_EPOCH_SECONDS": "0.5"}
-    a = workers("host-a", **stub)
-    wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
-    b = workers("host-b", **stub)
-    folder = task_folder(queue, task_id)
-    wait_for(lambda: checkpoint_epoch(folder) >= 1, timeout=30)
+    task_id, a, b, folder = host_a_trains_host_b_waits(queue, workers, epochs=16, reached=1)
     a.signal(signal.SIGSTOP)
     stopped = time.monotonic()
     wait_for(lambda: queue.get(task_id).worker_id == "host-b", timeout=30)  # the lease expired, B claimed

@@ -23,7 +23,7 @@ from pytrain.settings import Settings
 from pytrain.spec import CLIP_CACHE, METRICS, TaskSpec
 from pytrain.task_options import TrainConfig
 from pytrain.training.train import cache_folder, get_args_parser
-from training.test_resume_fingerprint import SMALL, small_rows, small_sources  # noqa: F401 -- the session fixture
+from training.conftest import SMALL, small_rows
 
 
 def test_the_local_runner_trains_with_the_rows_cache_option(tmp_path, small_sources):

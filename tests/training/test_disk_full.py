@@ -28,7 +28,8 @@ from pytrain.orchestrator.prepare import prepare_task
 from pytrain.publish import publish_task
 from pytrain.sources import sync_sources
 from pytrain.spec import METRICS, MODEL_ONNX, TENSOR_SPEC
-from training.test_resume_fingerprint import SMALL, small_sources, train  # noqa: F401 -- the session fixture
+from fixtures.clips import train_task
+from training.conftest import SMALL
 
 # What the tmpfs keeps free for the export: the tiny model's ONNX file is ~300 kB here, so the
 # export runs out of room half way; the run's small writes before it (the lock, scan.json, the
@@ -67,7 +68,7 @@ def test_disk_full_while_exporting_fails_the_task_and_leaves_the_published_versi
 
     # trained to its last epoch, and published as version 1
     task_dir = prepare_task(queue.get(task_id), settings, registered=None).task_dir
-    train(task_dir)
+    train_task(task_dir)
     assert publish_task(task_dir, settings=settings, task_record=dict(queue.get(task_id))).version == 1
     published = tree_digest(settings.model_repo_dir)
     onnx_bytes = (task_dir / MODEL_ONNX).stat().st_size

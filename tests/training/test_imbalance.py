@@ -7,19 +7,17 @@ with balanced weights it is the minority (4 x 5.5 > 6 x 0.55)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from fixtures.clips import write_task
+from fixtures.clips import train_task, write_task
 from orchestrator.test_cli import cli  # noqa: F401 -- the in-process CLI fixture
 from pytrain.errors import ConfigurationError
 from pytrain.sources.synthetic import make_dataset
 from pytrain.training.metrics import weak_classes
 from pytrain.task_options import TrainConfig, balanced_class_weights
-from pytrain.training.train import main
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def _minority_recall(tmp_path, sources, **extra) -> tuple[float, dict]:
             rows.append((f"dataset1/{folder}/clip_{i:03d}.mp4", label, "train" if k < n_train else "val" if k < n_train + n_val else "test"))
     task = tmp_path / ("task-" + "-".join(f"{k}{v}" for k, v in extra.items()) if extra else tmp_path / "task-plain")
     write_task(task, sources, rows=rows, epochs=4, extra={"hflip": 0.0, "label_smoothing": 0.0, **extra})
-    main(argparse.Namespace(task_dir=str(task), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
+    train_task(task)
     saved = json.loads((task / "metrics.json").read_text())
     confusion = sum(np.array(saved["splits"][s]["confusion_matrix"]) for s in ("train", "val", "test"))
     minority = ["drinking", "walking"].index("drinking")

@@ -9,7 +9,6 @@ truncated-checkpoint and changed-option tests ~15-20 s each; the unit tests unde
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -20,38 +19,14 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from fixtures.clips import write_task
+from fixtures.clips import train_task, write_task
 from pytrain.db import TaskQueue
 from pytrain.orchestrator.prepare import prepare_task
 from pytrain.sources import sync_sources
-from pytrain.sources.synthetic import make_dataset
 from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MODEL_ONNX, PROGRESS, TaskSpec, task_dir_name
 from pytrain.task_options import TrainConfig
 from pytrain.training.checkpoints import find_resumable, fingerprint_changes, run_fingerprint, save_last
-from pytrain.training.train import main
-
-#: A tiny, fast run: the columns a task row and a task.json share.
-SMALL = {"architecture": "tiny", "num_frames": 8, "height": 32, "width": 32, "batch_size": 4}
-
-
-@pytest.fixture(scope="session")
-def small_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``dataset1`` with 6 real 32x32 clips in each of cooking_pan, drinking_tea, walking_dog."""
-    root = tmp_path_factory.mktemp("small_sources")
-    make_dataset(root / "dataset1", folders=("cooking_pan", "drinking_tea", "walking_dog"), clips_per_folder=6, height=32, width=32,
-                 frame_counts=(24,))
-    return root
-
-
-def small_rows(sources: Path) -> list[tuple[str, str, str]]:
-    """Manifest rows of :func:`small_sources`: clips 0-3 train, 4 val, 5 test per class."""
-    rows = []
-    for clip in sorted((sources / "dataset1").glob("*/*.mp4")):
-        number = int(clip.stem.split("_")[-1])
-        rows.append((clip.relative_to(sources).as_posix(), clip.parent.name.partition("_")[0],
-                     "train" if number < 4 else "val" if number == 4 else "test"))
-    return rows
-
+from training.conftest import SMALL, small_rows
 
 @pytest.fixture(scope="session")
 def trained_task(tmp_path_factory: pytest.TempPathFactory, small_sources: Path) -> Path:
@@ -60,16 +35,12 @@ def trained_task(tmp_path_factory: pytest.TempPathFactory, small_sources: Path) 
     torch.set_num_threads(1)
     task = tmp_path_factory.mktemp("trained") / "task"
     write_task(task, small_sources, rows=small_rows(small_sources), epochs=2, **SMALL)
-    train(task)
+    train_task(task)
     return task
 
 
 def copy_task(trained: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained, tmp_path / "task"))
-
-
-def train(task_dir: Path) -> dict:
-    return main(argparse.Namespace(task_dir=str(task_dir), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
 
 
 def events(task_dir: Path) -> list[dict]:
@@ -100,13 +71,13 @@ def test_a_new_task_1_after_a_database_reset_starts_at_epoch_1(settings, engine,
             conn.execute(text("TRUNCATE training_tasks RESTART IDENTITY CASCADE"))
 
     old_dir, old_spec = run_new_task(["cooking", "drinking"])
-    train(old_dir)
+    train_task(old_dir)
     assert old_dir.name == task_dir_name(1, "kitchen", old_spec.uid) == f"task-1-kitchen-{old_spec.uid.replace('-', '')[:8]}"
 
     reset()
     new_dir, new_spec = run_new_task(["cooking", "walking"])  # same id, same model, other classes
     assert new_dir != old_dir and new_spec.uid != old_spec.uid
-    train(new_dir)
+    train_task(new_dir)
     assert [e["resumed_from_epoch"] for e in events(new_dir) if e["event"] == "start"] == [0]
     assert (old_dir / CHECKPOINT_LAST).is_file()  # the old row's folder is left alone
 
@@ -120,7 +91,7 @@ def test_a_new_task_1_after_a_database_reset_starts_at_epoch_1(settings, engine,
     shutil.copytree(old_dir, reused)
     prepare_task(queue.get(same_id), settings, registered=None)
     with caplog.at_level(logging.WARNING, logger="pytrain.training"):
-        train(reused)
+        train_task(reused)
     assert [e["event"] for e in events(reused)] == ["start", "epoch", "done"]  # only this run's records
     assert events(reused)[0]["resumed_from_epoch"] == 0
     logged = warnings_of(caplog)
@@ -142,7 +113,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(trained_task,
     (task / CHECKPOINT_LAST).write_bytes(data[: len(data) // 2])  # a copy cut short, a bad disk
 
     with caplog.at_level(logging.INFO, logger="pytrain.training"):
-        result = train(task)
+        result = train_task(task)
 
     assert events(task)[-3]["event"] == "start" and events(task)[-3]["resumed_from_epoch"] == 1
     assert [e["epoch"] for e in events(task)[-2:-1]] == [2]  # epoch 2 again, then done
@@ -165,7 +136,7 @@ def test_a_changed_option_starts_over_with_the_reason_logged(trained_task, tmp_p
     replace(spec, extra={**spec.extra, "label_smoothing": 0.0}).save(task)  # the row's options changed (default 0.1)
 
     with caplog.at_level(logging.WARNING, logger="pytrain.training"):
-        result = train(task)
+        result = train_task(task)
 
     logged = warnings_of(caplog)
     assert "starting over at epoch 1: checkpoint_last.pt belongs to another run: options.label_smoothing: 0.1 -> 0.0" in logged, logged

@@ -22,7 +22,7 @@ from fixtures.clips import write_task
 from fixtures.processes import communicate_or_kill
 from pytrain.spec import PROGRESS, RUN_LOCK
 from pytrain.training.run_lock import RunLock, RunLockedError
-from training.test_resume_fingerprint import SMALL, small_rows, small_sources  # noqa: F401 -- the session fixture
+from training.conftest import SMALL, small_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
