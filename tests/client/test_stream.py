@@ -20,7 +20,7 @@ import pytest
 from fixtures.triton import TEST_CLASSES, publish_test_model, run_onnx
 from pytrain.client import StreamClassifier, StreamSource
 from pytrain.client.sources import ffmpeg_command
-from pytrain.client.stream import StreamReader, _Sampling
+from pytrain.client.stream import StreamReader, WindowQueue, _Sampling
 from pytrain.errors import ClientError
 from pytrain.publish.triton_config import pytrain_ini, read_pytrain_ini
 from pytrain.serving import free_port
@@ -115,18 +115,18 @@ def test_pytrain_ini_carries_clip_seconds_and_old_files_still_load(tmp_path: Pat
 def test_stream_path_gives_read_clips_top1_on_every_demo_clip(synthetic_sources: Path, stream_model_onnx: Path) -> None:
     """Each synthetic clip through ffmpeg (resampled so one window spans the clip) and through
     read_clip: the same top-1, probabilities within the bound below."""
-    import queue
-
     clips = sorted((synthetic_sources / "dataset1").glob("*/*.mp4"))
     worst = 0.0
     for clip in clips:
         seconds = video_seconds(clip)
-        out: queue.Queue = queue.Queue()
+        out = WindowQueue()
         # a touch faster than T frames per clip, so ffmpeg's rounding never leaves fewer than T
         reader = StreamReader(StreamSource(str(clip), realtime=False), _Sampling(T, H, W, fps=T / (seconds * 0.95), stride=T), out,
                               stall_timeout_s=10, connect_retries=0, backoff_s=0.1, backoff_cap_s=0.1)
         reader.run()
-        window = out.get_nowait()
+        *windows, ended = out.take(10, timeout=0)
+        window = windows[0]
+        assert ended is reader.stats and reader.stats.error is None
         assert window.frames.shape == (T, H, W, 3) and window.frames.dtype == np.uint8
         by_stream, by_file = run_onnx(stream_model_onnx, np.stack([window.frames, read_clip(clip, T, H, W)]))
         assert by_stream.argmax() == by_file.argmax(), clip
@@ -247,7 +247,7 @@ def test_when_one_of_two_streams_dies_the_other_keeps_producing_windows(triton_s
             deadline = time.monotonic() + 20
             while classifier.readers[1].stats.error is None and time.monotonic() < deadline:
                 take(classifier, 1, stream=live_url, timeout=5)
-            stats = {s.url: s for s in classifier.stats}
+            stats = {s.stream: s for s in classifier.stats}
     assert {p.stream for p in first} == {live_url, dying_url}
     assert len(later) == 10 and {p.label for p in later} == {"eating"}
     assert stats[dying_url].error is not None and repr(dying_url) in stats[dying_url].error
