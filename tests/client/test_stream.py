@@ -4,23 +4,29 @@ class is its background colour)."""
 
 from __future__ import annotations
 
+import base64
 import collections
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from fixtures.triton import TEST_CLASSES, publish_test_model, run_onnx
 from pytrain.client import StreamClassifier, StreamSource
-from pytrain.client.sources import ffmpeg_command
-from pytrain.client.stream import StreamReader, WindowQueue, _Sampling
+from pytrain.client import stream as stream_module
+from pytrain.client.sources import ffmpeg_command, redact
+from pytrain.client.stream import StreamReader, StreamStats, Window, WindowQueue, _Sampling
 from pytrain.errors import ClientError
 from pytrain.publish.triton_config import pytrain_ini, read_pytrain_ini
 from pytrain.serving import free_port
@@ -31,6 +37,10 @@ MODEL = "stream_kitchen"
 T, H, W = 8, 32, 32
 # windows of 8 frames over 1 s (8 fps), a new one every 4 frames: one answer per 0.5 s of stream
 FAST = dict(clip_seconds=1.0, stride=4, stall_timeout_s=3.0, backoff_s=0.2, backoff_cap_s=1.0)
+
+# secrets in the test URLs: no output, log, summary, error or ffmpeg argv may contain them
+PASSWORD = "Pa55-w0rd-Xq7"  # of an RTSP or HTTP URL
+PASSPHRASE = "srt-passphrase-Zk4"  # of an SRT URL (10 to 79 characters)
 
 needs_ffmpeg = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs the ffmpeg program (scripts/test.sh installs it)")
 
@@ -62,6 +72,79 @@ def stop(proc: subprocess.Popen) -> None:
 def gone(pid: int) -> bool:
     """No process (running or zombie) has ``pid``."""
     return not Path(f"/proc/{pid}").exists()
+
+
+def argv_of(pid: int) -> str | None:
+    """The argv of process ``pid`` as ``ps -eo args`` shows it (``None``: it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+
+
+@contextmanager
+def http_server_with_password(body: Path, password: str):
+    """A loopback HTTP server that sends ``body`` (MPEG-TS) only with HTTP Basic ``admin:password``
+    (401 otherwise); yields its port."""
+    expected = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            ok = self.headers.get("Authorization") == expected
+            data = body.read_bytes() if ok else b""
+            self.send_response(200 if ok else 401)
+            if not ok:
+                self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.send_header("Content-Type", "video/mp2t")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def first_window(source: StreamSource, sampling: _Sampling, *, send: Callable[[], subprocess.Popen] | None = None,
+                 retries: int = 3, timeout: float = 60.0) -> tuple[Window | None, StreamReader, dict[int, str | None]]:
+    """Run a :class:`StreamReader` until its first window or its end; ``send`` (re)starts a sender
+    once the reader's ffmpeg runs. Returns (the window or ``None``, the reader, the argv of each
+    ffmpeg it started, read from /proc as soon as it appeared)."""
+    out = WindowQueue()
+    reader = StreamReader(source, sampling, out, stall_timeout_s=5.0, connect_retries=retries, backoff_s=0.2, backoff_cap_s=0.5)
+    argvs: dict[int, str | None] = {}
+    sender: subprocess.Popen | None = None
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in list(reader.pids):
+                argvs.setdefault(pid, argv_of(pid))
+            if send is not None and reader.pids and (sender is None or sender.poll() is not None):
+                time.sleep(0.5)  # the reader's ffmpeg listens before the sender calls (a sender that came too early is restarted)
+                sender = send()
+            items = out.take(1, timeout=0.01)
+            if items:
+                return (items[0] if isinstance(items[0], Window) else None), reader, argvs
+        return None, reader, argvs
+    finally:
+        reader.stop()
+        reader.join(10)
+        if sender is not None:
+            stop(sender)
+
+
+def send(clip: Path, url: str, *output: str) -> Callable[[], subprocess.Popen]:
+    """A starter of :func:`publisher`'s looping live sender, for :func:`first_window`."""
+    return lambda: subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "quiet", "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
+                                     *(output or ("-f", "mpegts")), url], stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +192,142 @@ def test_pytrain_ini_carries_clip_seconds_and_old_files_still_load(tmp_path: Pat
     old.pop("clip_seconds")
     (tmp_path / "tensor_spec.json").write_text(json.dumps(old))
     assert TensorSpec.load(tmp_path).clip_seconds is None
+
+
+def test_redact_hides_url_passwords_and_secret_parameters_everywhere_in_a_text() -> None:
+    text = ("Connection to srt://127.0.0.1:9?mode=caller&PassPhrase=s3cret-phrase&pbkeylen=16 failed; "
+            "[concat] Impossible to open 'rtsp://admin:pw:x@cam:554/s1?token=abc&profile=2' http://h/a?password=p@ss&x=1 "
+            "rtsp://viewer@cam/s2 rtmp://host/app?key=k1;streamkey=k2")
+    assert redact(text) == (
+        "Connection to srt://127.0.0.1:9?mode=caller&PassPhrase=***&pbkeylen=16 failed; "
+        "[concat] Impossible to open 'rtsp://admin:***@cam:554/s1?token=***&profile=2' http://h/a?password=***&x=1 "
+        "rtsp://viewer@cam/s2 rtmp://host/app?key=***;streamkey=***")
+    source = StreamSource("rtsp://admin:p%40ss%2Fw@cam/s1?passphrase=other-secret", name="door")
+    assert source.secrets == ("other-secret", "p%40ss%2Fw", "p@ss/w")
+    assert source.redact("auth p@ss/w failed for other-secret") == "auth *** failed for ***"  # ffmpeg may print them decoded
+    assert source.label == "door" and "p%40ss" not in repr(source)
+    assert StreamSource("rtsp://admin:p%40ss@cam/s1").label == "rtsp://admin:***@cam/s1"
+    assert StreamSource("/data/pass=1.mp4").secrets == () and StreamSource("udp://127.0.0.1:5000").secrets == ()
+    with pytest.raises(ClientError, match=r"stream 'srt://h:1\?passphrase=\*\*\*': --loop repeats files only") as caught:
+        StreamSource("srt://h:1?passphrase=abcdefghijk", loop=True).check()
+    assert "abcdefghijk" not in str(caught.value)
+
+
+def test_ffmpeg_reads_a_url_with_secrets_from_its_stdin_with_the_same_options() -> None:
+    from pytrain.client.sources import ffmpeg_stdin
+
+    source = StreamSource(f"rtsp://admin:{PASSWORD}@0.0.0.0:8554/live?listen=1")
+    argv = ffmpeg_command(source, fps=4.0, height=H, width=W, ffmpeg="ffmpeg")
+    assert PASSWORD not in " ".join(argv)
+    assert argv[5:10] == ["-f", "concat", "-safe", "0", "-protocol_whitelist"] and argv[argv.index("-i") + 1] == "pipe:0"
+    assert ffmpeg_stdin(source).decode().splitlines() == [
+        "ffconcat version 1.0", f"file 'rtsp://admin:{PASSWORD}@0.0.0.0:8554/live'", "option rtsp_transport 'tcp'",
+        "option rtsp_flags 'listen'", "option analyzeduration '1000000'", "option probesize '1000000'"]
+    quoted = ffmpeg_stdin(StreamSource("http://h/it's?token=t")).decode().splitlines()[1]
+    assert quoted == "file 'http://h/it'\\''s?token=t'"
+    assert ffmpeg_stdin(StreamSource("udp://127.0.0.1:5000")) is None
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("protocol", ["srt", "rtsp", "http"])
+def test_a_url_with_a_secret_is_read_but_never_in_ffmpegs_argv(protocol: str, synthetic_sources: Path, tmp_path: Path) -> None:
+    """The real ffmpeg child's /proc/<pid>/cmdline (what ``ps`` shows any user) has no secret, and
+    the secret reached ffmpeg: SRT refuses a wrong passphrase, the HTTP server a wrong password."""
+    port, clip = free_port(), clip_of(synthetic_sources, "cooking")
+    sampling = _Sampling(T, H, W, fps=8.0, stride=T)
+    if protocol == "srt":  # the reader listens with a passphrase; the sender calls with the same
+        url, secret = f"srt://127.0.0.1:{port}?mode=listener&passphrase={PASSPHRASE}", PASSPHRASE
+        window, reader, argvs = first_window(StreamSource(url), sampling,
+                                             send=send(clip, f"srt://127.0.0.1:{port}?mode=caller&passphrase={PASSPHRASE}"))
+    elif protocol == "rtsp":  # the reader is the RTSP server a sender publishes to
+        url, secret = f"rtsp://admin:{PASSWORD}@127.0.0.1:{port}/live?listen=1", PASSWORD
+        window, reader, argvs = first_window(StreamSource(url), sampling,
+                                             send=send(clip, f"rtsp://127.0.0.1:{port}/live", "-rtsp_transport", "tcp", "-f", "rtsp"))
+    else:
+        ts = tmp_path / "clip.ts"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), "-c", "copy", "-f", "mpegts", str(ts)], check=True)
+        with http_server_with_password(ts, PASSWORD) as http_port:
+            url, secret = f"http://admin:{PASSWORD}@127.0.0.1:{http_port}/clip.ts", PASSWORD
+            window, reader, argvs = first_window(StreamSource(url), _Sampling(T, H, W, fps=T / (video_seconds(clip) * 0.95), stride=T))
+    assert window is not None, reader.stats.error
+    assert window.stream == url.replace(secret, "***") and window.frames.shape == (T, H, W, 3)
+    seen = [argv for argv in argvs.values() if argv]
+    assert seen and all("-i pipe:0" in argv and secret not in argv for argv in seen), seen
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("protocol", ["srt", "http"])
+def test_a_wrong_secret_is_refused_and_the_error_does_not_print_it(protocol: str, synthetic_sources: Path, tmp_path: Path) -> None:
+    clip, wrong = clip_of(synthetic_sources, "eating"), "wrong-secret-Jy5"
+    sampling = _Sampling(T, H, W, fps=8.0, stride=T)
+    if protocol == "srt":
+        port = free_port()
+        with publisher(clip, f"srt://127.0.0.1:{port}?mode=listener&passphrase={PASSPHRASE}"):
+            time.sleep(0.3)
+            window, reader, _ = first_window(StreamSource(f"srt://127.0.0.1:{port}?mode=caller&passphrase={wrong}"), sampling, retries=0)
+    else:
+        ts = tmp_path / "clip.ts"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), "-c", "copy", "-f", "mpegts", str(ts)], check=True)
+        with http_server_with_password(ts, PASSWORD) as port:
+            window, reader, _ = first_window(StreamSource(f"http://admin:{wrong}@127.0.0.1:{port}/clip.ts"), sampling, retries=0)
+    error = reader.stats.error
+    assert window is None and error is not None and "gave up after 1 attempts without a frame: ffmpeg: " in error
+    assert wrong not in error and wrong not in json.dumps(reader.stats.to_dict()), error
+
+
+def test_window_queue_bounds_each_stream_and_never_drops_an_end_marker() -> None:
+    now = datetime.now(timezone.utc)
+
+    def window(stream: str, index: int) -> Window:
+        return Window(stream, index, np.zeros((1, 1, 1, 3), np.uint8), 0.0, 0.1, now, now, 0.0, 0)
+
+    out = WindowQueue(bound=2)
+    assert out.put(window("a", 0)) is None and out.put(window("b", 0)) is None and out.put(window("a", 1)) is None
+    marker = StreamStats("c")
+    assert out.put(marker) is None
+    assert out.put(window("a", 2)).index == 0  # a's oldest; b's window stays
+    assert [i if isinstance(i, StreamStats) else (i.stream, i.index) for i in out.take(10, timeout=0)] == [
+        ("b", 0), ("a", 1), marker, ("a", 2)]
+    assert out.take(1, timeout=0) == [] and out.empty()
+    with pytest.raises(ClientError, match="queue bound 0 must be >= 1 window"):
+        WindowQueue(bound=0)
+
+
+@needs_ffmpeg
+def test_a_slow_consumer_makes_the_oldest_windows_drop_and_they_are_counted(synthetic_sources: Path) -> None:
+    """Nobody takes windows while a file is read as fast as it decodes: 2 wait, the rest dropped."""
+    out = WindowQueue(bound=2)
+    reader = StreamReader(StreamSource(str(clip_of(synthetic_sources, "walking")), realtime=False), _Sampling(T, H, W, fps=24.0, stride=1),
+                          out, stall_timeout_s=10, connect_retries=0, backoff_s=0.1, backoff_cap_s=0.1)
+    reader.run()
+    *windows, ended = out.take(100, timeout=0)
+    stats = reader.stats
+    assert ended is stats and stats.error is None and stats.windows > 4
+    assert [w.index for w in windows] == [stats.windows - 2, stats.windows - 1]
+    assert stats.dropped == stats.windows - 2 and stats.to_dict()["dropped"] == stats.dropped
+
+
+@needs_ffmpeg
+def test_ffmpeg_keeps_only_the_tail_of_its_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in ffmpeg that writes 100000 error lines and exits: the reader keeps the last lines."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\nseq 1 100000 | sed 's/^/error line /' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    seen: list[int] = []
+    real_keep_tail = stream_module._keep_tail
+
+    def keep_tail(pipe, tail) -> None:
+        real_keep_tail(pipe, tail)
+        seen.append(len(tail))
+
+    monkeypatch.setattr(stream_module, "_keep_tail", keep_tail)
+    out = WindowQueue()
+    reader = StreamReader(StreamSource("udp://127.0.0.1:1"), _Sampling(T, H, W, fps=8.0, stride=T), out,
+                          stall_timeout_s=10, connect_retries=0, backoff_s=0.1, backoff_cap_s=0.1)
+    reader.run()
+    assert seen == [stream_module.STDERR_TAIL_LINES]
+    assert reader.stats.error.endswith("ffmpeg: error line 100000")
 
 
 @needs_ffmpeg

@@ -56,7 +56,7 @@ STDIN_PROTOCOLS = ("pipe", "crypto", "data", "tcp", "tls", "udp", "rtp", "srtp",
                    "rtmp", "rtmps", "rtmpt", "rtmpts", "ffrtmphttp")
 
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'\"]*):[^\s/?#'\"]*@")
-_SECRET_QUERY = re.compile(r"(?P<head>[?&;](?:" + "|".join(SECRET_PARAMETERS) + r")=)[^&#\s'\"]*", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"(?P<head>[?&;](?:" + "|".join(SECRET_PARAMETERS) + r")=)[^&;#\s'\"]*", re.IGNORECASE)
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

@@ -267,6 +267,8 @@ class StreamReader(threading.Thread):
         try:
             self._reconnecting()
         except Exception as exc:  # noqa: BLE001 - whatever it is, the classifier must hear of it, not wait
+            if self._halt.is_set():
+                return  # stopped: the ffmpeg it read was ended under it
             reason = str(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"
             self.stats.error, self.stats.fatal = self.source.redact(f"stream {self.source.title} failed: {reason}"), True
             log.error("%s", self.stats.error)
@@ -310,16 +312,18 @@ class StreamReader(threading.Thread):
         with self._lock:
             self._proc = proc
             self.pids.append(proc.pid)
-        if self._halt.is_set():  # stop() came between the check and the start
-            self._kill()
-            return False, "stopped"
-        _send(proc, stdin)
         tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL_LINES)
         drain = threading.Thread(target=_keep_tail, args=(proc.stderr, tail), daemon=True)
         drain.start()
-        got, why = self._read_frames(proc)
-        self._kill()
-        drain.join(timeout=2.0)
+        try:
+            if self._halt.is_set():  # stop() came between the check and the start
+                return False, "stopped"
+            _send(proc, stdin)
+            got, why = self._read_frames(proc)
+        finally:  # stop() (another thread) only ends ffmpeg: its pipes are closed here, where they are read
+            self._kill()
+            proc.stdout.close()
+            drain.join(timeout=2.0)
         lines = [self.source.redact(line.decode("utf-8", "replace").strip()) for line in list(tail)]
         lines = [line for line in lines if line]
         if any(_COMMAND_REFUSED in line for line in lines):
@@ -394,7 +398,6 @@ class StreamReader(threading.Thread):
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
-        proc.stdout.close()
 
 
 def _send(proc: subprocess.Popen, data: bytes | None) -> None:
