@@ -327,7 +327,7 @@ def test_ffmpeg_keeps_only_the_tail_of_its_stderr(tmp_path: Path, monkeypatch: p
                           stall_timeout_s=10, connect_retries=0, backoff_s=0.1, backoff_cap_s=0.1)
     reader.run()
     assert seen == [stream_module.STDERR_TAIL_LINES]
-    assert reader.stats.error.endswith("ffmpeg: error line 100000")
+    assert reader.stats.error.endswith("ffmpeg: error line 99998 | error line 99999 | error line 100000")
 
 
 @needs_ffmpeg
@@ -485,3 +485,113 @@ def test_a_url_that_never_answers_ends_with_an_error_naming_it(triton_server, st
     assert result.returncode == 1
     assert f"error: stream {url!r} gave up after 2 attempts without a frame" in result.stderr
     assert result.stdout == ""
+
+
+def iterate_until_the_end(classifier: StreamClassifier, timeout: float = 90.0) -> tuple[int, BaseException | None]:
+    """Iterate ``classifier`` to its end in a thread: (predictions, the error that ended it or
+    ``None``); fails when it still iterates after ``timeout`` seconds (it hangs)."""
+    result: dict = {"count": 0, "error": None}
+
+    def consume() -> None:
+        try:
+            for _ in classifier:
+                result["count"] += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the iterator still waits after {timeout} s"
+    return result["count"], result["error"]
+
+
+@needs_ffmpeg
+@pytest.mark.triton
+def test_no_ffmpeg_on_path_ends_the_iterator_with_an_error_at_once(triton_server, stream_model: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"srt://127.0.0.1:{free_port()}?mode=caller&passphrase={PASSPHRASE}"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg there (Triton's client needs no PATH)
+    with StreamClassifier([url], MODEL, url=triton_server.grpc_url, **FAST) as classifier:
+        count, error = iterate_until_the_end(classifier)
+    assert count == 0 and isinstance(error, ClientError)
+    assert str(error).startswith(f"stream {url.replace(PASSPHRASE, '***')!r} failed: pytrain stream needs the ffmpeg program")
+    assert PASSPHRASE not in str(error) and classifier.stats[0].fatal
+
+
+@needs_ffmpeg
+@pytest.mark.triton
+def test_an_ffmpeg_that_refuses_its_command_line_ends_the_iterator_without_retrying(triton_server, stream_model: Path,
+                                                                                     synthetic_sources: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = stream_module.ffmpeg_command
+    monkeypatch.setattr(stream_module, "ffmpeg_command", lambda *a, **k: [*(argv := real(*a, **k))[:1], "-no_such_option", "1", *argv[1:]])
+    clip = clip_of(synthetic_sources, "cooking")
+    with StreamClassifier([StreamSource(str(clip), loop=True)], MODEL, url=triton_server.grpc_url, **FAST) as classifier:
+        count, error = iterate_until_the_end(classifier)
+        reader = classifier.readers[0]
+    assert count == 0 and isinstance(error, ClientError)
+    assert "ffmpeg refused its command line: Unrecognized option 'no_such_option'." in str(error)
+    assert reader.stats.reconnects == 0 and len(reader.pids) == 1 and gone(reader.pids[0])
+
+
+@needs_ffmpeg
+@pytest.mark.triton
+def test_cli_without_ffmpeg_exits_1_with_the_error_instead_of_hanging(triton_server, stream_model: Path, tmp_path: Path) -> None:
+    url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/cam"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytrain.cli.main", "stream", url, "--model", MODEL, "--url", triton_server.grpc_url, "--clip-seconds", "1"],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"error: stream 'rtsp://admin:***@{url.split('@')[1]}' failed: pytrain stream needs the ffmpeg program" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout and '"summary"' in result.stderr
+
+
+@needs_ffmpeg
+@pytest.mark.triton
+def test_cli_never_prints_a_password_nor_passes_it_in_any_argv(triton_server, stream_model: Path, synthetic_sources: Path,
+                                                                tmp_path: Path) -> None:
+    """An SRT stream with a passphrase (named ``door``) and an RTSP camera with a password that
+    never answers: the lines, the output file, the log (at DEBUG), the warnings, the error and the
+    summaries name them without their secrets, and neither pytrain's argv (the URLs come from
+    PYTRAIN_STREAM_URLS) nor ffmpeg's hold them."""
+    live, dead = free_port(), free_port()
+    srt, rtsp = f"srt://127.0.0.1:{live}?mode=caller&passphrase={PASSPHRASE}", f"rtsp://admin:{PASSWORD}@127.0.0.1:{dead}/cam"
+    err_file, out_file = tmp_path / "stderr.txt", tmp_path / "w.jsonl"
+    with publisher(clip_of(synthetic_sources, "drinking"), f"srt://127.0.0.1:{live}?mode=listener&passphrase={PASSPHRASE}"), \
+            err_file.open("w") as err:
+        time.sleep(0.3)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytrain.cli.main", "--verbose", "stream", "--name", "door", "--model", MODEL,
+             "--url", triton_server.grpc_url, "--clip-seconds", "1", "--stride", "4", "--connect-retries", "1", "--output", str(out_file)],
+            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True, env={**os.environ, "PYTRAIN_STREAM_URLS": f"{srt} {rtsp}"},
+        )
+        try:
+            lines = [proc.stdout.readline() for _ in range(5)]
+            argvs = [argv_of(proc.pid)] + [argv_of(pid) for pid in ffmpeg_children(proc.pid)]
+            deadline = time.monotonic() + 60
+            while "gave up" not in err_file.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    stderr = err_file.read_text()
+    printed = "".join(lines) + rest + stderr + out_file.read_text() + " ".join(a for a in argvs if a)
+    assert PASSPHRASE not in printed and PASSWORD not in printed
+    assert len(argvs) >= 2 and argvs[0] is not None and all("-i pipe:0" in a for a in argvs[1:] if a)
+    assert {json.loads(line)["stream"] for line in lines} == {"door"}
+    summaries = {s["summary"]["stream"]: s["summary"] for s in map(json.loads, (l for l in stderr.splitlines() if l.startswith('{"summary"')))}
+    redacted = f"rtsp://admin:***@127.0.0.1:{dead}/cam"
+    assert set(summaries) == {"door", redacted} and summaries["door"]["dropped"] == 0
+    assert f"error: stream {redacted!r} gave up after 2 attempts without a frame" in stderr
+    assert f"stream {redacted}: " in stderr and "reconnecting in" in stderr  # the warning names it redacted
+    assert proc.returncode == 1
+
+
+def ffmpeg_children(pid: int) -> list[int]:
+    """The ffmpeg processes ``pid`` runs now."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [c for c in children if (argv_of(c) or "").startswith(("ffmpeg ", "/usr/bin/ffmpeg "))]

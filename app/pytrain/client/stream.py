@@ -70,6 +70,7 @@ STDERR_TAIL_LINES = 20
 STDERR_LINE_BYTES = 2000
 #: What ffmpeg prints when its command line is wrong (an unknown option): no retry can help.
 _COMMAND_REFUSED = "Error splitting the argument list"
+_ERROR_LINES = 3  # of the stderr tail in a stream's error (a URL read from stdin ends in a bare "pipe:0: ...")
 _TERMINATE_WAIT_S = 3.0  # ffmpeg exits within milliseconds of SIGTERM; then SIGKILL
 _POLL_S = 0.5  # how often the iterator checks that its readers are alive while no window comes
 
@@ -330,7 +331,7 @@ class StreamReader(threading.Thread):
             raise ClientError(f"ffmpeg refused its command line: {' | '.join(lines)}",
                               hint="this ffmpeg lacks an option PyTrain uses (PyTrain is tested with FFmpeg 5.1; see `ffmpeg -version`)")
         if why == "ended" and lines and not self._halt.is_set():
-            why = f"ffmpeg: {lines[-1]}"
+            why = f"ffmpeg: {' | '.join(lines[-_ERROR_LINES:])}"
         elif why == "ended" and not got:
             why = "ended without a frame"
         return got, why
