@@ -74,6 +74,18 @@ def gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+def ffmpeg_children(pid: int) -> list[int]:
+    """The ffmpeg processes ``pid`` runs now (threads and children may end while they are listed)."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in read(f"{task}/children").split()]
+    return [c for c in children if read(f"/proc/{c}/comm").strip() == "ffmpeg"]
+
+
 def argv_of(pid: int) -> str | None:
     """The argv of process ``pid`` as ``ps -eo args`` shows it (``None``: it has ended)."""
     try:
@@ -393,14 +405,11 @@ def test_cli_classifies_an_srt_stream_and_sigterm_reaps_ffmpeg(triton_server, st
         )
         try:
             lines = [json.loads(proc.stdout.readline()) for _ in range(5)]
-            children = [int(c) for task in Path(f"/proc/{proc.pid}/task").iterdir() for c in (task / "children").read_text().split()]
-            children = [pid for pid in children if Path(f"/proc/{pid}/comm").read_text().strip() == "ffmpeg"]
+            children = ffmpeg_children(proc.pid)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=15)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
     assert proc.returncode == 0, err
     assert majority([line["label"] for line in lines]) == "drinking"
     first = lines[0]
@@ -575,9 +584,7 @@ def test_cli_never_prints_a_password_nor_passes_it_in_any_argv(triton_server, st
             proc.send_signal(signal.SIGTERM)
             rest, _ = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
     stderr = err_file.read_text()
     printed = "".join(lines) + rest + stderr + out_file.read_text() + " ".join(a for a in argvs if a)
     assert PASSPHRASE not in printed and PASSWORD not in printed
@@ -590,8 +597,3 @@ def test_cli_never_prints_a_password_nor_passes_it_in_any_argv(triton_server, st
     assert f"stream {redacted}: " in stderr and "reconnecting in" in stderr  # the warning names it redacted
     assert proc.returncode == 1
 
-
-def ffmpeg_children(pid: int) -> list[int]:
-    """The ffmpeg processes ``pid`` runs now."""
-    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    return [c for c in children if (argv_of(c) or "").startswith(("ffmpeg ", "/usr/bin/ffmpeg "))]
