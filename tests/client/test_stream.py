@@ -533,7 +533,12 @@ def test_no_ffmpeg_on_path_ends_the_iterator_with_an_error_at_once(triton_server
 def test_an_ffmpeg_that_refuses_its_command_line_ends_the_iterator_without_retrying(triton_server, stream_model: Path,
                                                                                      synthetic_sources: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = stream_module.ffmpeg_command
-    monkeypatch.setattr(stream_module, "ffmpeg_command", lambda *a, **k: [*(argv := real(*a, **k))[:1], "-no_such_option", "1", *argv[1:]])
+
+    def with_a_bad_option(*args: object, **kwargs: object) -> list[str]:
+        binary, *rest = real(*args, **kwargs)
+        return [binary, "-no_such_option", "1", *rest]
+
+    monkeypatch.setattr(stream_module, "ffmpeg_command", with_a_bad_option)
     clip = clip_of(synthetic_sources, "cooking")
     with StreamClassifier([StreamSource(str(clip), loop=True)], MODEL, url=triton_server.grpc_url, **FAST) as classifier:
         count, error = iterate_until_the_end(classifier)
@@ -541,6 +546,16 @@ def test_an_ffmpeg_that_refuses_its_command_line_ends_the_iterator_without_retry
     assert count == 0 and isinstance(error, ClientError)
     assert "ffmpeg refused its command line: Unrecognized option 'no_such_option'." in str(error)
     assert reader.stats.reconnects == 0 and len(reader.pids) == 1 and gone(reader.pids[0])
+
+
+@pytest.mark.triton
+def test_a_reader_gone_without_its_end_marker_ends_the_iterator(triton_server, stream_model: Path, synthetic_sources: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net behind the readers' own error handling: a thread that ended without a word."""
+    monkeypatch.setattr(StreamReader, "run", lambda self: None)
+    with StreamClassifier([str(clip_of(synthetic_sources, "eating"))], MODEL, url=triton_server.grpc_url, **FAST) as classifier:
+        count, error = iterate_until_the_end(classifier)
+    assert count == 0 and isinstance(error, ClientError) and "ended without a word" in str(error)
 
 
 @needs_ffmpeg

@@ -329,7 +329,7 @@ class StreamReader(threading.Thread):
         lines = [line for line in lines if line]
         if any(_COMMAND_REFUSED in line for line in lines):
             raise ClientError(f"ffmpeg refused its command line: {' | '.join(lines)}",
-                              hint="this ffmpeg lacks an option PyTrain uses (PyTrain is tested with FFmpeg 5.1; see `ffmpeg -version`)")
+                              hint="this ffmpeg lacks an option PyTrain uses: PyTrain is tested with FFmpeg 5.1 (`ffmpeg -version`)")
         if why == "ended" and lines and not self._halt.is_set():
             why = f"ffmpeg: {' | '.join(lines[-_ERROR_LINES:])}"
         elif why == "ended" and not got:
