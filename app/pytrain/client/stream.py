@@ -141,7 +141,7 @@ class StreamPrediction:
 @dataclass
 class StreamStats:
     """What happened to one stream: its name (:attr:`StreamSource.label`), ``windows`` produced,
-    ``dropped`` (windows the oldest of which were dropped because Triton fell behind), ``reconnects``
+    ``dropped`` (windows never classified: the oldest waiting, dropped when Triton fell behind), ``reconnects``
     (restarts after a drop, a stall or a failed connection), ``error`` when it gave up or failed
     (else ``None``; secrets redacted), ``fatal`` when its reader failed (no retry could help: the
     iterator raises), ``ended`` when its reader stopped."""
