@@ -297,3 +297,15 @@ def test_db_psql_passes_the_password_in_its_environment_never_on_its_command_lin
     assert Path(argv[0].decode()).name == "psql"
     assert not any(password.encode() in arg for arg in argv), argv
     assert f"PGPASSWORD={password}".encode() in environ
+
+
+@pytest.mark.parametrize("password", ["change-me", "postgres", ""])
+def test_orchestrate_refuses_a_guessable_database_password_on_a_network_host(cli, monkeypatch, password):
+    """What `cp .env.example .env` with the old example password gave the compose orchestrator."""
+    monkeypatch.setenv("PYTRAIN_DATABASE_URL", f"postgresql+psycopg://pytrain:{password}@postgres:5432/pytrain")
+    get_settings.cache_clear()
+    code, out, err = cli("orchestrate", "--exit-when-idle")
+    assert code == 1, (out, err)
+    assert "password for user 'pytrain' on postgres" in err
+    assert "POSTGRES_PASSWORD in .env" in err and 'README "Security"' in err
+    assert not password or password not in err.replace("postgres", "")
