@@ -101,8 +101,8 @@ def test_dockerfiles_pin_base_images_and_run_training_as_non_root():
     assert re.search(r"^USER \$\{PYTRAIN_UID\}", train, re.MULTILINE)
     assert "--no-index" in train
     orchestrator = (ROOT / "docker" / "orchestrator.Dockerfile").read_text()
-    assert orchestrator.startswith("#") and "FROM python:3.11-slim" in orchestrator
-    assert "torch" not in orchestrator.split("RUN pip install", 1)[1].split("\n", 1)[0]
+    assert orchestrator.startswith("#") and re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\nFROM \$\{BASE_IMAGE\}$", orchestrator, re.MULTILINE)
+    assert "torch" not in orchestrator.split("pip install", 1)[1].split("\n", 1)[0]
 
 
 
