@@ -55,6 +55,7 @@ def test_a_guessable_password_for_a_network_host_is_refused(url):
     "postgresql+psycopg://postgres:@/pytrain?host=/tmp/pytrain-pg-x/data",  # the embedded server's socket
     "postgresql://pytrain:change-me@localhost/pytrain",
     "postgresql://pytrain:postgres@127.0.0.1:5433/pytrain",
+    "postgresql://pytrain:postgres@[::1]:5432/pytrain",
     "postgresql://pytrain@postgres/pytrain",  # no password: .pgpass, PGPASSWORD or a client certificate
     "postgresql://pytrain:3f9a1c0e5b7d2a64c8e1f0b9@postgres/pytrain",
 ])

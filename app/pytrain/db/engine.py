@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 
@@ -117,14 +118,16 @@ def libpq_url_and_password(engine: Engine) -> tuple[str, str | None]:
 #: Passwords anyone can guess: the ones of examples and images (``.env.example`` once shipped
 #: ``change-me``; the postgres image's docs use ``postgres``/``example``), and none at all.
 WEAK_PASSWORDS = frozenset({"", "change-me", "changeme", "postgres", "password", "example", "pytrain", "secret"})
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _is_local(host: str | None) -> bool:
-    """A Unix socket (no host, or a directory) or a loopback address."""
-    if not host or host.startswith("/"):
+    """A Unix socket (no host, or a directory), ``localhost`` or a loopback address."""
+    if not host or host.startswith("/") or host == "localhost":
         return True
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def check_database_password(url: str | URL) -> None:
@@ -146,7 +149,7 @@ def check_database_password(url: str | URL) -> None:
     what = "an empty password" if url.password == "" else "a well-known password"
     raise ConfigurationError(
         f"the database URL has {what} for user {url.username!r} on {', '.join(remote)}: anyone who reaches that "
-        "port is the database's owner",
+        "port can log in as that user",
         hint="set a long random one (openssl rand -hex 24): with docker-compose, POSTGRES_PASSWORD in .env (a pgdata "
              "volume that exists keeps its old password: ALTER ROLE ... PASSWORD first); else the password in "
              "PYTRAIN_DATABASE_URL; see README \"Security\"",
