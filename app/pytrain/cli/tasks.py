@@ -75,11 +75,12 @@ def db_psql(ctx: typer.Context) -> None:
 
     Example: pytrain db psql -c "SELECT id, status FROM training_tasks"
     """
+    import os
     import shutil
     import subprocess
 
     from pytrain.db import get_engine
-    from pytrain.db.engine import libpq_url
+    from pytrain.db.engine import libpq_url_and_password
     from pytrain.errors import ConfigurationError
 
     settings = _settings()
@@ -94,7 +95,9 @@ def db_psql(ctx: typer.Context) -> None:
         pass
     if psql is None:
         raise ConfigurationError("no psql found", hint="install PostgreSQL's client (apt-get install postgresql-client)")
-    code = subprocess.call([psql, libpq_url(engine), *ctx.args])
+    url, password = libpq_url_and_password(engine)
+    env = None if not password else {**os.environ, "PGPASSWORD": password}  # never on psql's command line
+    code = subprocess.call([psql, url, *ctx.args], env=env)
     raise typer.Exit(code)
 
 

@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, WorkerLock, check_schema, get_engine
+from pytrain.db.engine import check_database_password
 from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
@@ -276,8 +277,11 @@ class Orchestrator:
 
         Raises:
             SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
-            ConfigurationError: another live orchestrator uses this worker id (named in the message).
+            ConfigurationError: another live orchestrator uses this worker id (named in the message),
+                or the database is reached over the network with a guessable password
+                (:func:`~pytrain.db.engine.check_database_password`).
         """
+        check_database_password(self.engine.url)
         check_schema(self.engine)
         self._identity.acquire()  # before touching any run: a duplicate must not kill the other's runs
         active = self.queue.running_elsewhere(self.worker_id)

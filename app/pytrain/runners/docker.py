@@ -533,12 +533,15 @@ class DockerRunner:
 
     # ------------------------------------------------------------------------------------------
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
-        """Remove PyTrain training containers whose task is not in ``active_task_ids``.
+        """Remove this worker's training containers whose task is not in ``active_task_ids``.
 
-        The orchestrator calls this on start with the ids of the tasks that are still legitimately
-        running (on any worker sharing this Docker host); containers of every other task are left
-        over from a crashed worker and are removed (force: running ones are killed), so the task
-        can be re-queued without two trainings writing to one folder.
+        The orchestrator calls this on start. Only containers labelled ``org.pytrain.worker`` with
+        this runner's :attr:`worker_id` are considered: those of a task not in ``active_task_ids``
+        (the tasks other workers run right now) are left over from this worker's crashed
+        predecessor and are removed (force: running ones are killed), so the task can be
+        re-queued without two trainings writing to one folder. Containers of other workers
+        sharing this Docker engine (a second orchestrator with ``--gpus 4,5``) are never touched,
+        whichever task they run.
 
         Returns:
             The task ids whose containers were removed.
@@ -549,8 +552,9 @@ class DockerRunner:
         import docker.errors
 
         removed: set[int] = set()
+        mine = [LABEL_MANAGED, f"{LABEL_WORKER}={self.worker_id}"]  # the engine ANDs label filters
         try:
-            containers = self.client.containers.list(all=True, filters={"label": LABEL_MANAGED})
+            containers = self.client.containers.list(all=True, filters={"label": mine})
         except docker.errors.DockerException as exc:
             raise RunnerError(f"cannot list containers for orphan cleanup: {exc}", hint="is the Docker engine running?") from exc
         for container in containers:
@@ -561,7 +565,7 @@ class DockerRunner:
                 continue
             if task_id in active_task_ids:
                 continue
-            logger.warning("removing orphaned container %s of task %s", container.name, task_id)
+            logger.warning("removing orphaned container %s of task %s (worker %s)", container.name, task_id, self.worker_id)
             self._remove(container)
             removed.add(task_id)
         return removed
