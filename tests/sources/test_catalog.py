@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fixtures.clips import make_bad_files
+from fixtures.processes import orchestrator_env
 from pytrain.db import VideoCatalog
 from pytrain.errors import ConfigurationError
 from pytrain.sources import sync_sources
@@ -102,3 +105,22 @@ def test_training_prescan_probes_only_files_changed_since_the_catalog(settings, 
     notes = next(v for v in videos if v["path"] == "broken_x/notes.mp4")
     assert skipped == [{"path": "dataset1/broken_x/notes.mp4", "reason": notes["reason"]}]  # the catalog's verdict
     assert len(by_split["train"]) == 2 and len(by_split["test"]) == 2
+
+
+def test_sources_sync_reports_a_file_name_that_is_not_utf8_and_catalogs_the_rest(settings, engine, dataset):
+    """``caf\\xe9.mp4`` (Latin-1 bytes) used to end ``pytrain sources sync`` in a UnicodeEncodeError
+    traceback: PostgreSQL cannot hold the name. It is left out, reported, and the rest is catalogued."""
+    good = dataset / "eating_soup" / "clip_000.mp4"
+    shutil.copy2(good, os.path.join(os.fsencode(good.parent), b"caf\xe9.mp4"))
+    os.mkdir(os.path.join(os.fsencode(dataset), b"caf\xe9_x"))
+    shutil.copy2(good, os.path.join(os.fsencode(dataset), b"caf\xe9_x", b"clip.mp4"))
+    env = orchestrator_env(settings, "sync", lease_seconds=5, heartbeat_seconds=1, poll_seconds=1)
+    proc = subprocess.run([sys.executable, "-m", "pytrain.cli.main", "sources", "sync", "--jobs", "2"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "catalog dataset1: probed 9 (3 bad), unchanged 0, forgotten 0" in lines
+    assert "skipped dataset1/eating_soup/caf\\xe9.mp4: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
+    assert "skipped dataset1/caf\\xe9_x/: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
+    rows = VideoCatalog(engine).videos(["dataset1"])
+    assert len(rows) == 9 and "eating_soup/clip_000.mp4" in {row["path"] for row in rows}

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pytrain.db import queries
 from pytrain.db.models import TrainingTask
-from pytrain.errors import ConfigurationError, DatabaseError, TaskNotFoundError
+from pytrain.errors import ConfigurationError, DatabaseError, TaskNotFoundError, printable
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ class TaskQueue(Repository):
         params = {
             **run.key(),
             "status": status,
-            "error": error,
+            "error": None if error is None else printable(error),  # a message may quote a file name
             "metrics": _json(metrics),
             "version": version,
             "progress": _json(progress),

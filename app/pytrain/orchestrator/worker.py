@@ -354,9 +354,14 @@ class Orchestrator:
         self.current = run
         try:
             status = self.process(run, claimed_at=claimed_at)
-            log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
+        except DatabaseError:
+            raise  # the run loop waits for the database; the lease brings the task back
+        except Exception as exc:  # a bug while handling one task fails that task, not the worker
+            log.exception("task %s: the worker crashed while handling it", run.task_id)
+            status = self._fail(run, f"worker {self.worker_id} crashed while handling the task: {type(exc).__name__}: {exc}")
         finally:
             self.current = None
+        log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
         return True
 
     # -- one task --------------------------------------------------------------------------
@@ -393,6 +398,9 @@ class Orchestrator:
             raise
         except PyTrainError as exc:
             return self._fail(run, f"cannot prepare task {task_id}: {exc}")
+        except Exception as exc:  # a bug, or an OSError nobody foresaw: this task fails, the worker goes on
+            log.exception("task %s: preparing it crashed", task_id)
+            return self._fail(run, f"cannot prepare task {task_id}: {type(exc).__name__}: {exc}")
         if not self.queue.set_task_dir(run, str(prepared.task_dir)):
             log.warning("task %s: the run no longer holds the task; not starting it", task_id)
             return "lost"
