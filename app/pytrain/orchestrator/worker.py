@@ -11,7 +11,10 @@ Life of a worker:
    (``runner.cleanup_orphans``), re-queue the tasks still marked running under this worker id.
 2. Loop: re-queue tasks whose lease expired (any worker's), claim the next task
    (``FOR UPDATE SKIP LOCKED``), run it; when the queue is empty, wait for a ``NOTIFY`` on
-   ``pytrain_tasks`` or the polling interval, whichever comes first.
+   ``pytrain_tasks`` or the polling interval, whichever comes first. An unexpected exception
+   while handling one task (a bug, an ``OSError``) fails that task with the exception's type and
+   message and logs the traceback; the worker goes on (only a database error leaves the task to
+   its lease).
 3. While a task runs, a heartbeat thread renews its lease every ``heartbeat_seconds``, copies
    ``progress.jsonl`` into the row and sets the runner's ``cancel`` event when the task was
    cancelled (or the run was lost: its lease expired and someone else re-queued it). A fence
@@ -343,7 +346,14 @@ class Orchestrator:
         self._started = False
 
     def run_once(self) -> bool:
-        """Re-queue lost runs, then claim and run one task. Returns whether a task was run."""
+        """Re-queue lost runs, then claim and run one task. Returns whether a task was run.
+
+        An exception while handling the task, other than a :class:`DatabaseError`, fails the task
+        with its type and message (traceback logged) instead of leaving this method.
+
+        Raises:
+            DatabaseError: the database failed (the task, if claimed, comes back when its lease expires).
+        """
         self.queue.requeue_lost(self.settings.max_attempts)
         if self._stop.is_set():
             return False
