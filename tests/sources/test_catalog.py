@@ -3,6 +3,7 @@ pre-scan starting from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -124,3 +125,31 @@ def test_sources_sync_reports_a_file_name_that_is_not_utf8_and_catalogs_the_rest
     assert "skipped dataset1/caf\\xe9_x/: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
     rows = VideoCatalog(engine).videos(["dataset1"])
     assert len(rows) == 9 and "eating_soup/clip_000.mp4" in {row["path"] for row in rows}
+
+
+LIST_FILES = """
+import json, sys
+from pytrain.sources.catalog import list_video_files
+print(json.dumps(list_video_files(sys.argv[1])))
+"""
+
+
+def test_sync_reports_an_unreadable_class_folder_and_keeps_its_catalog_rows(settings, engine, dataset, monkeypatch):
+    import pytrain.sources.catalog as catalog_mod
+
+    sync_sources(settings, engine=engine, jobs=2)
+    (dataset / "drinking_water").chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []  # root reads any folder
+    try:
+        proc = subprocess.run([*as_user, sys.executable, "-c", LIST_FILES, str(dataset)], capture_output=True, text=True, timeout=120)
+    finally:
+        (dataset / "drinking_water").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    files, skipped = json.loads(proc.stdout)
+    assert skipped == {"drinking_water/": "cannot read the folder: Permission denied"}
+    assert len(files) == 7 and not any(path.startswith("drinking_water/") for path in files)
+    # What sync does with that listing (this process may read any folder, so it is handed over):
+    monkeypatch.setattr(catalog_mod, "list_video_files", lambda _: ({p: tuple(s) for p, s in files.items()}, skipped))
+    again = sync_sources(settings, engine=engine).catalog["dataset1"]
+    assert (again.probed, again.deleted, again.skipped) == ([], [], skipped)
+    assert len(VideoCatalog(engine).videos(["dataset1"])) == 9  # the unread folder's files are not "gone"
