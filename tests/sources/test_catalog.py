@@ -19,6 +19,7 @@ from pytrain.errors import ConfigurationError
 from pytrain.sources import sync_sources
 from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import TaskSpec, read_manifest
+from pytrain.task_columns import SOURCE_NAME_PATTERN
 
 
 @pytest.fixture
@@ -115,6 +116,7 @@ def test_sources_sync_reports_a_file_name_that_is_not_utf8_and_catalogs_the_rest
     shutil.copy2(good, os.path.join(os.fsencode(good.parent), b"caf\xe9.mp4"))
     os.mkdir(os.path.join(os.fsencode(dataset), b"caf\xe9_x"))
     shutil.copy2(good, os.path.join(os.fsencode(dataset), b"caf\xe9_x", b"clip.mp4"))
+    os.mkdir(os.path.join(os.fsencode(dataset.parent), b"caf\xe9"))  # a dataset folder
     env = orchestrator_env(settings, "sync", lease_seconds=5, heartbeat_seconds=1, poll_seconds=1)
     proc = subprocess.run([sys.executable, "-m", "pytrain.cli.main", "sources", "sync", "--jobs", "2"], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -123,6 +125,7 @@ def test_sources_sync_reports_a_file_name_that_is_not_utf8_and_catalogs_the_rest
     assert "catalog dataset1: probed 9 (3 bad), unchanged 0, forgotten 0" in lines
     assert "skipped dataset1/eating_soup/caf\\xe9.mp4: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
     assert "skipped dataset1/caf\\xe9_x/: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
+    assert f"skipped caf\\xe9: the name must match {SOURCE_NAME_PATTERN}" in lines
     rows = VideoCatalog(engine).videos(["dataset1"])
     assert len(rows) == 9 and "eating_soup/clip_000.mp4" in {row["path"] for row in rows}
 
