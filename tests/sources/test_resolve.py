@@ -147,7 +147,7 @@ def test_a_file_or_folder_name_that_is_not_utf8_is_left_out_and_listed(tree):
         clip.write(b"x")
     resolved = resolve_classes(root, ["d"], ["cooking", "drinking"])
     assert labels(resolved) == {"cooking": 3, "drinking": 2}
-    assert resolved.unlisted == {"d/cooking_a/caf\\xe9.mp4": NOT_UTF8, "d/drinking_caf\\xe9": NOT_UTF8}
+    assert resolved.unlisted == {"d/cooking_a/caf\\xe9.mp4": NOT_UTF8, "d/drinking_caf\\xe9/": NOT_UTF8}
     assert all(clip.path.encode("utf-8") for clip in resolved.clips)
 
 

@@ -64,9 +64,9 @@ class ResolvedClasses:
         class_list: sorted labels (``Other`` included when used).
         clips: every clip, sorted by ``(label, path)``.
         folders: ``{label: ["dataset/folder", ...]}`` the label's clips come from.
-        unlisted: ``{path: reason}`` of the video files and class folders left out because their
-            name is not UTF-8 (:data:`NOT_UTF8`; the path relative to the sources root, shown with
-            :func:`pytrain.errors.printable`).
+        unlisted: ``{path: reason}`` of the video files and class folders (``path/``) left out
+            because their name is not UTF-8 (:data:`NOT_UTF8`; the path relative to the sources
+            root, shown with :func:`pytrain.errors.printable`).
     """
 
     class_list: list[str]
@@ -107,7 +107,7 @@ def _is_video(path: Path) -> bool:
 
 def _utf8_entries(folder: Path, root: Path, unlisted: dict[str, str], keep: Callable[[Path], bool], what: str) -> list[Path]:
     """The sorted entries of ``folder`` that ``keep(path)`` selects; those whose name is not UTF-8
-    go to ``unlisted`` (path relative to ``root`` -> :data:`NOT_UTF8`), logged.
+    go to ``unlisted`` (path relative to ``root``, a folder's ending in ``/`` -> :data:`NOT_UTF8`), logged.
 
     Raises:
         SourceError: ``folder`` cannot be listed (:func:`unreadable_folder`).
@@ -121,7 +121,7 @@ def _utf8_entries(folder: Path, root: Path, unlisted: dict[str, str], keep: Call
         if is_utf8_name(entry.name):
             kept.append(entry)
             continue
-        shown = printable(entry.relative_to(root).as_posix())
+        shown = printable(entry.relative_to(root).as_posix()) + ("/" if entry.is_dir() else "")
         log.warning("leaving out %s: %s", shown, NOT_UTF8)
         unlisted[shown] = NOT_UTF8
     return kept

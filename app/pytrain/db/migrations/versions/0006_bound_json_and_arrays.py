@@ -8,8 +8,9 @@ A worker decodes a claimed row in Python, whose JSON decoder recurses once per n
 row whose ``options`` nested 3,000 levels deep (PostgreSQL accepts it) made every claim raise
 ``RecursionError``, so no orchestrator could run any task behind it. ``options``, ``progress`` and
 ``metrics`` may now nest at most 32 levels and hold a bounded amount of text; ``sources`` and
-``classes`` hold at most 256 / 1000 entries, and at most that many longest names' characters in all. The conditions are the column table's
-(:func:`pytrain.task_columns.size_constraints`); ``tests/db`` checks them.
+``classes`` hold at most 256 / 1000 entries, and at most that many longest names' characters in
+all. The conditions are the column table's (:func:`pytrain.task_columns.size_constraints`);
+``tests/db`` checks them.
 
 The constraints are added ``NOT VALID`` (as in 0003): they hold for every new or updated row, and
 an upgrade never fails on an old row. A queued row that breaks them is failed when a worker claims
