@@ -253,3 +253,10 @@ def test_migrated_database_has_the_models_check_constraints(engine):
     model = {c.name for c in TrainingTask.__table__.constraints if isinstance(c, CheckConstraint)}
     assert names == model
     assert {f"ck_training_tasks_{name}" for name in size_constraints()} <= names
+
+
+def test_migration_0006_adds_the_column_tables_size_constraints():
+    import importlib
+
+    migration = importlib.import_module("pytrain.db.migrations.versions.0006_bound_json_and_arrays")
+    assert {f"{name}_within_limits": condition for name, condition in migration.LIMITS.items()} == size_constraints()

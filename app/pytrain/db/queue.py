@@ -269,9 +269,9 @@ class TaskQueue(Repository):
         """Claim the next queued task (highest priority, then oldest) and mark it running.
 
         A claimed row that cannot be read (its values do not decode, e.g. a JSON value nested
-        deeper than Python's decoder recurses: a row from before migration 0006, or one written
-        while its CHECKs were dropped) is failed with the reason, and the next task is claimed: one
-        bad row never stops the queue.
+        deeper than Python's decoder recurses, written while the CHECKs of migration 0006 were
+        dropped) is failed with the reason, and the next task is claimed: one bad row never stops
+        the queue.
 
         Args:
             worker_id: this worker's id, stored in the row.
