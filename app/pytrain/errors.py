@@ -9,6 +9,17 @@ Driver and library errors are translated where they enter PyTrain code
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` as a message, a log line and a PostgreSQL ``text`` value can hold it: an undecodable
+    byte of a file name (the lone surrogate ``os.fsdecode`` makes of it) as ``\\xNN``, a NUL as
+    ``\\x00``, anything else as it is. ``printable("caf\\udce9.mp4") == "caf\\\\xe9.mp4"``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name makes: its code point, escaped
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
 class PyTrainError(Exception):
     """Root of all PyTrain errors.
 

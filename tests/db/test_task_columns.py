@@ -4,18 +4,31 @@ the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``Ta
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, text
 from sqlalchemy.exc import IntegrityError
 
 from pytrain.db import TaskRequest, TaskRow, TrainingTask
 from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
-from pytrain.task_columns import REQUIRED, TASK_COLUMNS, column, task_defaults
+from pytrain.task_columns import (
+    MAX_CLASS_CHARS,
+    MAX_CLASSES,
+    MAX_JSON_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_SOURCES,
+    REQUIRED,
+    TASK_COLUMNS,
+    column,
+    size_constraints,
+    task_defaults,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 REQUIRED_ROW = {"model_name": "'kitchen'", "sources": "'{dataset1}'", "classes": "'{cooking,drinking}'"}
@@ -174,3 +187,76 @@ def test_claim_refuses_a_rows_unknown_option(tmp_path):
     row = {"id": 1, "model_name": "m", "sources": ["d"], "classes": ["a"], "options": {"chache": True}}
     with pytest.raises(ConfigurationError, match="'chache' is not known"):
         prepare_task(row, Settings(data_dir=tmp_path), registered=None)
+
+
+def _nested(levels: int) -> dict:
+    """``{"x": [[...[1]...]]}`` whose ``1`` lies ``levels`` levels below the top (``levels`` >= 1)."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"x": value}
+
+
+def _insert_row(engine, **values: str) -> None:
+    row = {**REQUIRED_ROW, **values}
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO training_tasks ({', '.join(row)}) VALUES ({', '.join(row.values())})"))
+
+
+def _refused_by(engine, **values: str) -> str:
+    """The constraint that refused the INSERT (``""`` when it was accepted)."""
+    try:
+        _insert_row(engine, **values)
+    except IntegrityError as exc:
+        assert isinstance(exc.orig, psycopg.errors.CheckViolation)
+        return exc.orig.diag.constraint_name
+    return ""
+
+
+def _jsonb(value: Any) -> str:
+    return "'" + json.dumps(value).replace("'", "''") + "'::jsonb"
+
+
+def test_options_nested_3000_levels_deep_is_refused_by_its_check(engine):
+    deep = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"  # PostgreSQL itself takes it; a worker's decoder cannot
+    with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO training_tasks ({', '.join(REQUIRED_ROW)}, options) "
+                          f"VALUES ({', '.join(REQUIRED_ROW.values())}, CAST(:deep AS jsonb))"), {"deep": deep})
+    assert 'violates check constraint "ck_training_tasks_options_within_limits"' in str(info.value.orig)
+
+
+@pytest.mark.parametrize("name", sorted(MAX_JSON_CHARS))
+def test_json_columns_take_exactly_the_column_tables_depth_and_size(engine, name):
+    constraint = f"ck_training_tasks_{name}_within_limits"
+    assert _refused_by(engine, **{name: _jsonb(_nested(MAX_JSON_DEPTH))}) == ""
+    assert _refused_by(engine, **{name: _jsonb(_nested(MAX_JSON_DEPTH + 1))}) == constraint
+    assert _refused_by(engine, **{name: _jsonb({"x": [[] for _ in range(MAX_JSON_DEPTH)]})}) == ""  # wide is fine
+    fill = MAX_JSON_CHARS[name] - len('{"x": ""}')  # jsonb's text: {"x": "..."}
+    assert _refused_by(engine, **{name: f"""jsonb_build_object('x', repeat('a', {fill}))"""}) == ""
+    assert _refused_by(engine, **{name: f"""jsonb_build_object('x', repeat('a', {fill + 1}))"""}) == constraint
+
+
+def test_array_columns_take_exactly_the_column_tables_entries_and_characters(engine):
+    many = ",".join(f"c{i}" for i in range(MAX_CLASSES + 1))
+    assert _refused_by(engine, classes=f"'{{{many}}}'") == "ck_training_tasks_classes_within_limits"
+    many = ",".join(f"d{i}" for i in range(MAX_SOURCES + 1))
+    assert _refused_by(engine, sources=f"'{{{many}}}'") == "ck_training_tasks_sources_within_limits"
+    longest = ",".join(f"{i:03d}" + "c" * (MAX_CLASS_CHARS - 3) for i in range(MAX_CLASSES))
+    assert _refused_by(engine, classes=f"'{{{longest}}}'") == ""
+    assert _refused_by(engine, classes=f"'{{{longest}x}}'") == "ck_training_tasks_classes_within_limits"
+
+
+def test_migrated_database_has_the_models_check_constraints(engine):
+    with engine.connect() as conn:
+        names = set(conn.execute(text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'training_tasks'::regclass AND contype = 'c'")).scalars())
+    model = {c.name for c in TrainingTask.__table__.constraints if isinstance(c, CheckConstraint)}
+    assert names == model
+    assert {f"ck_training_tasks_{name}" for name in size_constraints()} <= names
+
+
+def test_migration_0006_adds_the_column_tables_size_constraints():
+    import importlib
+
+    migration = importlib.import_module("pytrain.db.migrations.versions.0006_bound_json_and_arrays")
+    assert {f"{name}_within_limits": condition for name, condition in migration.LIMITS.items()} == size_constraints()

@@ -138,6 +138,8 @@ def sources_sync(
         typer.echo(f"skipped {name}: {reason}")
     for name, done in result.catalog.items():
         typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
+        for path, reason in done.skipped.items():
+            typer.echo(f"skipped {name}/{path}: {reason}")
 
 
 @sources_app.command("inspect")

@@ -20,7 +20,10 @@ _RUN = "id = :task_id AND run_id = :run_id"
 
 #: Claim the next queued task (highest priority, then oldest) for ``:worker_id``: a new run.
 #: ``SKIP LOCKED`` lets concurrent workers claim different tasks without waiting on each other.
-#: The run's ``task_runs`` row and the task's ``run_id`` are written by one statement.
+#: The run's ``task_runs`` row and the task's ``run_id`` are written by one statement. Only the
+#: keys come back: the worker reads the row with :data:`GET_TASK` after the commit, so a row its
+#: driver cannot decode (a JSON value nested too deep) is still claimed, and failed with the
+#: reason, instead of the claim rolling back and leaving it first in line for every worker.
 CLAIM = text(f"""
 WITH next AS (
     SELECT id FROM training_tasks
@@ -44,7 +47,7 @@ SET status = 'running',
     error = NULL
 FROM run
 WHERE t.id = run.task_id
-RETURNING t.*
+RETURNING t.id, t.run_id
 """)
 
 #: Renew the lease of a run and copy its latest progress; no row back means the run is no longer ours.

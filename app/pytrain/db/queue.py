@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pytrain.db import queries
 from pytrain.db.models import TrainingTask
-from pytrain.errors import ConfigurationError, DatabaseError, TaskNotFoundError
+from pytrain.errors import ConfigurationError, DatabaseError, TaskNotFoundError, printable
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,11 @@ class TaskQueue(Repository):
     def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
         """Claim the next queued task (highest priority, then oldest) and mark it running.
 
+        A claimed row that cannot be read (its values do not decode, e.g. a JSON value nested
+        deeper than Python's decoder recurses, written while the CHECKs of migration 0006 were
+        dropped) is failed with the reason, and the next task is claimed: one bad row never stops
+        the queue.
+
         Args:
             worker_id: this worker's id, stored in the row.
             lease_seconds: the run's lease; renew it with :meth:`heartbeat` before it expires.
@@ -275,8 +280,27 @@ class TaskQueue(Repository):
         Returns:
             The claimed run, or ``None`` when no task is queued.
         """
-        rows = self._execute(queries.CLAIM, {"worker_id": worker_id, "lease_seconds": float(lease_seconds)})
-        return Claim(task=TaskRow.from_mapping(rows[0]), worker_id=worker_id) if rows else None
+        params = {"worker_id": worker_id, "lease_seconds": float(lease_seconds)}
+        while True:
+            rows = self._execute(queries.CLAIM, params)
+            if not rows:
+                return None
+            key = {"task_id": int(rows[0]["id"]), "run_id": int(rows[0]["run_id"])}
+            try:
+                row = self._execute(queries.GET_TASK, {"task_id": key["task_id"]})[0]
+                return Claim(task=TaskRow.from_mapping(row), worker_id=worker_id)
+            except (DatabaseError, ConfigurationError):
+                raise  # the database, not the row: the lease brings the task back
+            except Exception as exc:  # whatever the row's values make the driver raise
+                self._fail_unreadable(key, exc)
+
+    def _fail_unreadable(self, key: dict[str, int], exc: Exception) -> None:
+        """Fail a claimed run whose row cannot be read, naming the cause (:meth:`claim`)."""
+        reason = (f"the task row cannot be read ({type(exc).__name__}: {_first_line(exc)}): a value is nested too deep "
+                  f"or cannot be decoded; insert the task again with values the CHECKs of migration 0006 accept")
+        log.error("task %s: %s", key["task_id"], reason)
+        self._execute(queries.FINISH, {**key, "status": "failed", "error": reason, "metrics": None, "version": None,
+                                       "progress": None})
 
     def heartbeat(self, run: Claim, lease_seconds: float, progress: dict[str, Any] | None = None) -> HeartbeatState:
         """Renew a run's lease and store its latest ``progress``.
@@ -316,7 +340,7 @@ class TaskQueue(Repository):
         params = {
             **run.key(),
             "status": status,
-            "error": error,
+            "error": None if error is None else printable(error),  # a message may quote a file name
             "metrics": _json(metrics),
             "version": version,
             "progress": _json(progress),

@@ -11,7 +11,10 @@ Life of a worker:
    (``runner.cleanup_orphans``), re-queue the tasks still marked running under this worker id.
 2. Loop: re-queue tasks whose lease expired (any worker's), claim the next task
    (``FOR UPDATE SKIP LOCKED``), run it; when the queue is empty, wait for a ``NOTIFY`` on
-   ``pytrain_tasks`` or the polling interval, whichever comes first.
+   ``pytrain_tasks`` or the polling interval, whichever comes first. An unexpected exception
+   while handling one task (a bug, an ``OSError``) fails that task with the exception's type and
+   message and logs the traceback; the worker goes on (only a database error leaves the task to
+   its lease).
 3. While a task runs, a heartbeat thread renews its lease every ``heartbeat_seconds``, copies
    ``progress.jsonl`` into the row and sets the runner's ``cancel`` event when the task was
    cancelled (or the run was lost: its lease expired and someone else re-queued it). A fence
@@ -347,7 +350,14 @@ class Orchestrator:
         self._started = False
 
     def run_once(self) -> bool:
-        """Re-queue lost runs, then claim and run one task. Returns whether a task was run."""
+        """Re-queue lost runs, then claim and run one task. Returns whether a task was run.
+
+        An exception while handling the task, other than a :class:`DatabaseError`, fails the task
+        with its type and message (traceback logged) instead of leaving this method.
+
+        Raises:
+            DatabaseError: the database failed (the task, if claimed, comes back when its lease expires).
+        """
         self.queue.requeue_lost(self.settings.max_attempts)
         if self._stop.is_set():
             return False
@@ -358,9 +368,14 @@ class Orchestrator:
         self.current = run
         try:
             status = self.process(run, claimed_at=claimed_at)
-            log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
+        except DatabaseError:
+            raise  # the run loop waits for the database; the lease brings the task back
+        except Exception as exc:  # a bug while handling one task fails that task, not the worker
+            log.exception("task %s: the worker crashed while handling it", run.task_id)
+            status = self._fail(run, f"worker {self.worker_id} crashed while handling the task: {type(exc).__name__}: {exc}")
         finally:
             self.current = None
+        log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
         return True
 
     # -- one task --------------------------------------------------------------------------
@@ -397,6 +412,9 @@ class Orchestrator:
             raise
         except PyTrainError as exc:
             return self._fail(run, f"cannot prepare task {task_id}: {exc}")
+        except Exception as exc:  # a bug, or an OSError nobody foresaw: this task fails, the worker goes on
+            log.exception("task %s: preparing it crashed", task_id)
+            return self._fail(run, f"cannot prepare task {task_id}: {type(exc).__name__}: {exc}")
         if not self.queue.set_task_dir(run, str(prepared.task_dir)):
             log.warning("task %s: the run no longer holds the task; not starting it", task_id)
             return "lost"
