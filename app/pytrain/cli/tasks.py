@@ -141,7 +141,7 @@ def sources_sync(
 def sources_inspect(
     dataset: str = typer.Argument(..., help="A registered dataset (run `pytrain sources sync` first)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNG charts (default: <results_dir>/datasets/DATASET)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the text cuts long lists of bad files and duplicates with '... and N more')."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="The split the class minimum is checked for (default: the task default)."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="The split the class minimum is checked for (default: the task default)."),
 ) -> None:
