@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -363,10 +362,9 @@ def tasks(
         for row in queue.list(status=status, limit=limit):
             typer.echo(json.dumps(row.to_dict(), default=str))
         return
-    from rich.console import Console
+    from pytrain.cli.output import stdout_console
 
-    # Piped output (scripts, tests) gets a wide console so no column is squeezed away.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = stdout_console()  # piped output (scripts, tests): every value in full
     if watch is None:
         console.print(_tasks_table(queue.list(status=status, limit=limit)))
         return
