@@ -21,7 +21,6 @@ import pytest
 from orchestrator_fakes import FakePublisher, FakeRunner
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
-from pytrain.runners import Outcome, RunResult
 from pytrain.spec import PROGRESS
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
@@ -38,14 +37,7 @@ class SpoilingRunner(FakeRunner):
     def run(self, task, cancel, stop=None):
         self.spoil(Path(task.task_dir) / PROGRESS)
         self.started.set()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if cancel.is_set():
-                return RunResult(Outcome.CANCELLED, -15, "cancelled")
-            if stop is not None and stop.is_set():
-                return RunResult(Outcome.INTERRUPTED, -15, "interrupted")
-            time.sleep(0.02)
-        raise AssertionError("the fake run was never stopped")
+        return self.wait_until_stopped(cancel, stop, timeout=60)
 
 
 def invalid_utf8(path: Path) -> None:
