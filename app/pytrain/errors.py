@@ -77,8 +77,8 @@ class CheckpointReadError(TrainingError):
     def __init__(self, path: object, cause: BaseException) -> None:
         reason = f"{type(cause).__name__}: {cause}"
         super().__init__(
-            f"cannot read checkpoint {path} ({reason}); the checkpoints are kept, the run fails and is retried",
-            hint="check the file system and the file's permissions (the checkpoint is not corrupt, it could not be read)",
+            f"cannot read checkpoint {path} ({reason}); every checkpoint is kept, and a retry of the task resumes from them",
+            hint="check the file system and the file's permissions (the checkpoint is not known to be damaged: it could not be read)",
         )
         self.path = path
         self.cause = cause

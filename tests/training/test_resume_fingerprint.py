@@ -158,6 +158,8 @@ def test_a_checkpoint_that_cannot_be_read_fails_the_run_and_keeps_every_file(tra
     assert not list(task.glob("stale-*"))  # not taken for damage: the progress is kept for the retry
     monkeypatch.undo()
     assert {name: (task / name).read_bytes() for name in RUN_FILES if (task / name).is_file()} == before
+    train_task(task)  # the retry, once the file system reads again, resumes where the run was
+    assert events(task)[-2]["event"] == "start" and events(task)[-2]["resumed_from_epoch"] == 2
 
 
 # --- a changed option --------------------------------------------------------------------------

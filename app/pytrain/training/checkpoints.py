@@ -34,8 +34,8 @@ logged; a damaged one is moved aside so it never becomes the previous one), then
 **Damaged or unreadable.** Only a file whose bytes were read and do not parse (truncated, garbage:
 ``torch.load``'s zip and unpickling errors) is damaged. A file that cannot be read (EIO, ESTALE
 on NFS, a permission error, a directory in its place, no memory) says nothing about the checkpoint:
-the run fails with :class:`pytrain.errors.CheckpointReadError` (the path and the cause), every
-file stays where it is, and the task is retried like any failed run.
+the run fails with :class:`pytrain.errors.CheckpointReadError` (the path and the cause) like any
+failed run, every file stays where it is, and a retry of the task resumes from them.
 
 Checkpoints written before fingerprints existed have none: they are moved aside and the run starts
 over (logged).
@@ -217,7 +217,7 @@ def find_resumable(task_dir: Path, fingerprint: dict[str, Any]) -> Resumable:
     Raises:
         CheckpointReadError: a checkpoint exists but reading it failed (an ``OSError`` other than
             "not found": EIO, ESTALE, EACCES, a directory in its place; or ``MemoryError``).
-            Nothing is moved; the run fails and is retried.
+            Nothing is moved; a retry of the task resumes from them.
     """
     task_dir = Path(task_dir)
     found = Resumable()
@@ -249,7 +249,8 @@ def _read_checkpoint_bytes(path: Path) -> bytes | None:
     """The whole file, or ``None`` when there is none.
 
     Read before parsing so that an error here is the file system's, never the format's:
-    ``torch.load`` of a path raises ``OSError(EINVAL)`` for some truncated files.
+    ``torch.load`` of a path raises ``OSError(EINVAL)`` for some truncated files. The price: the
+    checkpoint is in memory twice (bytes and tensors) while it is parsed.
 
     Raises:
         CheckpointReadError: any other ``OSError`` (EIO, ESTALE, EACCES, a directory), ``MemoryError``.
