@@ -76,6 +76,25 @@ class TrainingError(PyTrainError):
     """Training could not start or did not finish."""
 
 
+class CheckpointReadError(TrainingError):
+    """A checkpoint exists but cannot be read now (an I/O or permission error, no memory): the
+    checkpoint is not damaged, so it is kept where it is and the run fails, to be retried.
+
+    Attributes:
+        path: the checkpoint file.
+        cause: the error that stopped the read (``OSError``, ``MemoryError``).
+    """
+
+    def __init__(self, path: object, cause: BaseException) -> None:
+        reason = f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            f"cannot read checkpoint {path} ({reason}); every checkpoint is kept, and a retry of the task resumes from them",
+            hint="check the file system and the file's permissions (the checkpoint is not known to be damaged: it could not be read)",
+        )
+        self.path = path
+        self.cause = cause
+
+
 class ExportError(PyTrainError):
     """The ONNX export failed or the exported model does not match PyTorch."""
 

@@ -612,21 +612,25 @@ def fold_progress(records: Iterable[ProgressRecord]) -> ProgressRecord | None:
 def read_progress_record(task_dir: Path) -> ProgressRecord | None:
     """:func:`fold_progress` of ``task_dir/progress.jsonl``.
 
-    Lines that do not parse (the line training is writing right now, or a known key of the wrong
-    type) are skipped, so a reader running beside training never fails on them.
+    Lines that do not parse (the line training is writing right now, bytes that are not UTF-8, or
+    a known key of the wrong type) are skipped, so a reader running beside training never fails on
+    them.
 
     Returns:
         The latest progress, or ``None`` when the file is missing or holds no record.
+
+    Raises:
+        OSError: the file exists but cannot be read (EIO, EACCES, a directory in its place).
     """
     try:
-        text = (Path(task_dir) / PROGRESS).read_text(encoding="utf-8")
+        data = (Path(task_dir) / PROGRESS).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
     records = []
-    for line in text.splitlines():
+    for line in data.splitlines():
         try:
-            records.append(ProgressRecord.from_json(line))
-        except ConfigurationError:
+            records.append(ProgressRecord.from_json(line.decode("utf-8")))
+        except (UnicodeDecodeError, ConfigurationError):
             continue
     return fold_progress(records)
 

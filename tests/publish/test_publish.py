@@ -222,3 +222,16 @@ def test_publishing_a_folder_that_is_not_a_task_folder_says_so(tmp_path: Path) -
         "(hint: pass a finished task folder model_tasks/task-<id>-<model>/)"
     )
     assert not (tmp_path / "model_repo").exists() or list((tmp_path / "model_repo").iterdir()) == []
+
+
+def test_a_class_name_with_a_percent_sign_round_trips_through_the_ini(tmp_path: Path, repo_settings: Settings) -> None:
+    """``<model>.config`` values are literal: ``%`` is not configparser interpolation."""
+    from pytrain.client import ModelInfo
+
+    classes = ["50%_off", "cooking", "%(user)s"]
+    task_dir = make_task_folder(tmp_path / "task", class_list=classes)
+    published = publish_task(task_dir, settings=repo_settings, task_record=task_record())
+
+    for config in (published.path.parent / "kitchen.config", published.path / "kitchen.config"):
+        info = ModelInfo.from_pytrain_config(config)
+        assert info.spec.class_list == classes and info.name == "kitchen"

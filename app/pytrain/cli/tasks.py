@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -146,7 +145,7 @@ def sources_sync(
 def sources_inspect(
     dataset: str = typer.Argument(..., help="A registered dataset (run `pytrain sources sync` first)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNG charts (default: <results_dir>/datasets/DATASET)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the text cuts long lists of bad files and duplicates with '... and N more')."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="The split the class minimum is checked for (default: the task default)."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="The split the class minimum is checked for (default: the task default)."),
 ) -> None:
@@ -368,10 +367,9 @@ def tasks(
         for row in queue.list(status=status, limit=limit):
             typer.echo(json.dumps(row.to_dict(), default=str))
         return
-    from rich.console import Console
+    from pytrain.cli.output import stdout_console
 
-    # Piped output (scripts, tests) gets a wide console so no column is squeezed away.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = stdout_console()  # piped output (scripts, tests): every value in full
     if watch is None:
         console.print(_tasks_table(queue.list(status=status, limit=limit)))
         return

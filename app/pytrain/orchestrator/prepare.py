@@ -148,7 +148,12 @@ def read_progress(task_dir: Path) -> dict[str, Any] | None:
     Returns:
         ``ProgressRecord.to_dict()`` of :func:`pytrain.spec.read_progress_record` (the last
         ``epoch`` record with every later record laid over it; a newer writer's unknown keys
-        kept), or ``None`` when ``progress.jsonl`` is missing or holds no record.
+        kept), or ``None`` when ``progress.jsonl`` is missing, holds no record or cannot be read
+        (logged: the progress is a side channel, the run's outcome does not depend on it).
     """
-    record = read_progress_record(task_dir)
+    try:
+        record = read_progress_record(task_dir)
+    except OSError as exc:
+        log.warning("cannot read the progress of %s (%s: %s); the task row keeps its last progress", task_dir, type(exc).__name__, exc)
+        return None
     return None if record is None else record.to_dict()

@@ -91,10 +91,17 @@ class _Heartbeat(threading.Thread):
     ``settings.fence_seconds``: the worker stopped its run itself). Any state but ``ok`` sets
     ``cancel``, which the runner obeys within its poll + grace time.
 
+    Progress is a side channel: a ``progress.jsonl`` that cannot be read (an I/O error, a
+    directory in its place) is a warning, at most one per :attr:`PROGRESS_WARNING_SECONDS`, and
+    the lease is renewed without progress; a heartbeat that died on it would fence a healthy run.
+
     Args:
         claimed_at: ``time.monotonic()`` taken before the claim was sent: the lease runs from a
             moment after it, so fencing counts from here.
     """
+
+    #: The least time between two warnings about an unreadable ``progress.jsonl`` (seconds).
+    PROGRESS_WARNING_SECONDS = 60.0
 
     def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event,
                  claimed_at: float | None = None) -> None:
@@ -112,6 +119,7 @@ class _Heartbeat(threading.Thread):
         self._state_lock = threading.Lock()  # never held across a database call: the fence must not wait on one
         self._ended = False
         self._logged_epoch: int | None = None
+        self._progress_warned_at: float | None = None  # time.monotonic() of the last warning
         self._fence = threading.Thread(target=self._watch, name=f"fence-task-{run.task_id}", daemon=True)
 
     def start(self) -> None:
@@ -127,7 +135,7 @@ class _Heartbeat(threading.Thread):
             self._beat()
 
     def _beat(self) -> None:
-        record = read_progress_record(self.task_dir) if self.task_dir is not None else None
+        record = self._read_progress()
         sent = time.monotonic()
         try:
             state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, None if record is None else record.to_dict())
@@ -145,6 +153,22 @@ class _Heartbeat(threading.Thread):
             self._set_state("cancelled", "task %s was cancelled; stopping its run")
         else:
             self._set_state("lost", "task %s: the run no longer holds the task (re-queued or claimed by another worker); stopping it")
+
+    def _read_progress(self) -> ProgressRecord | None:
+        """The run's latest progress, or ``None`` (no task folder yet, no record, or unreadable:
+        warned about, rate-limited). Never raises."""
+        if self.task_dir is None:
+            return None
+        try:
+            return read_progress_record(self.task_dir)
+        except Exception as exc:  # OSError, or anything else: never let progress kill the heartbeat
+            now = time.monotonic()
+            if self._progress_warned_at is None or now - self._progress_warned_at >= self.PROGRESS_WARNING_SECONDS:
+                self._progress_warned_at = now
+                log.warning("task %s: cannot read the run's progress in %s (%s: %s); the lease is renewed without it "
+                            "(this warning repeats at most every %g s)", self.run_.task_id, self.task_dir,
+                            type(exc).__name__, exc, self.PROGRESS_WARNING_SECONDS)
+            return None
 
     def _set_state(self, state: str, message: str) -> None:
         with self._state_lock:

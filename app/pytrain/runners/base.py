@@ -14,7 +14,8 @@ What every runner shares lives here, written once:
 - :func:`run_result`, the one mapping from how a run ended to an :class:`Outcome` and a message;
 - :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
 - :func:`torchrun_args`, how several GPUs start several training ranks;
-- :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output.
+- :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output;
+- :func:`is_secret_variable`, the environment variables a training process never sees.
 
 A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
 :func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
@@ -26,6 +27,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -323,6 +325,49 @@ def error_with_tail(message: str, tail: str, *, max_chars: int) -> str:
     if room <= 0:
         return message[:max_chars]
     return f"{message}\n{tail[-room:]}"
+
+
+#: ``_``-separated parts of a variable name that make it a secret (``NGC_API_KEY``, ``HF_TOKEN``,
+#: ``DB_PASSWORD``, ``PYTRAIN_TRITON_CONTROL_KEY``, ``MY_SECRET``).
+SECRET_NAME_PARTS = frozenset({"KEY", "KEYS", "TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS", "PASSWD",
+                               "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "DSN"})
+#: Name prefixes of connection and cloud-credential variables: libpq's ``PG*`` (``PGPASSWORD``,
+#: ``PGHOST``, ``PGUSER``...), ``AWS_*``, ``AZURE_*``, ``GOOGLE_APPLICATION_CREDENTIALS``.
+SECRET_NAME_PREFIXES = ("PG", "AWS_", "AZURE_", "GOOGLE_APPLICATION_CREDENTIALS")
+#: Name suffixes of database URLs (``DATABASE_URL``, ``PYTRAIN_DATABASE_URL``, ``PYTRAIN_TEST_DATABASE_URL``).
+SECRET_NAME_SUFFIXES = ("DATABASE_URL", "DATABASE_URI")
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether a training process must not see the environment variable ``name`` (the one rule).
+
+    Training needs neither the database nor Triton nor any credential, so every variable that
+    looks like one is withheld: a name part in :data:`SECRET_NAME_PARTS`, a prefix in
+    :data:`SECRET_NAME_PREFIXES` or a suffix in :data:`SECRET_NAME_SUFFIXES` (case-insensitive).
+    """
+    upper = name.upper()
+    return (not SECRET_NAME_PARTS.isdisjoint(upper.split("_"))
+            or upper.startswith(SECRET_NAME_PREFIXES) or upper.endswith(SECRET_NAME_SUFFIXES))
+
+
+def without_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` less every variable :func:`is_secret_variable` names."""
+    return {name: value for name, value in environment.items() if not is_secret_variable(name)}
+
+
+def check_no_secrets(environment: Mapping[str, str], where: str) -> dict[str, str]:
+    """``environment`` as a dict, when none of its variables is a secret (:func:`is_secret_variable`).
+
+    Raises:
+        ConfigurationError: names the secret-looking variables (never their values) and ``where``.
+    """
+    secrets = sorted(name for name in environment if is_secret_variable(name))
+    if secrets:
+        raise ConfigurationError(
+            f"{where}: {', '.join(secrets)} look like secrets, which a training process never gets",
+            hint="training needs no database, Triton or cloud credentials; leave these variables out",
+        )
+    return dict(environment)
 
 
 #: The training entrypoint every runner starts: ``python -m pytrain.training``.

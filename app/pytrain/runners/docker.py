@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise, torchrun_args
 from pytrain.runners.base import parse_gpus as parse_gpu_selection
+from pytrain.runners.base import check_no_secrets
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
@@ -273,7 +274,8 @@ class DockerRunner:
         worker_id: written into the ``org.pytrain.worker`` label.
         host_sources_dir, host_model_tasks_dir: see the module docstring (default: the
             ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
-        environment: extra environment variables for the container (never secrets).
+        environment: extra environment variables for the container; never secrets (the rule of
+            :func:`pytrain.runners.base.is_secret_variable`: such a name raises ConfigurationError).
         context_dir: repository root the image is built from (default: this checkout).
         torch_home: the pretrained weights folder (``hub/checkpoints/``, :mod:`pytrain.weights`), mounted
             read-only at ``/opt/torch-home`` as the container's ``TORCH_HOME`` when it exists;
@@ -285,7 +287,8 @@ class DockerRunner:
             :func:`docker_socket_path`.
 
     Raises:
-        ConfigurationError: a size/limit setting is malformed, or the Docker socket is world-writable.
+        ConfigurationError: a size/limit setting is malformed, the Docker socket is world-writable,
+            or ``environment`` holds a secret-looking variable.
         RunnerError: no Docker engine answers.
     """
 
@@ -333,7 +336,7 @@ class DockerRunner:
         env_tasks = os.environ.get("PYTRAIN_HOST_MODEL_TASKS_DIR")
         self.host_sources_dir = host_sources_dir or (Path(env_sources) if env_sources else None)
         self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
-        self.environment = dict(environment or {})
+        self.environment = check_no_secrets(environment or {}, "DockerRunner(environment=...)")
         self.context_dir = context_dir
         self.torch_home = Path(torch_home if torch_home is not None else settings.torch_home)
         if memlock_bytes is None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytrain.errors import RunnerError
-from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args
+from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args, without_secrets
 from pytrain.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,13 @@ class _ProcessGroupRun:
             pass
 
 
-#: Environment variables a training process never inherits.
-SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY"})
-
-
 def training_environment(settings: Settings) -> dict[str, str]:
     """The environment a training process started on a host (the local runner's child, a Slurm
-    job) inherits: this process's, less :data:`SECRET_VARIABLES` (training needs neither the
-    database nor Triton), unbuffered output, and ``TORCH_HOME`` = the weights folder
+    job) inherits: this process's, less every secret-looking and database variable
+    (:func:`pytrain.runners.base.is_secret_variable`: training needs neither the database nor
+    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
     (``settings.torch_home``), from which ``pretrained`` tasks load."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env = without_secrets(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["TORCH_HOME"] = str(settings.torch_home)
     return env
