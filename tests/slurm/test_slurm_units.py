@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures.slurm import HOSTILE_SUFFIXES
 
 from pytrain.errors import ConfigurationError
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, check_nodes
@@ -210,18 +211,10 @@ def test_a_controller_that_does_not_answer_is_waited_out_and_a_forgotten_job_is_
 
 
 # -- values that would inject into the script: refused three times (docs/adr/0009, "Values in the script") --
-HOSTILE = {
-    "newline": "\ntouch /tmp/pytrain-pwned\n#",  # ends the #SBATCH block: a shell command on the node
-    "space": " --output=/home/u/.bashrc",  # another sbatch option
-    "semicolon": ";touch /tmp/pytrain-pwned",
-    "command": "$(touch /tmp/pytrain-pwned)",
-    "backquote": "`touch /tmp/pytrain-pwned`",
-    "hash": "#x",
-}
 VALID = {"partition": "gpu", "account": "lab", "qos": "high", "mem": "200G", "container_image": "nvcr.io#nvidia/pytorch:24.10-py3",
          "extra_sbatch": "--constraint=h100"}
 # '#' is part of a pyxis image reference (registry#image), and the image is one quoted word of srun's line.
-HOSTILE_CASES = [(key, case) for key in VALID for case in HOSTILE if (key, case) != ("container_image", "hash")]
+HOSTILE_CASES = [(key, case) for key in VALID for case in HOSTILE_SUFFIXES if (key, case) != ("container_image", "hash")]
 
 
 @pytest.mark.parametrize(("key", "case"), HOSTILE_CASES, ids=[f"{key}-{case}" for key, case in HOSTILE_CASES])
@@ -230,7 +223,7 @@ def test_a_hostile_slurm_value_is_refused_by_settings_task_options_and_the_rende
 
     from pytrain.task_options import check_options
 
-    value = VALID[key] + HOSTILE[case]
+    value = VALID[key] + HOSTILE_SUFFIXES[case]
     with pytest.raises(ValidationError, match=rf"slurm_{key}\n  Value error, "):
         Settings(**{f"slurm_{key}": value})  # PYTRAIN_SLURM_<KEY>
     with pytest.raises(ConfigurationError, match=re.escape(f"task option slurm.{key}={value!r}: ")):
