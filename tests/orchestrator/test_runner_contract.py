@@ -76,6 +76,9 @@ class Kind:
         oom_code: a program that runs out of memory in a way this runner can see.
         oom_settings: settings overrides for that program (a container memory limit).
         cancel_seconds: how soon after ``cancel`` a run that ignores SIGTERM must be gone.
+        timeout_seconds: the task timeout of the timeout test: long enough for a run of this kind
+            to have started and said so on a loaded machine (the limit counts from the submission,
+            so a shorter one may stop a run that never started, and the test would check nothing).
     """
 
     settings: Settings
@@ -84,6 +87,7 @@ class Kind:
     oom_code: str
     oom_settings: dict[str, Any] = field(default_factory=dict)
     cancel_seconds: float = 5.0
+    timeout_seconds: float = 3.0
 
     def runner(self, code: str, **overrides: Any) -> Runner:
         return self.make(self.settings.model_copy(update=overrides), code)
@@ -119,7 +123,8 @@ def _docker(request: pytest.FixtureRequest, settings: Settings) -> Kind:
         return bool(client.containers.list(filters={"label": f"{LABEL_TASK_ID}={task_id}"}))
 
     settings = settings.model_copy(update={"shm_size": "64m", "container_memory": None, "gpus": None})
-    return Kind(settings, make, running, ALLOCATE, {"container_memory": "64m"})
+    # A container starts in ~1-2 s on a loaded machine.
+    return Kind(settings, make, running, ALLOCATE, {"container_memory": "64m"}, timeout_seconds=10.0)
 
 
 def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
@@ -140,8 +145,10 @@ def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
     # FAILED with slurmstepd's "oom-kill event" (or "Exceeded job memory limit") in its output.
     # HANG ignores SIGTERM: slurmstepd kills it after KillWait (2 s) and tearing the step down takes
     # ~7.7 s more here (measured); a run that obeys SIGTERM leaves squeue in ~0.3 s. The issue's
-    # promise for Slurm is "gone from squeue within 10 s".
-    return Kind(settings.model_copy(update={"slurm_mem": "500M"}), make, running, ALLOCATE, {"slurm_mem": "200M"}, cancel_seconds=10.0)
+    # promise for Slurm is "gone from squeue within 10 s". From sbatch to the program's first line
+    # took 1.0-2.8 s here under load (a 1 s timeout stopped jobs that had not started yet).
+    return Kind(settings.model_copy(update={"slurm_mem": "500M"}), make, running, ALLOCATE, {"slurm_mem": "200M"}, cancel_seconds=10.0,
+                timeout_seconds=10.0)
 
 
 KINDS = {"local": _local, "docker": _docker, "slurm": _slurm}
@@ -231,13 +238,13 @@ def test_cancel_stops_the_run_within_5_seconds(kind):
 
 
 def test_timeout_stops_the_run(kind):
-    task = _task(kind.settings, 15, timeout=1)
+    task = _task(kind.settings, 15, timeout=kind.timeout_seconds)
     started = time.monotonic()
     result = kind.runner(HANG).run(task, threading.Event())
     assert result.outcome is Outcome.TIMED_OUT
-    assert result.message == "timed out after 1 s (PYTRAIN_TASK_TIMEOUT_SECONDS)"
-    assert time.monotonic() - started < START_SECONDS
-    assert "started" in task.log_path.read_text()
+    assert result.message == f"timed out after {kind.timeout_seconds:g} s (PYTRAIN_TASK_TIMEOUT_SECONDS)"
+    assert kind.timeout_seconds <= time.monotonic() - started < kind.timeout_seconds + START_SECONDS
+    assert "started" in task.log_path.read_text()  # it was running, and its output is kept
     assert not kind.running(task.task_dir)
 
 
