@@ -17,7 +17,7 @@ match a strict pattern (``re.fullmatch``), checked three times:
 The rules (docs/adr/0009-slurm-runner.md, "Values in the script"):
 
 - partition, account, QOS: Slurm names: letters, digits, ``_``, ``.``, ``-`` (not first), at most
-  64 characters; a partition may be a comma-separated list (sbatch takes the first that fits).
+  64 characters; a partition may be a comma-separated list (Slurm starts the job in whichever can start it first).
 - mem: a whole number with an optional unit ``K``, ``M``, ``G``, ``T`` (sbatch ``--mem``; ``0``: all of
   a node's memory).
 - container_image: an enroot/pyxis image (``nvcr.io#nvidia/pytorch:24.10-py3``, a ``.sqsh`` path).
@@ -45,13 +45,15 @@ SLURM_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
 #: What a value in an ``#SBATCH`` line may hold: no white space (another option), no ``#``, quote or
 #: backslash (sbatch's own parsing), no ``$``, backquote or ``;`` (shell), no ``/`` (a path: sbatch
 #: reads ``--nodelist=/file`` as a file) and no ``%`` (a file name pattern in ``--output``).
-SBATCH_VALUE_PATTERN = r"[A-Za-z0-9_.,:+=@\[\]&|*-]{1,256}"
+_VALUE_CHARACTERS = r"A-Za-z0-9_.,:+=@\[\]&|*-"  # '-' last: a literal in a character class
+SBATCH_VALUE_PATTERN = rf"[{_VALUE_CHARACTERS}]{{1,256}}"
 #: An absolute path the script names (the task folder in ``--chdir``/``--output``, the sources root,
-#: the weights folder): no white space, quote, ``$``, ``%`` or other shell character.
-SCRIPT_PATH_PATTERN = r"/[A-Za-z0-9_.,:+=@/-]{0,4095}"
+#: the weights folder): no white space, quote, ``$``, ``%`` or other shell character, and no ``,`` or
+#: ``:`` (they separate pyxis's ``--container-mounts`` list).
+SCRIPT_PATH_PATTERN = r"/[A-Za-z0-9_.+=@/-]{0,4095}"
 #: Any ``#SBATCH`` option PyTrain writes: ``--name`` or ``--name=value``, the value made of the
 #: characters of :data:`SBATCH_VALUE_PATTERN` or :data:`SCRIPT_PATH_PATTERN`.
-SBATCH_LINE_PATTERN = r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:+=@\[\]&|*/-]{1,4096})?"
+SBATCH_LINE_PATTERN = rf"--[a-z][a-z0-9-]*(=[/{_VALUE_CHARACTERS}]{{1,4096}})?"
 #: sbatch options ``extra_sbatch`` may add: resources and placement only.
 EXTRA_SBATCH_OPTIONS = frozenset({
     "begin", "constraint", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "deadline",

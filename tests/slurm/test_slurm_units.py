@@ -233,6 +233,18 @@ def test_a_hostile_slurm_value_is_refused_by_settings_task_options_and_the_rende
     assert not list(tmp_path.rglob("*.sbatch"))
 
 
+@pytest.mark.parametrize("case", HOSTILE_SUFFIXES)
+def test_a_hostile_python_is_refused_by_the_settings_and_the_renderer(tmp_path, case):
+    """PYTRAIN_SLURM_PYTHON is not per task (options.slurm cannot set it), but it is written into the script too."""
+    from pydantic import ValidationError
+
+    value = "/opt/venv/bin/python" + HOSTILE_SUFFIXES[case]
+    with pytest.raises(ValidationError, match=r"slurm_python\n  Value error, must be a command name or a path"):
+        Settings(slurm_python=value)
+    with pytest.raises(ConfigurationError, match=re.escape(f"task 12: Slurm setting python={value!r} must be")):
+        render_sbatch(_task(tmp_path, 1), Settings().model_copy(update={"slurm_python": value}), worker_id="w")
+
+
 def test_valid_slurm_values_pass_every_check():
     from pytrain.task_options import check_options
 
@@ -268,6 +280,8 @@ def test_extra_sbatch_takes_resource_options_one_word_each():
 def test_the_renderer_refuses_paths_names_and_lines_it_cannot_write_as_one_word(tmp_path):
     with pytest.raises(ConfigurationError, match="task 12: the task folder .*my tasks.* cannot be written into slurm.sbatch"):
         render_sbatch(_task(tmp_path / "my tasks", 1), Settings(), worker_id="w")
+    with pytest.raises(ConfigurationError, match="task 12: the weights folder .*a,b.* cannot be written into slurm.sbatch"):
+        render_sbatch(_task(tmp_path, 1), Settings(slurm_container_image="img.sqsh", torch_home=tmp_path / "a,b"), worker_id="w")
     task = _task(tmp_path, 1)
     named = PreparedTask(spec=TaskSpec(task_id=12, model_name="kitchen\nrm -rf ~", class_list=["a", "b"]), task_dir=task.task_dir,
                          sources_root=task.sources_root, timeout_seconds=None)
