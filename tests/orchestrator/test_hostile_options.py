@@ -9,16 +9,20 @@ the real cluster in ``tests/slurm/test_slurm_cluster.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
+import pytest
 from fixtures.slurm import HOSTILE_SUFFIXES
 from orchestrator_fakes import FakePublisher, FakeRunner
 from test_cli import cli  # noqa: F401 - the fixture
 
 from pytrain.db import TaskQueue
+from pytrain.errors import ConfigurationError
 from pytrain.orchestrator import Orchestrator
 from pytrain.spec import task_dir_name
+from pytrain.task_options import TrainConfig, check_options
 
 TASK = ["-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking"]
 # (options, what the error says after "task option ")
@@ -69,3 +73,18 @@ def test_a_raw_row_with_a_hostile_option_fails_at_claim_naming_it_and_the_worker
         assert re.sub(r" \(hint: .*", "", row["error"], flags=re.S).startswith(f"cannot prepare task {task_id}: task option {expected}"), row["error"]
     assert queue.get(normal)["status"] == "succeeded"
     assert sorted(p.name for p in settings.model_tasks_dir.iterdir()) == [task_dir_name(normal, "kitchen", queue.get(normal).uid)]
+
+
+def test_every_training_number_has_a_range_and_each_side_is_refused_naming_the_option_and_range():
+    numbers = [f for f in dataclasses.fields(TrainConfig) if type(f.default) in (int, float)]
+    assert numbers and all(f.metadata.get("bounds") for f in numbers), [f.name for f in numbers if not f.metadata.get("bounds")]
+    check_options({})  # the defaults lie within their ranges
+    for option in numbers:
+        kind = type(option.default)
+        step = 1 if kind is int else 1e-3
+        for side, limit in option.metadata["bounds"].items():
+            if side in ("ge", "le"):
+                check_options({option.name: kind(limit)})  # a closed bound is allowed
+            outside = kind({"ge": limit - step, "gt": limit, "le": limit + step, "lt": limit}[side])
+            with pytest.raises(ConfigurationError, match=rf"task option {option.name}={outside!r} is out of range: it must be "):
+                check_options({option.name: outside})
