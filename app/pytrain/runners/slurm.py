@@ -324,6 +324,27 @@ def _sbatch_options(task: PreparedTask, settings: Settings, worker_id: str) -> l
     return options
 
 
+def _check_names_and_paths(task: PreparedTask, settings: Settings) -> None:
+    """Refuse a model name or a path the script would carry that fails its pattern.
+
+    The model name goes into a comment line; the paths into ``#SBATCH`` lines, pyxis's mount
+    list and a here-document (quoted, but a newline would still end it).
+
+    Raises:
+        ConfigurationError: naming the value and the pattern (:data:`SCRIPT_PATH_PATTERN`).
+    """
+    if not re.fullmatch(MODEL_NAME_PATTERN, task.spec.model_name):
+        raise ConfigurationError(f"task {task.task_id}: model name {task.spec.model_name!r} does not match {MODEL_NAME_PATTERN}")
+    paths = {"task folder": task.task_dir, "sources root": task.sources_root}
+    if settings.slurm_container_image:
+        paths["weights folder"] = settings.torch_home  # mounted into the container
+    for what, path in paths.items():
+        if not re.fullmatch(SCRIPT_PATH_PATTERN, str(path)):
+            raise ConfigurationError(f"task {task.task_id}: the {what} {str(path)!r} cannot be written into {SBATCH_FILE}",
+                                     hint=f"use an absolute path matching {SCRIPT_PATH_PATTERN} (PYTRAIN_MODEL_TASKS_DIR, "
+                                     "PYTRAIN_SOURCES_DIR, PYTRAIN_TORCH_HOME)")
+
+
 def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, command: Sequence[str] | None = None) -> str:
     """The batch script of ``task`` (written to ``<task folder>/slurm.sbatch``).
 
@@ -347,16 +368,7 @@ def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, com
     nodes = task.spec.nodes
     if nodes < 1:
         raise ConfigurationError(f"task {task.task_id}: nodes = {nodes}", hint="nodes must be at least 1")
-    if not re.fullmatch(MODEL_NAME_PATTERN, task.spec.model_name):  # it goes into a comment line of the script
-        raise ConfigurationError(f"task {task.task_id}: model name {task.spec.model_name!r} does not match {MODEL_NAME_PATTERN}")
-    paths = {"task folder": task.task_dir, "sources root": task.sources_root}
-    if settings.slurm_container_image:
-        paths["weights folder"] = settings.torch_home  # mounted into the container
-    for what, path in paths.items():
-        if not re.fullmatch(SCRIPT_PATH_PATTERN, str(path)):  # quoted in the script, but a newline would still end a here-document
-            raise ConfigurationError(f"task {task.task_id}: the {what} {str(path)!r} cannot be written into {SBATCH_FILE}",
-                                     hint=f"use an absolute path matching {SCRIPT_PATH_PATTERN} (PYTRAIN_MODEL_TASKS_DIR, "
-                                     "PYTRAIN_SOURCES_DIR, PYTRAIN_TORCH_HOME)")
+    _check_names_and_paths(task, settings)
     options = _sbatch_options(task, settings, worker_id)
     gpus = settings.slurm_gpus_per_node
     per_node = max(1, gpus)
