@@ -373,9 +373,19 @@ class TaskQueue(Repository):
         except (DBAPIError, SQLAlchemyError) as exc:
             raise DatabaseError(f"recording task {run.task_id}'s success failed: {_reason(exc)}") from exc
 
-    def requeue(self, run: Claim, reason: str) -> bool:
-        """Put a running task back in the queue without counting a lost attempt (clean shutdown)."""
-        return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason}))
+    def requeue(self, run: Claim, reason: str, *, backoff_seconds: float = 0.0) -> bool:
+        """Put a running task back in the queue without counting a lost attempt (a clean shutdown, a
+        run the cluster lost, a run that found its folder held by another run).
+
+        Args:
+            run: the run giving the task back.
+            reason: the task row's ``error`` (and the run's).
+            backoff_seconds: no worker claims the task for this long (0: at once).
+
+        Returns:
+            ``False`` when the run no longer holds the task (nothing written).
+        """
+        return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason, "backoff_seconds": float(backoff_seconds)}))
 
     def requeue_lost(self, max_attempts: int, *, own_worker_id: str | None = None) -> list[dict[str, Any]]:
         """Re-queue runs whose lease expired (and, with ``own_worker_id``, that worker's runs).
@@ -412,11 +422,22 @@ class TaskQueue(Repository):
 
         Raises:
             TaskNotFoundError: no such task.
-            ConfigurationError: the task is queued, running or succeeded (the message says which).
+            ConfigurationError: the task is queued, running or succeeded (the message says which),
+                or it was cancelled and its run is still stopping (try again in a few seconds).
         """
+        self._execute(queries.END_ABANDONED_CANCELS)  # a cancelled run whose worker is gone ends here, not never
         if self._execute(queries.RETRY, {"task_id": task_id}):
             return
         status = self.get(task_id).status  # raises TaskNotFoundError
+        stopping = self._execute(queries.RUN_STILL_STOPPING, {"task_id": task_id})
+        if status in ("failed", "cancelled") and stopping:
+            lease = stopping[0]["lease_expires_at"]
+            raise ConfigurationError(
+                f"task {task_id} is {status}, but its run on worker {stopping[0]['worker_id']} is still stopping: "
+                "try again in a few seconds",
+                hint="a retry now would start a second run beside it; its worker records the end within seconds"
+                     + (f", or the run ends when its lease expires ({lease:%Y-%m-%d %H:%M:%S %Z})" if lease else ""),
+            )
         hint = {
             "succeeded": "submit a new task to train the model again",
             "queued": "it is waiting for a worker already",

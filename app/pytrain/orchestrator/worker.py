@@ -428,6 +428,8 @@ class Orchestrator:
             heartbeat.end()
             self.queue.requeue(run, f"{result.message}; re-queued")
             return "queued"
+        if result.outcome is Outcome.LOCKED:
+            return self._requeue_locked(run, result, heartbeat)
         if result.outcome is not Outcome.SUCCEEDED:
             message = result.message or f"run ended with {result.outcome.value}"
             if result.exit_code is not None and "exit" not in message:
@@ -436,6 +438,18 @@ class Orchestrator:
             error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
             return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress, heartbeat)
+
+    def _requeue_locked(self, run: Claim, result: RunResult, heartbeat: _Heartbeat) -> str:
+        """Another run still holds the task folder (a worker that died or was paused left it running
+        where this runner cannot stop it): not a failure of the task. It goes back to the queue
+        without counting an attempt, claimable again after ``lease_seconds``: by then a paused
+        worker has fenced its run, and an orphan gets another lease to end."""
+        heartbeat.end()
+        backoff = self.settings.lease_seconds
+        log.warning("task %s: %s; re-queued, claimable again in %g s", run.task_id, result.message, backoff)
+        self.queue.requeue(run, f"{result.message}; re-queued until that run has ended (next try in {backoff:g} s)",
+                           backoff_seconds=backoff)
+        return "queued"
 
     def _after_fencing(self, run: Claim) -> str:
         """The run was stopped by the fence: give the task back if the database is there and the

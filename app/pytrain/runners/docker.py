@@ -475,6 +475,7 @@ class DockerRunner:
         self._check_task(task)
         if cancel.is_set():
             return run_result(Outcome.CANCELLED, None)
+        self.reap_lost_runs(task.task_id)
         image = self.resolve_image()
         details: dict[str, Any] = {"image": image}
         if self.last_image_result is not None and self.image is None:
@@ -530,6 +531,32 @@ class DockerRunner:
             pass
         except docker.errors.APIError as exc:
             logger.warning("cannot remove container %s: %s", container.name, exc)
+
+    def reap_lost_runs(self, task_id: int) -> list[str]:
+        """Remove the containers of task ``task_id`` still on this engine, before its new run starts.
+
+        The caller holds the task's lease, so such a container is a lost run's (its worker died, or
+        was stopped past its lease): it would hold the task folder's run lock and make the new run
+        end ``LOCKED``. Found by label (``org.pytrain.task-id``), removed with force (a running one
+        is killed). A run on another engine cannot be reached: the new run then ends ``LOCKED`` and
+        the worker re-queues the task until that run has gone.
+
+        Returns:
+            The names of the containers removed.
+
+        Raises:
+            RunnerError: the Docker engine cannot be reached.
+        """
+        import docker.errors
+
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": [LABEL_MANAGED, f"{LABEL_TASK_ID}={task_id}"]})
+        except docker.errors.DockerException as exc:
+            raise RunnerError(f"task {task_id}: cannot look for containers of a lost run: {exc}", hint="is the Docker engine running?") from exc
+        for container in containers:
+            logger.warning("task %s: removing container %s of a lost run (its worker is gone or lost the lease)", task_id, container.name)
+            self._remove(container)
+        return [container.name for container in containers]
 
     # ------------------------------------------------------------------------------------------
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
