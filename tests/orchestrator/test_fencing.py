@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -343,20 +345,28 @@ def test_postgres_restarted_while_a_worker_records_a_success_is_recorded_once_wh
     task_id = queue.submit(TASK)
     for name, value in {"STUB_EPOCHS": "1", "STUB_EPOCH_SECONDS": "0.1", "STUB_ARTIFACTS": str(artifacts)}.items():
         monkeypatch.setenv(name, value)
+    placed_before_the_failed_commit: list[list[int]] = []
     versions_returned: list[int] = []
 
-    def publisher(task_dir, *, settings, task_record):
-        published = publish_task(task_dir, settings=settings, task_record=task_record)
+    def publisher(task_dir, *, settings, task_record, gate):
+        @contextmanager
+        def commit_fails_once():
+            with gate() as record:
+                yield record
+                if not placed_before_the_failed_commit:  # the version is in place and recorded, not committed
+                    placed_before_the_failed_commit.append(existing_versions(settings.model_repo_dir / "kitchen"))
+                    _restart_postgres()  # the success transaction's connection dies before it commits
+
+        published = publish_task(task_dir, settings=settings, task_record=task_record, gate=commit_fails_once)
         versions_returned.append(published.version)
-        if len(versions_returned) == 1:
-            _restart_postgres()  # the success transaction's connection dies before it commits
         return published
 
     runner = LocalRunner(settings, command=[sys.executable, STUB], grace_seconds=GRACE)
     worker = Orchestrator(settings, engine=engine, runner=runner, publisher=publisher, worker_id="host-a")
     assert worker.run(exit_when_idle=True) == 1
 
-    assert versions_returned == [1, 1]  # the retry found the version this run had published
+    assert placed_before_the_failed_commit == [[1]]
+    assert versions_returned == [1]  # the retry found the version this run had placed
     row = queue.get(task_id)
     assert (row.status, row.version, row.error) == ("succeeded", 1, None)
     [run] = queue.runs(task_id)
@@ -365,6 +375,46 @@ def test_postgres_restarted_while_a_worker_records_a_success_is_recorded_once_wh
     assert existing_versions(settings.results_dir / "kitchen") == [1]
     assert publishes(settings) == [(1, task_id, run.id)]
     report("PostgreSQL restarted while recording a success", time.monotonic() - started)
+
+
+def test_cancel_during_a_slow_publish_returns_at_once_and_nothing_is_published(settings, engine, synced, artifacts, monkeypatch):
+    """Staging a version (checking and copying the model) runs outside the task row's lock, with
+    the heartbeat going on: a cancel meanwhile neither waits for it nor lets it place a version."""
+    from pytrain.publish import repository
+
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    for name, value in {"STUB_EPOCHS": "1", "STUB_EPOCH_SECONDS": "0.1", "STUB_ARTIFACTS": str(artifacts)}.items():
+        monkeypatch.setenv(name, value)
+    staging, release = threading.Event(), threading.Event()
+    stage_version = repository._stage_version
+
+    def slow_stage_version(*args, **kwargs):  # a large model on a slow disk
+        staging.set()
+        release.wait(60)
+        return stage_version(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "_stage_version", slow_stage_version)
+    runner = LocalRunner(settings, command=[sys.executable, STUB], grace_seconds=GRACE)
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=publish_task, worker_id="host-a")
+    thread = threading.Thread(target=worker.run, kwargs={"exit_when_idle": True}, daemon=True)
+    thread.start()
+    try:
+        assert staging.wait(60)
+        answers: list[bool] = []
+        cancel = threading.Thread(target=lambda: answers.append(queue.cancel(task_id)), daemon=True)
+        cancel.start()
+        cancel.join(10)  # it takes milliseconds; before, it waited for the whole publish
+        assert answers == [True]
+    finally:
+        release.set()
+        thread.join(60)
+    row = queue.get(task_id)
+    assert (row.status, row.version, row.error) == ("cancelled", None, "cancelled before publishing")
+    assert [(r.outcome, r.version) for r in queue.runs(task_id)] == [("cancelled", None)]
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [] and publishes(settings) == []
+    report("cancel during a slow publish", time.monotonic() - started)
 
 
 def test_a_second_orchestrator_with_the_same_worker_id_exits_naming_the_first(settings, engine, artifacts, tmp_path):

@@ -314,6 +314,7 @@ def test_failed_runs_stderr_tail_reaches_the_task_rows_error(kind, engine, synce
         (None, 0, None, Outcome.SUCCEEDED, ""),
         (None, 137, "limit 1g", Outcome.OUT_OF_MEMORY, "out of memory (limit 1g); lower batch_size, num_frames or the frame size"),
         (None, 2, None, Outcome.FAILED, "training exited with code 2: KeyError: 'x'"),
+        (None, 75, None, Outcome.LOCKED, "training did not start: KeyError: 'x'"),  # RUN_LOCKED_EXIT_CODE
         (None, None, None, Outcome.FAILED, "training ended without an exit code: KeyError: 'x'"),
     ],
 )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -136,25 +136,35 @@ def test_stop_requeues_the_running_task_without_counting_an_attempt(settings, en
     assert row["error"] == "interrupted: worker test-worker shut down during the run; re-queued"
 
 
-@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "finish_succeeded")])
+@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "success_transaction")])
 def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_lost(settings, engine, synced, caplog, mode, write):
-    """A beat landing just after the worker's own final write (re-queue on SIGTERM, finish) must not
-    log "lost the run (lease expired)": the worker ended the run, no lease expired."""
+    """A beat landing just after the worker's own final write (re-queue on SIGTERM, the success's
+    commit) must not log "lost the run (lease expired)": the worker ended the run, no lease expired."""
     queue = TaskQueue(engine)
     task_id = queue.submit(TASK)
     runner = FakeRunner(mode)
     worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
     original = getattr(worker.queue, write)
-    beats_after_write: list[str] = []
+    beats: list[tuple[threading.Thread, object]] = []
+
+    def beat_now() -> None:  # the heartbeat thread waking up right after the write
+        heartbeat = worker._heartbeat
+        beater = threading.Thread(target=heartbeat.beat)
+        beater.start()
+        beats.append((beater, heartbeat))
 
     def write_then_beat(*args, **kwargs):
         result = original(*args, **kwargs)
-        heartbeat = worker._heartbeat
-        heartbeat.beat()  # the heartbeat thread waking up right after the write
-        beats_after_write.append(heartbeat.state)
+        beat_now()
         return result
 
-    setattr(worker.queue, write, write_then_beat)
+    @contextmanager
+    def commit_then_beat(*args, **kwargs):
+        with original(*args, **kwargs) as record:
+            yield record
+        beat_now()  # committed; the gate has not yet ended the heartbeat
+
+    setattr(worker.queue, write, write_then_beat if mode == "wait" else commit_then_beat)
     caplog.set_level("INFO", logger="pytrain.orchestrator.worker")
     thread = in_thread(worker, exit_when_idle=True)
     assert runner.started.wait(10)
@@ -162,7 +172,9 @@ def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_
         worker.stop()
     thread.join(10)
     assert not thread.is_alive()
-    assert beats_after_write == ["ok"]
+    for beater, _ in beats:
+        beater.join(10)
+    assert [heartbeat.state for _, heartbeat in beats] == ["ok"]
     assert queue.get(task_id)["status"] == ("queued" if mode == "wait" else "succeeded")
     assert not [r for r in caplog.records if "no longer holds the task" in r.getMessage()]
 
