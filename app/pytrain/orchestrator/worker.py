@@ -250,7 +250,8 @@ class Orchestrator:
         engine: the database (default: :func:`pytrain.db.get_engine` of ``settings``).
         runner: the runner (default: :func:`pytrain.runners.get_runner` of ``settings``).
         publisher: called after a successful run as ``publisher(task_dir, settings=...,
-            task_record=...)``, returning an object with ``.version``; default
+            task_record=..., gate=...)``; it places the version inside ``gate()`` and records it
+            with the ``record`` the gate yields (see :data:`Publisher`); default
             :func:`pytrain.publish.publish_task` (imported when first needed).
         worker_id: this worker's id (default ``settings.worker_id`` or :func:`default_worker_id`).
         gpus: GPU ids for the runs (default ``settings.gpus``).
