@@ -13,6 +13,7 @@ from orchestrator_fakes import FakePublisher, FakeRunner
 from pytrain.db import TaskQueue
 from pytrain.errors import PublishError, SchemaOutOfDateError
 from pytrain.orchestrator import Orchestrator, default_worker_id
+from pytrain.runners import Outcome, RunResult
 from pytrain.sources import read_manifest
 from pytrain.spec import TaskSpec, task_dir_name
 
@@ -92,6 +93,30 @@ def test_failed_run_is_recorded_with_message_and_log(settings, engine, synced):
     row = queue.get(task_id)
     assert row["status"] == "failed"
     assert row["error"] == f"training exited with code 2: boom (log: {settings.model_tasks_dir / task_dir_name(task_id, 'kitchen', row['uid'])}/train.log)"
+
+
+def test_a_run_that_finds_its_folder_locked_requeues_the_task_without_an_attempt_for_a_lease(settings, engine, synced):
+    class LockedRunner(FakeRunner):
+        def run(self, task, cancel, stop=None):
+            self.runs.append(task.task_id)
+            return RunResult(Outcome.LOCKED, 75, f"training did not start: task folder {task.task_dir} is in use by another run")
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    worker = Orchestrator(settings, engine=engine, runner=LockedRunner(), publisher=FakePublisher())
+    worker.start()
+    try:
+        assert worker.run_once()
+        row = queue.get(task_id)
+        assert (row.status, row.attempts, row.run_id, row.worker_id) == ("queued", 0, None, None)
+        assert row.error.endswith(f"is in use by another run; re-queued until that run has ended (next try in {settings.lease_seconds:g} s)")
+        [run] = queue.runs(task_id)
+        assert (run.outcome, run.error) == ("requeued", row.error)
+        assert row.lease_expires_at > run.finished_at  # not claimable until then
+        assert worker.run_once() is False  # the backoff: not claimed again at once
+        assert worker.runner.runs == [task_id]
+    finally:
+        worker.close()
 
 
 def test_runner_crash_fails_the_task_not_the_worker(settings, engine, synced):
