@@ -217,6 +217,35 @@ def test_cleanup_orphans_leaves_a_sibling_workers_containers_running(docker_clie
     assert sibling.status == "running"
 
 
+def test_a_lost_runs_container_of_the_task_is_removed_before_its_new_run(docker_client, docker_tracker, docker_base_image,
+                                                                         tmp_path, docker_context):
+    """A worker that died (or lost its lease) leaves its detached container running, holding the task
+    folder's run lock; the worker that holds the lease now removes it (by label and mounted folder)
+    before its own run. A container of the same task id on another folder (another database's task)
+    and other tasks' containers stay."""
+    from docker.types import Mount
+
+    from pytrain.runners.docker import LABEL_MANAGED, LABEL_TASK_ID
+
+    settings = _settings(tmp_path, "unused")
+    task = _prepared(settings, 211)
+    elsewhere = tmp_path / "other-database" / task.task_dir.name
+    elsewhere.mkdir(parents=True)
+
+    def start(task_id: int, folder: Path) -> Any:
+        return docker_tracker.track_container(docker_client.containers.run(
+            docker_base_image, entrypoint=["sleep", "300"], command=[], detach=True, network_mode="none",
+            labels={LABEL_MANAGED: "1", LABEL_TASK_ID: str(task_id)}, mounts=[Mount("/task", str(folder), type="bind")],
+        ))
+
+    lost, same_id_elsewhere, other = start(211, task.task_dir), start(211, elsewhere), start(212, task.task_dir)
+    runner = _runner(settings, docker_client, docker_context, docker_base_image, "pass")
+    assert runner.reap_lost_runs(task) == [lost.name]
+    left = {c.id for c in docker_client.containers.list(filters={"label": LABEL_MANAGED})}
+    assert lost.id not in left and {same_id_elsewhere.id, other.id} <= left
+    assert runner.reap_lost_runs(task) == []
+
+
 def test_second_task_with_unchanged_image_does_not_rebuild(docker_client, docker_tracker, docker_context, tmp_path, train_image, docker_base_image):
     """Both tasks go through the content-hash lookup; neither builds (the session built it)."""
     settings = _settings(tmp_path, docker_base_image)

@@ -81,16 +81,20 @@ class Published:
 
 
 class FakePublisher:
-    """Records calls; returns versions 1, 2, ... per model; raises ``error`` when given."""
+    """Records calls; "places" versions 1, 2, ... per model inside the worker's ``gate`` (which
+    records the success, as :func:`pytrain.publish.publish_task` does); raises ``error`` when given."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.calls: list[tuple] = []
         self._lock = threading.Lock()
 
-    def __call__(self, task_dir, *, settings, task_record):
+    def __call__(self, task_dir, *, settings, task_record, gate):
         with self._lock:
             self.calls.append((task_dir, task_record))
             if self.error is not None:
                 raise self.error
-            return Published(version=sum(1 for _, r in self.calls if r["model_name"] == task_record["model_name"]))
+            published = Published(version=sum(1 for _, r in self.calls if r["model_name"] == task_record["model_name"]))
+        with gate() as record:
+            record(published)
+        return published

@@ -220,6 +220,19 @@ def test_exit_1_fails_with_the_exit_code_and_the_stderr_tail(kind):
     assert "working" in task.log_path.read_text()
 
 
+def test_a_run_that_finds_its_folder_locked_ends_locked_not_failed(kind):
+    """The training entrypoint's exit status for "another run holds the task folder" (75) is not a
+    failure of the task: every runner reports it as LOCKED (the worker re-queues the task)."""
+    from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
+
+    task = _task(kind.settings, 19)
+    locked = (f"import sys; print('error: task folder {task.task_dir} is in use by another run (host h pid 7 since t)', "
+              f"file=sys.stderr); sys.exit({RUN_LOCKED_EXIT_CODE})")
+    result = kind.runner(locked).run(task, threading.Event())
+    assert (result.outcome, result.exit_code) == (Outcome.LOCKED, RUN_LOCKED_EXIT_CODE), result
+    assert result.message.endswith(f" did not start: task folder {task.task_dir} is in use by another run (host h pid 7 since t)")
+
+
 def test_out_of_memory_is_reported_as_out_of_memory(kind):
     task = _task(kind.settings, 13, timeout=60)
     result = kind.runner(kind.oom_code, **kind.oom_settings).run(task, threading.Event())
@@ -327,6 +340,7 @@ def test_failed_runs_stderr_tail_reaches_the_task_rows_error(kind, engine, synce
         (None, 0, None, Outcome.SUCCEEDED, ""),
         (None, 137, "limit 1g", Outcome.OUT_OF_MEMORY, "out of memory (limit 1g); lower batch_size, num_frames or the frame size"),
         (None, 2, None, Outcome.FAILED, "training exited with code 2: KeyError: 'x'"),
+        (None, 75, None, Outcome.LOCKED, "training did not start: KeyError: 'x'"),  # RUN_LOCKED_EXIT_CODE
         (None, None, None, Outcome.FAILED, "training ended without an exit code: KeyError: 'x'"),
     ],
 )

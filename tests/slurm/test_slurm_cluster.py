@@ -94,10 +94,13 @@ def task_dir(queue: TaskQueue, task_id: int) -> Path:
 
 
 class NoPublish:
-    """A publisher for runs that train nothing: version 1, nothing written."""
+    """A publisher for runs that train nothing: version 1 recorded through the worker's gate, nothing written."""
 
-    def __call__(self, task_dir, *, settings, task_record):
-        return SimpleNamespace(version=1, served_versions=(1,), serving_note="")
+    def __call__(self, task_dir, *, settings, task_record, gate):
+        published = SimpleNamespace(version=1, served_versions=(1,), serving_note="")
+        with gate() as record:
+            record(published)
+        return published
 
 
 def stub_runner(settings, code: str) -> SlurmRunner:

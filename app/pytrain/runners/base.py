@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
+from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Outcome(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     INTERRUPTED = "interrupted"  # the worker is shutting down; the task goes back to the queue
     REQUEUED = "requeued"  # the cluster lost the run (node failure, preemption); the task goes back to the queue
+    LOCKED = "locked"  # another run still holds the task folder; the task goes back to the queue after a backoff
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,9 @@ def run_result(
     """The one mapping from how a run ended to its :class:`RunResult`.
 
     In order: stopped by the runner -> ``CANCELLED`` / ``INTERRUPTED`` / ``TIMED_OUT``; exit code 0
-    -> ``SUCCEEDED``; evidence of an out-of-memory kill -> ``OUT_OF_MEMORY`` (with a hint);
-    anything else -> ``FAILED`` naming the exit code and the last line of ``tail``.
+    -> ``SUCCEEDED``; :data:`~pytrain.training.run_lock.RUN_LOCKED_EXIT_CODE` (another run holds
+    the task folder) -> ``LOCKED``; evidence of an out-of-memory kill -> ``OUT_OF_MEMORY`` (with a
+    hint); anything else -> ``FAILED`` naming the exit code and the last line of ``tail``.
 
     Args:
         stopped_by: ``CANCELLED``, ``INTERRUPTED`` or ``TIMED_OUT`` when the runner stopped the run;
@@ -298,10 +301,13 @@ def run_result(
         return RunResult(Outcome.TIMED_OUT, exit_code, f"timed out after {limit} (PYTRAIN_TASK_TIMEOUT_SECONDS)", tail, details)
     if exit_code == 0:
         return RunResult(Outcome.SUCCEEDED, 0, "", "", details)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    if exit_code == RUN_LOCKED_EXIT_CODE:
+        held = last.removeprefix("error: ") or "another run holds the task folder"
+        return RunResult(Outcome.LOCKED, exit_code, f"{subject} did not start: {held}", tail, details)
     if oom_evidence:
         message = f"out of memory ({oom_evidence}); lower batch_size, num_frames or the frame size"
         return RunResult(Outcome.OUT_OF_MEMORY, exit_code, message, tail, details)
-    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
     ended = f"exited with code {exit_code}" if exit_code is not None else "ended without an exit code"
     return RunResult(Outcome.FAILED, exit_code, f"{subject} {ended}" + (f": {last}" if last else ""), tail, details)
 

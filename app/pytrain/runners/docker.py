@@ -4,7 +4,8 @@ For each task it
 
 1. makes sure the training image exists (:func:`pytrain.runners.images.ensure_train_image`:
    content-hash tag, built only when missing);
-2. creates a container labelled with the task id (``org.pytrain.task-id``) that runs
+2. removes a container a lost run of the task left on this engine (:meth:`DockerRunner.reap_lost_runs`),
+   then creates a container labelled with the task id (``org.pytrain.task-id``) that runs
    ``python -m pytrain.training --task-dir /task --sources-root /sources`` (``torchrun`` when the
    task has several GPUs), with
 
@@ -478,6 +479,7 @@ class DockerRunner:
         self._check_task(task)
         if cancel.is_set():
             return run_result(Outcome.CANCELLED, None)
+        self.reap_lost_runs(task)
         image = self.resolve_image()
         details: dict[str, Any] = {"image": image}
         if self.last_image_result is not None and self.image is None:
@@ -533,6 +535,37 @@ class DockerRunner:
             pass
         except docker.errors.APIError as exc:
             logger.warning("cannot remove container %s: %s", container.name, exc)
+
+    def reap_lost_runs(self, task: PreparedTask) -> list[str]:
+        """Remove the containers of ``task`` still on this engine, before its new run starts.
+
+        The caller holds the task's lease, so such a container is a lost run's (its worker died, or
+        was stopped past its lease): it would hold the task folder's run lock and make the new run
+        end ``LOCKED``. Found by label (``org.pytrain.task-id``) and by the task folder mounted at
+        ``/task`` (task ids repeat across databases; the folder, named with the task's uid, does
+        not), removed with force (a running one is killed). A run on another engine cannot be
+        reached: the new run then ends ``LOCKED`` and the worker re-queues the task until that run
+        has gone.
+
+        Returns:
+            The names of the containers removed.
+
+        Raises:
+            RunnerError: the Docker engine cannot be reached.
+        """
+        import docker.errors
+
+        folder = _host_path(Path(task.task_dir), self.settings.model_tasks_dir, self.host_model_tasks_dir, _own_bind_mounts(self.client))
+        try:
+            labelled = self.client.containers.list(all=True, filters={"label": [LABEL_MANAGED, f"{LABEL_TASK_ID}={task.task_id}"]})
+        except docker.errors.DockerException as exc:
+            raise RunnerError(f"task {task.task_id}: cannot look for containers of a lost run: {exc}", hint="is the Docker engine running?") from exc
+        lost = [c for c in labelled
+                if any(m.get("Destination") == CONTAINER_TASK_DIR and m.get("Source") == folder for m in c.attrs.get("Mounts") or [])]
+        for container in lost:
+            logger.warning("task %s: removing container %s of a lost run (its worker is gone or lost the lease)", task.task_id, container.name)
+            self._remove(container)
+        return [container.name for container in lost]
 
     # ------------------------------------------------------------------------------------------
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
