@@ -31,20 +31,31 @@ file                   written by                what
 ``model.onnx``         training (export)         raw uint8 frames in, probabilities out
 ``tensor_spec.json``   training (export)         :class:`TensorSpec`, read by publishing,
                                                  the Triton config, the INI config and the client
-``metrics.json``       training                  history, test metrics, confusion matrices
+``metrics.json``       training                  :class:`MetricsRecord`: history, test metrics,
+                                                 confusion matrices
 ``skipped.json``       training                  ``[{"path": ..., "reason": ...}]``
 ``history.png`` etc.   training                  plots
 ``scan.json``          training                  pre-scan of every video (readable or why
-                                                 not), reused by a resumed run
+                                                 not), reused by a resumed run:
+                                                 ``{path:`` :class:`ScanResult` ``}``
 ``clip_cache/``        training                  decoded clips, only with option ``cache``
 =====================  ========================  =============================================
+
+Each JSON file of a task folder has one record type, one reader and one writer, all here:
+:class:`TaskSpec` (``load``/``save``), :class:`TensorSpec` (``load``/``save``), :class:`ManifestRow`
+(:func:`read_manifest`/:func:`write_manifest`), :class:`ProgressRecord` (:func:`read_progress_record`),
+:class:`MetricsRecord` (:func:`read_metrics`/:func:`write_metrics`) and :class:`ScanResult`
+(:func:`read_scan`/:func:`write_scan`). Publishing saves the task row beside a version as
+``results/<model>/<v>/task_row.json`` (:class:`PublishedTaskRow`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import logging
 import os
 import tempfile
 import typing
@@ -59,6 +70,8 @@ from pytrain.errors import ConfigurationError
 from pytrain.sampling import ClipSampling, check_sampling
 from pytrain.task_columns import default as column_default
 
+log = logging.getLogger(__name__)
+
 TASK_SPEC = "task.json"
 MANIFEST = "manifest.csv"
 PROGRESS = "progress.jsonl"
@@ -71,6 +84,12 @@ CLIP_CACHE = "clip_cache"
 MODEL_ONNX = "model.onnx"
 TENSOR_SPEC = "tensor_spec.json"
 METRICS = "metrics.json"
+#: A version's task row in ``results/<model>/<v>/`` (:class:`PublishedTaskRow`), and its name before
+#: it had its own (it shared ``task.json`` with the task folder's :class:`TaskSpec`).
+TASK_ROW = "task_row.json"
+TASK_ROW_LEGACY = "task.json"
+#: The pre-scan's results in a task folder (:func:`read_scan`, :func:`write_scan`).
+SCAN = "scan.json"
 SKIPPED = "skipped.json"
 UNLISTED = "unlisted.json"
 PLOTS = ("history.png", "confusion_train.png", "confusion_test.png")
@@ -208,10 +227,18 @@ class _JsonFile:
         path = Path(folder_or_file)
         if path.is_dir():
             path = path / cls.FILE_NAME
-        data = _read_json(path, cls.WHAT, cls.MISSING_HINT)
-        for key in cls.DERIVED_KEYS:
-            data.pop(key, None)
-        return _from_dict(cls, data, str(path))
+        return cls.from_dict(_read_json(path, cls.WHAT, cls.MISSING_HINT), str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> Any:
+        """The record of the file's JSON object (``DERIVED_KEYS`` ignored); ``source`` names it in errors.
+
+        Raises:
+            ConfigurationError: not an object, unknown or missing fields, or a field's value refused.
+        """
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{source}: a {cls.WHAT} is a JSON object, not {type(data).__name__}")
+        return _from_dict(cls, {key: value for key, value in data.items() if key not in cls.DERIVED_KEYS}, source)
 
 
 @dataclass(frozen=True)
@@ -445,12 +472,89 @@ def read_manifest(task_dir: Path) -> list[ManifestRow]:
 
 
 # ---------------------------------------------------------------------------------------------
+# open records: JSON objects whose keys are all optional (progress, metrics, the task row copy)
+# ---------------------------------------------------------------------------------------------
+
+
+class _OpenRecord:
+    """A JSON object read into a frozen dataclass whose fields are all optional.
+
+    ``None`` means "not in the object". Known keys are type-checked (``ConfigurationError``; an
+    ``int`` is accepted for a ``float``, a ``bool`` never for a number; the contents of lists and
+    dicts are not checked); unknown keys (a newer writer's) are kept in ``extra`` and explicit
+    ``null`` values in ``null_keys``, so ``cls.from_dict(d).to_dict() == d`` and a reader never loses
+    a key. A subclass declares its fields, then ``extra`` and ``null_keys`` (see
+    :class:`ProgressRecord`), and names itself in ``KIND`` (used in error messages).
+    """
+
+    #: What the record is, for error messages (``"progress"``, ``"metrics"``).
+    KIND: typing.ClassVar[str]
+
+    extra: dict[str, Any]
+    null_keys: frozenset[str]
+
+    def __post_init__(self) -> None:
+        for name, kind in _record_types(type(self)).items():
+            value = getattr(self, name)
+            if value is not None and not _record_type_ok(kind, value):
+                raise ConfigurationError(f"{self.KIND} key {name!r} holds {value!r}, not a {kind.__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: the fields that are set (and those in ``null_keys``, as ``None``) in
+        field order, then ``extra``."""
+        data: dict[str, Any] = {}
+        for name in _record_types(type(self)):
+            value = getattr(self, name)
+            if value is not None or name in self.null_keys:
+                data[name] = value
+        data.update((key, value) for key, value in self.extra.items() if key not in data)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Read a JSON object; unknown keys go to ``extra``, explicit nulls to ``null_keys``.
+
+        Raises:
+            ConfigurationError: ``data`` is not an object, or a known key has the wrong type
+                (e.g. ``"epoch": "3"``; numbers are never coerced, as in the constructor).
+        """
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"a {cls.KIND} record is a JSON object, not {type(data).__name__}")
+        types = _record_types(cls)
+        known = {key: value for key, value in data.items() if key in types and value is not None}
+        extra = {key: value for key, value in data.items() if key not in types}
+        nulls = frozenset(key for key, value in data.items() if key in types and value is None)
+        return cls(**known, extra=extra, null_keys=nulls)  # type: ignore[call-arg]
+
+
+@functools.cache
+def _record_types(cls: type) -> dict[str, type]:
+    """``{field: the type its value must have}`` from an open record's annotations."""
+    hints = typing.get_type_hints(cls)
+    types: dict[str, type] = {}
+    for f in fields(cls):
+        if f.name in ("extra", "null_keys"):
+            continue
+        (kind,) = [arg for arg in typing.get_args(hints[f.name]) if arg is not type(None)]
+        types[f.name] = typing.get_origin(kind) or kind
+    return types
+
+
+def _record_type_ok(kind: type, value: Any) -> bool:
+    if isinstance(value, bool):  # JSON true/false are never numbers here
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+# ---------------------------------------------------------------------------------------------
 # progress.jsonl: the progress record
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ProgressRecord:
+class ProgressRecord(_OpenRecord):
     """One line of ``progress.jsonl``, and the latest progress a task row's ``progress`` holds.
 
     Training appends one record per event; the orchestrator folds the file
@@ -498,6 +602,8 @@ class ProgressRecord:
             ``null``, so ``ProgressRecord.from_dict(d).to_dict() == d``.
     """
 
+    KIND = "progress"
+
     event: str | None = None
     time: float | None = None
     epoch: int | None = None
@@ -522,41 +628,9 @@ class ProgressRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     null_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
-    def __post_init__(self) -> None:
-        for name, kind in _PROGRESS_TYPES.items():
-            value = getattr(self, name)
-            if value is not None and not _progress_type_ok(kind, value):
-                raise ConfigurationError(f"progress key {name!r} holds {value!r}, not a {kind.__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object: the fields that are set (and those in ``null_keys``, as ``None``) in
-        field order, then ``extra``."""
-        data: dict[str, Any] = {}
-        for name in _PROGRESS_TYPES:
-            value = getattr(self, name)
-            if value is not None or name in self.null_keys:
-                data[name] = value
-        data.update((key, value) for key, value in self.extra.items() if key not in data)
-        return data
-
     def to_json(self) -> str:
         """One ``progress.jsonl`` line, without the newline (values JSON cannot hold become strings)."""
         return json.dumps(self.to_dict(), default=str)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProgressRecord":
-        """Read a JSON object; unknown keys go to ``extra``, explicit nulls to ``null_keys``.
-
-        Raises:
-            ConfigurationError: ``data`` is not an object, or a known key has the wrong type
-                (e.g. ``"epoch": "3"``; numbers are never coerced, as in the constructor).
-        """
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"a progress record is a JSON object, not {type(data).__name__}")
-        known = {key: value for key, value in data.items() if key in _PROGRESS_TYPES and value is not None}
-        extra = {key: value for key, value in data.items() if key not in _PROGRESS_TYPES}
-        nulls = frozenset(key for key, value in data.items() if key in _PROGRESS_TYPES and value is None)
-        return cls(**known, extra=extra, null_keys=nulls)
 
     @classmethod
     def from_json(cls, line: str) -> "ProgressRecord":
@@ -574,29 +648,6 @@ class ProgressRecord:
     def overlay(self, later: "ProgressRecord") -> "ProgressRecord":
         """This record with every key ``later`` carries laid over it (``{**self, **later}``)."""
         return ProgressRecord.from_dict({**self.to_dict(), **later.to_dict()})
-
-
-def _progress_types() -> dict[str, type]:
-    """``{field: the type its value must have}`` from :class:`ProgressRecord`'s annotations."""
-    hints = typing.get_type_hints(ProgressRecord)
-    types: dict[str, type] = {}
-    for f in fields(ProgressRecord):
-        if f.name in ("extra", "null_keys"):
-            continue
-        (kind,) = [arg for arg in typing.get_args(hints[f.name]) if arg is not type(None)]
-        types[f.name] = typing.get_origin(kind) or kind
-    return types
-
-
-def _progress_type_ok(kind: type, value: Any) -> bool:
-    if isinstance(value, bool):  # JSON true/false are never numbers here
-        return kind is bool
-    if kind is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, kind)
-
-
-_PROGRESS_TYPES = _progress_types()
 
 
 def fold_progress(records: Iterable[ProgressRecord]) -> ProgressRecord | None:
@@ -653,3 +704,298 @@ def format_progress(record: ProgressRecord, *, brief: bool = False) -> str:
         (True, None if record.test_accuracy is None else f"test acc {record.test_accuracy:.2f}"),
     ]
     return ", ".join(text for in_brief, text in figures if text is not None and (in_brief or not brief))
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The JSON value in ``path``, or ``None`` when there is no file.
+
+    Raises:
+        ConfigurationError: the file is not JSON (or not UTF-8); the message names it.
+        OSError: the file exists but cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _read_open_record(cls: type, path: Path) -> Any:
+    """An open record (:class:`_OpenRecord`) from the JSON object in ``path``; ``None`` without the file.
+
+    Raises:
+        ConfigurationError: not JSON, not an object, or a known key of the wrong type; the message
+            names the file.
+    """
+    data = _read_json_or_none(path)
+    if data is None:
+        return None
+    try:
+        return cls.from_dict(data)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc.message}", hint=exc.hint) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.json: the metrics record
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsRecord(_OpenRecord):
+    """``metrics.json``: what a finished training run measured; also the task row's ``metrics``.
+
+    Training writes it last (:func:`write_metrics`, from :func:`pytrain.training.train.main`); the
+    orchestrator reads it (:func:`read_metrics`) into the task row, publishing copies it to
+    ``results/<model>/<v>/``, ``pytrain models`` and the demo read ``test_accuracy``. Every field
+    is optional (``None``: not in the file; stub trainings write only a few), unknown keys are kept
+    and values type-checked (:class:`_OpenRecord`). The JSON keys are the field names, in this order.
+
+    Attributes:
+        task_id, model_name, architecture, class_list: the task (``class_list[i]`` is logit ``i``).
+        epochs_run: epochs trained, all runs of the task together.
+        best_epoch: the epoch whose checkpoint was exported.
+        stopped_early: early stopping ended the run before ``epochs``.
+        monitored: the loss early stopping followed (``val_loss``, or ``train_loss`` without a
+            validation split); ``best_loss`` its lowest value (nats).
+        early_stopping: the early-stopping state (``monitor``, ``patience``, ``best``,
+            ``best_epoch``, ``bad_epochs``, ``stopped``).
+        test_accuracy: fraction (0..1) of test clips the best checkpoint classified right (NaN
+            without test clips).
+        top_k: ``{"top1": .., "top5": ..}`` test top-k accuracies (0..1).
+        history: one row per epoch: the ``epoch`` progress record's figures.
+        splits: ``{split: {"loss", "count", "accuracy", "top_k", "per_class", "macro_f1",
+            "confusion_matrix"}}`` (:func:`pytrain.training.metrics.classification_report`).
+        confusion_matrices: ``{"train"|"test": (C, C) counts}``, row = true class.
+        skipped: ``[{"path", "reason"}]``, as ``skipped.json``.
+        clip_counts: ``{split: clips}`` trained and evaluated on.
+        wall_time_s: seconds from the start of the run to the metrics.
+        train_clips_per_second: mean over the epochs, all ranks together.
+        device, world_size, torch_version: rank 0's torch device, the number of ranks, torch's version.
+        nodes, devices: the distinct node names in rank order, and one placement entry per rank.
+        export: ``{"exporter", "onnx_bytes", "parity": {...}}`` (:func:`pytrain.training.export.export_checkpoint`).
+        train_config: every training setting (:class:`pytrain.task_options.TrainConfig`).
+        task: the :class:`TaskSpec` as a dict.
+        extra, null_keys: see :class:`_OpenRecord`.
+    """
+
+    KIND = "metrics"
+
+    task_id: int | None = None
+    model_name: str | None = None
+    architecture: str | None = None
+    class_list: list[str] | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    stopped_early: bool | None = None
+    monitored: str | None = None
+    best_loss: float | None = None
+    early_stopping: dict[str, Any] | None = None
+    test_accuracy: float | None = None
+    top_k: dict[str, float] | None = None
+    history: list[dict[str, Any]] | None = None
+    splits: dict[str, dict[str, Any]] | None = None
+    confusion_matrices: dict[str, list[list[int]]] | None = None
+    skipped: list[dict[str, str]] | None = None
+    clip_counts: dict[str, int] | None = None
+    wall_time_s: float | None = None
+    train_clips_per_second: float | None = None
+    device: str | None = None
+    world_size: int | None = None
+    torch_version: str | None = None
+    nodes: list[str] | None = None
+    devices: list[dict[str, Any]] | None = None
+    export: dict[str, Any] | None = None
+    train_config: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    null_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+def write_metrics(folder: Path, record: MetricsRecord) -> Path:
+    """Write ``metrics.json`` into ``folder`` atomically; returns its path."""
+    path = Path(folder) / METRICS
+    write_json_atomic(path, record.to_dict())
+    return path
+
+
+def read_metrics(folder: Path) -> MetricsRecord | None:
+    """``folder/metrics.json`` (a task folder, or a version's ``results/<model>/<v>/``).
+
+    Returns:
+        The record, or ``None`` when there is no file (training has not finished).
+
+    Raises:
+        ConfigurationError: not JSON, not an object, or a known key of the wrong type (the
+            message names the file).
+        OSError: the file exists but cannot be read.
+    """
+    return _read_open_record(MetricsRecord, Path(folder) / METRICS)
+
+
+# ---------------------------------------------------------------------------------------------
+# results/<model>/<v>/task_row.json: the task row a version was trained from
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedTaskRow(_OpenRecord):
+    """``results/<model>/<v>/task_row.json``: the ``training_tasks`` row that trained a version,
+    as the orchestrator saw it when it published (status ``running``, with the run's ``metrics``,
+    ``progress`` and ``task_dir``); ``pytrain publish`` by hand saves the row it is given.
+
+    Versions published before PyTrain named it ``task_row.json`` hold it as ``task.json``
+    (:data:`TASK_ROW_LEGACY`); :func:`read_published_task_row` reads both. The row's other columns
+    (its options, fractions, times...) are kept in ``extra``; values JSON cannot hold were written
+    with ``str`` (a datetime becomes its ISO text). Unknown keys and types: :class:`_OpenRecord`.
+
+    Attributes:
+        id: the task row's id; uid: its ``uid`` (UUID text); run_id: the run that published.
+        model_name: the Triton model name.
+        status: the row's status when it was saved.
+        task_dir: the task folder the version was trained in.
+        metrics: the run's :class:`MetricsRecord` as a dict.
+        progress: the run's last :class:`ProgressRecord` as a dict.
+    """
+
+    KIND = "task row"
+
+    id: int | None = None
+    uid: str | None = None
+    run_id: int | None = None
+    model_name: str | None = None
+    status: str | None = None
+    task_dir: str | None = None
+    metrics: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    null_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @classmethod
+    def from_row(cls, row: typing.Mapping[str, Any]) -> "PublishedTaskRow":
+        """The record of a task row mapping, as its file will hold it (values JSON cannot hold
+        become their ``str``).
+
+        Raises:
+            ConfigurationError: the row cannot be saved as JSON (a circular value), or a known
+                column has the wrong type.
+        """
+        try:
+            data = json.loads(json.dumps(dict(row), default=str))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"the task row cannot be saved as JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def write_published_task_row(folder: Path, record: PublishedTaskRow) -> Path:
+    """Write ``task_row.json`` into ``folder`` (a version's results) atomically; returns its path."""
+    path = Path(folder) / TASK_ROW
+    write_json_atomic(path, record.to_dict())
+    return path
+
+
+def read_published_task_row(folder: Path) -> PublishedTaskRow | None:
+    """The task row saved with a version: ``folder/task_row.json``, else the ``task.json`` of a
+    version published before the file had its own name.
+
+    Returns:
+        The record, or ``None`` when the folder holds neither (e.g. a version placed by hand).
+
+    Raises:
+        ConfigurationError: not JSON, not an object, or a known key of the wrong type.
+        OSError: the file exists but cannot be read.
+    """
+    for name in (TASK_ROW, TASK_ROW_LEGACY):
+        record = _read_open_record(PublishedTaskRow, Path(folder) / name)
+        if record is not None:
+            return record
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# scan.json: the pre-scan's results
+# ---------------------------------------------------------------------------------------------
+
+
+def scan_stamp(size: int, mtime_ns: int, num_frames: int, height: int, width: int) -> list[int]:
+    """The key a pre-scan result holds for: file size (bytes), mtime (ns) and the clip size (frames, pixels)."""
+    return [size, mtime_ns, num_frames, height, width]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """One entry of ``scan.json`` (``{manifest path: {"stamp": [...], "reason": ...}}``).
+
+    Training's pre-scan (:mod:`pytrain.training.probe`) writes one per manifest file and keeps it
+    while the stamp holds; the orchestrator seeds entries from the video catalog
+    (:func:`pytrain.sources.catalog.seed_scan_results`).
+
+    Attributes:
+        stamp: :func:`scan_stamp` of the file when it was scanned.
+        reason: why the file cannot be trained on, or ``None`` when it is readable.
+    """
+
+    stamp: list[int]
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the entry."""
+        return {"stamp": list(self.stamp), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ScanResult":
+        """Read one entry.
+
+        Raises:
+            ConfigurationError: not an object with exactly ``stamp`` (a list of integers) and
+                ``reason`` (text or ``null``).
+        """
+        if not isinstance(data, dict) or set(data) != {"stamp", "reason"}:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ConfigurationError(f"a scan result is an object with keys 'stamp' and 'reason', not {keys}")
+        stamp, reason = data["stamp"], data["reason"]
+        if not isinstance(stamp, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in stamp):
+            raise ConfigurationError(f"scan result stamp {stamp!r} is not a list of integers")
+        if reason is not None and not isinstance(reason, str):
+            raise ConfigurationError(f"scan result reason {reason!r} is not text or null")
+        return cls(stamp, reason)
+
+
+def write_scan(task_dir: Path, results: typing.Mapping[str, ScanResult]) -> Path:
+    """Write ``scan.json`` (``{manifest path: ScanResult}``, in ``results``' order) into ``task_dir``
+    atomically; returns its path."""
+    path = Path(task_dir) / SCAN
+    write_json_atomic(path, {rel: result.to_dict() for rel, result in results.items()})
+    return path
+
+
+def read_scan(task_dir: Path) -> dict[str, ScanResult]:
+    """The pre-scan's results in ``task_dir`` (``{manifest path: ScanResult}``).
+
+    ``scan.json`` is a cache: what it cannot answer is scanned again. So there is no error for it:
+    a missing file, or one that is not a JSON object, reads as ``{}``, and an entry that is not a
+    :class:`ScanResult` (a key missing or unknown, a wrong type) is left out (logged).
+
+    Raises:
+        OSError: the file exists but cannot be read.
+    """
+    path = Path(task_dir) / SCAN
+    try:
+        data = _read_json_or_none(path)
+    except ConfigurationError as exc:
+        log.warning("%s; every file is scanned again", exc.message)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    results = {}
+    for rel, entry in data.items():
+        try:
+            results[rel] = ScanResult.from_dict(entry)
+        except ConfigurationError as exc:
+            log.warning("%s: entry %r left out (%s); the file is scanned again", path, rel, exc.message)
+    return results

@@ -51,9 +51,9 @@ def test_publish_writes_the_repository_layout_and_results(task_folder: Path, rep
     results = repo_settings.results_dir / "kitchen" / "1"
     assert published.results_path == results
     assert sorted(p.name for p in results.iterdir()) == sorted(
-        ["metrics.json", "skipped.json", "tensor_spec.json", "history.png", "confusion_train.png", "confusion_test.png", "task.json"]
+        ["metrics.json", "skipped.json", "tensor_spec.json", "history.png", "confusion_train.png", "confusion_test.png", "task_row.json"]
     )
-    assert json.loads((results / "task.json").read_text()) == task_record(created_at=None)
+    assert json.loads((results / "task_row.json").read_text()) == task_record(created_at=None)
     assert json.loads((results / "skipped.json").read_text()) == [{"path": "bad.mp4", "reason": "empty"}]
     # Staging leaves nothing behind beside the repository.
     assert not (repo_settings.model_repo_dir.parent / ".model_repo.staging").exists()

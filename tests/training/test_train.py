@@ -19,7 +19,7 @@ from fixtures.clips import make_bad_files
 from fixtures.processes import communicate_or_kill
 
 from pytrain.errors import ConfigurationError
-from pytrain.spec import PLOTS, ProgressRecord, TensorSpec
+from pytrain.spec import PLOTS, ProgressRecord, TensorSpec, read_metrics
 from pytrain.task_options import TrainConfig
 from pytrain.training.train import EarlyStopping, RunState, evaluate, main
 from pytrain.video import read_clip
@@ -58,6 +58,7 @@ def test_tiny_model_learns_the_separable_dataset(tmp_path, synthetic_sources):
     assert all((task / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in PLOTS)
 
     saved = json.loads((task / "metrics.json").read_text())
+    assert read_metrics(task).extra == {}  # training writes only the record's keys
     assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4, 5, 6]
     assert set(saved["splits"]["test"]["per_class"]) == set(spec.class_list)
     assert np.array(saved["confusion_matrices"]["test"]).sum() == 12 and np.array(saved["confusion_matrices"]["train"]).sum() == 30

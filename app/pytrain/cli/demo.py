@@ -30,7 +30,7 @@ import typer
 from pytrain.errors import ConfigurationError, PyTrainError, SourceError, TrainingError
 from pytrain.settings import Settings
 from pytrain.sources.resolve import class_of
-from pytrain.spec import ManifestRow, ProgressRecord, format_progress, read_manifest, task_dir_name
+from pytrain.spec import ManifestRow, MetricsRecord, ProgressRecord, format_progress, read_manifest, task_dir_name
 
 DEMO_DATASET = "demo"
 DEMO_CLASSES = ("cooking", "drinking", "eating")
@@ -184,7 +184,7 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
         raise TrainingError(f"task {task_id} ended {record.status}: {record.error or 'no error recorded'}",
                             hint=f"see {settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid)}/train.log")
     version = record.version
-    metrics = record.metrics or {}
+    trained_accuracy = MetricsRecord.from_dict(record.metrics or {}).test_accuracy
     console.print(f"task {task_id} succeeded: published [bold]{options.model_name}[/] version {version} into {settings.model_repo_dir}")
 
     step(6, "Triton: serve and predict the held-out clips over gRPC")
@@ -195,10 +195,10 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     accuracy = correct / len(predictions) if predictions else 0.0
     console.print(
         f"\n[bold]held-out accuracy over gRPC: {accuracy:.3f}[/] ({correct}/{len(predictions)} clips); "
-        f"test accuracy in training: {metrics.get('test_accuracy', float('nan')):.3f}; "
+        f"test accuracy in training: {float('nan') if trained_accuracy is None else trained_accuracy:.3f}; "
         f"total {time.monotonic() - started:.0f} s"
     )
-    result = DemoResult(task_id, version, predictions, accuracy, metrics.get("test_accuracy"))
+    result = DemoResult(task_id, version, predictions, accuracy, trained_accuracy)
     check_accuracy(result, options.min_accuracy)
     return result
 

@@ -93,10 +93,7 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
         # a fresh uid per call: a debugging run never resumes another one's folder
         prepared = prepare_task({"id": 0, "uid": uuid.uuid4(), **task_defaults(), **data}, settings, registered=None, gpus=settings.gpus)
         return prepared.spec, prepared.task_dir
-    try:
-        spec = TaskSpec(**data)
-    except TypeError as exc:
-        raise ConfigurationError(f"--spec: {exc}", hint="fields: see pytrain.spec.TaskSpec (task_id, model_name, class_list, ...)") from exc
+    spec = TaskSpec.from_dict(data, "--spec")
     if not spec.uid:  # a task.json from before the uid existed
         spec = dataclasses.replace(spec, uid=str(uuid.uuid4()))
     task_dir = settings.model_tasks_dir / task_dir_name(spec.task_id, spec.model_name, spec.uid)

@@ -127,9 +127,9 @@ def clips_from_task(settings: Settings, task_id: int) -> list[LabelledClip]:
     Raises:
         ClientError: no such task folder, or an empty test split.
     """
-    from pytrain.spec import read_manifest
+    from pytrain.spec import TASK_SPEC, read_manifest
 
-    folders = sorted(settings.model_tasks_dir.glob(f"task-{int(task_id)}-*"), key=lambda f: _mtime(f / "task.json"), reverse=True)
+    folders = sorted(settings.model_tasks_dir.glob(f"task-{int(task_id)}-*"), key=lambda f: _mtime(f / TASK_SPEC), reverse=True)
     if not folders:
         raise ClientError(f"no task folder task-{task_id}-<model> in {settings.model_tasks_dir}",
                           hint="check the task id (pytrain tasks) and PYTRAIN_MODEL_TASKS_DIR")

@@ -33,7 +33,6 @@ Life of a worker:
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -52,7 +51,7 @@ from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, Runn
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
-from pytrain.spec import METRICS, ProgressRecord, format_progress, read_progress_record
+from pytrain.spec import METRICS, ProgressRecord, PublishedTaskRow, format_progress, read_metrics, read_progress_record
 
 log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
@@ -83,10 +82,6 @@ def _load_publisher() -> Publisher:
     from pytrain.publish import publish_task  # imported lazily: publishing is another part
 
     return publish_task
-
-
-def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(record, default=str))
 
 
 class _Heartbeat(threading.Thread):
@@ -562,15 +557,15 @@ class Orchestrator:
         return "lost"
 
     def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None, heartbeat: _Heartbeat) -> str:
-        metrics_path = prepared.task_dir / METRICS
         try:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return self._fail(run, f"training reported success but wrote no {metrics_path}", progress)
-        except json.JSONDecodeError as exc:
-            return self._fail(run, f"{metrics_path} is not valid JSON: {exc}", progress)
-        record = _json_safe({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
-                             "task_dir": str(prepared.task_dir)})
+            read = read_metrics(prepared.task_dir)
+        except ConfigurationError as exc:  # not JSON, or a key of the wrong type
+            return self._fail(run, exc.message, progress)
+        if read is None:
+            return self._fail(run, f"training reported success but wrote no {prepared.task_dir / METRICS}", progress)
+        metrics = read.to_dict()
+        record = PublishedTaskRow.from_row({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
+                                            "task_dir": str(prepared.task_dir)}).to_dict()
         gate = _SuccessGate(self.queue, run, heartbeat, metrics, progress)
         # The database may drop while recording (a restart): retry until it is back, for at most a
         # lease after the last renewal (the heartbeat goes on meanwhile; each retry re-checks that

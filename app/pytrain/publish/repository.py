@@ -12,7 +12,7 @@ Layout written (``<model>`` = the task's ``model_name``, ``<v>`` = the next inte
     model_repo/<model>/<v>/tensor_spec.json  the tensor description it was published with
     model_repo/<model>/<v>/labels.txt        its own labels and INI (what rollback serves it with)
     model_repo/<model>/<v>/<model>.config
-    results/<model>/<v>/                     metrics.json, skipped.json, plots, task.json (the task row)
+    results/<model>/<v>/                     metrics.json, skipped.json, plots, task_row.json (the task row)
 
 Which versions the configs serve (only those the model-level files describe: same classes and clip
 size) is :mod:`pytrain.publish.versions`' business; a version that changes them is served alone.
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import logging
 import os
 import re
@@ -58,14 +57,13 @@ from pytrain import spec as task_files
 from pytrain.errors import ConfigurationError, PublishError
 from pytrain.publish import triton_config, versions
 from pytrain.settings import Settings
-from pytrain.spec import TaskSpec, TensorSpec
+from pytrain.spec import PublishedTaskRow, TaskSpec, TensorSpec, write_published_task_row
 from pytrain.task_columns import MODEL_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 PYTHON_MODEL_FILE = "model.py"
-TASK_ROW_FILE = "task.json"
 # How many times a publisher retries after losing the race for a version number.
 MAX_VERSION_ATTEMPTS = 1000
 
@@ -124,8 +122,9 @@ def publish_task(
         settings: uses ``model_repo_dir``, ``results_dir``, ``max_batch_size`` and
             ``triton_grpc_url`` (when set, that Triton is asked to load the model).
         task_record: the ``training_tasks`` row (a mapping), saved as
-            ``results/<model>/<v>/task.json`` (values JSON cannot hold, e.g. datetimes, are
-            written with ``str``); when it names a model, it must be ``task.json``'s. With ``uid``
+            ``results/<model>/<v>/task_row.json`` (:class:`~pytrain.spec.PublishedTaskRow`; values
+            JSON cannot hold, e.g. datetimes, are written with ``str``); when it names a model, it
+            must be ``task.json``'s. With ``uid``
             and ``run_id`` the publish is idempotent per run: when ``history.jsonl`` shows this
             run published a version that is still there, that version is returned and nothing is
             published again (the orchestrator retries after a database failure).
@@ -175,9 +174,9 @@ def publish_task(
     versions.model_files(model_name, tensor_spec, ini_text, [1], settings)  # validates the configs
     _check_onnx(onnx_path, tensor_spec, model_name)
     try:
-        task_row_json = json.dumps(task_record, indent=2, default=str) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise PublishError(f"model {model_name}: the task row cannot be saved as JSON: {exc}") from exc
+        task_row = PublishedTaskRow.from_row(task_record)
+    except ConfigurationError as exc:
+        raise PublishError(f"model {model_name}: {exc.message}") from exc
 
     model_dir = settings.model_repo_dir / model_name
     results_model_dir = settings.results_dir / model_name
@@ -190,7 +189,7 @@ def publish_task(
         raise PublishError(f"model {model_name}: cannot prepare {model_dir}: {exc}") from exc
     try:
         _stage_version(version_stage, onnx_path, tensor_spec, ini_text, model_name)
-        _stage_results(results_stage, task_dir, task_row_json)
+        _stage_results(results_stage, task_dir, task_row)
         with versions.model_lock(model_dir), (gate() if gate is not None else nullcontext(_record_nothing)) as record:
             published = _place(version_stage, results_stage, model_dir, results_model_dir, tensor_spec, ini_text,
                                settings, task_record, _before_rename)
@@ -372,14 +371,14 @@ def _stage_version(stage: Path, onnx_path: Path, tensor_spec: TensorSpec, ini_te
     _write_synced(stage / versions.ini_file(model_name), ini_text)
 
 
-def _stage_results(stage: Path, task_dir: Path, task_row_json: str) -> None:
+def _stage_results(stage: Path, task_dir: Path, task_row: PublishedTaskRow) -> None:
     for name in _RESULT_FILES:
         if (task_dir / name).is_file():
             _copy_synced(task_dir / name, stage / name)
     for extra in sorted(task_dir.glob("confusion_*.png")):
         if not (stage / extra.name).exists():
             _copy_synced(extra, stage / extra.name)
-    _write_synced(stage / TASK_ROW_FILE, task_row_json)
+    write_published_task_row(stage, task_row)
 
 
 def _next_version(model_dir: Path, results_model_dir: Path) -> int:

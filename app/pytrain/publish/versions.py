@@ -37,7 +37,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pytrain import spec as task_files
 from pytrain.errors import ConfigurationError, PublishError
@@ -455,7 +455,7 @@ class VersionRow:
     Attributes:
         model, version: which.
         created: Unix seconds it was published (history, else the folder's mtime).
-        task_id: the task that trained it (``results/<model>/<v>/task.json``), or ``None``.
+        task_id: the task that trained it (history, else ``results/<model>/<v>/task_row.json``), or ``None``.
         classes: its class list.
         clip: ``"TxHxW"`` frames x pixels.
         test_accuracy: from ``results/<model>/<v>/metrics.json`` (0..1), or ``None``.
@@ -489,24 +489,25 @@ def list_versions(settings: Settings, model: str | None = None) -> list[VersionR
         for version, spec in all_specs(model_dir).items():
             results = settings.results_dir / name / str(version)
             record = published.get(version)
-            task = _read_json(results / "task.json")
-            metrics = _read_json(results / task_files.METRICS)
+            task = _read_or_none(task_files.read_published_task_row, results) or task_files.PublishedTaskRow()
+            metrics = _read_or_none(task_files.read_metrics, results) or task_files.MetricsRecord()
             rows.append(VersionRow(
                 model=name, version=version,
                 created=record.time if record else (model_dir / str(version)).stat().st_mtime,
-                task_id=(record.task_id if record and record.task_id is not None else task.get("id")),
+                task_id=(record.task_id if record and record.task_id is not None else task.id),
                 classes=list(spec.class_list), clip=f"{spec.num_frames}x{spec.height}x{spec.width}",
-                test_accuracy=metrics.get("test_accuracy"), served=version in served,
+                test_accuracy=metrics.test_accuracy, served=version in served,
             ))
     return rows
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_or_none(read: Callable[[Path], Any], folder: Path) -> Any:
+    """``read(folder)``, or ``None`` when its file is unreadable or invalid: a listing shows what it can."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read(folder)
+    except (OSError, ConfigurationError) as exc:
+        log.warning("%s: %s", folder, exc)
+        return None
 
 
 def live_states(url: str, *, settings: Settings | None = None, timeout_s: float = 5.0) -> dict[tuple[str, int], str]:

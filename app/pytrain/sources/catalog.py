@@ -10,7 +10,6 @@ again, and needs no database access to benefit. See docs/adr/0008.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +19,7 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError, printable
 from pytrain.sources.resolve import NOT_UTF8, VIDEO_SUFFIXES, is_utf8_name, unreadable_folder
-from pytrain.spec import ManifestRow, write_json_atomic
+from pytrain.spec import ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -184,24 +183,17 @@ def seed_scan_results(task_dir: Path, rows: Iterable[ManifestRow], videos: Itera
         How many entries were added.
 
     Raises:
-        OSError: ``scan.json`` cannot be written.
+        OSError: ``scan.json`` cannot be read or written.
     """
-    from pytrain.training.probe import SCAN_RESULTS, scan_stamp
-
     by_path = {f"{v['dataset']}/{v['path']}": v for v in videos}
-    scan_path = Path(task_dir) / SCAN_RESULTS
-    try:
-        results = json.loads(scan_path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        results = {}
+    results = read_scan(task_dir)
     added = 0
     for row in rows:
         video = by_path.get(row.path)
         if video is None or row.path in results:
             continue
-        results[row.path] = {"stamp": scan_stamp(video["size_bytes"], video["mtime_ns"], num_frames, height, width),
-                             "reason": video["reason"]}
+        results[row.path] = ScanResult(scan_stamp(video["size_bytes"], video["mtime_ns"], num_frames, height, width), video["reason"])
         added += 1
     if added:
-        write_json_atomic(scan_path, results)
+        write_scan(task_dir, results)
     return added

@@ -332,14 +332,3 @@ def _probe_all(paths: Sequence[str | Path], target, args: tuple, *, timeout: flo
         t.join()
     if errors:
         raise errors[0]
-
-
-#: The pre-scan's results in a task folder, ``{manifest path: {"stamp": scan_stamp(...), "reason":
-#: str | None}}``: training keeps a result while the stamp holds; the orchestrator seeds it from
-#: the video catalog (:func:`pytrain.sources.catalog.seed_scan_results`).
-SCAN_RESULTS = "scan.json"
-
-
-def scan_stamp(size: int, mtime_ns: int, num_frames: int, height: int, width: int) -> list[int]:
-    """The key a pre-scan result holds for: file size (bytes), mtime (ns) and the clip size (frames, pixels)."""
-    return [size, mtime_ns, num_frames, height, width]

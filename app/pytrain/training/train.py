@@ -45,15 +45,15 @@ from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import (
-    CHECKPOINT_BEST, CLIP_CACHE, METRICS, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, ProgressRecord, TaskSpec, TensorSpec,
-    format_progress, write_json_atomic,
+    CHECKPOINT_BEST, CLIP_CACHE, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, MetricsRecord, ProgressRecord, ScanResult, TaskSpec,
+    TensorSpec, format_progress, read_scan, scan_stamp, write_json_atomic, write_metrics, write_scan,
 )
 from pytrain.task_options import TrainConfig, balanced_class_weights
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.checkpoints import find_resumable, move_aside, run_fingerprint, save_checkpoint, save_last
 from pytrain.training.models import ARCHITECTURES, build_model
-from pytrain.training.probe import SCAN_RESULTS, scan_stamp, scan_videos
+from pytrain.training.probe import scan_videos
 from pytrain.training.run_lock import RunLock
 from pytrain.training.transforms import TrainPreset, apply_boxes
 
@@ -286,28 +286,24 @@ def _worker_init(_: int) -> None:
 def _prepare_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: Path, ddp: _Distributed, processes: int) -> tuple[dict[str, list], list[dict[str, str]]]:
     """Read the manifest and pre-scan every file (rank 0); other ranks read ``skipped.json``.
 
-    Scan results are kept in ``scan.json`` in the task folder, so a resumed run only scans the
-    files that changed.
+    Scan results are kept in ``scan.json`` in the task folder (:func:`pytrain.spec.read_scan`), so a
+    resumed run only scans the files that changed.
     """
     samples, skipped = data_mod.load_samples(task_dir, sources_root, spec.class_list)
     skipped_path = task_dir / SKIPPED
     if ddp.main:
         # results of earlier runs of this task (a resume) are kept while the file is unchanged
-        scan_path = task_dir / SCAN_RESULTS
-        try:
-            previous = json.loads(scan_path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            previous = {}
+        previous = read_scan(task_dir)
         stamps = [_stamp(s.path, spec) for s in samples]
-        todo = [i for i, s in enumerate(samples) if previous.get(s.rel_path, {}).get("stamp") != stamps[i]]
+        todo = [i for i, s in enumerate(samples) if s.rel_path not in previous or previous[s.rel_path].stamp != stamps[i]]
         log.info("pre-scanning %d of %d files (timeout %g s per file, %d processes)", len(todo), len(samples), cfg.decode_timeout_s, processes)
         found = scan_videos([samples[i].path for i in todo], spec.num_frames, spec.height, spec.width, timeout=cfg.decode_timeout_s, processes=processes)
         results = {s.rel_path: previous[s.rel_path] for s in samples if s.rel_path in previous}
         for k, i in enumerate(todo):
-            results[samples[i].rel_path] = {"stamp": stamps[i], "reason": found.get(k)}
-        write_json_atomic(scan_path, results)
+            results[samples[i].rel_path] = ScanResult(stamps[i], found.get(k))
+        write_scan(task_dir, results)
         for s in samples:
-            reason = results[s.rel_path]["reason"]
+            reason = results[s.rel_path].reason
             if reason is not None:
                 skipped.append({"path": s.rel_path, "reason": reason})
                 log.warning("skipping %s: %s", s.rel_path, reason)
@@ -695,25 +691,26 @@ def _finish(run: _Run, state: RunState, placement: list[dict[str, Any]]) -> dict
         plots.plot_confusion(reports[split]["confusion_matrix"], spec.class_list, run.task_dir / name,
                              f"{split} confusion (best epoch {stopping.best_epoch})")
     speeds = [h["clips_per_second"] for h in state.history]
-    result = {
-        "task_id": spec.task_id, "model_name": spec.model_name, "architecture": spec.architecture, "class_list": list(spec.class_list),
-        "epochs_run": state.epoch, "best_epoch": stopping.best_epoch, "stopped_early": stopping.stopped,
-        "monitored": stopping.monitor, "best_loss": stopping.best, "early_stopping": asdict(stopping),
-        "test_accuracy": reports["test"]["accuracy"], "top_k": reports["test"]["top_k"],
-        "history": state.history, "splits": reports,
-        "confusion_matrices": {split: reports[split]["confusion_matrix"] for split in ("train", "test")},
-        "skipped": run.data.skipped, "clip_counts": {k: len(v) for k, v in by_split.items()},
-        "wall_time_s": time.perf_counter() - run.wall_start,
-        "train_clips_per_second": float(np.mean(speeds)) if speeds else None,
-        "device": str(run.device), "world_size": run.ddp.world_size, "torch_version": torch.__version__,
-        "nodes": list(dict.fromkeys(entry["node"] for entry in placement)), "devices": placement,
-        "export": export_report, "train_config": asdict(run.cfg), "task": spec.to_dict(),
-    }
-    write_json_atomic(run.task_dir / METRICS, result)
-    run.progress.write(ProgressRecord(event="done", test_accuracy=result["test_accuracy"], top_k=result["top_k"],
+    result = MetricsRecord(
+        task_id=spec.task_id, model_name=spec.model_name, architecture=spec.architecture, class_list=list(spec.class_list),
+        epochs_run=state.epoch, best_epoch=stopping.best_epoch, stopped_early=stopping.stopped,
+        monitored=stopping.monitor, best_loss=stopping.best, early_stopping=asdict(stopping),
+        test_accuracy=reports["test"]["accuracy"], top_k=reports["test"]["top_k"],
+        history=state.history, splits=reports,
+        confusion_matrices={split: reports[split]["confusion_matrix"] for split in ("train", "test")},
+        skipped=run.data.skipped, clip_counts={k: len(v) for k, v in by_split.items()},
+        wall_time_s=time.perf_counter() - run.wall_start,
+        train_clips_per_second=float(np.mean(speeds)) if speeds else None,
+        device=str(run.device), world_size=run.ddp.world_size, torch_version=torch.__version__,
+        nodes=list(dict.fromkeys(entry["node"] for entry in placement)), devices=placement,
+        export=export_report, train_config=asdict(run.cfg), task=spec.to_dict(),
+        null_keys=frozenset() if speeds else frozenset({"train_clips_per_second"}),
+    )
+    write_metrics(run.task_dir, result)
+    run.progress.write(ProgressRecord(event="done", test_accuracy=result.test_accuracy, top_k=result.top_k,
                                       epochs_run=state.epoch, best_epoch=stopping.best_epoch))
-    log.info("done: test accuracy %.3f, model %s", result["test_accuracy"], run.task_dir / MODEL_ONNX)
-    return result
+    log.info("done: test accuracy %.3f, model %s", result.test_accuracy, run.task_dir / MODEL_ONNX)
+    return result.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------
