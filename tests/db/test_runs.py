@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from pytrain.db import TaskQueue, WorkerLock
 from pytrain.errors import ConfigurationError, TaskNotFoundError
+from pytrain.outcome import Outcome
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]}
 
@@ -257,3 +258,19 @@ def test_the_fence_comes_a_margin_before_the_lease_and_after_a_heartbeat():
     assert Settings(lease_seconds=60, heartbeat_seconds=5, fence_margin_seconds=15).fence_seconds == 45
     with pytest.raises(ValidationError, match=r"minus the fencing margin \(56 s, PYTRAIN_FENCE_MARGIN_SECONDS\) must exceed"):
         Settings(lease_seconds=60, heartbeat_seconds=5, fence_margin_seconds=56)
+
+
+def test_the_queue_speaks_the_one_outcome_enum(engine):
+    """Heartbeats, recorded runs and finish_succeeded answer with :class:`pytrain.outcome.Outcome`
+    members (their values are the strings the database holds)."""
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    assert queue.heartbeat(run, 30) is Outcome.OK
+    assert queue.finish(run, Outcome.FAILED, error="boom") is True
+    assert queue.heartbeat(run, 30) is Outcome.LOST
+    assert queue.finish_succeeded(run, publish=lambda: pytest.fail("an ended run must not publish")) is Outcome.LOST
+    [ended] = queue.runs(task_id)
+    assert ended.outcome is Outcome.FAILED and queue.get(task_id).status == "failed"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT outcome FROM task_runs WHERE id = :id"), {"id": run.run_id}).scalar() == "failed"

@@ -32,15 +32,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pytrain.outcome import FINISHED, RECORDED
 from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, check_constraints, column, size_constraints, task_defaults
 
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+FINAL_STATUSES = tuple(outcome.value for outcome in FINISHED)
+STATUSES = ("queued", "running", *FINAL_STATUSES)
 
-#: ``task_runs.outcome`` of an ended run (``NULL`` while it runs): a final status, or ``requeued``
-#: (the run was lost or interrupted and the task went back to the queue).
-RUN_OUTCOMES = (*FINAL_STATUSES, "requeued")
+#: ``task_runs.outcome`` of an ended run (``NULL`` while it runs): the values of
+#: :data:`pytrain.outcome.RECORDED` (a final status, or ``requeued``: the run was lost or
+#: interrupted and the task went back to the queue).
+RUN_OUTCOMES = tuple(outcome.value for outcome in RECORDED)
 
 #: Channel of the insert/re-queue trigger: payload is the task id.
 NOTIFY_CHANNEL = "pytrain_tasks"

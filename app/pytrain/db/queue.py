@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -24,11 +24,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from pytrain.db import queries
 from pytrain.db.models import TrainingTask
 from pytrain.errors import ConfigurationError, DatabaseError, PublishError, PyTrainError, TaskNotFoundError, printable
+from pytrain.outcome import Outcome
 
 log = logging.getLogger(__name__)
-
-HeartbeatState = Literal["ok", "cancelled", "lost"]
-
 
 @dataclass(frozen=True)
 class TaskRow(Mapping[str, Any]):
@@ -119,7 +117,7 @@ class RunRow:
         worker_id: the worker that claimed it.
         started_at, finished_at: database clock, timezone-aware; ``finished_at`` is ``None`` while
             the run goes on.
-        outcome: ``None`` while it goes on, else one of :data:`pytrain.db.models.RUN_OUTCOMES`.
+        outcome: ``None`` while it goes on, else one of :data:`pytrain.outcome.RECORDED`.
         error: why it ended that way (``None`` on success).
         version: the version a successful run published.
     """
@@ -129,7 +127,7 @@ class RunRow:
     worker_id: str
     started_at: datetime
     finished_at: datetime | None
-    outcome: str | None
+    outcome: Outcome | None
     error: str | None
     version: int | None
 
@@ -173,11 +171,11 @@ class RunEnded(PyTrainError):
     longer holds it (``lost``: re-queued or claimed by another run; nothing written).
 
     Attributes:
-        status: ``"cancelled"`` or ``"lost"``.
+        status: ``Outcome.CANCELLED`` or ``Outcome.LOST``.
     """
 
-    def __init__(self, task_id: int, status: Literal["cancelled", "lost"]) -> None:
-        what = "was cancelled before publishing" if status == "cancelled" else "is no longer held by this run"
+    def __init__(self, task_id: int, status: Outcome) -> None:
+        what = "was cancelled before publishing" if status is Outcome.CANCELLED else "is no longer held by this run"
         super().__init__(f"task {task_id} {what}: nothing published")
         self.status = status
 
@@ -314,23 +312,24 @@ class TaskQueue(Repository):
         reason = (f"the task row cannot be read ({type(exc).__name__}: {_first_line(exc)}): a value is nested too deep "
                   f"or cannot be decoded; insert the task again with values the CHECKs of migration 0006 accept")
         log.error("task %s: %s", key["task_id"], reason)
-        self._execute(queries.FINISH, {**key, "status": "failed", "error": reason, "metrics": None, "version": None,
+        self._execute(queries.FINISH, {**key, "status": Outcome.FAILED.value, "error": reason, "metrics": None, "version": None,
                                        "progress": None})
 
-    def heartbeat(self, run: Claim, lease_seconds: float, progress: dict[str, Any] | None = None) -> HeartbeatState:
+    def heartbeat(self, run: Claim, lease_seconds: float, progress: dict[str, Any] | None = None) -> Outcome:
         """Renew a run's lease and store its latest ``progress``.
 
         Returns:
-            ``"ok"``; ``"cancelled"`` when a user cancelled the task; ``"lost"`` when the run is no
-            longer this worker's (its lease expired and the task was re-queued or claimed again).
+            ``Outcome.OK``; ``Outcome.CANCELLED`` when a user cancelled the task; ``Outcome.LOST``
+            when the run is no longer this worker's (its lease expired and the task was re-queued
+            or claimed again).
         """
         params = {**run.key(), "lease_seconds": float(lease_seconds), "progress": _json(progress)}
         if self._execute(queries.HEARTBEAT, params):
-            return "ok"
+            return Outcome.OK
         rows = self._execute(queries.RUN_STATE, {"task_id": run.task_id})
         if rows and rows[0]["status"] == "cancelled" and rows[0]["run_id"] == run.run_id:
-            return "cancelled"
-        return "lost"
+            return Outcome.CANCELLED
+        return Outcome.LOST
 
     def status(self, task_id: int) -> str:
         """The task's current status."""
@@ -339,7 +338,7 @@ class TaskQueue(Repository):
     def finish(
         self,
         run: Claim,
-        status: Literal["succeeded", "failed", "cancelled"],
+        status: Outcome,
         *,
         error: str | None = None,
         metrics: dict[str, Any] | None = None,
@@ -348,13 +347,17 @@ class TaskQueue(Repository):
     ) -> bool:
         """Record how a run ended, in the task row and the run's ``task_runs`` row.
 
+        Args:
+            status: one of :data:`pytrain.outcome.FINISHED` (its value is the task's status and
+                the run's outcome).
+
         Returns:
             ``False`` when the run was no longer this worker's (nothing was written), or when the
             task was cancelled meanwhile and ``status`` is not ``cancelled``.
         """
         params = {
             **run.key(),
-            "status": status,
+            "status": Outcome(status).value,
             "error": None if error is None else printable(error),  # a message may quote a file name
             "metrics": _json(metrics),
             "version": version,
@@ -397,20 +400,20 @@ class TaskQueue(Repository):
             DatabaseError: the database failed (nothing recorded; retry).
             PublishError: the block ended without calling ``record`` (rolled back).
         """
-        state = "lost"
+        state = Outcome.LOST  # OK once the row shows the run holds the task
         try:
             with self.engine.begin() as conn:
                 row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
                 if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
-                    state = str(row["status"])
+                    state = Outcome.OK if row["status"] == "running" else Outcome.CANCELLED
                 params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
-                if state == "cancelled":
-                    conn.execute(queries.FINISH, {**params, "status": "cancelled", "error": "cancelled before publishing"})
-                if state == "running":
+                if state is Outcome.CANCELLED:
+                    conn.execute(queries.FINISH, {**params, "status": Outcome.CANCELLED.value, "error": "cancelled before publishing"})
+                if state is Outcome.OK:
                     recorded: list[int] = []
 
                     def record(version: int, published_metrics: dict[str, Any] | None = None) -> None:
-                        values = {**params, "status": "succeeded", "version": int(version)}
+                        values = {**params, "status": Outcome.SUCCEEDED.value, "version": int(version)}
                         if published_metrics is not None:
                             values["metrics"] = _json(published_metrics)
                         written = conn.execute(queries.FINISH, values).first()
@@ -422,7 +425,7 @@ class TaskQueue(Repository):
                         raise PublishError(f"task {run.task_id}: the publisher placed no version and recorded nothing")
         except (DBAPIError, SQLAlchemyError) as exc:
             raise DatabaseError(f"recording task {run.task_id}'s success failed: {_reason(exc)}") from exc
-        if state != "running":
+        if state is not Outcome.OK:
             raise RunEnded(run.task_id, state)
 
     def finish_succeeded(
@@ -432,7 +435,7 @@ class TaskQueue(Repository):
         *,
         metrics: dict[str, Any] | None = None,
         progress: dict[str, Any] | None = None,
-    ) -> Literal["succeeded", "cancelled", "lost"]:
+    ) -> Outcome:
         """Publish and record a successful run in one locked transaction (:meth:`success_transaction`).
 
         Args:
@@ -442,8 +445,8 @@ class TaskQueue(Repository):
             metrics, progress: the run's metrics and last progress record.
 
         Returns:
-            ``"succeeded"``; ``"cancelled"`` (cancelled before publishing); ``"lost"`` (the run no
-            longer holds the task: nothing published, nothing written).
+            ``Outcome.SUCCEEDED``; ``Outcome.CANCELLED`` (cancelled before publishing);
+            ``Outcome.LOST`` (the run no longer holds the task: nothing published, nothing written).
 
         Raises:
             DatabaseError: the database failed (nothing recorded; retry).
@@ -454,7 +457,7 @@ class TaskQueue(Repository):
                 record(*publish())
         except RunEnded as ended:
             return ended.status
-        return "succeeded"
+        return Outcome.SUCCEEDED
 
     def requeue(self, run: Claim, reason: str, *, backoff_seconds: float = 0.0) -> bool:
         """Put a running task back in the queue without counting a lost attempt (a clean shutdown, a
@@ -530,7 +533,8 @@ class TaskQueue(Repository):
 
     def runs(self, task_id: int) -> list[RunRow]:
         """The runs of task ``task_id`` (``task_runs``), oldest first; ``[]`` for a task never claimed."""
-        return [RunRow(**row) for row in self._execute(queries.LIST_RUNS, {"task_id": task_id})]
+        return [RunRow(**{**row, "outcome": None if row["outcome"] is None else Outcome(row["outcome"])})
+                for row in self._execute(queries.LIST_RUNS, {"task_id": task_id})]
 
     def listen(self) -> bool:
         """Start listening for queued-task notifications; returns whether ``LISTEN`` works (else: poll)."""

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine
 
@@ -49,19 +49,44 @@ from pytrain.db import Claim, RunEnded, SourceRegistry, TaskQueue, VideoCatalog,
 from pytrain.db.engine import check_database_password
 from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
-from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
+from pytrain.outcome import Outcome
+from pytrain.runners import ClusterRunner, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings
 from pytrain.spec import METRICS, ProgressRecord, PublishedTaskRow, format_progress, read_metrics, read_progress_record
+
+if TYPE_CHECKING:  # publishing is imported when first needed (:func:`_load_publisher`)
+    from pytrain.publish.repository import Gate, PublishedModel
 
 log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
 progress_log = logging.getLogger("pytrain.orchestrator.progress")
 
-#: ``publish_task(task_dir, *, settings, task_record, gate) -> PublishedModel`` (with ``.version:
-#: int``, ``.served_versions: tuple[int, ...]`` and ``.serving_note: str``). The publisher enters
-#: ``gate()`` around placing the version and calls the ``record(published)`` it yields
-#: (:func:`pytrain.publish.publish_task`): that is what records the success.
-Publisher = Callable[..., Any]
+class Publisher(Protocol):
+    """What the worker calls to publish a trained task (default :func:`pytrain.publish.publish_task`).
+
+    It enters ``gate()`` around placing the version and calls the ``record(published)`` the gate
+    yields: that is what records the success (a publisher that never does fails the task).
+    """
+
+    def __call__(self, task_dir: Path, *, settings: Settings, task_record: dict[str, Any],
+                 gate: Gate | None = None) -> PublishedModel:
+        """Publish ``task_dir``'s model as the next version of its Triton model.
+
+        Args:
+            task_dir: the task folder of the successful run.
+            settings: the worker's settings.
+            task_record: the task row as :class:`~pytrain.spec.PublishedTaskRow` writes it.
+            gate: ``gate() -> context manager yielding record(published)``.
+
+        Returns:
+            The placed version (its number, served versions and serving note are recorded).
+
+        Raises:
+            RunEnded: the gate found the task cancelled or the run no longer holding it.
+            DatabaseError: recording failed (the worker retries; the publish must be idempotent per run).
+            PyTrainError: publishing failed (the task fails with the message).
+        """
+        ...
 
 _MAX_ERROR_CHARS = 4000
 
@@ -87,10 +112,10 @@ def _load_publisher() -> Publisher:
 class _Heartbeat(threading.Thread):
     """Renews a run's lease, copies its progress into the row, notices cancellation, and fences.
 
-    ``state``: ``ok``; ``cancelled`` (a user cancelled the task); ``lost`` (a heartbeat found the
-    run no longer holds the task); ``fenced`` (the lease was not renewed for
-    ``settings.fence_seconds``: the worker stopped its run itself). Any state but ``ok`` sets
-    ``cancel``, which the runner obeys within its poll + grace time.
+    ``state`` (an :class:`~pytrain.outcome.Outcome`): ``OK``; ``CANCELLED`` (a user cancelled the
+    task); ``LOST`` (a heartbeat found the run no longer holds the task); ``FENCED`` (the lease was
+    not renewed for ``settings.fence_seconds``: the worker stopped its run itself). Any state but
+    ``OK`` sets ``cancel``, which the runner obeys within its poll + grace time.
 
     Progress is a side channel: a ``progress.jsonl`` that cannot be read (an I/O error, a
     directory in its place) is a warning, at most one per :attr:`PROGRESS_WARNING_SECONDS`, and
@@ -112,7 +137,7 @@ class _Heartbeat(threading.Thread):
         self.settings = settings
         self.cancel = cancel
         self.task_dir: Path | None = None
-        self.state = "ok"  # ok | cancelled | lost | fenced
+        self.state = Outcome.OK  # OK | CANCELLED | LOST | FENCED
         #: ``time.monotonic()`` when the last successful renewal was sent (before the database set the lease).
         self.renewed_at = time.monotonic() if claimed_at is None else claimed_at
         self._done = threading.Event()
@@ -131,7 +156,7 @@ class _Heartbeat(threading.Thread):
     def beat(self) -> None:
         """Renew the lease, copy progress into the row, and set ``cancel`` if the run was cancelled or lost."""
         with self._lock:
-            if self._ended or self.state == "fenced":
+            if self._ended or self.state is Outcome.FENCED:
                 return
             self._beat()
 
@@ -145,15 +170,15 @@ class _Heartbeat(threading.Thread):
                         self.run_.task_id, time.monotonic() - self.renewed_at, exc)
             return
         self._log_epoch(record)
-        if state == "ok":
+        if state is Outcome.OK:
             with self._state_lock:
-                if self.state == "ok":
+                if self.state is Outcome.OK:
                     self.renewed_at = sent
             return
-        if state == "cancelled":
-            self._set_state("cancelled", "task %s was cancelled; stopping its run")
+        if state is Outcome.CANCELLED:
+            self._set_state(Outcome.CANCELLED, "task %s was cancelled; stopping its run")
         else:
-            self._set_state("lost", "task %s: the run no longer holds the task (re-queued or claimed by another worker); stopping it")
+            self._set_state(Outcome.LOST, "task %s: the run no longer holds the task (re-queued or claimed by another worker); stopping it")
 
     def _read_progress(self) -> ProgressRecord | None:
         """The run's latest progress, or ``None`` (no task folder yet, no record, or unreadable:
@@ -171,12 +196,12 @@ class _Heartbeat(threading.Thread):
                             type(exc).__name__, exc, self.PROGRESS_WARNING_SECONDS)
             return None
 
-    def _set_state(self, state: str, message: str) -> None:
+    def _set_state(self, state: Outcome, message: str) -> None:
         with self._state_lock:
-            if self.state != "ok" or self._ended:
+            if self.state is not Outcome.OK or self._ended:
                 return
             self.state = state
-        (log.info if state == "cancelled" else log.warning)(message, self.run_.task_id)
+        (log.info if state is Outcome.CANCELLED else log.warning)(message, self.run_.task_id)
         self.cancel.set()
 
     def _watch(self) -> None:
@@ -184,11 +209,11 @@ class _Heartbeat(threading.Thread):
         step = min(0.25, self.settings.heartbeat_seconds / 2)
         while not self._done.wait(step):
             with self._state_lock:
-                if self.state != "ok" or self._ended:
+                if self.state is not Outcome.OK or self._ended:
                     return
                 overdue = time.monotonic() - self.renewed_at >= self.settings.fence_seconds
             if overdue:
-                self._set_state("fenced", "task %s: lease not renewed for PYTRAIN_LEASE_SECONDS minus the fencing margin "
+                self._set_state(Outcome.FENCED, "task %s: lease not renewed for PYTRAIN_LEASE_SECONDS minus the fencing margin "
                                 f"({self.settings.fence_seconds:g} s); stopping the run before another worker may claim it")
                 return
 
@@ -203,7 +228,7 @@ class _Heartbeat(threading.Thread):
         """Beat every ``heartbeat_seconds`` until stopped, cancelled or lost."""
         while not self._done.wait(self.settings.heartbeat_seconds):
             self.beat()
-            if self.state != "ok":
+            if self.state is not Outcome.OK:
                 return
 
     def end(self) -> None:
@@ -240,7 +265,7 @@ class _Heartbeat(threading.Thread):
 
 
 class _SuccessGate:
-    """The publisher's ``gate`` (see :data:`Publisher`): while the version is placed, no beat, the
+    """The publisher's ``gate`` (see :class:`Publisher`): while the version is placed, no beat, the
     task row locked and the run checked (:meth:`pytrain.db.TaskQueue.success_transaction`); the
     ``record(published)`` it yields writes the success, with the served versions when the publish
     changed them; the commit follows. ``recorded``: whether a success was committed."""
@@ -251,13 +276,13 @@ class _SuccessGate:
         self.recorded = False
 
     @contextmanager
-    def __call__(self) -> Iterator[Callable[[Any], None]]:
+    def __call__(self) -> Iterator[Callable[[PublishedModel], None]]:
         with self.heartbeat.writing_outcome(), \
                 self.queue.success_transaction(self.run, metrics=self.metrics, progress=self.progress) as record:
             yield lambda published: record(int(published.version), self._served(published))
         self.recorded = True  # committed (success_transaction refuses a block that recorded nothing)
 
-    def _served(self, published: Any) -> dict[str, Any] | None:
+    def _served(self, published: PublishedModel) -> dict[str, Any] | None:
         """The metrics to record when the publish changed what is served (a class or clip-size
         change: older versions are no longer served), else ``None``."""
         if not published.serving_note:
@@ -274,7 +299,7 @@ class Orchestrator:
         runner: the runner (default: :func:`pytrain.runners.get_runner` of ``settings``).
         publisher: called after a successful run as ``publisher(task_dir, settings=...,
             task_record=..., gate=...)``; it places the version inside ``gate()`` and records it
-            with the ``record`` the gate yields (see :data:`Publisher`); default
+            with the ``record`` the gate yields (see :class:`Publisher`); default
             :func:`pytrain.publish.publish_task` (imported when first needed).
         worker_id: this worker's id (default ``settings.worker_id`` or :func:`default_worker_id`).
         gpus: GPU ids for the runs (default ``settings.gpus``).
@@ -449,7 +474,7 @@ class Orchestrator:
         return True
 
     # -- one task --------------------------------------------------------------------------
-    def process(self, run: Claim, *, claimed_at: float | None = None) -> str:
+    def process(self, run: Claim, *, claimed_at: float | None = None) -> Outcome:
         """Prepare, run and record one claimed task.
 
         Args:
@@ -458,9 +483,10 @@ class Orchestrator:
                 default: now).
 
         Returns:
-            The task's status afterwards as this worker sees it: ``succeeded``, ``failed``,
-            ``cancelled``, ``queued`` (interrupted), or ``lost`` (the run was taken away, or
-            fenced: stopped by this worker because its lease could not be renewed in time).
+            How the run ended as this worker recorded it: ``Outcome.SUCCEEDED``, ``FAILED``,
+            ``CANCELLED``, ``REQUEUED`` (interrupted, lost by the cluster, or its folder held by
+            another run: the task is queued again), or ``LOST`` (the run was taken away, or fenced:
+            stopped by this worker because its lease could not be renewed in time).
         """
         cancel = threading.Event()
         heartbeat = _Heartbeat(self.queue, run, self.settings, cancel, claimed_at)
@@ -472,7 +498,7 @@ class Orchestrator:
             self._heartbeat = None
             heartbeat.stop()
 
-    def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> str:
+    def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> Outcome:
         task_id = run.task_id
         try:
             prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus,
@@ -487,7 +513,7 @@ class Orchestrator:
             return self._fail(run, f"cannot prepare task {task_id}: {type(exc).__name__}: {exc}")
         if not self.queue.set_task_dir(run, str(prepared.task_dir)):
             log.warning("task %s: the run no longer holds the task; not starting it", task_id)
-            return "lost"
+            return Outcome.LOST
         heartbeat.task_dir = prepared.task_dir
 
         try:
@@ -502,24 +528,24 @@ class Orchestrator:
         heartbeat.beat()  # the final progress, and a last look at cancellation
         progress = read_progress(prepared.task_dir)
 
-        if heartbeat.state == "fenced":
+        if heartbeat.state is Outcome.FENCED:
             return self._after_fencing(run)
-        if heartbeat.state == "lost":
-            return "lost"
-        if heartbeat.state == "cancelled" or result.outcome is Outcome.CANCELLED:
+        if heartbeat.state is Outcome.LOST:
+            return Outcome.LOST
+        if heartbeat.state is Outcome.CANCELLED or result.outcome is Outcome.CANCELLED:
             if self.queue.status(task_id) == "cancelled":
                 heartbeat.end()
-                self.queue.finish(run, "cancelled", error="cancelled while running", progress=progress)
-                return "cancelled"
+                self.queue.finish(run, Outcome.CANCELLED, error="cancelled while running", progress=progress)
+                return Outcome.CANCELLED
             return self._fail(run, "the run was stopped unexpectedly (cancel without a cancelled task)", progress)
         if result.outcome is Outcome.INTERRUPTED:
             heartbeat.end()
             self.queue.requeue(run, f"interrupted: worker {self.worker_id} shut down during the run; re-queued")
-            return "queued"
+            return Outcome.REQUEUED
         if result.outcome is Outcome.REQUEUED:  # the cluster lost the run (a node failed, a preemption)
             heartbeat.end()
             self.queue.requeue(run, f"{result.message}; re-queued")
-            return "queued"
+            return Outcome.REQUEUED
         if result.outcome is Outcome.LOCKED:
             return self._requeue_locked(run, result, heartbeat)
         if result.outcome is not Outcome.SUCCEEDED:
@@ -531,7 +557,7 @@ class Orchestrator:
             return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress, heartbeat)
 
-    def _requeue_locked(self, run: Claim, result: RunResult, heartbeat: _Heartbeat) -> str:
+    def _requeue_locked(self, run: Claim, result: RunResult, heartbeat: _Heartbeat) -> Outcome:
         """Another run still holds the task folder (a worker that died or was paused left it running
         where this runner cannot stop it): not a failure of the task. It goes back to the queue
         without counting an attempt, claimable again after ``lease_seconds``: by then a paused
@@ -541,9 +567,9 @@ class Orchestrator:
         log.warning("task %s: %s; re-queued, claimable again in %g s", run.task_id, result.message, backoff)
         self.queue.requeue(run, f"{result.message}; re-queued until that run has ended (next try in {backoff:g} s)",
                            backoff_seconds=backoff)
-        return "queued"
+        return Outcome.REQUEUED
 
-    def _after_fencing(self, run: Claim) -> str:
+    def _after_fencing(self, run: Claim) -> Outcome:
         """The run was stopped by the fence: give the task back if the database is there and the
         run still holds it (nobody claimed it meanwhile); else its lease expires and any worker
         re-queues it. Either way this worker records nothing else."""
@@ -552,11 +578,11 @@ class Orchestrator:
             requeued = self.queue.requeue(run, reason)
         except DatabaseError as exc:
             log.warning("task %s: fenced; cannot re-queue it (%s): its lease will expire", run.task_id, exc)
-            return "lost"
+            return Outcome.LOST
         log.warning("task %s: fenced; %s", run.task_id, "re-queued" if requeued else "another worker holds it now")
-        return "lost"
+        return Outcome.LOST
 
-    def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None, heartbeat: _Heartbeat) -> str:
+    def _succeed(self, run: Claim, prepared: PreparedTask, progress: dict[str, Any] | None, heartbeat: _Heartbeat) -> Outcome:
         try:
             read = read_metrics(prepared.task_dir)
         except ConfigurationError as exc:  # not JSON, or a key of the wrong type
@@ -574,7 +600,7 @@ class Orchestrator:
             try:
                 self.publisher(prepared.task_dir, settings=self.settings, task_record=record, gate=gate)
             except RunEnded as ended:
-                if ended.status == "lost":
+                if ended.status is Outcome.LOST:
                     log.warning("task %s: training finished, but the run no longer holds the task: not published", run.task_id)
                 return ended.status
             except DatabaseError as exc:
@@ -582,7 +608,7 @@ class Orchestrator:
                 if remaining <= 0:
                     log.error("task %s: cannot record the success (%s); giving up: its lease has expired", run.task_id, exc)
                     heartbeat.end()
-                    return "lost"
+                    return Outcome.LOST
                 log.warning("task %s: recording the success failed (%s); retrying (%.0f s left)", run.task_id, exc, remaining)
                 time.sleep(min(1.0, remaining))
                 continue
@@ -593,13 +619,13 @@ class Orchestrator:
                 return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
             if not gate.recorded:  # a publisher that never entered the gate recorded nothing
                 return self._fail(run, "the publisher returned without recording a version", progress, metrics=metrics)
-            return "succeeded"
+            return Outcome.SUCCEEDED
 
-    def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
+    def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> Outcome:
         log.error("task %s failed: %s", run.task_id, message)
         self._end_heartbeat()
-        self.queue.finish(run, "failed", error=message[:_MAX_ERROR_CHARS], progress=progress, metrics=metrics)
-        return "failed"
+        self.queue.finish(run, Outcome.FAILED, error=message[:_MAX_ERROR_CHARS], progress=progress, metrics=metrics)
+        return Outcome.FAILED
 
     def _end_heartbeat(self) -> None:
         if self._heartbeat is not None:

@@ -11,7 +11,8 @@ What every runner shares lives here, written once:
 - :class:`Runner`, the protocol (``name``, ``run``, ``cleanup_orphans``);
 - :func:`supervise`, the loop that watches a started run (:class:`RunHandle`) for its end,
   ``cancel``, ``stop`` and the timeout, stops it, and builds the :class:`RunResult`;
-- :func:`run_result`, the one mapping from how a run ended to an :class:`Outcome` and a message;
+- :func:`run_result`, the one mapping from how a run ended to an :class:`~pytrain.outcome.Outcome`
+  and a message;
 - :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
 - :func:`torchrun_args`, how several GPUs start several training ranks;
 - :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output;
@@ -29,28 +30,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pytrain.errors import ConfigurationError
+from pytrain.outcome import Outcome
 from pytrain.spec import TaskSpec
 from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(str, Enum):
-    """How a run ended."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    OUT_OF_MEMORY = "out_of_memory"
-    INTERRUPTED = "interrupted"  # the worker is shutting down; the task goes back to the queue
-    REQUEUED = "requeued"  # the cluster lost the run (node failure, preemption); the task goes back to the queue
-    LOCKED = "locked"  # another run still holds the task folder; the task goes back to the queue after a backoff
 
 
 @dataclass(frozen=True)
