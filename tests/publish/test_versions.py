@@ -257,3 +257,18 @@ def test_rolling_back_to_a_version_without_its_own_files_says_how_to_fix_it(repo
     with pytest.raises(PublishError, match="version 1 has no kitchen.config of its own.*republish its task folder"):
         versions.rollback("kitchen", 1, settings=repo_settings)
     assert (repo_settings.model_repo_dir / "kitchen" / "config.pbtxt").read_bytes() == before
+
+
+def test_models_reads_the_task_row_and_metrics_of_a_version_also_under_the_old_task_json_name(
+    repo_settings: Settings, tmp_path: Path
+) -> None:
+    model = "v_rows"
+    publish(repo_settings, tmp_path, model, 5)
+    (repo_settings.model_repo_dir / model / versions.HISTORY_FILE).unlink()  # the task id then comes from the results
+    results = repo_settings.results_dir / model / "1"
+    assert [(r.task_id, r.test_accuracy) for r in versions.list_versions(repo_settings, model)] == [(5, 1.0)]
+    (results / "task_row.json").rename(results / "task.json")  # a version published before the file had its own name
+    assert [r.task_id for r in versions.list_versions(repo_settings, model)] == [5]
+    (results / "task.json").write_text("{not json")  # a damaged file: the version is listed without it
+    (results / "metrics.json").write_text('{"test_accuracy": "high"}')
+    assert [(r.task_id, r.test_accuracy) for r in versions.list_versions(repo_settings, model)] == [(None, None)]

@@ -151,12 +151,11 @@ def publish(
     """Publish a finished task folder as the next version of its model (manual publishing)."""
     from pytrain.publish import publish_task
     from pytrain.settings import get_settings
-    from pytrain.spec import TASK_SPEC
+    from pytrain.spec import TASK_SPEC, TaskSpec
 
     record: dict[str, object] = {}
-    spec_path = task_dir / TASK_SPEC
-    if spec_path.is_file():
-        record = json.loads(spec_path.read_text(encoding="utf-8"))
+    if (task_dir / TASK_SPEC).is_file():  # without one, publish_task names what is missing
+        record = TaskSpec.load(task_dir).to_dict()
         record.pop("extra", None)
     if model_name:
         record["model_name"] = model_name
