@@ -21,13 +21,15 @@ class FakeRunner:
     Args:
         mode: ``succeed``, ``wait`` (until cancel/stop), ``fail``, ``raise``.
         hold: seconds a ``succeed`` run takes.
+        metrics: the text of the ``metrics.json`` a ``succeed`` run writes (``None``: none).
     """
 
     name = "fake"
 
-    def __init__(self, mode: str = "succeed", hold: float = 0.0) -> None:
+    def __init__(self, mode: str = "succeed", hold: float = 0.0, metrics: str | None = json.dumps({"test_accuracy": 0.7})) -> None:
         self.mode = mode
         self.hold = hold
+        self.metrics = metrics
         self.runs: list[int] = []
         self.started = threading.Event()
         self._lock = threading.Lock()
@@ -47,7 +49,8 @@ class FakeRunner:
         with open(task.task_dir / "progress.jsonl", "a") as progress:
             progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": 1, "train_loss": 0.5, "val_accuracy": 0.8}) + "\n")
             progress.write(json.dumps({"event": "done", "test_accuracy": 0.7}) + "\n")
-        (task.task_dir / "metrics.json").write_text(json.dumps({"test_accuracy": 0.7}))
+        if self.metrics is not None:
+            (task.task_dir / "metrics.json").write_text(self.metrics)
         if self.hold:
             time.sleep(self.hold)
         return RunResult(Outcome.SUCCEEDED, 0)

@@ -15,7 +15,7 @@ from pytrain.errors import PublishError, SchemaOutOfDateError
 from pytrain.orchestrator import Orchestrator, default_worker_id
 from pytrain.runners import Outcome, RunResult
 from pytrain.sources import read_manifest
-from pytrain.spec import TaskSpec, task_dir_name
+from pytrain.spec import METRICS, TaskSpec, task_dir_name
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
 
@@ -69,6 +69,21 @@ def test_publish_error_fails_task_with_reason(settings, engine, synced):
     assert row["error"] == "publishing failed: model_repo is read-only (hint: check PYTRAIN_MODEL_REPO_DIR)"
     assert row["metrics"] == {"test_accuracy": 0.7}
     assert row["version"] is None
+
+
+@pytest.mark.parametrize(("metrics", "error"), [
+    (None, "training reported success but wrote no {path}"),
+    ('{"test_accuracy": 0.7', "{path} is not valid JSON: Expecting ',' delimiter: line 1 column 22 (char 21)"),
+    ('{"test_accuracy": "high"}', "{path}: metrics key 'test_accuracy' holds 'high', not a float"),
+])
+def test_a_success_without_a_readable_metrics_json_fails_the_task_naming_the_file(settings, engine, synced, metrics, error):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    publisher = FakePublisher()
+    Orchestrator(settings, engine=engine, runner=FakeRunner(metrics=metrics), publisher=publisher).run(exit_when_idle=True)
+    row = queue.get(task_id)
+    path = settings.model_tasks_dir / task_dir_name(task_id, "kitchen", row["uid"]) / METRICS
+    assert (row["status"], row["error"], row["version"], publisher.calls) == ("failed", error.format(path=path), None, [])
 
 
 def test_task_that_does_not_resolve_fails_without_running(settings, engine, synced):
