@@ -193,3 +193,20 @@ def test_the_records_import_without_pydantic_or_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO / "app"), "PATH": "/usr/bin:/bin"})
     assert (done.returncode, done.stdout.strip()) == (0, "1.0"), done.stderr
+
+
+def test_a_spec_given_to_the_image_cli_is_read_as_a_task_spec(tmp_path):
+    """``pytrain image run --spec`` with task.json fields reads them like task.json (one parser)."""
+    from types import SimpleNamespace
+
+    from pytrain.cli.images import _task_from_spec
+
+    settings = SimpleNamespace(model_tasks_dir=tmp_path / "tasks", gpus=None)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\nd/a_x/1.mp4,a,train\n")
+    fields_ = {"task_id": 2, "model_name": "m", "class_list": ["a", "b"], "uid": str(uuid.uuid4()), "input_shape": [-1]}
+    with pytest.raises(ConfigurationError, match=r"--spec: unknown field\(s\) \['input_shape'\]"):
+        _task_from_spec(json.dumps(fields_), manifest, settings)
+    del fields_["input_shape"]
+    spec, task_dir = _task_from_spec(json.dumps(fields_), manifest, settings)
+    assert TaskSpec.load(task_dir) == spec == TaskSpec.from_dict(fields_, "expected")
