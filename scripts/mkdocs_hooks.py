@@ -3,6 +3,8 @@
 Nothing generated is committed, so the reference cannot drift from the code it describes:
 
 - ``reference/task-columns.md`` from :data:`pytrain.task_columns.TASK_COLUMNS`;
+- ``reference/task-options.md`` from :class:`pytrain.task_options.TrainConfig` (the ``options`` column's keys;
+  each described in its docstring's ``Attributes:``);
 - ``reference/settings.md``     from :class:`pytrain.settings.Settings` (every ``PYTRAIN_*`` variable);
 - ``reference/cli.md``          from the ``pytrain`` command itself (each command's ``--help``, found by
   walking the Typer app of :mod:`pytrain.cli.main`).
@@ -16,8 +18,10 @@ Serve the site locally with ``scripts/docs.sh`` (``mkdocs serve``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -29,6 +33,7 @@ if str(ROOT / "app") not in sys.path:  # document this checkout's code, not anot
 #: The generated pages: ``{path under docs/: render function name}``.
 GENERATED = {
     "reference/task-columns.md": "render_task_columns",
+    "reference/task-options.md": "render_task_options",
     "reference/settings.md": "render_settings",
     "reference/cli.md": "render_cli",
 }
@@ -46,8 +51,12 @@ def _cell(text: str) -> str:
 
 
 def _prose(text: str) -> str:
-    """Plain text for a table cell: ``<sources_dir>`` is not taken for HTML, nor ``*`` for emphasis."""
-    return _cell(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+    """Text (with ``code`` spans, as docstrings and help write it) for a table cell: outside code spans
+    ``<sources_dir>`` is not taken for HTML, nor ``*`` for emphasis; Sphinx roles (``:func:`x```) become code."""
+    parts = re.split(r"((?<!`)`+[^`]+`+(?!`))", re.sub(r":\w+:(`[^`]+`)", r"\1", _cell(text)))
+    return "".join(part if part.startswith("`") else
+                   part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+                   for part in parts)
 
 
 def _code(text: str) -> str:
@@ -81,6 +90,62 @@ def render_task_columns() -> str:
         bounds = c.bounds_text() or (_code(c.pattern) if c.pattern else (_code(c.condition) if c.condition else ""))
         check = _code(c.check) if c.check else ""
         lines.append(f"| `{c.name}` | {c.sql_type} | {default} | {bounds} | {check} | {_prose(c.help)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- task options --------------------------------------------------------------------------
+
+def docstring_attributes(cls: type) -> dict[str, str]:
+    """``{name: description}`` from the ``Attributes:`` section of a Google-style class docstring
+    (a description may go on over more deeply indented lines)."""
+    import inspect
+
+    described: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    inside, name, indent = False, None, 0
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside, indent = True, len(line) - len(line.lstrip()) + 4
+            continue
+        if not inside:
+            continue
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break  # the section ended
+        stripped = line.strip()
+        head, sep, rest = stripped.partition(": ")
+        if len(line) - len(line.lstrip()) == indent and sep and head.replace(",", "").replace(" ", "").isidentifier():
+            name = head
+            described[name] = rest
+        elif name is not None and stripped:
+            described[name] += " " + stripped
+    return described
+
+
+def render_task_options() -> str:
+    """The keys of a task's ``options``: name, type, default, range, meaning (from
+    :class:`pytrain.task_options.TrainConfig`'s fields, their ``bounds`` metadata and its docstring)."""
+    from dataclasses import fields
+
+    from pytrain.task_options import RUNNER_OPTIONS, TrainConfig
+
+    described = docstring_attributes(TrainConfig)
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    lines = [
+        "# Task options",
+        "",
+        "The keys of a task row's `options` column (a JSON object, default `{}`), generated from",
+        "`pytrain.task_options.TrainConfig`. `pytrain submit` and the orchestrator (when it claims the task) check",
+        "them: an unknown key, a wrong type or a value out of range fails the task, naming the key.",
+        f"Read by a runner, not by training: {', '.join(f'`{k}`' for k in RUNNER_OPTIONS)}",
+        "(see [A Slurm cluster](../operations/slurm.md)). More: [Training options](../user-guide/training-options.md).",
+        "",
+        "| key | type | default | range | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for option in fields(TrainConfig):
+        bounds = ", ".join(f"{words[k]} {v:g}" for k, v in option.metadata.get("bounds", {}).items())
+        default = _code(json.dumps(option.default))
+        lines.append(f"| `{option.name}` | {option.type} | {default} | {bounds} | {_prose(described.get(option.name, ''))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -146,6 +146,18 @@ def test_task_columns_page_lists_every_column(docs_site):
     assert [c.name for c in TASK_COLUMNS if f"<td><code>{c.name}</code></td>" not in html] == []
 
 
+def test_task_options_page_lists_every_option_with_its_description(docs_site):
+    from dataclasses import fields
+
+    from pytrain.task_options import TrainConfig
+
+    html = (docs_site / "reference" / "task-options" / "index.html").read_text(encoding="utf-8")
+    names = [option.name for option in fields(TrainConfig)]
+    assert [name for name in names if f"<td><code>{name}</code></td>" not in html] == []
+    described = mkdocs_hooks().docstring_attributes(TrainConfig)
+    assert [name for name in names if not described.get(name)] == []  # each option says what it does
+
+
 def test_settings_page_lists_every_setting_with_type_default_and_description(docs_site):
     html = (docs_site / "reference" / "settings" / "index.html").read_text(encoding="utf-8")
     prefix = Settings.model_config["env_prefix"]
