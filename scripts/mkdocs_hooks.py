@@ -11,7 +11,7 @@ Nothing generated is committed, so the reference cannot drift from the code it d
 
 The ``Decisions`` section of the navigation is filled with every ``docs/adr/*.md`` in number order, so
 a new ADR is listed without a second edit. The ``render_*`` functions are plain functions of the code:
-``tests/docs/test_site.py`` calls them and builds the site with ``mkdocs build --strict``.
+``tests/docs/test_docs_site.py`` calls them and builds the site with ``mkdocs build --strict``.
 
 Serve the site locally with ``scripts/docs.sh`` (``mkdocs serve``).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -283,7 +282,6 @@ def on_files(files: Any, config: Any) -> Any:
     """Add the generated reference pages to the build (in memory: nothing is written to ``docs/``)."""
     from mkdocs.structure.files import File
 
-    os.environ.setdefault("COLUMNS", str(HELP_COLUMNS))
     for src_uri, function in GENERATED.items():
         content = globals()[function]()
         files.append(File.generated(config, src_uri, content=content))
