@@ -139,7 +139,7 @@ def _task_column(name: str) -> Any:
 
 
 class TrainingTask(Base):
-    """One training task; every column is documented in docs/user-guide/tasks.md ("The training_tasks table") and examples/insert_task.sql."""
+    """One training task; every column is documented in README.md ("The training_tasks table") and examples/insert_task.sql."""
 
     __tablename__ = "training_tasks"
 
