@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import ConfigurationError, RunnerError
-from pytrain.runners.base import TRAINING_MODULE, Outcome, PreparedTask, RunResult, run_result, supervise
-from pytrain.runners.local import OOM_MARKERS, oom_marker, tail, training_environment
+from pytrain.runners.base import (
+    OOM_MARKERS, TRAINING_MODULE, Outcome, PreparedTask, RunResult, oom_marker, run_result, supervise, tail, training_environment,
+)
 from pytrain.settings import Settings, get_settings
 from pytrain.slurm_values import RULES, SBATCH_LINE_PATTERN, SCRIPT_PATH_PATTERN, parse_extra_sbatch, problem
 from pytrain.task_columns import MODEL_NAME_PATTERN
