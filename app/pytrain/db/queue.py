@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pytrain.db import queries
@@ -400,12 +400,10 @@ class TaskQueue(Repository):
             DatabaseError: the database failed (nothing recorded; retry).
             PublishError: the block ended without calling ``record`` (rolled back).
         """
-        state = Outcome.LOST  # OK once the row shows the run holds the task
+        state = Outcome.LOST
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
-                if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
-                    state = Outcome.OK if row["status"] == "running" else Outcome.CANCELLED
+                state = _held_state(conn, run)
                 params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
                 if state is Outcome.CANCELLED:
                     conn.execute(queries.FINISH, {**params, "status": Outcome.CANCELLED.value, "error": "cancelled before publishing"})
@@ -574,6 +572,16 @@ def _reason(exc: BaseException) -> str:
     """The first line of what the database said: the driver's error an SQLAlchemy exception wraps
     (``exc.orig``), else ``exc`` itself."""
     return _first_line(getattr(exc, "orig", None) or exc)
+
+
+def _held_state(conn: Connection, run: Claim) -> Outcome:
+    """Lock ``run``'s task row (``SELECT ... FOR UPDATE``) and say where the run stands:
+    ``Outcome.OK`` (the row is ``running``) or ``Outcome.CANCELLED`` while the run still holds
+    the task, else ``Outcome.LOST``."""
+    row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
+    if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
+        return Outcome.OK if row["status"] == "running" else Outcome.CANCELLED
+    return Outcome.LOST
 
 
 class SourceRegistry(Repository):
