@@ -5,10 +5,15 @@ Everything else is derived from :data:`TASK_COLUMNS` or checked against it by a 
 - the SQLAlchemy model's ``server_default`` and SQL types, and its CHECK constraints
   (:mod:`pytrain.db.models`; ``tests/db`` checks that the migrated database has the same defaults
   and constraints, so a migration that disagrees fails a test);
-- :class:`pytrain.db.requests.TaskRequest` (``pytrain submit``'s validation) and ``pytrain
-  submit``'s option help;
-- :class:`pytrain.spec.TaskSpec`'s defaults;
-- the README's column table (``tests/test_task_columns.py`` reads it).
+- the fields of :class:`pytrain.db.requests.TaskRequest` (``pytrain submit``'s validation), of
+  :class:`pytrain.db.TaskRow` (a row read back) and of :class:`pytrain.spec.TaskSpec` (``task.json``),
+  each made by :func:`columns_dataclass` or from :data:`TASK_COLUMNS` directly;
+- ``pytrain submit``'s options and their help (:mod:`pytrain.cli.tasks`);
+- the bounds every reader of a task checks (:func:`check_values`; :func:`pytrain.tasks.check_task`);
+- the README's column table (``tests/db/test_task_columns.py`` reads it).
+
+Adding a column means one :class:`TaskColumn` line here and one Alembic migration that adds it
+with the same type, default and CHECK (``tests/db`` compares the migrated database with this table).
 
 This module imports nothing heavy: the training entrypoint (inside a container) reads it through
 :mod:`pytrain.spec`.
@@ -22,9 +27,14 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pytrain.errors import ConfigurationError
 
 
 class _Required:
@@ -53,6 +63,9 @@ SAMPLING_PATTERN = "^(" + "|".join(SAMPLING_MODES) + ")$"
 #: The most datasets and classes one task may list (checked when a worker claims the task).
 MAX_SOURCES = 256
 MAX_CLASSES = 1000
+#: The fewest classes a classifier can have: a task's resolved class list, ``--sources`` of the
+#: demo and a built model are all checked against it (:func:`check_class_count`).
+MIN_CLASSES = 2
 #: How deep the JSON columns may nest (migration 0006): nothing more than this many levels below the
 #: top. A worker decodes a claimed row with Python's JSON decoder, which recurses once per level: a
 #: value nested 3,000 deep (PostgreSQL takes it) raised ``RecursionError`` in every claim.
@@ -72,6 +85,8 @@ _PYTHON_TYPES: dict[str, type] = {
     "double precision": float,
     "jsonb": dict,
 }
+# PostgreSQL type -> the annotation of a dataclass / pydantic field holding the column's value.
+_ANNOTATIONS: dict[str, Any] = {**_PYTHON_TYPES, "text[]": list[str], "jsonb": dict[str, Any]}
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,8 @@ class TaskColumn:
         condition: the CHECK's SQL condition when it is neither bounds nor a pattern
             (``jsonb_typeof(options) = 'object'``).
         help: one line for ``pytrain submit --help`` (the README's table says more).
+        training: whether training reads the column, i.e. :class:`pytrain.spec.TaskSpec` carries
+            it (``priority`` only orders the queue; ``options`` travels as ``TaskSpec.extra``).
     """
 
     name: str
@@ -104,11 +121,33 @@ class TaskColumn:
     pattern: str | None = None
     check: str | None = None
     condition: str | None = None
+    training: bool = True
 
     @property
     def python_type(self) -> type:
         """The Python type of the values (``int`` for ``integer``/``bigint``)."""
         return _PYTHON_TYPES[self.sql_type]
+
+    @property
+    def annotation(self) -> Any:
+        """The type annotation of a field holding the value (``int``, ``list[str]``, ``dict[str, Any]``)."""
+        return _ANNOTATIONS[self.sql_type]
+
+    def check_value(self, value: Any) -> None:
+        """Refuse a value outside the column's bounds or pattern (what its CHECK refuses).
+
+        Raises:
+            ConfigurationError: naming the column, the value and the bounds.
+        """
+        if self.pattern is not None and isinstance(value, str) and not re.fullmatch(self.pattern, value):
+            raise ConfigurationError(f"{self.name} {value!r} does not match {self.pattern}", hint=f"{self.name}: {self.help}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok):
+            raise ConfigurationError(f"{self.name} {value!r} is out of bounds ({self.bounds_text()})",
+                                     hint=f"{self.name}: {self.help}")
 
     @property
     def required(self) -> bool:
@@ -211,7 +250,7 @@ TASK_COLUMNS: tuple[TaskColumn, ...] = (
     TaskColumn("test_fraction", "double precision", 0.2, "Share of each class for the test set", low=0, high=1,
                low_open=True, high_open=True, check="fractions_range"),
     TaskColumn("include_other", "boolean", False, "Unselected classes become 'Other'"),
-    TaskColumn("priority", "integer", 0, "Higher runs first"),
+    TaskColumn("priority", "integer", 0, "Higher runs first", training=False),
     # Migration 0005: clip sampling for long videos (MMAction2's clip_len/frame_interval/num_clips).
     TaskColumn("sampling", "text", "uniform",
                "Clip sampling: uniform (num_frames spread over the whole video) or dense (num_frames frames "
@@ -228,7 +267,7 @@ TASK_COLUMNS: tuple[TaskColumn, ...] = (
                check="nodes_range"),
     # Migration 0005: training settings beyond the columns (pytrain.task_options.TrainConfig).
     TaskColumn("options", "jsonb", {}, "Further training settings as a JSON object (cache, class_weights, patience, ...)",
-               condition="jsonb_typeof(options) = 'object'", check="options_object"),
+               condition="jsonb_typeof(options) = 'object'", check="options_object", training=False),
 )
 
 _BY_NAME = {c.name: c for c in TASK_COLUMNS}
@@ -305,3 +344,60 @@ def size_constraints() -> dict[str, str]:
         checks[f"{name}_within_limits"] = (f"cardinality({name}) <= {entries} "
                                            f"AND length(array_to_string({name}, '')) <= {entries * chars}")
     return checks
+
+
+def check_values(values: Mapping[str, Any], *, patterns: bool = True) -> None:
+    """Refuse any value of ``values`` outside its column's bounds (and, with ``patterns``, its
+    pattern): the column CHECKs, in Python, for code that gets a task other than from the database
+    (``task.json``, a row inserted before a CHECK existed: migration 0003's are ``NOT VALID``).
+
+    Keys that are not user-settable columns are ignored.
+
+    Raises:
+        ConfigurationError: the first bad value, naming the column and its bounds.
+    """
+    for name, value in values.items():
+        spec = _BY_NAME.get(name)
+        if spec is not None and (patterns or spec.pattern is None):
+            spec.check_value(value)
+
+
+def check_class_count(class_list: list[str], *, what: str = "class list") -> None:
+    """Refuse fewer than :data:`MIN_CLASSES` classes: a classifier needs two.
+
+    Raises:
+        ConfigurationError: ``<what> [...] has fewer than 2 classes``, with the fix.
+    """
+    if len(class_list) < MIN_CLASSES:
+        raise ConfigurationError(f"{what} {list(class_list)} has fewer than {MIN_CLASSES} classes",
+                                 hint="select at least two classes (-c a,b), or --include-other")
+
+
+def columns_dataclass(name: str, columns: Iterable[TaskColumn], *, defaults: bool, doc: str, module: str) -> type:
+    """A frozen, keyword-only dataclass with one field per column, in table order: the part of a
+    task record (:class:`pytrain.db.TaskRow`, :class:`pytrain.spec.TaskSpec`) that is the table's.
+
+    A record class subclasses it and adds its own fields (``@dataclass(frozen=True, kw_only=True)``),
+    so a new column in :data:`TASK_COLUMNS` is a new field of every record without a line there.
+
+    Args:
+        name: the class name (shown in reprs).
+        columns: the columns to carry.
+        defaults: give each field the column's database default (a required column stays
+            required, except a ``text[]`` one, which defaults to ``[]``); ``False``: every field is
+            required (a row read back has them all).
+        doc: the class docstring.
+        module: the module that names the class (``__name__``), so that pickle finds it.
+    """
+    specs = []
+    for c in columns:
+        if not defaults or (c.required and c.sql_type != "text[]"):
+            specs.append((c.name, c.annotation))
+        elif c.required or isinstance(c.default, (list, dict)):
+            factory = list if c.required else (lambda d=c.default: copy.deepcopy(d))
+            specs.append((c.name, c.annotation, dataclasses.field(default_factory=factory)))
+        else:
+            specs.append((c.name, c.annotation, dataclasses.field(default=c.default)))
+    made = dataclasses.make_dataclass(name, specs, frozen=True, kw_only=True)
+    made.__doc__, made.__module__ = doc, module
+    return made
