@@ -135,9 +135,11 @@ _SQL_TYPES = {
 
 def _task_column(spec: TaskColumn) -> Any:
     """``mapped_column`` of a user-settable column: its SQL type and server default from the column
-    table; ``sort_order`` puts the table's columns right after ``id``, in table order."""
+    table, ``NOT NULL`` (every one has a value: given or the default); ``sort_order`` puts the
+    table's columns right after ``id``, in table order."""
     default = spec.sql_default()
-    return mapped_column(_SQL_TYPES[spec.sql_type](), server_default=None if default is None else text(default), sort_order=-1)
+    return mapped_column(_SQL_TYPES[spec.sql_type](), nullable=False, server_default=None if default is None else text(default),
+                         sort_order=-1)
 
 
 #: The user-settable columns of ``training_tasks`` as a declarative mixin: one ``mapped_column``
