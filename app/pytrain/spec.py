@@ -275,11 +275,12 @@ class TaskSpec(_JsonFile, TaskColumnFields):  # type: ignore[misc,valid-type]  #
 
     def __post_init__(self) -> None:
         check_class_count(self.class_list, what=f"task {self.task_id}: class_list")
-        check_values({name: getattr(self, name) for name in _TASK_SPEC_COLUMNS}, patterns=False)
+        check_values({name: getattr(self, name) for name in TASK_SPEC_COLUMNS}, patterns=False)
 
 
-#: The names of :class:`TaskSpec`'s column fields, in table order.
-_TASK_SPEC_COLUMNS = tuple(f.name for f in fields(TaskColumnFields))
+#: The names of :class:`TaskSpec`'s column fields, in table order: what ``task.json`` copies from
+#: the row as it is.
+TASK_SPEC_COLUMNS = tuple(f.name for f in fields(TaskColumnFields))
 
 
 @dataclass(frozen=True)
