@@ -24,19 +24,10 @@ sources_app = typer.Typer(help="Datasets under the sources root.", no_args_is_he
 
 
 def _settings(**overrides: Any):
-    """The process settings with CLI overrides; a bad environment variable becomes one clear error."""
-    from pydantic import ValidationError
+    """The process settings with CLI overrides (:func:`pytrain.settings.with_overrides`)."""
+    from pytrain.settings import with_overrides
 
-    from pytrain.settings import Settings, get_settings
-
-    try:
-        settings = get_settings()
-        updates = {k: v for k, v in overrides.items() if v is not None}
-        return Settings(**{**settings.model_dump(), **updates}) if updates else settings
-    except ValidationError as exc:
-        from pytrain.cli.main import settings_error
-
-        raise settings_error(exc) from None
+    return with_overrides(**overrides)
 
 
 def _queue(settings=None):

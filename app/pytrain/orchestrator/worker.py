@@ -51,7 +51,7 @@ from pytrain.db.engine import check_database_password
 from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
-from pytrain.settings import Settings, get_settings
+from pytrain.settings import Settings, get_settings, with_overrides
 from pytrain.spec import METRICS, ProgressRecord, format_progress, read_progress_record
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ class Orchestrator:
         self.engine = engine or get_engine(self.settings)
         self.queue = TaskQueue(self.engine)
         # The runner sees this worker's id and GPUs even when they came as arguments.
-        self.runner = runner or get_runner(self.settings.model_copy(update={"worker_id": self.worker_id, "gpus": self.gpus}))
+        self.runner = runner or get_runner(with_overrides(self.settings, worker_id=self.worker_id, gpus=self.gpus))
         self._publisher = publisher
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it
