@@ -24,7 +24,7 @@ TORCH_HOME = "/app/torch-home"
 
 @pytest.fixture(scope="module")
 def env_file(tmp_path_factory):
-    """``.env.example`` with a database password (as the README says to make ``.env``)."""
+    """``.env.example`` with a database password (as docs/operations/docker.md says to make ``.env``)."""
     return write_env(tmp_path_factory.mktemp("env") / ".env")
 
 
@@ -90,15 +90,15 @@ def test_env_example_documents_every_variable_of_the_worker_file():
 
 
 def test_readme_insert_command_works_as_written_against_the_published_port(database_url, engine, tmp_path):
-    """The README's two lines after `docker compose up -d`, run by bash with an .env made from
+    """The two lines after `docker compose up -d` in docs/operations/docker.md, run by bash with an .env made from
     .env.example, reach a real PostgreSQL through a TCP port and insert the task."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     if shutil.which("psql") is None:
         pytest.skip("psql is not installed (apt-get install -y postgresql-client)")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("docker compose up -d", 1)[1].split("```", 1)[0]
+    page = (ROOT / "docs" / "operations" / "docker.md").read_text()
+    block = page.split("docker compose up -d", 1)[1].split("```", 1)[0]
     lines = [line for line in block.splitlines()[1:] if line.strip()]
     assert lines[0].startswith("set -a && . ./.env && set +a") and lines[1].startswith('PGPASSWORD="$POSTGRES_PASSWORD" psql -h localhost')
     url = make_url(database_url)

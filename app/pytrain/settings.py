@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         "Lower it only where the host's own hard limit is lower (ulimit -Hl; some CI sandboxes).",
     )
 
-    # --- slurm runner (docs/adr/0009-slurm-runner.md; README "A Slurm cluster") --------------
+    # --- slurm runner (docs/adr/0009-slurm-runner.md; docs/operations/slurm.md) --------------
     # Per node of a job; the task's `nodes` column says how many nodes, PYTRAIN_TASK_TIMEOUT_SECONDS the time limit.
     # The text ones reach the batch script: each must pass its rule (pytrain.slurm_values).
     slurm_partition: SlurmPartition | None = Field(default=None, description="sbatch --partition; unset: the cluster's default partition.")

@@ -1,12 +1,12 @@
 """The column table (:mod:`pytrain.task_columns`) against everything derived from it or written beside it:
-the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``TaskRow``, the README."""
+the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``TaskRow``, the
+generated reference page (``scripts/mkdocs_hooks.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import CheckConstraint, text
 from sqlalchemy.exc import IntegrityError
 
+from fixtures.docs import mkdocs_hooks
 from pytrain.db import TaskRequest, TaskRow, TrainingTask
 from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
@@ -30,7 +31,6 @@ from pytrain.task_columns import (
     task_defaults,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 REQUIRED_ROW = {"model_name": "'kitchen'", "sources": "'{dataset1}'", "classes": "'{cooking,drinking}'"}
 # Values that keep the fractions summing to 1 while one fraction is probed.
 FRACTION_PARTNER = {"train_fraction": "test_fraction", "val_fraction": "train_fraction", "test_fraction": "train_fraction"}
@@ -157,28 +157,25 @@ def test_database_and_submit_accept_exactly_the_column_tables_bounds(engine, nam
         TaskRequest.parse(request)
 
 
-def _readme_rows() -> dict[str, tuple[str, str, str]]:
-    """``{column: (type, default, meaning)}`` from the README's table (a row may name several columns)."""
+def _reference_rows() -> dict[str, tuple[str, str, str]]:
+    """``{column: (type, default, bounds)}`` from the generated task columns reference page."""
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\| (`\w+`(?:, `\w+`)*) \| ([^|]+) \| ([^|]*) \| (.*) \|$", line)
-        if not match:
-            continue
-        names = re.findall(r"`(\w+)`", match.group(1))
-        defaults = [d.strip().strip("`") for d in match.group(3).split(",")] if len(names) > 1 else [match.group(3).strip().strip("`")]
-        for name, default in zip(names, defaults):
-            rows[name] = (match.group(2).strip(), default, match.group(4))
+    for line in mkdocs_hooks().render_task_columns().splitlines():
+        match = re.match(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| ((?:[^|\\]|\\.)*) \|", line)
+        if match:
+            rows[match.group(1)] = (match.group(2).strip(), match.group(3).strip().strip("`"), match.group(4).strip())
     return rows
 
 
-def test_readme_table_states_each_columns_type_default_and_bounds():
-    rows = _readme_rows()
+def test_reference_page_states_each_columns_type_default_and_bounds():
+    rows = _reference_rows()
+    assert list(rows) == [c.name for c in TASK_COLUMNS]
     for c in TASK_COLUMNS:
-        sql_type, default, meaning = rows[c.name]
-        assert sql_type.replace("double", "double precision") == c.sql_type, c.name
+        sql_type, default, bounds = rows[c.name]
+        assert sql_type == c.sql_type, c.name
         assert default == ("required" if c.default is REQUIRED else c.sql_default()), c.name
-        if c.check is not None and c.check != "fractions_range" and c.pattern is None:
-            assert f"({c.bounds_text()}" in meaning, c.name
+        if c.check is not None and c.pattern is None and c.condition is None:
+            assert bounds == c.bounds_text(), c.name
 
 
 def test_options_must_be_a_json_object_in_the_database(engine):

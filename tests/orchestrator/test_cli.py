@@ -65,7 +65,7 @@ def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cl
     assert err.strip() == (
         "error: invalid task: model_name='bad name': String should match pattern '^[A-Za-z0-9_-]{1,64}$'; "
         "epochs=0: Input should be greater than or equal to 1 "
-        "(hint: see `pytrain submit --help` and the column table in the README)"
+        "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)"
     )
     assert TaskQueue(engine).counts() == {}
 
@@ -73,7 +73,7 @@ def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cl
 def test_submit_rejects_a_negative_seed(cli, engine, synced):
     code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--seed", "-1")
     assert (code, err.strip()) == (1, "error: invalid task: seed=-1: Input should be greater than or equal to 0 "
-                                      "(hint: see `pytrain submit --help` and the column table in the README)")
+                                      "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)")
     assert TaskQueue(engine).counts() == {}
 
 
@@ -82,7 +82,7 @@ def test_submit_rejects_fractions_not_summing_to_one(cli, engine, synced):
     assert code == 1
     assert err.strip() == (
         "error: invalid task: train/val/test fractions [0.5, 0.2, 0.2] must sum to 1 "
-        "(hint: see `pytrain submit --help` and the column table in the README)"
+        "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)"
     )
     assert TaskQueue(engine).counts() == {}
 
@@ -307,5 +307,5 @@ def test_orchestrate_refuses_a_guessable_database_password_on_a_network_host(cli
     code, out, err = cli("orchestrate", "--exit-when-idle")
     assert code == 1, (out, err)
     assert "password for user 'pytrain' on postgres" in err
-    assert "POSTGRES_PASSWORD in .env" in err and 'README "Security"' in err
+    assert "POSTGRES_PASSWORD in .env" in err and 'see docs/operations/security.md' in err
     assert not password or password not in err.replace("postgres", "")

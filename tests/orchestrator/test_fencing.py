@@ -2,7 +2,7 @@
 publisher. Training is ``fencing_training.py`` (slow epochs, resumes from its checkpoint, leaves a
 real ONNX model for the publisher).
 
-Budget (measured on the 2-core CI box, see the README's "How the orchestrator works"): about
+Budget (measured on the 2-core CI box, see docs/operations/orchestrator.md): about
 20-30 s per test, under 150 s for the file. Leases are 6 s (8 s for the restart test), heartbeats
 1 s, so the fence (lease minus the default margin of max(2 heartbeats, 10 % of the lease)) is 4 s.
 """

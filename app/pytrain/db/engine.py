@@ -152,7 +152,7 @@ def check_database_password(url: str | URL) -> None:
         "port can log in as that user",
         hint="set a long random one (openssl rand -hex 24): with docker-compose, POSTGRES_PASSWORD in .env (a pgdata "
              "volume that exists keeps its old password: ALTER ROLE ... PASSWORD first); else the password in "
-             "PYTRAIN_DATABASE_URL; see README \"Security\"",
+             "PYTRAIN_DATABASE_URL; see docs/operations/security.md",
     )
 
 

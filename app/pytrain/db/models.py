@@ -149,7 +149,7 @@ TaskColumnsMixin = type("TaskColumnsMixin", (), {c.name: _task_column(c) for c i
 
 
 class TrainingTask(TaskColumnsMixin, Base):
-    """One training task; every column is documented in README.md ("The training_tasks table") and examples/insert_task.sql.
+    """One training task; every column is documented in docs/user-guide/tasks.md ("The training_tasks table") and examples/insert_task.sql.
 
     The user-settable columns (``model_name``, ``sources``, ``classes``, ``epochs``, ...) come from
     the column table through :data:`TaskColumnsMixin`; the columns below are the queue's own.

@@ -531,7 +531,7 @@ class Orchestrator:
             message = result.message or f"run ended with {result.outcome.value}"
             if result.exit_code is not None and "exit" not in message:
                 message += f" (exit code {result.exit_code})"
-            # The README promises the stderr tail in `error`: the message first, then the tail's end.
+            # The docs (operations/orchestrator.md, "Runners") promise the stderr tail in `error`: the message first, then the tail's end.
             error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
             return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress, heartbeat)

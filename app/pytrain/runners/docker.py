@@ -31,7 +31,7 @@ For each task it
 
 The Docker socket is root on the host: whoever can write to it can start a privileged container.
 The runner refuses to start when the socket is world-writable (:func:`check_docker_socket`); the
-README's "Security" section lists what a site can do about the rest.
+docs/operations/security.md lists what a site can do about the rest.
 
 When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
 *host* paths: the runner reads its own container's bind mounts from the engine and translates
@@ -115,7 +115,7 @@ def check_docker_socket(path: Path | None) -> None:
     if mode & 0o002:
         raise ConfigurationError(
             f"the Docker socket {path} is world-writable (mode {stat.S_IMODE(mode):o}): every local user is root on this host",
-            hint=f"chmod 660 {path} (owner root, group docker) and restart the orchestrator; see README \"Security\"",
+            hint=f"chmod 660 {path} (owner root, group docker) and restart the orchestrator; see docs/operations/security.md",
         )
 
 
