@@ -150,6 +150,17 @@ class Settings(BaseSettings):
         description="memlock ulimit of a training container in bytes; -1 = unlimited (NVIDIA's recommendation). "
         "Lower it only where the host's own hard limit is lower (ulimit -Hl; some CI sandboxes).",
     )
+    # Paths on the Docker host, not on this machine: never resolved here (pytrain.runners.docker).
+    host_sources_dir: Path | None = Field(
+        default=None,
+        description="sources_dir as the Docker host sees it, for the training container's bind mount when the "
+        "orchestrator itself runs in a container; unset: read from the orchestrator container's own mounts.",
+    )
+    host_model_tasks_dir: Path | None = Field(
+        default=None,
+        description="model_tasks_dir as the Docker host sees it (see host_sources_dir); unset: read from the "
+        "orchestrator container's own mounts.",
+    )
 
     # --- slurm runner (docs/adr/0009-slurm-runner.md; docs/operations/slurm.md) --------------
     # Per node of a job; the task's `nodes` column says how many nodes, PYTRAIN_TASK_TIMEOUT_SECONDS the time limit.
@@ -182,6 +193,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("host_sources_dir", "host_model_tasks_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # PYTRAIN_HOST_SOURCES_DIR= (set but empty, as compose files write it) means unset, not ".".
+        return None if value == "" else value
 
     @field_validator("ngc_api_key_file", "triton_control_key_file")
     @classmethod

@@ -101,6 +101,24 @@ def decode_clip(
     return decode_views(path, num_frames, height, width, rng=rng, decoder=decoder)[0]
 
 
+def _checked_input(path: str | Path, decoder: str | None) -> tuple[Path, str]:
+    """``(path, decoder)`` for :func:`decode_views`, once the decoder is known and the file is there.
+
+    Raises:
+        ConfigurationError: an unknown decoder.
+        VideoDecodeError: the file is missing or empty.
+    """
+    decoder = decoder or default_decoder()
+    if decoder not in DECODERS:
+        raise ConfigurationError(f"unknown decoder {decoder!r}", hint=f"use one of {DECODERS} ({DECODER_ENV})")
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "the file is empty")
+    return path, decoder
+
+
 def decode_views(
     path: str | Path, num_frames: int, height: int, width: int, sampling: ClipSampling | None = None, *,
     rng: np.random.Generator | None = None, clip: int = 0, decoder: str | None = None,
@@ -136,14 +154,7 @@ def decode_views(
         VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
         ConfigurationError: an unknown decoder, or torchcodec asked for and not installed.
     """
-    decoder = decoder or default_decoder()
-    if decoder not in DECODERS:
-        raise ConfigurationError(f"unknown decoder {decoder!r}", hint=f"use one of {DECODERS} ({DECODER_ENV})")
-    path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(path, "the file is empty")
+    path, decoder = _checked_input(path, decoder)
     shape: list[int] = []
 
     def pick(total: int) -> list[int]:

@@ -13,8 +13,7 @@ import pytest
 
 from pytrain.errors import ConfigurationError
 from pytrain.runners import LocalRunner, Outcome, PreparedTask
-from pytrain.runners.base import is_secret_variable
-from pytrain.runners.local import training_environment
+from pytrain.runners.base import is_secret_variable, training_environment
 from pytrain.spec import TaskSpec
 
 #: What a worker's environment may hold that training must not see.

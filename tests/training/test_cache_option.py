@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 from fixtures.clips import write_task
+from fixtures.docker import RecordingDocker
 from pytrain.runners import LocalRunner, Outcome, PreparedTask
 from pytrain.runners.docker import CONTAINER_TASK_DIR, DockerRunner
 from pytrain.settings import Settings
@@ -39,15 +39,6 @@ def test_the_local_runner_trains_with_the_rows_cache_option(tmp_path, small_sour
     assert len(cached) >= len(small_rows(small_sources)), cached  # at least one decoded clip per video
 
 
-class _RecordingDocker:
-    """A docker client that records ``containers.create`` (nothing else is called by ``_create``)."""
-
-    def __init__(self) -> None:
-        self.created: dict = {}
-        self.images = SimpleNamespace(get=lambda image: SimpleNamespace(attrs={"Config": {}}))
-        self.containers = SimpleNamespace(create=lambda **kwargs: self.created.update(kwargs) or SimpleNamespace())
-
-
 def test_the_docker_runner_leaves_the_cache_inside_the_mounted_task_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("PYTRAIN_CACHE_DIR", raising=False)
     settings = Settings(database_url="postgresql+psycopg://pytrain:unused@127.0.0.1:1/pytrain", data_dir=tmp_path / "data",
@@ -56,7 +47,7 @@ def test_the_docker_runner_leaves_the_cache_inside_the_mounted_task_folder(tmp_p
     task_dir.mkdir(parents=True)
     (tmp_path / "sources").mkdir()
     spec = TaskSpec(task_id=1, model_name="kitchen", class_list=["a", "b"], extra={"cache": True})
-    client = _RecordingDocker()
+    client = RecordingDocker()
     runner = DockerRunner(settings, client=client, docker_socket=tmp_path / "no.sock")
 
     _, command_line = runner._create(PreparedTask(spec=spec, task_dir=task_dir, sources_root=tmp_path / "sources"), "pytrain-train:test")

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from pytrain.client.stream import DEFAULT_QUEUE_WINDOWS
+
+if TYPE_CHECKING:
+    from pytrain.client import StreamClassifier, StreamSource, TritonClient
 
 
 def register(app: typer.Typer) -> None:
@@ -59,23 +62,45 @@ def stream(
     stream on stderr ({"summary": {"stream", "windows", "dropped", "reconnects", "error"}}). Exits 1
     when a stream gave up or its ffmpeg could not run (the error names the URL, password as ***).
     """
-    from pytrain.client import StreamClassifier, StreamSource, TritonClient
+    from pytrain.client import StreamClassifier, TritonClient
     from pytrain.errors import ClientError
 
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    if len(names) > len(urls):
-        raise ClientError(f"{len(names)} --name for {len(urls)} stream(s): {names!r}", hint="give at most one --name per URL, in order")
-    names = names + [""] * (len(urls) - len(names))  # "": named by the redacted URL
-    sources = [StreamSource(u, name=n, loop=loop and StreamSource(u).is_file) for u, n in zip(urls, names)]  # --loop: files only
+    sources = _sources(urls, names, loop=loop)
     client = TritonClient(url, ready_timeout_s=ready_timeout, load_timeout_s=max(ready_timeout, 10.0))
     classifier = StreamClassifier(
         sources, model, version=version, config_path=config, clip_seconds=clip_seconds, stride=stride, top_k=top_k,
         smooth=smooth, min_probability=min_probability, events=events, stall_timeout_s=stall_timeout,
         connect_retries=connect_retries, queue_windows=queue_windows, client=client,
     )
+    _print_windows(client, classifier, output)
+    failed = [s for s in classifier.stats if s.error]
+    if failed:
+        raise ClientError("; ".join(s.error for s in failed if s.error), hint="check the URL, that the sender runs, and the network")
+
+
+def _sources(urls: List[str], names: List[str], *, loop: bool) -> list["StreamSource"]:
+    """One :class:`~pytrain.client.StreamSource` per URL, named by ``names`` in order (``--loop``: files only).
+
+    Raises:
+        ClientError: more names than URLs.
+    """
+    from pytrain.client import StreamSource
+    from pytrain.errors import ClientError
+
+    if len(names) > len(urls):
+        raise ClientError(f"{len(names)} --name for {len(urls)} stream(s): {names!r}", hint="give at most one --name per URL, in order")
+    names = names + [""] * (len(urls) - len(names))  # "": named by the redacted URL
+    return [StreamSource(u, name=n, loop=loop and StreamSource(u).is_file) for u, n in zip(urls, names)]
+
+
+def _print_windows(client: "TritonClient", classifier: "StreamClassifier", output: Optional[Path]) -> None:
+    """Print (and append to ``output``) one JSON line per window until the streams end, Ctrl-C or
+    SIGTERM; then one summary line per stream on stderr."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     sink = output.open("a", encoding="utf-8") if output is not None else None
     try:
         with client, classifier:
@@ -93,6 +118,3 @@ def stream(
             sink.close()
         for stats in classifier.stats:
             typer.echo(json.dumps({"summary": stats.to_dict()}), err=True)
-    failed = [s for s in classifier.stats if s.error]
-    if failed:
-        raise ClientError("; ".join(s.error for s in failed if s.error), hint="check the URL, that the sender runs, and the network")

@@ -525,16 +525,6 @@ class TritonClient:
             log.debug("destroy %s: %s", region.name, exc)
 
     @staticmethod
-    def read_video(path: str | Path, info: ModelInfo) -> np.ndarray:
-        """``(T, H, W, 3)`` uint8 clip of ``path`` for ``info``'s model: its sampling, one view
-        (the centre one).
-
-        Raises:
-            ClientError: the video cannot be decoded (wraps :class:`VideoDecodeError`).
-        """
-        return TritonClient.read_views(path, info, clips=1)[0]
-
-    @staticmethod
     def read_views(path: str | Path, info: ModelInfo, *, clips: int | None = None) -> np.ndarray:
         """``(K, T, H, W, 3)`` uint8: the ``K`` evenly spaced views of ``path`` that training's
         evaluation takes (:func:`pytrain.video.decode_views` with the model's sampling).

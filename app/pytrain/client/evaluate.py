@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pytrain.client.client import TritonClient
+from pytrain.client.client import ModelInfo, TritonClient
 from pytrain.errors import ClientError
 from pytrain.settings import Settings
 
@@ -195,8 +195,33 @@ def evaluate(
     version_s = str(version) if version else served_version(client, model)
     info = client.model_info(model, version_s)
     step = max(1, batch_size or info.max_batch_size or 1)
-    class_list: list[str] | None = None
-    rows: list[tuple[LabelledClip, dict[str, float]]] = []
+    rows, bad = _classify(client, model, version_s, info, clips, step=step, views=views, progress=progress)
+    if not rows:
+        raise ClientError(f"model {model!r}: none of the {len(clips)} clips could be decoded", hint="see the report's bad clips")
+    class_list = sorted(rows[0][1])
+    known, labels, unknown = _known_labels(rows, class_list, model, version_s)
+    scores = np.array([[s[c] for c in class_list] for _, s in known], dtype=np.float64)
+    predictions = [
+        {"video": str(clip.path), "true_label": class_list[t], "label": class_list[int(row.argmax())], "probability": round(float(row.max()), 4)}
+        for (clip, _), t, row in zip(known, labels, scores)
+    ]
+    metrics = classification_report(np.array(labels), scores, class_list)
+    return EvaluationReport(model, version_s, class_list, metrics, predictions, unknown, bad, time.monotonic() - started)
+
+
+_Scored = tuple[LabelledClip, dict[str, float]]  # a clip and the model's probability of each class
+
+
+def _classify(
+    client: TritonClient, model: str, version: str, info: ModelInfo, clips: Sequence[LabelledClip], *, step: int,
+    views: int | None, progress: Callable[[int], None] | None,
+) -> tuple[list[_Scored], list[dict[str, str]]]:
+    """Classify ``clips`` ``step`` at a time: ``(scored clips, clips that could not be decoded)``.
+
+    Raises:
+        ClientError: a request failed.
+    """
+    rows: list[_Scored] = []
     bad: list[dict[str, str]] = []
     for start in range(0, len(clips), step):
         batch, frames = [], []
@@ -207,15 +232,23 @@ def evaluate(
             except ClientError as exc:
                 bad.append({"video": str(clip.path), "error": exc.message})
         if frames:
-            answers = client.classify_views(model, frames, version=version_s, top_k=info.num_classes)
-            for clip, answer in zip(batch, answers):
-                rows.append((clip, {p.label: p.probability for p in answer}))
-                class_list = class_list or sorted(p.label for p in answer)
+            answers = client.classify_views(model, frames, version=version, top_k=info.num_classes)
+            rows += [(clip, {p.label: p.probability for p in answer}) for clip, answer in zip(batch, answers)]
         if progress is not None:
             progress(min(start + step, len(clips)))
-    if class_list is None:
-        raise ClientError(f"model {model!r}: none of the {len(clips)} clips could be decoded", hint="see the report's bad clips")
-    known, unknown, labels = [], [], []
+    return rows, bad
+
+
+def _known_labels(
+    rows: list[_Scored], class_list: list[str], model: str, version: str,
+) -> tuple[list[_Scored], list[int], list[dict[str, str]]]:
+    """``(clips whose label the model knows, their label indexes, the others)``; a class the
+    model does not know counts as its ``Other`` class when it has one.
+
+    Raises:
+        ClientError: no clip has a class the model knows.
+    """
+    known, labels, unknown = [], [], []
     for clip, scores in rows:
         label = clip.label if clip.label in class_list else OTHER if OTHER in class_list else None
         if label is None:
@@ -225,17 +258,11 @@ def evaluate(
         labels.append(class_list.index(label))
     if not known:
         raise ClientError(
-            f"model {model!r} version {version_s} knows the classes {class_list}; none of the clips' classes "
+            f"model {model!r} version {version} knows the classes {class_list}; none of the clips' classes "
             f"{sorted({c.label for c, _ in rows})} is among them",
             hint="name the clip folders <class>_<subclass> with the model's classes",
         )
-    scores = np.array([[s[c] for c in class_list] for _, s in known], dtype=np.float64)
-    predictions = [
-        {"video": str(clip.path), "true_label": class_list[t], "label": class_list[int(row.argmax())], "probability": round(float(row.max()), 4)}
-        for (clip, _), t, row in zip(known, labels, scores)
-    ]
-    metrics = classification_report(np.array(labels), scores, class_list)
-    return EvaluationReport(model, version_s, class_list, metrics, predictions, unknown, bad, time.monotonic() - started)
+    return known, labels, unknown
 
 
 __all__ = ["EvaluationReport", "LabelledClip", "clips_from_paths", "clips_from_task", "evaluate", "served_version"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pytrain.db import queries
@@ -388,9 +388,7 @@ class TaskQueue(Repository):
         state = "lost"
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
-                if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
-                    state = str(row["status"])
+                state = _held_state(conn, run)
                 params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
                 if state == "cancelled":
                     conn.execute(queries.FINISH, {**params, "status": "cancelled", "error": "cancelled before publishing"})
@@ -558,6 +556,15 @@ def _reason(exc: BaseException) -> str:
     """The first line of what the database said: the driver's error an SQLAlchemy exception wraps
     (``exc.orig``), else ``exc`` itself."""
     return _first_line(getattr(exc, "orig", None) or exc)
+
+
+def _held_state(conn: Connection, run: Claim) -> str:
+    """Lock ``run``'s task row (``SELECT ... FOR UPDATE``) and say where the run stands: the row's
+    status (``running`` or ``cancelled``) while the run still holds the task, else ``lost``."""
+    row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
+    if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
+        return str(row["status"])
+    return "lost"
 
 
 class SourceRegistry(Repository):

@@ -146,6 +146,31 @@ def publish_task(
             system error; the repository's earlier versions are left untouched.
     """
     task_dir = Path(task_dir)
+    task_spec, onnx_path, tensor_spec = _read_task_folder(task_dir, task_record)
+    model_name = task_spec.model_name
+    # Everything is generated and validated before the file system is touched.
+    ini_text, task_row_json = _generate_files(task_spec, tensor_spec, onnx_path, task_record, settings)
+    stages = _make_stages(settings, model_name)
+    try:
+        _stage_version(stages.version, onnx_path, tensor_spec, ini_text, model_name)
+        _stage_results(stages.results, task_dir, task_row_json)
+        with versions.model_lock(stages.model_dir), (gate() if gate is not None else nullcontext(_record_nothing)) as record:
+            published = _place(stages.version, stages.results, stages.model_dir, stages.results_model_dir, tensor_spec,
+                               ini_text, settings, task_record, _before_rename)
+            record(published)
+    except OSError as exc:
+        raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
+    finally:
+        _remove_stages(stages)
+    return _announce_and_load(published, settings)
+
+
+def _read_task_folder(task_dir: Path, task_record: dict[str, Any]) -> tuple[TaskSpec, Path, TensorSpec]:
+    """The task folder's spec, ``model.onnx`` path and tensor spec, its model name checked against the row's.
+
+    Raises:
+        PublishError: an invalid or mismatched model name, no ``model.onnx``, a bad ``tensor_spec.json``.
+    """
     task_spec = _load_task_spec(task_dir)
     model_name = task_spec.model_name
     row_model_name = str(task_record.get("model_name") or model_name)
@@ -167,8 +192,19 @@ def publish_task(
         tensor_spec = TensorSpec.load(task_dir)
     except ConfigurationError as exc:
         raise PublishError(f"model {model_name}: {exc.message}", hint=exc.hint) from exc
+    return task_spec, onnx_path, tensor_spec
 
-    # Everything is generated and validated before the file system is touched.
+
+def _generate_files(
+    task_spec: TaskSpec, tensor_spec: TensorSpec, onnx_path: Path, task_record: dict[str, Any], settings: Settings,
+) -> tuple[str, str]:
+    """``(INI text, task row JSON)`` of the version, after validating its configs and its ONNX model.
+
+    Raises:
+        PublishError: a config Triton would refuse, an ONNX model that does not match the tensor
+            spec, or a task row JSON cannot hold.
+    """
+    model_name = task_spec.model_name
     ini_text = triton_config.pytrain_ini(
         tensor_spec, epochs=task_spec.epochs, shuffle_size=task_spec.shuffle_size, batch_size=task_spec.batch_size
     )
@@ -178,7 +214,25 @@ def publish_task(
         task_row_json = json.dumps(task_record, indent=2, default=str) + "\n"
     except (TypeError, ValueError) as exc:
         raise PublishError(f"model {model_name}: the task row cannot be saved as JSON: {exc}") from exc
+    return ini_text, task_row_json
 
+
+@dataclass(frozen=True)
+class _Stages:
+    """Where one publish works: the model's folders and its two private staging folders."""
+
+    model_dir: Path  # model_repo/<model>
+    results_model_dir: Path  # results/<model>
+    version: Path  # staging folder of model_repo/<model>/<v>
+    results: Path  # staging folder of results/<model>/<v>
+
+
+def _make_stages(settings: Settings, model_name: str) -> _Stages:
+    """Create the model's folders and a staging folder beside each (same file system as its target).
+
+    Raises:
+        PublishError: a folder cannot be created.
+    """
     model_dir = settings.model_repo_dir / model_name
     results_model_dir = settings.results_dir / model_name
     try:
@@ -188,23 +242,22 @@ def publish_task(
         results_stage = _staging_folder(settings.results_dir, model_name)
     except OSError as exc:
         raise PublishError(f"model {model_name}: cannot prepare {model_dir}: {exc}") from exc
-    try:
-        _stage_version(version_stage, onnx_path, tensor_spec, ini_text, model_name)
-        _stage_results(results_stage, task_dir, task_row_json)
-        with versions.model_lock(model_dir), (gate() if gate is not None else nullcontext(_record_nothing)) as record:
-            published = _place(version_stage, results_stage, model_dir, results_model_dir, tensor_spec, ini_text,
-                               settings, task_record, _before_rename)
-            record(published)
-    except OSError as exc:
-        raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
-    finally:
-        for stage in (version_stage, results_stage):
-            shutil.rmtree(stage, ignore_errors=True)
-            try:  # the staging root disappears when no other publisher is using it
-                stage.parent.rmdir()
-            except OSError:
-                pass
+    return _Stages(model_dir, results_model_dir, version_stage, results_stage)
 
+
+def _remove_stages(stages: _Stages) -> None:
+    """Remove what is left of the staging folders, and their root when no other publisher uses it."""
+    for stage in (stages.version, stages.results):
+        shutil.rmtree(stage, ignore_errors=True)
+        try:  # the staging root disappears when no other publisher is using it
+            stage.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _announce_and_load(published: PublishedModel, settings: Settings) -> PublishedModel:
+    """Log the new version and, with ``triton_grpc_url`` set, ask that Triton to load it (the answer goes into the result)."""
+    model_name = published.name
     log.info("published model %s version %d at %s, serving versions %s", model_name, published.version, published.path,
              list(published.served_versions))
     if published.serving_note:

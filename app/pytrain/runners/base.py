@@ -15,7 +15,9 @@ What every runner shares lives here, written once:
 - :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
 - :func:`torchrun_args`, how several GPUs start several training ranks;
 - :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output;
-- :func:`is_secret_variable`, the environment variables a training process never sees.
+- :func:`is_secret_variable`, the environment variables a training process never sees, and
+  :func:`training_environment`, what a training process started on a host inherits;
+- :func:`tail` and :func:`oom_marker`, the end of a run's log and the out-of-memory evidence in it.
 
 A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
 :func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
@@ -24,16 +26,18 @@ A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of r
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pytrain.errors import ConfigurationError
+from pytrain.settings import Settings
 from pytrain.spec import TaskSpec
 from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
@@ -374,6 +378,40 @@ def check_no_secrets(environment: Mapping[str, str], where: str) -> dict[str, st
             hint="training needs no database, Triton or cloud credentials; leave these variables out",
         )
     return dict(environment)
+
+
+def training_environment(settings: Settings) -> dict[str, str]:
+    """The environment a training process started on a host (the local runner's child, a Slurm
+    job) inherits: this process's, less every secret-looking and database variable
+    (:func:`is_secret_variable`: training needs neither the database nor
+    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
+    (``settings.torch_home``), from which ``pretrained`` tasks load."""
+    env = without_secrets(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TORCH_HOME"] = str(settings.torch_home)
+    return env
+
+
+#: What PyTorch and Python write when an allocation fails (the local and slurm runners look for them).
+OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError", "DefaultCPUAllocator: can't allocate memory")
+
+
+def oom_marker(output: str, markers: Sequence[str] = OOM_MARKERS) -> str | None:
+    """The first of ``markers`` that ``output`` (a run's log tail) contains, or ``None``."""
+    return next((marker for marker in markers if marker in output), None)
+
+
+def tail(path: Path, *, lines: int = 20, max_bytes: int = 16_384) -> str:
+    """The last ``lines`` lines of a text file (empty when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
 
 
 #: The training entrypoint every runner starts: ``python -m pytrain.training``.

@@ -163,7 +163,7 @@ def training_command(nproc: int | None) -> tuple[list[str] | None, list[str]]:
 def _host_path(path: Path, local_root: Path, host_root: Path | None, mounts: Sequence[tuple[str, str]] = ()) -> str:
     """Translate a path as this process sees it into the Docker host's path.
 
-    ``host_root`` (from ``PYTRAIN_HOST_*_DIR``) wins; else, inside a container, the longest of
+    ``host_root`` (``settings.host_*_dir``, from ``PYTRAIN_HOST_*_DIR``) wins; else, inside a container, the longest of
     this container's own bind mounts (``(destination, source)``) that holds the path; else the
     path itself.
     """
@@ -273,8 +273,9 @@ class DockerRunner:
         on_build_line: called with each line of build output.
         stop_grace_seconds: how long ``docker stop`` waits after SIGTERM before SIGKILL (seconds).
         worker_id: written into the ``org.pytrain.worker`` label.
-        host_sources_dir, host_model_tasks_dir: see the module docstring (default: the
-            ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
+        host_sources_dir, host_model_tasks_dir: see the module docstring (default:
+            ``settings.host_sources_dir`` / ``settings.host_model_tasks_dir``, i.e.
+            ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR``).
         environment: extra environment variables for the container; never secrets (the rule of
             :func:`pytrain.runners.base.is_secret_variable`: such a name raises ConfigurationError).
         context_dir: repository root the image is built from (default: this checkout).
@@ -333,10 +334,8 @@ class DockerRunner:
         self.on_build_line = on_build_line
         self.stop_grace_seconds = stop_grace_seconds
         self.worker_id = worker_id or settings.worker_id or f"{os.uname().nodename}-{os.getpid()}"
-        env_sources = os.environ.get("PYTRAIN_HOST_SOURCES_DIR")
-        env_tasks = os.environ.get("PYTRAIN_HOST_MODEL_TASKS_DIR")
-        self.host_sources_dir = host_sources_dir or (Path(env_sources) if env_sources else None)
-        self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
+        self.host_sources_dir = host_sources_dir or settings.host_sources_dir
+        self.host_model_tasks_dir = host_model_tasks_dir or settings.host_model_tasks_dir
         self.environment = check_no_secrets(environment or {}, "DockerRunner(environment=...)")
         self.context_dir = context_dir
         self.torch_home = Path(torch_home if torch_home is not None else settings.torch_home)

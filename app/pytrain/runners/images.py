@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator, TextIO
 
 from pytrain.errors import ConfigurationError, CredentialsError, RunnerError
 from pytrain.settings import Settings, project_root
@@ -295,62 +295,95 @@ def ensure_base_image(client: "docker.DockerClient", base_image: str, key_file: 
         CredentialsError: nvcr.io needs the key and it is missing, empty or rejected.
         RunnerError: the pull failed for another reason (no network, unknown tag).
     """
-    import docker.errors
-
-    try:
-        client.images.get(base_image)
+    if _has_image(client, base_image):
         return False
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.DockerException as exc:
-        raise RunnerError(f"cannot inspect base image {base_image}: {exc}", hint="is the Docker engine running?") from exc
-
-    registry = _registry_of(base_image)
-    key: str | None = None
-    auth: dict[str, str] | None = None
-    # Errors are raised *outside* the except blocks: the SDK's exception may quote the request,
-    # and chaining (even suppressed, via __context__) would keep it reachable.
-    failure: tuple[int | None, str] | None = None
-    if registry == NGC_REGISTRY:
-        key = read_api_key(key_file)
-        try:
-            # Kept in the client's memory only (not in ~/.docker/config.json).
-            client.login(username=NGC_USERNAME, password=key, registry=NGC_REGISTRY, reauth=True)
-        except docker.errors.APIError as exc:
-            failure = (getattr(exc, "status_code", None), _redact(str(getattr(exc, "explanation", None) or exc), key))
-        if failure is not None:
-            status, text = failure
-            if status in (401, 403) or "unauthorized" in text.lower():
-                raise CredentialsError(
-                    f"{NGC_REGISTRY} rejected the NGC API key from {Path(key_file).expanduser()}",
-                    hint=f"generate a new key at {NGC_KEY_URL} and replace the file's content (username is {NGC_USERNAME}, set by PyTrain)",
-                )
-            raise RunnerError(f"login to {NGC_REGISTRY} failed: {text}", hint="check the host's network access to nvcr.io")
-        auth = {"username": NGC_USERNAME, "password": key}
+    key = _ngc_login(client, key_file) if _registry_of(base_image) == NGC_REGISTRY else None
     logger.info("pulling base image %s", base_image)
     started = time.monotonic()
-    try:
-        # The SDK splits "repo:tag" / "repo@sha256:..." itself and defaults to "latest".
-        client.images.pull(base_image, auth_config=auth)
-    except docker.errors.APIError as exc:
-        failure = (getattr(exc, "status_code", None), _redact(str(getattr(exc, "explanation", None) or exc), key))
-    if failure is not None:
-        status, text = failure
-        if key is not None and ("unauthorized" in text.lower() or status in (401, 403)):
-            raise CredentialsError(
-                f"{NGC_REGISTRY} refused to serve {base_image} with the NGC API key from {Path(key_file).expanduser()}",
-                hint=f"check the key at {NGC_KEY_URL} and that your NGC account may pull this image",
-            )
-        raise RunnerError(
-            f"cannot pull base image {base_image}: {text}",
-            hint="check the image name and the network, or build/load the base image on this host first",
-        )
+    _pull(client, base_image, key, key_file)
     logger.info("pulled %s in %.1f s", base_image, time.monotonic() - started)
     return True
 
 
-# ----------------------------------------------------------------------------------------------
-# build
+# Errors are raised *outside* the except blocks: the SDK's exception may quote the request (with
+# the key), and chaining (even suppressed, via __context__) would keep it reachable.
+def _failure(exc: Exception, key: str | None) -> tuple[int | None, str]:
+    """``(HTTP status, message with the key redacted)`` of a Docker API error."""
+    return getattr(exc, "status_code", None), _redact(str(getattr(exc, "explanation", None) or exc), key)
+
+
+def _has_image(client: "docker.DockerClient", image: str) -> bool:
+    """Whether ``image`` is on the host.
+
+    Raises:
+        RunnerError: the engine cannot be asked.
+    """
+    import docker.errors
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.DockerException as exc:
+        raise RunnerError(f"cannot inspect base image {image}: {exc}", hint="is the Docker engine running?") from exc
+
+
+def _ngc_login(client: "docker.DockerClient", key_file: Path) -> str:
+    """Log ``client`` in to nvcr.io with the NGC API key of ``key_file``; the key.
+
+    Raises:
+        CredentialsError: the key is missing, empty or rejected.
+        RunnerError: the login failed for another reason.
+    """
+    import docker.errors
+
+    key = read_api_key(key_file)
+    failure: tuple[int | None, str] | None = None
+    try:
+        # Kept in the client's memory only (not in ~/.docker/config.json).
+        client.login(username=NGC_USERNAME, password=key, registry=NGC_REGISTRY, reauth=True)
+    except docker.errors.APIError as exc:
+        failure = _failure(exc, key)
+    if failure is not None:
+        status, text = failure
+        if status in (401, 403) or "unauthorized" in text.lower():
+            raise CredentialsError(
+                f"{NGC_REGISTRY} rejected the NGC API key from {Path(key_file).expanduser()}",
+                hint=f"generate a new key at {NGC_KEY_URL} and replace the file's content (username is {NGC_USERNAME}, set by PyTrain)",
+            )
+        raise RunnerError(f"login to {NGC_REGISTRY} failed: {text}", hint="check the host's network access to nvcr.io")
+    return key
+
+
+def _pull(client: "docker.DockerClient", base_image: str, key: str | None, key_file: Path) -> None:
+    """Pull ``base_image``, with the NGC ``key`` when it is one of nvcr.io's.
+
+    Raises:
+        CredentialsError: nvcr.io refused the image with the key.
+        RunnerError: the pull failed for another reason (no network, unknown tag).
+    """
+    import docker.errors
+
+    auth = {"username": NGC_USERNAME, "password": key} if key is not None else None
+    failure: tuple[int | None, str] | None = None
+    try:
+        # The SDK splits "repo:tag" / "repo@sha256:..." itself and defaults to "latest".
+        client.images.pull(base_image, auth_config=auth)
+    except docker.errors.APIError as exc:
+        failure = _failure(exc, key)
+    if failure is None:
+        return
+    status, text = failure
+    if key is not None and ("unauthorized" in text.lower() or status in (401, 403)):
+        raise CredentialsError(
+            f"{NGC_REGISTRY} refused to serve {base_image} with the NGC API key from {Path(key_file).expanduser()}",
+            hint=f"check the key at {NGC_KEY_URL} and that your NGC account may pull this image",
+        )
+    raise RunnerError(
+        f"cannot pull base image {base_image}: {text}",
+        hint="check the image name and the network, or build/load the base image on this host first",
+    )
 
 
 @contextlib.contextmanager
@@ -396,60 +429,84 @@ def build_image(
     """
     import docker.errors
 
-    tail: deque[str] = deque(maxlen=40)
     log_path = cache_dir() / "last-build.log"
     context = inputs.context_tar()
+    error: str | None = None
+    with open(log_path, "w", encoding="utf-8") as log:
+        output = _BuildOutput(log, on_line)
+        try:
+            for chunk in _start_build(client, inputs, tag, context, nocache=nocache):
+                chunk_error = output.add(chunk)
+                if chunk_error is not None:
+                    error = chunk_error
+        except docker.errors.APIError as exc:
+            error = getattr(exc, "explanation", None) or str(exc)
+        finally:
+            context.close()
+    tail = "\n".join(output.tail)
+    if error is not None:
+        raise RunnerError(
+            f"building the training image {tag} failed: {error}",
+            hint=f"full build log in {log_path}; without network, run scripts/build_wheelhouse.sh first",
+            stderr_tail=tail,
+        )
+    if not image_exists(client, tag):
+        raise RunnerError(f"the build reported success but {tag} is not on the host", stderr_tail=tail)
+    return list(output.tail)
+
+
+def _start_build(client: "docker.DockerClient", inputs: BuildInputs, tag: str, context: IO[bytes], *, nocache: bool) -> Iterator[dict]:
+    """The engine's build of ``inputs`` as ``tag`` from the tar ``context``: its decoded output chunks, labelled
+    with the component, the content hash and the base image."""
     labels = {
         LABEL_COMPONENT: "train",
         LABEL_CONTENT_HASH: inputs.content_hash,
         LABEL_BASE_IMAGE: inputs.buildargs["BASE_IMAGE"],
     }
-    error: str | None = None
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            stream = client.api.build(
-                fileobj=context,
-                custom_context=True,
-                dockerfile=inputs.dockerfile,
-                tag=tag,
-                buildargs=inputs.buildargs,
-                labels=labels,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                nocache=nocache,
-                decode=True,
-            )
-            for chunk in stream:
-                text = chunk.get("stream") or chunk.get("status") or ""
-                if "error" in chunk:
-                    error = str(chunk.get("error", "")).strip()
-                    text = error
-                for line in text.splitlines():
-                    line = line.rstrip()
-                    if not line:
-                        continue
-                    tail.append(line)
-                    log.write(line + "\n")
-                    log.flush()
-                    if on_line is not None:  # the caller shows it; keep the log quiet
-                        logger.debug("build: %s", line)
-                        on_line(line)
-                    else:
-                        logger.info("build: %s", line)
-        except docker.errors.APIError as exc:
-            error = getattr(exc, "explanation", None) or str(exc)
-        finally:
-            context.close()
-    if error is not None:
-        raise RunnerError(
-            f"building the training image {tag} failed: {error}",
-            hint=f"full build log in {log_path}; without network, run scripts/build_wheelhouse.sh first",
-            stderr_tail="\n".join(tail),
-        )
-    if not image_exists(client, tag):
-        raise RunnerError(f"the build reported success but {tag} is not on the host", stderr_tail="\n".join(tail))
-    return list(tail)
+    return client.api.build(
+        fileobj=context,
+        custom_context=True,
+        dockerfile=inputs.dockerfile,
+        tag=tag,
+        buildargs=inputs.buildargs,
+        labels=labels,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        nocache=nocache,
+        decode=True,
+    )
+
+
+class _BuildOutput:
+    """A build's output lines: written to the build log, kept as a 40-line tail, shown to ``on_line``
+    (else logged at INFO)."""
+
+    def __init__(self, log: TextIO, on_line: Callable[[str], None] | None) -> None:
+        self.log = log
+        self.on_line = on_line
+        self.tail: deque[str] = deque(maxlen=40)
+
+    def add(self, chunk: dict) -> str | None:
+        """Take one decoded chunk of the engine's output; the error it reports, or ``None``."""
+        text = chunk.get("stream") or chunk.get("status") or ""
+        error = None
+        if "error" in chunk:
+            error = str(chunk.get("error", "")).strip()
+            text = error
+        for line in text.splitlines():
+            line = line.rstrip()
+            if not line:
+                continue
+            self.tail.append(line)
+            self.log.write(line + "\n")
+            self.log.flush()
+            if self.on_line is not None:  # the caller shows it; keep the log quiet
+                logger.debug("build: %s", line)
+                self.on_line(line)
+            else:
+                logger.info("build: %s", line)
+        return error
 
 
 def _record(result: ImageResult, inputs: BuildInputs) -> None:

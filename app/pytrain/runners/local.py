@@ -25,35 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytrain.errors import RunnerError
-from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args, without_secrets
+from pytrain.runners.base import (
+    TRAINING_MODULE, PreparedTask, RunResult, oom_marker, parse_gpus, supervise, tail, torchrun_args, training_environment,
+)
 from pytrain.settings import Settings, get_settings
 from pytrain.training.run_lock import local_holder_pid
 
 log = logging.getLogger(__name__)
 
 PID_FILE = "runner.pid"
-#: What PyTorch and Python write when an allocation fails (the local and slurm runners look for them).
-OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError", "DefaultCPUAllocator: can't allocate memory")
-
-
-def oom_marker(output: str, markers: Sequence[str] = OOM_MARKERS) -> str | None:
-    """The first of ``markers`` that ``output`` (a run's log tail) contains, or ``None``."""
-    return next((marker for marker in markers if marker in output), None)
-
-
-def tail(path: Path, *, lines: int = 20, max_bytes: int = 16_384) -> str:
-    """The last ``lines`` lines of a text file (empty when it does not exist)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
-
-
 def _kill_group(pgid: int, grace_seconds: float, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group, wait up to ``grace_seconds`` for it to end, then SIGKILL it."""
     try:
@@ -137,18 +117,6 @@ def _unlink_if_ours(pid_path: Path, pid: int) -> None:
     except (OSError, ValueError, IndexError):
         return
     pid_path.unlink(missing_ok=True)
-
-
-def training_environment(settings: Settings) -> dict[str, str]:
-    """The environment a training process started on a host (the local runner's child, a Slurm
-    job) inherits: this process's, less every secret-looking and database variable
-    (:func:`pytrain.runners.base.is_secret_variable`: training needs neither the database nor
-    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
-    (``settings.torch_home``), from which ``pretrained`` tasks load."""
-    env = without_secrets(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["TORCH_HOME"] = str(settings.torch_home)
-    return env
 
 
 class LocalRunner:

@@ -159,11 +159,35 @@ def resolve_classes(
             a folder or file resolves outside the sources root.
     """
     root = Path(sources_root)
-    if not root.is_dir():
-        raise SourceError(f"the sources root {root} is not a folder", hint="set PYTRAIN_SOURCES_DIR")
-    real_root = root.resolve()
     datasets = list(dict.fromkeys(datasets))
     selected = list(dict.fromkeys(classes))
+    _check_request(root, datasets, selected, include_other=include_other, registered=registered)
+    found = _Found(root=root, real_root=root.resolve(), selected=selected, include_other=include_other)
+    for dataset in datasets:
+        found.add_dataset(dataset)
+    class_list = _class_list(found, datasets)
+    resolved = ResolvedClasses(
+        class_list=class_list,
+        clips=sorted(found.clips, key=lambda c: (c.label, c.path)),
+        folders={label: found.folders[label] for label in class_list},
+        unlisted=found.unlisted,
+    )
+    empty = [label for label, n in resolved.counts().items() if n == 0]
+    if empty:
+        raise SourceError(f"class(es) {empty} have folders but no mp4 files", hint=f"folders: {[resolved.folders[e] for e in empty]}")
+    return resolved
+
+
+def _check_request(root: Path, datasets: list[str], selected: list[str], *, include_other: bool,
+                   registered: Iterable[str] | None) -> None:
+    """Refuse a task that cannot be resolved before any folder is listed.
+
+    Raises:
+        SourceError: the sources root is not a folder; ``Other`` is selected with ``include_other``;
+            a dataset is not registered.
+    """
+    if not root.is_dir():
+        raise SourceError(f"the sources root {root} is not a folder", hint="set PYTRAIN_SOURCES_DIR")
     if include_other and OTHER_CLASS in selected:
         raise SourceError(f"class {OTHER_CLASS!r} is reserved for include_other", hint=f"rename the {OTHER_CLASS} folders")
     if registered is not None:
@@ -174,60 +198,75 @@ def resolve_classes(
                 hint="put them under the sources root and run `pytrain sources sync`",
             )
 
-    clips: list[Clip] = []
-    folders: dict[str, list[str]] = defaultdict(list)
-    found_classes: set[str] = set()
-    unlisted: dict[str, str] = {}
-    for dataset in datasets:
-        dataset_dir = root / dataset
+
+@dataclass
+class _Found:
+    """What :func:`resolve_classes` has found so far, one dataset at a time."""
+
+    root: Path
+    real_root: Path
+    selected: list[str]
+    include_other: bool
+    clips: list[Clip] = field(default_factory=list)
+    folders: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    found_classes: set[str] = field(default_factory=set)
+    unlisted: dict[str, str] = field(default_factory=dict)
+
+    def add_dataset(self, dataset: str) -> None:
+        """Add the clips of ``<root>/<dataset>/<class>_<subclass>/*.mp4``, each labelled.
+
+        Raises:
+            SourceError: no folder, an unreadable one, one outside the root, or no mp4 file.
+        """
+        dataset_dir = self.root / dataset
         if not dataset_dir.is_dir():
             raise SourceError(f"dataset {dataset!r} has no folder {dataset_dir}", hint="check the task's sources and the sources root")
-        _inside(real_root, dataset_dir, f"dataset {dataset!r}")
+        _inside(self.real_root, dataset_dir, f"dataset {dataset!r}")
         dataset_clips = 0
-        class_folders = _utf8_entries(dataset_dir, root, unlisted, _is_class_folder, "dataset folder")
-        for folder in class_folders:
-            cls = class_of(folder.name)
-            if not cls:
-                log.warning("ignoring folder %s: no class name before the first underscore", folder)
-                continue
-            _inside(real_root, folder, "class folder")
-            videos = _utf8_entries(folder, root, unlisted, _is_video, "class folder")
-            for video in videos:
-                _inside(real_root, video, "video")
-            dataset_clips += len(videos)
-            found_classes.add(cls)
-            if cls in selected:
-                label = cls
-            elif include_other:
-                label = OTHER_CLASS
-            else:
-                continue
-            folders[label].append(f"{dataset}/{folder.name}")
-            clips += [Clip(path=video.relative_to(root).as_posix(), label=label) for video in videos]
+        for folder in _utf8_entries(dataset_dir, self.root, self.unlisted, _is_class_folder, "dataset folder"):
+            dataset_clips += self._add_class_folder(dataset, folder)
         if dataset_clips == 0:
             raise SourceError(f"dataset {dataset!r} has no mp4 files", hint=f"expected {dataset_dir}/<class>_<subclass>/*.mp4")
 
-    missing = [c for c in selected if c not in found_classes]
+    def _add_class_folder(self, dataset: str, folder: Path) -> int:
+        """Add one class folder's clips under their label (its class, ``Other`` or none); how many videos it holds."""
+        cls = class_of(folder.name)
+        if not cls:
+            log.warning("ignoring folder %s: no class name before the first underscore", folder)
+            return 0
+        _inside(self.real_root, folder, "class folder")
+        videos = _utf8_entries(folder, self.root, self.unlisted, _is_video, "class folder")
+        for video in videos:
+            _inside(self.real_root, video, "video")
+        self.found_classes.add(cls)
+        if cls in self.selected:
+            label = cls
+        elif self.include_other:
+            label = OTHER_CLASS
+        else:
+            return len(videos)
+        self.folders[label].append(f"{dataset}/{folder.name}")
+        self.clips += [Clip(path=video.relative_to(self.root).as_posix(), label=label) for video in videos]
+        return len(videos)
+
+
+def _class_list(found: _Found, datasets: list[str]) -> list[str]:
+    """The task's sorted class list (with ``Other`` under ``include_other``).
+
+    Raises:
+        SourceError: a selected class has no folder; ``include_other`` found no other clip.
+    """
+    missing = [c for c in found.selected if c not in found.found_classes]
     if missing:
         raise SourceError(
             f"class(es) {missing} have no folder in dataset(s) {datasets}",
-            hint=f"classes found: {sorted(found_classes)}; a class folder is named <class> or <class>_<subclass>",
+            hint=f"classes found: {sorted(found.found_classes)}; a class folder is named <class> or <class>_<subclass>",
         )
-    class_list = sorted(selected)
-    if include_other:
-        if not any(clip.label == OTHER_CLASS for clip in clips):
-            raise SourceError(
-                f"include_other is set but dataset(s) {datasets} have no clip outside the selected classes {selected}",
-                hint="unset include_other or add datasets with other classes",
-            )
-        class_list = sorted([*selected, OTHER_CLASS])
-    resolved = ResolvedClasses(
-        class_list=class_list,
-        clips=sorted(clips, key=lambda c: (c.label, c.path)),
-        folders={label: folders[label] for label in class_list},
-        unlisted=unlisted,
-    )
-    empty = [label for label, n in resolved.counts().items() if n == 0]
-    if empty:
-        raise SourceError(f"class(es) {empty} have folders but no mp4 files", hint=f"folders: {[resolved.folders[e] for e in empty]}")
-    return resolved
+    if not found.include_other:
+        return sorted(found.selected)
+    if not any(clip.label == OTHER_CLASS for clip in found.clips):
+        raise SourceError(
+            f"include_other is set but dataset(s) {datasets} have no clip outside the selected classes {found.selected}",
+            hint="unset include_other or add datasets with other classes",
+        )
+    return sorted([*found.selected, OTHER_CLASS])
