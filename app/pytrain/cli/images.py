@@ -83,9 +83,9 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
         raise ConfigurationError("--spec must be a JSON object (task.json fields, or a training_tasks row)")
     if "class_list" not in data:  # a task row: prepare it like the orchestrator
         from pytrain.orchestrator.prepare import prepare_task
-        from pytrain.task_columns import task_defaults
+        from pytrain.task_columns import TASK_COLUMNS, task_defaults
 
-        missing = sorted({"model_name", "sources", "classes"} - set(data))
+        missing = sorted({c.name for c in TASK_COLUMNS if c.required} - set(data))
         if missing:
             raise ConfigurationError(f"--spec row lacks {missing}", hint='e.g. {"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}')
         # a fresh uid per call: a debugging run never resumes another one's folder
