@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pytrain.errors import ConfigurationError
 from pytrain.slurm_values import (
     ExtraSbatch, SlurmAccount, SlurmContainerImage, SlurmMemory, SlurmPartition, SlurmPython, SlurmQos,
 )
@@ -245,3 +246,35 @@ def get_settings() -> Settings:
     Tests that change ``PYTRAIN_*`` variables call ``get_settings.cache_clear()``.
     """
     return Settings()
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """A :class:`ConfigurationError` naming each bad ``PYTRAIN_*`` variable and its value, from the
+    ``pydantic.ValidationError`` of :class:`Settings` (a database URL is shown as ``'***'``: it may
+    hold a password)."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            name = "PYTRAIN_" + "_".join(str(p) for p in error["loc"]).upper()
+            value = "'***'" if "DATABASE_URL" in name else repr(error["input"])
+            problems.append(f"{name}={value}: {message}")
+        else:  # a rule across fields: its message names the variables
+            problems.append(message)
+    return ConfigurationError(f"invalid settings: {'; '.join(problems)}", hint="fix or unset those PYTRAIN_* environment variables")
+
+
+def with_overrides(settings: Settings | None = None, **overrides: Any) -> Settings:
+    """``settings`` (default: :func:`get_settings`) with ``overrides`` laid over it, validated like
+    the environment (a command-line option, the demo's sources root): the one way to change a
+    setting. ``None`` values are ignored (an option left unset).
+
+    Raises:
+        ConfigurationError: a bad value, named as its ``PYTRAIN_*`` variable (:func:`settings_error`).
+    """
+    try:
+        base = get_settings() if settings is None else settings
+        updates = {name: value for name, value in overrides.items() if value is not None}
+        return Settings(**{**base.model_dump(), **updates}) if updates else base
+    except ValidationError as exc:
+        raise settings_error(exc) from None

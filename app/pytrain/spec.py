@@ -68,6 +68,7 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError
 from pytrain.sampling import ClipSampling, check_sampling
+from pytrain.task_columns import TASK_COLUMNS, check_class_count, check_values, columns_dataclass
 from pytrain.task_columns import default as column_default
 
 log = logging.getLogger(__name__)
@@ -241,44 +242,48 @@ class _JsonFile:
         return _from_dict(cls, {key: value for key, value in data.items() if key not in cls.DERIVED_KEYS}, source)
 
 
-@dataclass(frozen=True)
-class TaskSpec(_JsonFile):
+#: The fields of :class:`TaskSpec` that are columns of ``training_tasks`` (every column training
+#: reads: :attr:`pytrain.task_columns.TaskColumn.training`), with the database's defaults.
+TaskColumnFields = columns_dataclass(
+    "TaskColumnFields", (c for c in TASK_COLUMNS if c.training), defaults=True, module=__name__,
+    doc="The task row's columns that training reads, with the database defaults (pytrain.task_columns.TASK_COLUMNS).",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec(_JsonFile, TaskColumnFields):  # type: ignore[misc,valid-type]  # a base made from the column table
     """Everything the training entrypoint needs, written by the orchestrator to ``task.json``.
 
-    Field names and defaults are those of the ``training_tasks`` table
-    (:data:`pytrain.task_columns.TASK_COLUMNS`, the one place they are written).
+    The row's columns that training reads are fields made from the column table
+    (:class:`TaskColumnFields`: ``model_name``, ``architecture``, ``num_frames``, ``height``,
+    ``width``, ``epochs``, ``batch_size``, ``shuffle_size``, ``learning_rate``, ``seed``,
+    ``pretrained``, ``sources``, ``classes``, ``include_other``, the fractions, ``sampling``,
+    ``frame_interval``, ``num_clips``, ``test_clips``, ``nodes``, ...; their meaning, default and
+    bounds are in :data:`pytrain.task_columns.TASK_COLUMNS`, the one place they are written). A
+    new column there is a new field here. ``sources``, ``classes``, ``include_other`` and the
+    fractions are bookkeeping: the class list and ``manifest.csv`` below are what they resolved to.
+    All fields are keyword-only.
+
+    The fields that are not columns:
 
     Attributes:
         task_id: id of the ``training_tasks`` row.
         uid: the row's ``uid`` (UUID text): names the task folder (:func:`task_dir_name`) and is
             part of the checkpoint fingerprint, so a checkpoint of another row is never resumed.
             ``""`` in ``task.json`` files written before the column existed.
-        model_name: ``[A-Za-z0-9_-]{1,64}``; the Triton model name.
         class_list: sorted class labels; index ``i`` is logit ``i``.
-        architecture: model name understood by :mod:`pytrain.training.models` (e.g. ``tiny``,
-            ``r3d_18``).
-        num_frames: frames per clip (T).
-        height, width: frame size in pixels after resizing.
-        epochs: maximum number of epochs (early stopping may end sooner).
-        batch_size: clips per optimisation step.
-        shuffle_size: PyTrain's shuffle-buffer size in clips.
-        learning_rate: peak AdamW learning rate.
-        seed: seed for the split, sampling jitter, augmentation and initialisation.
-        pretrained: use pretrained weights from the local torch cache (error when absent).
         input_name, output_name: ONNX / Triton tensor names.
         sources_root: the sources root as the orchestrator saw it; the training entrypoint's
             ``--sources-root`` overrides it (a container mounts the sources elsewhere).
-        sources, classes, include_other: the row's dataset and class selection (bookkeeping: the
-            class list above is what they resolved to).
-        train_fraction, val_fraction, test_fraction: the row's split fractions (bookkeeping: the
-            split itself is ``manifest.csv``).
         folders: ``{label: [dataset/folder, ...]}``, the folders each class was resolved from.
         split_counts: ``{split: {label: clips}}`` of ``manifest.csv``.
-        sampling, frame_interval, num_clips, test_clips: clip sampling (the columns' meanings are in
-            :data:`pytrain.task_columns.TASK_COLUMNS`).
-        nodes: nodes of a Slurm run (1 elsewhere).
         extra: the row's ``options``: training settings beyond the table's columns
             (:class:`pytrain.task_options.TrainConfig`).
+
+    Raises:
+        ConfigurationError: fewer than two classes, or a number outside its column's bounds
+            (:func:`pytrain.task_columns.check_values`; names are not checked here: the runners
+            check what they paste into a command).
     """
 
     FILE_NAME = TASK_SPEC
@@ -286,45 +291,23 @@ class TaskSpec(_JsonFile):
     MISSING_HINT = "the orchestrator writes it; pass the task folder"
 
     task_id: int
-    model_name: str
     class_list: list[str]
-    architecture: str = column_default("architecture")
-    num_frames: int = column_default("num_frames")
-    height: int = column_default("height")
-    width: int = column_default("width")
-    epochs: int = column_default("epochs")
-    batch_size: int = column_default("batch_size")
-    shuffle_size: int = column_default("shuffle_size")
-    learning_rate: float = column_default("learning_rate")
-    seed: int = column_default("seed")
-    pretrained: bool = column_default("pretrained")
     input_name: str = DEFAULT_INPUT_NAME
     output_name: str = DEFAULT_OUTPUT_NAME
     sources_root: str = ""
-    sources: list[str] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    include_other: bool = column_default("include_other")
-    train_fraction: float = column_default("train_fraction")
-    val_fraction: float = column_default("val_fraction")
-    test_fraction: float = column_default("test_fraction")
     folders: dict[str, list[str]] = field(default_factory=dict)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    sampling: str = column_default("sampling")
-    frame_interval: int = column_default("frame_interval")
-    num_clips: int = column_default("num_clips")
-    test_clips: int = column_default("test_clips")
-    nodes: int = column_default("nodes")
     extra: dict[str, Any] = field(default_factory=dict)
     uid: str = ""
 
     def __post_init__(self) -> None:
-        if len(self.class_list) < 2:
-            raise ConfigurationError(
-                f"task {self.task_id}: class_list {self.class_list} has fewer than 2 classes",
-                hint="select at least two classes, or set include_other",
-            )
-        if self.num_frames < 1 or self.height < 1 or self.width < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigurationError(f"task {self.task_id}: num_frames, height, width, epochs and batch_size must be >= 1")
+        check_class_count(self.class_list, what=f"task {self.task_id}: class_list")
+        check_values({name: getattr(self, name) for name in TASK_SPEC_COLUMNS}, patterns=False)
+
+
+#: The names of :class:`TaskSpec`'s column fields, in table order: what ``task.json`` copies from
+#: the row as it is.
+TASK_SPEC_COLUMNS = tuple(f.name for f in fields(TaskColumnFields))
 
 
 @dataclass(frozen=True)

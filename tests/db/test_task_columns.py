@@ -85,7 +85,24 @@ def test_task_spec_defaults_are_the_database_defaults():
 
 
 def test_task_row_fields_are_the_tables_columns():
-    assert [f.name for f in dataclasses.fields(TaskRow)] == list(TrainingTask.__table__.columns.keys())
+    # The dataclass lists the column table's fields first (a base made from it); as a mapping a row
+    # reads in the table's column order.
+    assert sorted(f.name for f in dataclasses.fields(TaskRow)) == sorted(TrainingTask.__table__.columns.keys())
+    assert TrainingTask.__table__.columns.keys() == ["id", *(c.name for c in TASK_COLUMNS), "status", "created_at", "started_at",
+                                                     "finished_at", "attempts", "error", "progress", "metrics", "version",
+                                                     "worker_id", "lease_expires_at", "heartbeat_at", "task_dir", "uid", "run_id"]
+
+
+def test_every_column_is_a_field_of_the_request_the_row_and_the_spec():
+    """A column added to the table is known to ``pytrain submit``, a row read back and ``task.json``
+    with no line anywhere else (only ``priority`` and ``options`` are not the spec's own fields)."""
+    spec_fields = {f.name for f in dataclasses.fields(TaskSpec)}
+    row_fields = {f.name for f in dataclasses.fields(TaskRow)}
+    for c in TASK_COLUMNS:
+        assert c.name in TaskRequest.model_fields, c.name
+        assert c.name in row_fields, c.name
+        assert (c.name in spec_fields) == c.training, c.name
+    assert [c.name for c in TASK_COLUMNS if not c.training] == ["priority", "options"]
 
 
 def _row_with(name: str, value: float) -> dict[str, float] | None:

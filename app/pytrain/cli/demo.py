@@ -28,8 +28,9 @@ from typing import Any, Optional
 import typer
 
 from pytrain.errors import ConfigurationError, PyTrainError, SourceError, TrainingError
-from pytrain.settings import Settings
+from pytrain.settings import Settings, with_overrides
 from pytrain.sources.resolve import class_of
+from pytrain.task_columns import MIN_CLASSES
 from pytrain.spec import ManifestRow, MetricsRecord, ProgressRecord, format_progress, read_manifest, task_dir_name
 
 DEMO_DATASET = "demo"
@@ -83,13 +84,13 @@ def _dataset(options: DemoOptions, settings: Settings, console: Any) -> tuple[Se
                 f"--sources {folder} looks like a sources root, not a dataset folder",
                 hint=f"pass one of its datasets, e.g. --sources {folders[0]}",
             )
-        if len(classes) < 2:
+        if len(classes) < MIN_CLASSES:
             raise SourceError(
                 f"--sources {folder} has {len(classes)} class folder(s) with mp4 files",
-                hint="a classifier needs at least two classes: <dataset>/<class_subclass>/*.mp4",
+                hint=f"a classifier needs at least {MIN_CLASSES} classes: <dataset>/<class_subclass>/*.mp4",
             )
         console.print(f"using dataset [bold]{folder.name}[/] in {folder.parent}: classes {classes}")
-        return settings.model_copy(update={"sources_dir": folder.parent}), folder.name, classes, False
+        return with_overrides(settings, sources_dir=folder.parent), folder.name, classes, False
     from pytrain.sources.synthetic import DEMO_FOLDERS, make_dataset
 
     root = settings.sources_dir / DEMO_DATASET
@@ -105,10 +106,7 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     Raises:
         PyTrainError: any step failed; the message names the step's data (task id, error row).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from pytrain.db import TaskQueue, TaskRequest, get_engine, upgrade
-    from pytrain.orchestrator import Orchestrator
+    from pytrain.db import TaskQueue, get_engine, upgrade
     from pytrain.sources.registry import sync_sources
 
     if options.epochs < 1 or options.num_frames < 1 or options.size < 16:
@@ -131,6 +129,23 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     console.print(f"registered datasets: {', '.join(synced.registered)} (new: {', '.join(synced.added) or 'none'})")
 
     step(4, "insert a training task")
+    queue = TaskQueue(engine)
+    task_id = _insert_task(queue, options, dataset, classes, include_other, console)
+
+    step(5, "orchestrator: claim, split, train, export, publish")
+    record = _train(settings, queue, task_id, options, console)
+    console.print(f"task {task_id} succeeded: published [bold]{options.model_name}[/] version {record.version} into {settings.model_repo_dir}")
+
+    step(6, "Triton: serve and predict the held-out clips over gRPC")
+    result = _predict_held_out(settings, record, options, console, started)
+    check_accuracy(result, options.min_accuracy)
+    return result
+
+
+def _insert_task(queue: Any, options: DemoOptions, dataset: str, classes: list[str], include_other: bool, console: Any) -> int:
+    """Insert the demo's task row, validated like ``pytrain submit``; returns its id."""
+    from pytrain.db import TaskRequest
+
     row = {
         "model_name": options.model_name,
         "sources": [dataset],
@@ -145,15 +160,29 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
         "learning_rate": 3e-3,
         "seed": 0,
     }
-    queue = TaskQueue(engine)
     task_id = queue.submit(TaskRequest.parse(row).columns())
     console.print(
         f"INSERT INTO training_tasks ({', '.join(row)}) VALUES (...) -> task [bold]{task_id}[/]  "
         f"(the same row as SQL: examples/insert_task.sql)"
     )
+    return task_id
 
-    step(5, "orchestrator: claim, split, train, export, publish")
-    orchestrator = Orchestrator(settings, engine=engine)
+
+def _train(settings: Settings, queue: Any, task_id: int, options: DemoOptions, console: Any) -> Any:
+    """Run an orchestrator until the queue is empty, showing the task's epochs as a bar.
+
+    Returns:
+        The task's row (:class:`pytrain.db.TaskRow`) once it succeeded.
+
+    Raises:
+        TrainingError: the task ended otherwise (its error and ``train.log`` named); the
+            orchestrator's own exception as it is.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pytrain.orchestrator import Orchestrator
+
+    orchestrator = Orchestrator(settings, engine=queue.engine)
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -183,14 +212,16 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     if record.status != "succeeded":
         raise TrainingError(f"task {task_id} ended {record.status}: {record.error or 'no error recorded'}",
                             hint=f"see {settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid)}/train.log")
-    version = record.version
-    trained_accuracy = MetricsRecord.from_dict(record.metrics or {}).test_accuracy
-    console.print(f"task {task_id} succeeded: published [bold]{options.model_name}[/] version {version} into {settings.model_repo_dir}")
+    return record
 
-    step(6, "Triton: serve and predict the held-out clips over gRPC")
-    task_dir = Path(record.task_dir or settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid))
+
+def _predict_held_out(settings: Settings, record: Any, options: DemoOptions, console: Any, started: float) -> DemoResult:
+    """Predict the task's test-split clips with the served model over gRPC and report the accuracy
+    (and the demo's time since ``started``, a ``time.monotonic()``)."""
+    trained_accuracy = MetricsRecord.from_dict(record.metrics or {}).test_accuracy
+    task_dir = Path(record.task_dir or settings.model_tasks_dir / task_dir_name(record.id, options.model_name, record.uid))
     held_out = [r for r in read_manifest(task_dir) if r.split == "test"]
-    predictions = _predict(settings, options.model_name, version, held_out, console)
+    predictions = _predict(settings, options.model_name, record.version, held_out, console)
     correct = sum(p["label"] == p["true_label"] for p in predictions)
     accuracy = correct / len(predictions) if predictions else 0.0
     console.print(
@@ -198,9 +229,7 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
         f"test accuracy in training: {float('nan') if trained_accuracy is None else trained_accuracy:.3f}; "
         f"total {time.monotonic() - started:.0f} s"
     )
-    result = DemoResult(task_id, version, predictions, accuracy, trained_accuracy)
-    check_accuracy(result, options.min_accuracy)
-    return result
+    return DemoResult(record.id, record.version, predictions, accuracy, trained_accuracy)
 
 
 def check_accuracy(result: DemoResult, min_accuracy: float) -> None:

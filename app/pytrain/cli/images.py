@@ -28,11 +28,9 @@ image_app = typer.Typer(help="Build and run the training image (docker runner)."
 
 
 def _settings(**overrides: object):
-    from pytrain.settings import get_settings
+    from pytrain.settings import with_overrides
 
-    settings = get_settings()
-    updates = {k: v for k, v in overrides.items() if v is not None}
-    return settings.model_copy(update=updates) if updates else settings
+    return with_overrides(**overrides)
 
 
 @image_app.command("tag")
@@ -85,9 +83,9 @@ def _task_from_spec(spec_arg: str, manifest: Optional[Path], settings):
         raise ConfigurationError("--spec must be a JSON object (task.json fields, or a training_tasks row)")
     if "class_list" not in data:  # a task row: prepare it like the orchestrator
         from pytrain.orchestrator.prepare import prepare_task
-        from pytrain.task_columns import task_defaults
+        from pytrain.task_columns import TASK_COLUMNS, task_defaults
 
-        missing = sorted({"model_name", "sources", "classes"} - set(data))
+        missing = sorted({c.name for c in TASK_COLUMNS if c.required} - set(data))
         if missing:
             raise ConfigurationError(f"--spec row lacks {missing}", hint='e.g. {"model_name": "m", "sources": ["dataset1"], "classes": ["a", "b"]}')
         # a fresh uid per call: a debugging run never resumes another one's folder
@@ -125,6 +123,7 @@ def run_command(
     from pytrain.runners.base import Outcome, PreparedTask
     from pytrain.runners.docker import DockerRunner
     from pytrain.runners.images import cache_dir, docker_client
+    from pytrain.settings import with_overrides
     from pytrain.spec import TaskSpec
 
     settings = _settings(base_image=base_image, container_memory=memory, task_timeout_seconds=timeout, gpus=gpus)
@@ -132,7 +131,7 @@ def run_command(
         raise ConfigurationError("give either a task folder or --spec", hint="app/container_up.sh --help")
     if spec is not None:
         if sources_root is not None:
-            settings = settings.model_copy(update={"sources_dir": Path(sources_root).resolve()})
+            settings = with_overrides(settings, sources_dir=Path(sources_root).resolve())
         task_spec, folder = _task_from_spec(spec, manifest, settings)
     else:
         folder = Path(task_dir).resolve()

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # pydantic's ValidationError of a PYTRAIN_* variable read by get_settings()
         if not _is_settings_error(exc):
             raise
+        from pytrain.settings import settings_error
+
         typer.echo(f"error: {format_error(settings_error(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -103,23 +105,6 @@ def _is_settings_error(exc: BaseException) -> bool:
     from pydantic import ValidationError
 
     return isinstance(exc, ValidationError) and exc.title == "Settings"
-
-
-def settings_error(exc: Exception) -> PyTrainError:
-    """A :class:`ConfigurationError` naming each bad ``PYTRAIN_*`` variable and its value, from the
-    ``pydantic.ValidationError`` of :class:`pytrain.settings.Settings`."""
-    from pytrain.errors import ConfigurationError
-
-    problems = []
-    for error in exc.errors():  # type: ignore[attr-defined]
-        message = error["msg"].removeprefix("Value error, ")
-        if error["loc"]:
-            name = "PYTRAIN_" + "_".join(str(p) for p in error["loc"]).upper()
-            value = "'***'" if "DATABASE_URL" in name else repr(error["input"])  # the URL may hold a password
-            problems.append(f"{name}={value}: {message}")
-        else:  # a rule across fields: its message names the variables
-            problems.append(message)
-    return ConfigurationError(f"invalid settings: {'; '.join(problems)}", hint="fix or unset those PYTRAIN_* environment variables")
 
 
 def _show_usage_error(exc: Exception) -> None:

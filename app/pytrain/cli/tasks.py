@@ -7,34 +7,27 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
-from typing import Any, Optional
-
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
 from pytrain.errors import ConfigurationError
+from pytrain.task_columns import TASK_COLUMNS, TaskColumn
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sources_app = typer.Typer(help="Datasets under the sources root.", no_args_is_help=True)
 
 
 def _settings(**overrides: Any):
-    """The process settings with CLI overrides; a bad environment variable becomes one clear error."""
-    from pydantic import ValidationError
+    """The process settings with CLI overrides (:func:`pytrain.settings.with_overrides`)."""
+    from pytrain.settings import with_overrides
 
-    from pytrain.settings import Settings, get_settings
-
-    try:
-        settings = get_settings()
-        updates = {k: v for k, v in overrides.items() if v is not None}
-        return Settings(**{**settings.model_dump(), **updates}) if updates else settings
-    except ValidationError as exc:
-        from pytrain.cli.main import settings_error
-
-        raise settings_error(exc) from None
+    return with_overrides(**overrides)
 
 
 def _queue(settings=None):
@@ -182,56 +175,63 @@ def sources_list() -> None:
 
 
 # -- tasks ----------------------------------------------------------------------------------
-def _help(name: str) -> str:
-    """``pytrain submit``'s help for column ``name``: the column table's line, default and bounds."""
-    from pytrain.task_columns import column
-
-    return column(name).help_text()
+#: Short flags of ``pytrain submit``'s most used options.
+_SHORT_FLAGS = {"model_name": "-m", "sources": "-s", "classes": "-c"}
 
 
+def _column_option(c: TaskColumn) -> inspect.Parameter:
+    """``pytrain submit``'s option for column ``c``: ``--num-frames N`` (unset: the database
+    default), ``--pretrained/--no-pretrained`` for a boolean, a repeatable ``--sources`` for a
+    ``text[]`` column; required when the column is; its help is the column table's line."""
+    flag = "--" + c.name.replace("_", "-")
+    declarations = [f"{flag}/--no-{c.name.replace('_', '-')}" if c.python_type is bool else flag]
+    declarations += [_SHORT_FLAGS[c.name]] if c.name in _SHORT_FLAGS else []
+    annotation: Any = list[str] if c.sql_type == "text[]" else c.python_type
+    if not c.required:
+        annotation = Optional[annotation]
+    option = typer.Option(... if c.required else None, *declarations, help=c.help_text())
+    return inspect.Parameter(c.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _with_column_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` (whose ``**columns`` take them) with one option per column of the column table
+    (:func:`_column_option`) before its own parameters, as typer reads them (``__signature__``);
+    ``jsonb`` columns (``options``) have their own ``--option KEY=VALUE``."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params = [_column_option(c) for c in TASK_COLUMNS if c.sql_type != "jsonb"] + own
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what typer reads
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+@_with_column_options
 def submit(
-    model_name: str = typer.Option(..., "--model-name", "-m", help=_help("model_name")),
-    sources: list[str] = typer.Option(..., "--sources", "-s", help=_help("sources")),
-    classes: list[str] = typer.Option(..., "--classes", "-c", help=_help("classes")),
-    architecture: Optional[str] = typer.Option(None, help=_help("architecture")),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help=_help("pretrained")),
-    num_frames: Optional[int] = typer.Option(None, help=_help("num_frames")),
-    height: Optional[int] = typer.Option(None, help=_help("height")),
-    width: Optional[int] = typer.Option(None, help=_help("width")),
-    epochs: Optional[int] = typer.Option(None, help=_help("epochs")),
-    batch_size: Optional[int] = typer.Option(None, help=_help("batch_size")),
-    shuffle_size: Optional[int] = typer.Option(None, help=_help("shuffle_size")),
-    learning_rate: Optional[float] = typer.Option(None, help=_help("learning_rate")),
-    seed: Optional[int] = typer.Option(None, help=_help("seed")),
-    train_fraction: Optional[float] = typer.Option(None, help=_help("train_fraction")),
-    val_fraction: Optional[float] = typer.Option(None, help=_help("val_fraction")),
-    test_fraction: Optional[float] = typer.Option(None, help=_help("test_fraction")),
-    include_other: Optional[bool] = typer.Option(None, "--include-other/--no-include-other", help=_help("include_other")),
-    priority: Optional[int] = typer.Option(None, help=_help("priority")),
-    sampling: Optional[str] = typer.Option(None, help=_help("sampling")),
-    frame_interval: Optional[int] = typer.Option(None, help=_help("frame_interval")),
-    num_clips: Optional[int] = typer.Option(None, help=_help("num_clips")),
-    test_clips: Optional[int] = typer.Option(None, help=_help("test_clips")),
-    nodes: Optional[int] = typer.Option(None, help=_help("nodes")),
     option: list[str] = typer.Option(
         [], "--option", "-o", metavar="KEY=VALUE",
         help="A training option (the options column), VALUE as JSON where it parses (true, 3, 0.1), else text; repeat for several.",
     ),
+    **columns: Any,
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
-    fields = {k: v for k, v in locals().items() if k not in ("sources", "classes", "option") and v is not None}
-    from pytrain.db import SourceRegistry, TaskRequest
+    from pytrain.db import TASK_DEFAULTS, SourceRegistry, TaskRequest
+    from pytrain.task_check import check_task
 
+    given = {name: _split(value) if isinstance(value, list) else value for name, value in columns.items() if value is not None}
     if option:
-        fields["options"] = _options(option)
-    request = TaskRequest.parse({**fields, "sources": _split(sources), "classes": _split(classes)})
-    queue = _queue()
+        given["options"] = _options(option)
+    request = TaskRequest.parse(given)
+    settings = _settings()
+    queue = _queue(settings)
     registered = set(SourceRegistry(queue.engine).names())
     unregistered = [s for s in request.sources if s not in registered]
     if unregistered:
         raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
     _check_architecture(request.architecture)
-    _check_task_data(request, _settings(), registered)
+    # The datasets may lie under another mount on the worker's host: their data is checked here
+    # only where every folder is seen (the worker checks again when it prepares the task).
+    seen = all((settings.sources_dir / name).is_dir() for name in request.sources)
+    check_task({**TASK_DEFAULTS, **request.columns()}, sources_dir=settings.sources_dir if seen else None, registered=registered)
     task_id = queue.submit(request.columns())
     typer.echo(f"task {task_id} queued ({request.model_name})")
 
@@ -264,40 +264,6 @@ def _check_architecture(architecture: str | None) -> None:
         return
     if architecture not in ARCHITECTURES:
         raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"--architecture one of {sorted(ARCHITECTURES)}")
-
-
-def _check_task_data(request, settings, registered: set[str]) -> None:
-    """The orchestrator's checks of the task's data, run before the insert: every selected class
-    has a folder, at least two classes, enough clips per class for the split.
-
-    Skipped when a dataset folder is not on this machine (the orchestrator may see the sources
-    under another mount); the orchestrator checks again when it prepares the task.
-
-    Raises:
-        SourceError, SplitError, ConfigurationError: as the orchestrator would fail the task.
-    """
-    from pytrain.db import TASK_DEFAULTS
-    from pytrain.sources import load_groups, resolve_classes, split_clips
-
-    if not all((settings.sources_dir / name).is_dir() for name in request.sources):
-        return
-    values = {**TASK_DEFAULTS, **request.columns()}
-    resolved = resolve_classes(
-        settings.sources_dir, request.sources, request.classes, include_other=values["include_other"], registered=registered
-    )
-    if len(resolved.class_list) < 2:
-        raise ConfigurationError(
-            f"class list {resolved.class_list} has fewer than 2 classes",
-            hint="select at least two classes (-c a,b), or --include-other",
-        )
-    split_clips(
-        resolved,
-        train_fraction=values["train_fraction"],
-        val_fraction=values["val_fraction"],
-        test_fraction=values["test_fraction"],
-        seed=values["seed"],
-        groups=load_groups(settings.sources_dir, request.sources, [clip.path for clip in resolved.clips]),
-    )
 
 
 def _progress_text(task: dict[str, Any]) -> str:

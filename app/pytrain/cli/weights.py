@@ -22,9 +22,9 @@ _TORCH_HOME = typer.Option(None, "--torch-home", envvar="PYTRAIN_TORCH_HOME",
 
 
 def _settings(**overrides: object):
-    from pytrain.cli.tasks import _settings as settings_with
+    from pytrain.settings import with_overrides
 
-    return settings_with(**overrides)
+    return with_overrides(**overrides)
 
 
 def _size(size: int | None) -> str:

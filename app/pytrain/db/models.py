@@ -33,7 +33,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pytrain.outcome import FINISHED, RECORDED
-from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, check_constraints, column, size_constraints, task_defaults
+from pytrain.task_columns import (
+    FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, TASK_COLUMNS, TaskColumn, check_constraints, size_constraints, task_defaults,
+)
 
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
 FINAL_STATUSES = tuple(outcome.value for outcome in FINISHED)
@@ -133,37 +135,31 @@ _SQL_TYPES = {
 }
 
 
-def _task_column(name: str) -> Any:
-    """``mapped_column`` of a user-settable column: its SQL type and server default from the column table."""
-    spec = column(name)
+def _task_column(spec: TaskColumn) -> Any:
+    """``mapped_column`` of a user-settable column: its SQL type and server default from the column
+    table, ``NOT NULL`` (every one has a value: given or the default); ``sort_order`` puts the
+    table's columns right after ``id``, in table order."""
     default = spec.sql_default()
-    return mapped_column(_SQL_TYPES[spec.sql_type](), server_default=None if default is None else text(default))
+    return mapped_column(_SQL_TYPES[spec.sql_type](), nullable=False, server_default=None if default is None else text(default),
+                         sort_order=-1)
 
 
-class TrainingTask(Base):
-    """One training task; every column is documented in README.md ("The training_tasks table") and examples/insert_task.sql."""
+#: The user-settable columns of ``training_tasks`` as a declarative mixin: one ``mapped_column``
+#: per entry of :data:`pytrain.task_columns.TASK_COLUMNS` (so a new column there is a column of
+#: :class:`TrainingTask` with no line here; its migration adds it to the database).
+TaskColumnsMixin = type("TaskColumnsMixin", (), {c.name: _task_column(c) for c in TASK_COLUMNS})
+
+
+class TrainingTask(TaskColumnsMixin, Base):
+    """One training task; every column is documented in docs/user-guide/tasks.md ("The training_tasks table") and examples/insert_task.sql.
+
+    The user-settable columns (``model_name``, ``sources``, ``classes``, ``epochs``, ...) come from
+    the column table through :data:`TaskColumnsMixin`; the columns below are the queue's own.
+    """
 
     __tablename__ = "training_tasks"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    model_name: Mapped[str] = _task_column("model_name")
-    sources: Mapped[list[str]] = _task_column("sources")
-    classes: Mapped[list[str]] = _task_column("classes")
-    architecture: Mapped[str] = _task_column("architecture")
-    pretrained: Mapped[bool] = _task_column("pretrained")
-    num_frames: Mapped[int] = _task_column("num_frames")
-    height: Mapped[int] = _task_column("height")
-    width: Mapped[int] = _task_column("width")
-    epochs: Mapped[int] = _task_column("epochs")
-    batch_size: Mapped[int] = _task_column("batch_size")
-    shuffle_size: Mapped[int] = _task_column("shuffle_size")
-    learning_rate: Mapped[float] = _task_column("learning_rate")
-    seed: Mapped[int] = _task_column("seed")
-    train_fraction: Mapped[float] = _task_column("train_fraction")
-    val_fraction: Mapped[float] = _task_column("val_fraction")
-    test_fraction: Mapped[float] = _task_column("test_fraction")
-    include_other: Mapped[bool] = _task_column("include_other")
-    priority: Mapped[int] = _task_column("priority")
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True, sort_order=-2)
     status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -177,13 +173,6 @@ class TrainingTask(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     task_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Migration 0005.
-    sampling: Mapped[str] = _task_column("sampling")
-    frame_interval: Mapped[int] = _task_column("frame_interval")
-    num_clips: Mapped[int] = _task_column("num_clips")
-    test_clips: Mapped[int] = _task_column("test_clips")
-    nodes: Mapped[int] = _task_column("nodes")
-    options: Mapped[dict[str, Any]] = _task_column("options")
     #: Random per row: names the task folder, so no later row (after a database reset) reuses it.
     uid: Mapped[uuid.UUID] = mapped_column(Uuid, server_default=text("gen_random_uuid()"), unique=True)
     #: The current (or last) run, ``task_runs.id``: the fencing token of every write a run makes.

@@ -25,38 +25,32 @@ from pytrain.db import queries
 from pytrain.db.models import TrainingTask
 from pytrain.errors import ConfigurationError, DatabaseError, PublishError, PyTrainError, TaskNotFoundError, printable
 from pytrain.outcome import Outcome
+from pytrain.task_columns import TASK_COLUMNS, columns_dataclass
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class TaskRow(Mapping[str, Any]):
+
+#: The fields of :class:`TaskRow` that are the user-settable columns, one per entry of
+#: :data:`pytrain.task_columns.TASK_COLUMNS` (all required: a row read back has every column).
+TaskRowColumns = columns_dataclass(
+    "TaskRowColumns", TASK_COLUMNS, defaults=False, module=__name__,
+    doc="The user-settable columns of a training_tasks row (pytrain.task_columns.TASK_COLUMNS).",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRow(TaskRowColumns, Mapping[str, Any]):  # type: ignore[misc,valid-type]  # a base made from the column table
     """One ``training_tasks`` row, typed and read-only.
 
-    The fields are the table's columns (``tests/db`` checks that they match the model); a row also
-    reads as a mapping (``row["status"]``, ``row.get("error")``, ``dict(row)``) for code that
-    serialises it. Timestamps are timezone-aware :class:`datetime`; ``progress`` and ``metrics``
-    are the JSON columns as dicts.
+    The user-settable columns (``model_name``, ``sources``, ``classes``, ``epochs``, ...) are
+    fields made from the column table (:class:`TaskRowColumns`); the fields below are the
+    columns the queue keeps (``tests/db`` checks that together they are the model's columns). A
+    row also reads as a mapping (``row["status"]``, ``row.get("error")``, ``dict(row)``), its
+    keys in the table's column order, for code that serialises it. Timestamps are timezone-aware
+    :class:`datetime`; ``progress`` and ``metrics`` are the JSON columns as dicts.
     """
 
     id: int
-    model_name: str
-    sources: list[str]
-    classes: list[str]
-    architecture: str
-    pretrained: bool
-    num_frames: int
-    height: int
-    width: int
-    epochs: int
-    batch_size: int
-    shuffle_size: int
-    learning_rate: float
-    seed: int
-    train_fraction: float
-    val_fraction: float
-    test_fraction: float
-    include_other: bool
-    priority: int
     status: str
     created_at: datetime
     started_at: datetime | None
@@ -70,12 +64,6 @@ class TaskRow(Mapping[str, Any]):
     lease_expires_at: datetime | None
     heartbeat_at: datetime | None
     task_dir: str | None
-    sampling: str
-    frame_interval: int
-    num_clips: int
-    test_clips: int
-    nodes: int
-    options: dict[str, Any]
     uid: uuid.UUID
     run_id: int | None
 
@@ -104,7 +92,8 @@ class TaskRow(Mapping[str, Any]):
         return {name: getattr(self, name) for name in _TASK_ROW_FIELDS}
 
 
-_TASK_ROW_FIELDS = tuple(f.name for f in fields(TaskRow))
+#: The row's keys in the table's column order (``pytrain show`` prints them in this order).
+_TASK_ROW_FIELDS = tuple(TrainingTask.__table__.columns.keys())
 
 
 @dataclass(frozen=True)

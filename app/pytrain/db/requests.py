@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from pytrain.errors import ConfigurationError
 from pytrain.sampling import check_sampling
 from pytrain.task_options import check_options
-from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, column, default
+from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SQL_INT_RANGES, TASK_COLUMNS, TaskColumn, default
 
 
-def _field(name: str) -> Any:
-    """A ``Field`` for column ``name``: ``None`` (the database default) or a value within the column
-    table's bounds; integers also within their SQL type's range (PostgreSQL would overflow)."""
-    spec = column(name)
+def _field(spec: TaskColumn) -> tuple[Any, Any]:
+    """``(annotation, Field)`` of column ``spec`` for :func:`pydantic.create_model`: a required
+    column must be given (a ``text[]`` one with at least one entry); any other may be ``None``
+    (the database default) or a value within the column table's bounds, integers also within
+    their SQL type's range (PostgreSQL would overflow)."""
     bounds = spec.pydantic_bounds()
     if spec.sql_type in SQL_INT_RANGES:
         low, high = SQL_INT_RANGES[spec.sql_type]
@@ -28,44 +29,19 @@ def _field(name: str) -> Any:
             bounds.setdefault("ge", low)
         if "lt" not in bounds:
             bounds.setdefault("le", high)
-    return Field(default=None if not spec.required else ..., description=spec.help, **bounds)
+    if spec.required:
+        if spec.sql_type == "text[]":
+            bounds["min_length"] = 1
+        return spec.annotation, Field(..., description=spec.help, **bounds)
+    return spec.annotation | None, Field(default=None, description=spec.help, **bounds)
 
 
-class TaskRequest(BaseModel):
-    """The user-settable columns of ``training_tasks`` (:data:`pytrain.task_columns.TASK_COLUMNS`).
-
-    ``None`` means "use the database default". The bounds come from the column table; the
-    annotations repeat only the Python types.
-    """
+class _TaskRequestRules(BaseModel):
+    """The rules of a task request beyond each column's own bounds (the base of :class:`TaskRequest`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = _field("model_name")
-    sources: list[str] = Field(min_length=1)
-    classes: list[str] = Field(min_length=1)
-    architecture: str | None = _field("architecture")
-    pretrained: bool | None = _field("pretrained")
-    num_frames: int | None = _field("num_frames")
-    height: int | None = _field("height")
-    width: int | None = _field("width")
-    epochs: int | None = _field("epochs")
-    batch_size: int | None = _field("batch_size")
-    shuffle_size: int | None = _field("shuffle_size")
-    learning_rate: float | None = _field("learning_rate")
-    seed: int | None = _field("seed")
-    train_fraction: float | None = _field("train_fraction")
-    val_fraction: float | None = _field("val_fraction")
-    test_fraction: float | None = _field("test_fraction")
-    include_other: bool | None = _field("include_other")
-    priority: int | None = _field("priority")
-    sampling: str | None = _field("sampling")
-    frame_interval: int | None = _field("frame_interval")
-    num_clips: int | None = _field("num_clips")
-    test_clips: int | None = _field("test_clips")
-    nodes: int | None = _field("nodes")
-    options: dict[str, Any] | None = _field("options")
-
-    @field_validator("options")
+    @field_validator("options", check_fields=False)  # the fields come with the subclass
     @classmethod
     def _known_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
@@ -75,7 +51,7 @@ class TaskRequest(BaseModel):
                 raise ValueError(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from None
         return value
 
-    @field_validator("sources", "classes")
+    @field_validator("sources", "classes", check_fields=False)
     @classmethod
     def _no_empty_names(cls, value: list[str]) -> list[str]:
         cleaned = [v.strip() for v in value]
@@ -84,7 +60,7 @@ class TaskRequest(BaseModel):
         return list(dict.fromkeys(cleaned))  # drop duplicates, keep order
 
     @model_validator(mode="after")
-    def _sampling_followable(self) -> "TaskRequest":
+    def _sampling_followable(self) -> "_TaskRequestRules":
         """``frame_interval`` other than 1 needs ``sampling='dense'`` (the orchestrator checks it again at claim)."""
         values = {name: default(name) if getattr(self, name) is None else getattr(self, name)
                   for name in ("sampling", "frame_interval", "num_clips", "test_clips")}
@@ -95,7 +71,7 @@ class TaskRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> "TaskRequest":
+    def _fractions_sum_to_one(self) -> "_TaskRequestRules":
         fractions = [
             default(name) if getattr(self, name) is None else getattr(self, name)
             for name in ("train_fraction", "val_fraction", "test_fraction")
@@ -103,6 +79,22 @@ class TaskRequest(BaseModel):
         if not math.isclose(sum(fractions), 1.0, abs_tol=FRACTION_SUM_TOLERANCE):
             raise ValueError(f"train/val/test fractions {fractions} must sum to 1")
         return self
+
+
+#: The fields of :class:`TaskRequest`, one per column of :data:`pytrain.task_columns.TASK_COLUMNS`.
+_TaskRequestFields = create_model(  # type: ignore[call-overload]
+    "_TaskRequestFields", __base__=_TaskRequestRules, __module__=__name__, **{c.name: _field(c) for c in TASK_COLUMNS},
+)
+
+
+class TaskRequest(_TaskRequestFields):  # type: ignore[misc,valid-type]  # fields made from the column table
+    """The user-settable columns of ``training_tasks`` (:data:`pytrain.task_columns.TASK_COLUMNS`).
+
+    One field per column, made from the table (a new column there is a new field here): ``None``
+    means "use the database default"; the bounds and patterns are the table's. Beyond them:
+    ``options`` are known training options, ``sources`` and ``classes`` hold no empty name (and
+    lose repeats), the sampling is one training can follow and the fractions sum to 1.
+    """
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> "TaskRequest":

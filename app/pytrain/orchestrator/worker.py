@@ -51,7 +51,7 @@ from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, Runn
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.outcome import Outcome
 from pytrain.runners import ClusterRunner, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
-from pytrain.settings import Settings, get_settings
+from pytrain.settings import Settings, get_settings, with_overrides
 from pytrain.spec import METRICS, ProgressRecord, PublishedTaskRow, format_progress, read_metrics, read_progress_record
 
 if TYPE_CHECKING:  # publishing is imported when first needed (:func:`_load_publisher`)
@@ -324,7 +324,7 @@ class Orchestrator:
         self.engine = engine or get_engine(self.settings)
         self.queue = TaskQueue(self.engine)
         # The runner sees this worker's id and GPUs even when they came as arguments.
-        self.runner = runner or get_runner(self.settings.model_copy(update={"worker_id": self.worker_id, "gpus": self.gpus}))
+        self.runner = runner or get_runner(with_overrides(self.settings, worker_id=self.worker_id, gpus=self.gpus))
         self._publisher = publisher
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it

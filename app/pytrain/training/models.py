@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from pytrain.errors import ConfigurationError
+from pytrain.task_columns import MIN_CLASSES
 from pytrain.training.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -199,8 +200,8 @@ def build_model(
     arch = ARCHITECTURES.get(architecture)
     if arch is None:
         raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"one of {sorted(ARCHITECTURES)}")
-    if num_classes < 2:
-        raise ConfigurationError(f"num_classes must be >= 2, got {num_classes}")
+    if num_classes < MIN_CLASSES:
+        raise ConfigurationError(f"num_classes must be >= {MIN_CLASSES}, got {num_classes}")
     if arch.fixed_size is not None and (num_frames, height, width) != arch.fixed_size:
         t, h, w = arch.fixed_size
         raise ConfigurationError(
