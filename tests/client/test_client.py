@@ -75,13 +75,52 @@ def test_shared_memory_and_grpc_payload_give_the_same_answer_and_clean_up(triton
         by_shm = shm.infer(MODEL, frames)
         chunked = shm.predict_frames(MODEL, np.concatenate([frames, frames]), top_k=1)  # 10 clips: 2 requests
         assert shm._use_shm, "the loopback server should accept the region"
-        regions = shm._grpc.get_system_shared_memory_status(as_json=True).get("regions", {})
-        assert len(regions) == 1
+        name = shm._shm.name  # one region, reused by both requests (others' clients may hold theirs: by name)
+        assert name in server_regions(triton_server)
     np.testing.assert_array_equal(by_shm, by_payload)
     assert [c[0].label for c in chunked] == [TEST_CLASSES[i] for i in np.concatenate([by_payload, by_payload]).argmax(axis=1)]
-    with TritonClient(triton_server.grpc_url) as check:
-        assert check._grpc.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
-    assert not [p for p in Path("/dev/shm").glob("pytrain_*")]
+    assert name not in server_regions(triton_server)
+    assert not Path("/dev/shm", name).exists()
+
+
+def server_regions(triton_server: TritonServer) -> set[str]:
+    """Names of the system shared-memory regions registered on the session's server (by any client)."""
+    with TritonClient(triton_server.grpc_url, shared_memory=False) as check:
+        return set(check._grpc.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+
+class SlowToUnregister:
+    """The real gRPC client, whose first ``unregister_system_shared_memory`` times out as on a
+    loaded host (a request that waited past its deadline)."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.timeouts = real, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def unregister_system_shared_memory(self, *args: object, **kwargs: object) -> object:
+        if not self.timeouts:
+            from tritonclient.utils import InferenceServerException
+
+            self.timeouts += 1
+            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+        return self.real.unregister_system_shared_memory(*args, **kwargs)
+
+
+def test_a_region_whose_unregister_times_out_is_still_unregistered(triton_server: TritonServer, served_model: Path) -> None:
+    """A slow answer to the unregister call at close left the region registered on the server (and
+    mapped there) for the rest of its life; the next client's status showed two regions."""
+    frames = np.zeros((2, 8, 32, 32, 3), np.uint8)
+    client = TritonClient(triton_server.grpc_url, shared_memory=True)
+    with client:
+        client.infer(MODEL, frames)
+        name = client._shm.name
+        assert name in server_regions(triton_server)
+        client._client = slow = SlowToUnregister(client._client)
+    assert slow.timeouts == 1
+    assert name not in server_regions(triton_server)
+    assert not Path("/dev/shm", name).exists()
 
 
 def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer, served_model: Path) -> None:
