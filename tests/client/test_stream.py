@@ -278,6 +278,18 @@ def test_when_one_of_two_streams_dies_the_other_keeps_producing_windows(triton_s
     assert stats[live_url].error is None
 
 
+@pytest.mark.triton
+def test_a_classifier_that_fails_to_start_closes_the_client_it_made(triton_server, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")  # never read: the model check fails first
+    classifier = StreamClassifier([str(clip)], "no_such_model", url=triton_server.grpc_url)
+    classifier.client.load_timeout_s = 1.0
+    with pytest.raises(ClientError, match="'no_such_model' is not in the model repository"):
+        with classifier:
+            pass
+    assert classifier.client._client is None  # the gRPC channel is closed
+
+
 @needs_ffmpeg
 @pytest.mark.triton
 def test_a_url_that_never_answers_ends_with_an_error_naming_it(triton_server, stream_model: Path) -> None:
