@@ -232,7 +232,10 @@ class TritonClient:
             time.sleep(0.2)
 
     def close(self) -> None:
-        """Release the shared-memory region and close the gRPC channel (entering again reconnects)."""
+        """Release the shared-memory region and close the gRPC channel (entering again reconnects).
+
+        A server that answers slowly is given up to ``inference_timeout_s`` to unregister the region.
+        """
         self._release_shm()
         if self._client is not None:
             try:
