@@ -10,7 +10,7 @@ for ``--seconds`` and records each window's latency (its last frame's arrival to
 
 A stream is kept up with when its stream time advanced at least 95 % of the wall time (no frame
 backlog: decoding kept pace) and the p99 latency stayed below the time between two windows (no
-answer backlog). The largest stream count that passes is the figure in the README.
+answer backlog). The largest stream count that passes is the figure in docs/performance.md.
 
 Run::
 

@@ -18,10 +18,10 @@ INSERT INTO training_tasks (
     model_name,      -- required. Triton model name; CHECK: ^[A-Za-z0-9_-]{1,64}$.
                      --   Each successful task publishes the next version of this model.
     sources,         -- required. text[] of registered dataset names (`pytrain sources sync`),
-                     --   folders under the sources root; CHECK: at least one, no empty name.
+                     --   folders under the sources root; CHECK: 1..256, no empty name.
     classes,         -- required. text[] of classes to learn. A class is the text before the first
                      --   underscore of a folder name (cooking_cuttingbread -> cooking); its
-                     --   subclass folders merge across all datasets. CHECK: at least one.
+                     --   subclass folders merge across all datasets. CHECK: 1..1000.
     architecture,    -- default 'r3d_18' (torchvision ResNet3D-18, the GPU choice); 'tiny' is a
                      --   small CNN that trains on a CPU in minutes. CHECK: ^[A-Za-z0-9_.-]{1,64}$.
     pretrained,      -- default false. Start from pretrained weights (must be in the local torch
@@ -50,6 +50,7 @@ INSERT INTO training_tasks (
     nodes,           -- default 1. Nodes of a Slurm run (the other runners use one host). CHECK: 1..1024.
     options          -- default '{}'. Further training settings (pytrain.task_options.TrainConfig),
                      --   e.g. '{"cache": true, "class_weights": "balanced"}'; unknown keys fail the task.
+                     --   CHECK: a JSON object, at most 1 MiB of text, nested at most 32 levels.
 ) VALUES (
     'kitchen_r3d', '{dataset1,dataset2}', '{cooking,drinking,eating}',
     'r3d_18', false, 20, 224, 224, 50, 4, 300, 0.001, 0, 0.6, 0.2, 0.2, true, 10,

@@ -4,27 +4,46 @@
 # build cannot reach a package index (CI; air-gapped GPU servers).
 #
 # Usage: scripts/build_wheelhouse.sh [--python-version 3.10] [--dest DIR]
+#        scripts/build_wheelhouse.sh --orchestrator [--dest DIR]
 #   --python-version  the base image's Python (NGC PyTorch 24.x: 3.10; 25.x: 3.12; the test base
 #                     image: 3.11, the default). Wheels are downloaded for manylinux x86_64.
-#   --dest            default docker/wheelhouse
+#   --orchestrator    instead: the orchestrator image's wheels (PyTrain's extra "orchestrator" and
+#                     its build backend) for docker/orchestrator.Dockerfile, into
+#                     docker/orchestrator-wheels; for this host's platform and Python (3.11, as
+#                     the image's).
+#   --dest            default docker/wheelhouse (docker/orchestrator-wheels with --orchestrator)
 # Env: PYTHON (host Python with pip; default .venv/bin/python, else python3).
 # Idempotent: pip skips wheels already in the folder. numpy stays < 2 (see requirements-train.txt).
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "$0")/.." && pwd)"
 PYVER="3.11"
-DEST="$ROOT_DIR/docker/wheelhouse"
+DEST=""
+ORCHESTRATOR=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --python-version) PYVER="$2"; shift 2 ;;
+        --orchestrator) ORCHESTRATOR=1; shift ;;
         --dest) DEST="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "build_wheelhouse: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT_DIR/.venv/bin/python" ]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
+if [ "$ORCHESTRATOR" = 1 ]; then
+    DEST="${DEST:-$ROOT_DIR/docker/orchestrator-wheels}"
+    mkdir -p "$DEST"
+    # pip builds the checkout's metadata to resolve the extra, and saves no file for the checkout
+    # itself; the build backend (pyproject's build-system) is needed by `pip install -e` offline.
+    BACKEND="$("$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$ROOT_DIR/pyproject.toml")"
+    # shellcheck disable=SC2086 # one requirement per line, none with spaces
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$DEST" $BACKEND "$ROOT_DIR[orchestrator]"
+    echo "build_wheelhouse: $(ls "$DEST"/*.whl | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (orchestrator)"
+    exit 0
+fi
+DEST="${DEST:-$ROOT_DIR/docker/wheelhouse}"
 mkdir -p "$DEST"
 CONSTRAINTS="$(mktemp)"
 REQUIREMENTS="$(mktemp)"

@@ -6,6 +6,7 @@ external boundary, so each part of the pipeline owns its own:
 - ``fixtures.triton`` -- the real ``tritonserver`` from nvidia-pytriton
 - ``fixtures.docker`` -- a real Docker engine and a local base image
 - ``fixtures.slurm``  -- a real two-node Slurm cluster on this host (scripts/start_slurm.sh)
+- ``fixtures.docs``   -- the documentation site built with ``mkdocs build --strict``
 """
 
-pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm"]
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs"]

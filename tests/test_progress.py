@@ -92,7 +92,17 @@ def _section(path: Path, heading: str) -> str:
     return text[start:] if end < 0 else text[start:end]
 
 
-@pytest.mark.parametrize(("doc", "heading"), [("README.md", "### The progress record"), ("docs/ARCHITECTURE.md", "## The progress record")])
+@pytest.mark.parametrize(("doc", "heading"), [("docs/user-guide/tasks.md", "## The progress record"), ("docs/ARCHITECTURE.md", "## The progress record")])
 def test_the_docs_name_every_field_of_the_progress_record(doc, heading):
     named = set(re.findall(r"`([a-z_]+)`", _section(REPO / doc, heading)))
     assert [name for name in FIELDS if name not in named] == []
+
+
+def test_a_line_that_is_not_utf8_is_skipped_and_an_unreadable_file_raises(tmp_path):
+    good = {"event": "epoch", "epoch": 1, "epochs": 9, "train_loss": 2.0}
+    (tmp_path / PROGRESS).write_bytes(json.dumps(good).encode() + b'\n{"event": "epoch", "epoch": 2, "note": "\xff"}\n')
+    assert read_progress_record(tmp_path).to_dict() == good
+    (tmp_path / PROGRESS).unlink()
+    (tmp_path / PROGRESS).mkdir()  # the heartbeat warns and renews the lease (tests/orchestrator/test_heartbeat_progress.py)
+    with pytest.raises(IsADirectoryError):
+        read_progress_record(tmp_path)

@@ -9,6 +9,17 @@ Driver and library errors are translated where they enter PyTrain code
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` as a message, a log line and a PostgreSQL ``text`` value can hold it: an undecodable
+    byte of a file name (the lone surrogate ``os.fsdecode`` makes of it) as ``\\xNN``, a NUL as
+    ``\\x00``, anything else as it is. ``printable("caf\\udce9.mp4") == "caf\\\\xe9.mp4"``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name makes: its code point, escaped
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
 class PyTrainError(Exception):
     """Root of all PyTrain errors.
 
@@ -63,6 +74,25 @@ class VideoDecodeError(PyTrainError):
 
 class TrainingError(PyTrainError):
     """Training could not start or did not finish."""
+
+
+class CheckpointReadError(TrainingError):
+    """A checkpoint exists but cannot be read now (an I/O or permission error, no memory): the
+    checkpoint is not damaged, so it is kept where it is and the run fails, to be retried.
+
+    Attributes:
+        path: the checkpoint file.
+        cause: the error that stopped the read (``OSError``, ``MemoryError``).
+    """
+
+    def __init__(self, path: object, cause: BaseException) -> None:
+        reason = f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            f"cannot read checkpoint {path} ({reason}); every checkpoint is kept, and a retry of the task resumes from them",
+            hint="check the file system and the file's permissions (the checkpoint is not known to be damaged: it could not be read)",
+        )
+        self.path = path
+        self.cause = cause
 
 
 class ExportError(PyTrainError):

@@ -19,6 +19,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pytrain.slurm_values import (
+    ExtraSbatch, SlurmAccount, SlurmContainerImage, SlurmMemory, SlurmPartition, SlurmPython, SlurmQos,
+)
 from pytrain.video import DECODERS
 
 
@@ -147,25 +150,28 @@ class Settings(BaseSettings):
         "Lower it only where the host's own hard limit is lower (ulimit -Hl; some CI sandboxes).",
     )
 
-    # --- slurm runner (docs/adr/0009-slurm-runner.md; README "A Slurm cluster") --------------
+    # --- slurm runner (docs/adr/0009-slurm-runner.md; docs/operations/slurm.md) --------------
     # Per node of a job; the task's `nodes` column says how many nodes, PYTRAIN_TASK_TIMEOUT_SECONDS the time limit.
-    slurm_partition: str | None = Field(default=None, description="sbatch --partition; unset: the cluster's default partition.")
-    slurm_account: str | None = Field(default=None, description="sbatch --account; unset: the user's default account.")
-    slurm_qos: str | None = Field(default=None, description="sbatch --qos; unset: the default QOS.")
+    # The text ones reach the batch script: each must pass its rule (pytrain.slurm_values).
+    slurm_partition: SlurmPartition | None = Field(default=None, description="sbatch --partition; unset: the cluster's default partition.")
+    slurm_account: SlurmAccount | None = Field(default=None, description="sbatch --account; unset: the user's default account.")
+    slurm_qos: SlurmQos | None = Field(default=None, description="sbatch --qos; unset: the default QOS.")
     slurm_gpus_per_node: int = Field(
         default=0, ge=0, description="sbatch --gpus-per-node, and torchrun processes per node; 0: one CPU process per node."
     )
     slurm_cpus_per_task: int | None = Field(default=None, ge=1, description="sbatch --cpus-per-task (one task per node); unset: Slurm's default.")
-    slurm_mem: str | None = Field(default=None, description="sbatch --mem per node, e.g. '64G'; unset: the cluster's default.")
-    slurm_extra_sbatch: str | None = Field(
-        default=None, description="More #SBATCH options, separated by ';' or newlines, e.g. '--exclusive;--constraint=h100'."
+    slurm_mem: SlurmMemory | None = Field(default=None, description="sbatch --mem per node, e.g. '64G'; unset: the cluster's default.")
+    slurm_extra_sbatch: ExtraSbatch | None = Field(
+        default=None,
+        description="More #SBATCH options, separated by ';' or newlines, each --name or --name=value of a resource or "
+        "placement option (pytrain.slurm_values.EXTRA_SBATCH_OPTIONS), e.g. '--exclusive;--constraint=h100'."
     )
-    slurm_container_image: str | None = Field(
+    slurm_container_image: SlurmContainerImage | None = Field(
         default=None,
         description="Run the job's steps in this enroot/pyxis image (e.g. 'nvcr.io#nvidia/pytorch:24.10-py3' or a .sqsh "
         "path; srun --container-image); unset: run slurm_python on the nodes.",
     )
-    slurm_python: str | None = Field(
+    slurm_python: SlurmPython | None = Field(
         default=None,
         description="Python that runs training on the nodes (with PyTrain installed); default: this Python "
         "(sys.executable), or 'python' inside slurm_container_image.",

@@ -12,6 +12,9 @@ file                   written by                what
 ``task.json``          orchestrator              :class:`TaskSpec`
 ``manifest.csv``       orchestrator              one row per video: ``path,label,split``
                                                  (``path`` relative to the sources root)
+``unlisted.json``      orchestrator              ``[{"path": ..., "reason": ...}]``: files left
+                                                 out of the manifest (name not UTF-8); training
+                                                 lists them first in ``skipped.json``
 ``progress.jsonl``     training                  one :class:`ProgressRecord` per line (JSON)
 ``train.log``          runner                    stdout and stderr of the training run
 ``checkpoint_last.pt`` training                  for resume after a crash; carries the run's
@@ -69,6 +72,7 @@ MODEL_ONNX = "model.onnx"
 TENSOR_SPEC = "tensor_spec.json"
 METRICS = "metrics.json"
 SKIPPED = "skipped.json"
+UNLISTED = "unlisted.json"
 PLOTS = ("history.png", "confusion_train.png", "confusion_test.png")
 
 MANIFEST_COLUMNS = ("path", "label", "split")
@@ -137,6 +141,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as pretty JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_unlisted(task_dir: Path, unlisted: dict[str, str]) -> None:
+    """Write ``unlisted.json`` (``[{"path", "reason"}]`` from ``{path: reason}``, maybe empty) atomically."""
+    write_json_atomic(Path(task_dir) / UNLISTED, [{"path": path, "reason": reason} for path, reason in unlisted.items()])
+
+
+def read_unlisted(task_dir: Path) -> list[dict[str, str]]:
+    """The files the orchestrator left out of the manifest (``unlisted.json``); ``[]`` without the file
+    (a task folder prepared by an older PyTrain)."""
+    try:
+        return json.loads((Path(task_dir) / UNLISTED).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
 
 
 def _read_json(path: Path, what: str, missing_hint: str) -> dict[str, Any]:
@@ -594,21 +612,25 @@ def fold_progress(records: Iterable[ProgressRecord]) -> ProgressRecord | None:
 def read_progress_record(task_dir: Path) -> ProgressRecord | None:
     """:func:`fold_progress` of ``task_dir/progress.jsonl``.
 
-    Lines that do not parse (the line training is writing right now, or a known key of the wrong
-    type) are skipped, so a reader running beside training never fails on them.
+    Lines that do not parse (the line training is writing right now, bytes that are not UTF-8, or
+    a known key of the wrong type) are skipped, so a reader running beside training never fails on
+    them.
 
     Returns:
         The latest progress, or ``None`` when the file is missing or holds no record.
+
+    Raises:
+        OSError: the file exists but cannot be read (EIO, EACCES, a directory in its place).
     """
     try:
-        text = (Path(task_dir) / PROGRESS).read_text(encoding="utf-8")
+        data = (Path(task_dir) / PROGRESS).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
     records = []
-    for line in text.splitlines():
+    for line in data.splitlines():
         try:
-            records.append(ProgressRecord.from_json(line))
-        except ConfigurationError:
+            records.append(ProgressRecord.from_json(line.decode("utf-8")))
+        except (UnicodeDecodeError, ConfigurationError):
             continue
     return fold_progress(records)
 

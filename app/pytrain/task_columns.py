@@ -38,18 +38,29 @@ REQUIRED: Any = _Required()
 
 #: ``[A-Za-z0-9_-]{1,64}``: a Triton model name that is also a safe folder name.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+#: The longest dataset name and class name (characters).
+MAX_SOURCE_CHARS = 128
+MAX_CLASS_CHARS = 255
 #: A dataset folder name under the sources root (no leading dot: hidden folders are not datasets).
-SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+SOURCE_NAME_PATTERN = rf"^[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_SOURCE_CHARS - 1}}}$"
 #: What the database accepts as an architecture name; training checks it against its own list.
 ARCHITECTURE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 #: A class is the start of a folder name: no ``/``, no control character, at most 255 characters.
-CLASS_NAME_PATTERN = r"^[^/\x00-\x1f\x7f]{1,255}$"
+CLASS_NAME_PATTERN = rf"^[^/\x00-\x1f\x7f]{{1,{MAX_CLASS_CHARS}}}$"
 #: ``sampling`` values: see :mod:`pytrain.training.data` for what each draws.
 SAMPLING_MODES = ("uniform", "dense")
 SAMPLING_PATTERN = "^(" + "|".join(SAMPLING_MODES) + ")$"
 #: The most datasets and classes one task may list (checked when a worker claims the task).
 MAX_SOURCES = 256
 MAX_CLASSES = 1000
+#: How deep the JSON columns may nest (migration 0006): nothing more than this many levels below the
+#: top. A worker decodes a claimed row with Python's JSON decoder, which recurses once per level: a
+#: value nested 3,000 deep (PostgreSQL takes it) raised ``RecursionError`` in every claim.
+MAX_JSON_DEPTH = 32
+#: The most characters of each JSON column's text (migration 0006). ``options`` are a user's
+#: settings (``class_weights`` for 1000 classes fits); ``progress`` and ``metrics`` are written by
+#: training (``metrics`` hold a history per epoch and the confusion matrices).
+MAX_JSON_CHARS = {"options": 2**20, "progress": 2**24, "metrics": 2**26}
 
 # PostgreSQL type -> Python type of the column's values.
 _PYTHON_TYPES: dict[str, type] = {
@@ -273,3 +284,24 @@ def check_constraints() -> dict[str, str]:
             condition = c.check_sql()
         checks.setdefault(c.check, []).append(condition)
     return {name: " AND ".join(parts) for name, parts in checks.items()}
+
+
+def size_constraints() -> dict[str, str]:
+    """``{constraint name (without prefix): SQL condition}`` bounding the size and nesting of every
+    JSON and array column of ``training_tasks`` (migration 0006, named ``<column>_within_limits``).
+
+    JSON: at most :data:`MAX_JSON_CHARS` characters of text and nothing nested deeper than
+    :data:`MAX_JSON_DEPTH` (``strict $.**{N}`` finds the values at level ``N``; PostgreSQL walks
+    no deeper, so the check costs less than parsing the value: 0.4 ms for a 3,000-deep one). Arrays (``sources``,
+    ``classes``): at most :data:`MAX_SOURCES` / :data:`MAX_CLASSES` entries, and at most that many
+    longest names' characters in all (``*_not_empty`` already refuses a multidimensional array).
+    """
+    checks = {
+        f"{name}_within_limits": (f"length(CAST({name} AS text)) <= {chars} "
+                                  f"AND NOT jsonb_path_exists({name}, 'strict $.**{{{MAX_JSON_DEPTH + 1}}}')")
+        for name, chars in MAX_JSON_CHARS.items()
+    }
+    for name, entries, chars in (("sources", MAX_SOURCES, MAX_SOURCE_CHARS), ("classes", MAX_CLASSES, MAX_CLASS_CHARS)):
+        checks[f"{name}_within_limits"] = (f"cardinality({name}) <= {entries} "
+                                           f"AND length(array_to_string({name}, '')) <= {entries * chars}")
+    return checks

@@ -15,7 +15,8 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import operator
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
 
 from pytrain.errors import ConfigurationError
@@ -39,6 +40,22 @@ def balanced_class_weights(counts: list[int]) -> list[float]:
     """
     total, k = sum(counts), len(counts)
     return [total / (k * n) if n else 0.0 for n in counts]
+
+
+#: Bound keywords (pydantic ``Field``'s names) -> the comparison and how an error spells it.
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def _bounded(default: float, **bounds: float) -> Any:
+    """A numeric :class:`TrainConfig` field whose value must satisfy ``bounds`` (``ge``, ``gt``, ``le``,
+    ``lt``: pydantic's keywords). Plain dataclass metadata, not pydantic: training imports this
+    module and runs on bare GPU hosts without pydantic."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def _range_text(bounds: dict[str, float]) -> str:
+    """``{"ge": 0, "lt": 1}`` -> ``">= 0 and < 1"``."""
+    return " and ".join(f"{_BOUNDS[name][1]} {limit:g}" for name, limit in bounds.items())
 
 
 @dataclass(frozen=True)
@@ -66,25 +83,34 @@ class TrainConfig:
         class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
             class ``c`` by ``n_train / (classes * n_c)`` (its training clips ``n_c``), so every
             class counts the same in the loss (:func:`balanced_class_weights`).
+
+    Every number has a range (``_bounded``; the error names the option and the range): fractions
+    and probabilities within 0..1, counts at least 1, time spans positive.
     """
 
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    patience: int = 10
-    grad_clip: float = 1.0
-    dropout: float = 0.2
+    weight_decay: float = _bounded(0.05, ge=0, le=1)
+    label_smoothing: float = _bounded(0.1, ge=0, lt=1)  # 1 would make every target uniform
+    warmup_epochs: float = _bounded(1.0, ge=0, le=100_000)  # the epochs column's upper bound
+    min_lr_ratio: float = _bounded(0.01, ge=0, le=1)
+    patience: int = _bounded(10, ge=1, le=100_000)
+    grad_clip: float = _bounded(1.0, ge=0, le=1000)  # 0: no clipping
+    dropout: float = _bounded(0.2, ge=0, lt=1)  # 1 would drop every feature
     temporal_head: str = "mean"
     augment: bool = True
-    hflip: float = 0.5
-    crop_scale_min: float = 0.6
+    hflip: float = _bounded(0.5, ge=0, le=1)
+    crop_scale_min: float = _bounded(0.6, gt=0, le=1)
     cache: bool = False
-    cache_pool_factor: int = 2
-    decode_timeout_s: float = 60.0
+    cache_pool_factor: int = _bounded(2, ge=1, le=64)
+    decode_timeout_s: float = _bounded(60.0, gt=0, le=86_400)
     class_weights: str = "none"
 
     def __post_init__(self) -> None:
+        for option in fields(self):
+            bounds = option.metadata.get("bounds", {})
+            value = getattr(self, option.name)
+            if not all(_BOUNDS[name][0](value, limit) for name, limit in bounds.items()):  # NaN fails every one
+                raise ConfigurationError(f"task option {option.name}={value!r} is out of range: it must be {_range_text(bounds)}",
+                                         hint=f"e.g. {{\"{option.name}\": {_json(option.default)}}}")
         if self.class_weights not in CLASS_WEIGHTS:
             raise ConfigurationError(f"task option class_weights={self.class_weights!r} is not known", hint=f"use one of {CLASS_WEIGHTS}")
 
@@ -94,7 +120,8 @@ class TrainConfig:
 
         Raises:
             ConfigurationError: ``options`` is not an object, a key is not a setting (the known
-                keys are listed), or a value has the wrong type.
+                keys are listed), a value has the wrong type, or a number is out of its range
+                (the option and the range named).
         """
         if not isinstance(options, dict):
             raise ConfigurationError(f"task options {options!r} is not a JSON object", hint='use e.g. {"cache": true}')
@@ -152,13 +179,14 @@ def slurm_overrides(options: dict[str, Any]) -> dict[str, Any]:
     for key, value in given.items():
         if key not in per_task:
             raise ConfigurationError(f"task option slurm.{key} is not a Slurm setting", hint=f"known: {', '.join(sorted(per_task))}")
-        field = per_task[key]
+        setting = per_task[key]
         try:
-            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            kind = Annotated[setting.annotation, *setting.metadata] if setting.metadata else setting.annotation
             overrides[f"slurm_{key}"] = TypeAdapter(kind).validate_python(value, strict=True)
         except ValidationError as exc:
-            raise ConfigurationError(f"task option slurm.{key}={value!r}: {exc.errors()[0]['msg']}",
-                                     hint=f"PYTRAIN_SLURM_{key.upper()}: {field.description}") from None
+            why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigurationError(f"task option slurm.{key}={value!r}: {why}",
+                                     hint=f"PYTRAIN_SLURM_{key.upper()}: {setting.description}") from None
     return overrides
 
 

@@ -4,8 +4,10 @@ server becomes an error within seconds), on the pool's connections and on the pl
 from __future__ import annotations
 
 import psycopg
+import pytest
 
-from pytrain.db.engine import CONNECT_ARGS, get_engine, libpq_url
+from pytrain.db.engine import CONNECT_ARGS, check_database_password, get_engine, libpq_url
+from pytrain.errors import ConfigurationError
 from pytrain.settings import Settings
 
 
@@ -36,3 +38,26 @@ def test_a_parameter_in_the_database_url_wins(database_url, tmp_path):
         raw.close()
     with psycopg.connect(libpq_url(engine)) as conn:
         assert _parameters(conn)["keepalives_idle"] == "42"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://pytrain:change-me@postgres:5432/pytrain",
+    "postgresql://pytrain:postgres@10.0.0.5/pytrain",
+    "postgresql://pytrain:@db.example.internal/pytrain",
+    "postgresql://pytrain:password@/pytrain?host=db1,127.0.0.1",
+])
+def test_a_guessable_password_for_a_network_host_is_refused(url):
+    with pytest.raises(ConfigurationError, match=r"password for user 'pytrain' on .*openssl rand"):
+        check_database_password(url)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://postgres:@/pytrain?host=/tmp/pytrain-pg-x/data",  # the embedded server's socket
+    "postgresql://pytrain:change-me@localhost/pytrain",
+    "postgresql://pytrain:postgres@127.0.0.1:5433/pytrain",
+    "postgresql://pytrain:postgres@[::1]:5432/pytrain",
+    "postgresql://pytrain@postgres/pytrain",  # no password: .pgpass, PGPASSWORD or a client certificate
+    "postgresql://pytrain:3f9a1c0e5b7d2a64c8e1f0b9@postgres/pytrain",
+])
+def test_a_local_server_or_a_strong_or_absent_password_passes(url):
+    check_database_password(url)

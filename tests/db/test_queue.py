@@ -217,7 +217,7 @@ def test_task_request_validates_before_insert_naming_each_bad_value():
     with pytest.raises(ConfigurationError) as info:
         TaskRequest.parse({**TASK, "model_name": "bad name"})
     assert info.value.message == "invalid task: model_name='bad name': String should match pattern '^[A-Za-z0-9_-]{1,64}$'"
-    assert info.value.hint == "see `pytrain submit --help` and the column table in the README"
+    assert info.value.hint == "see `pytrain submit --help` and the column table in docs/user-guide/tasks.md"
     assert info.value.__cause__ is None  # the message already says all pydantic's would
     with pytest.raises(ConfigurationError) as info:
         TaskRequest.parse({**TASK, "train_fraction": 0.5})

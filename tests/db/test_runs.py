@@ -155,6 +155,50 @@ def test_retry_queues_a_failed_or_cancelled_task_as_a_new_run_keeping_its_histor
     assert again.run_id == queue.runs(task_id)[1].id
 
 
+def test_retry_refuses_a_cancelled_task_whose_run_is_still_stopping_until_the_run_ended(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    queue.cancel(task_id)  # the worker has not stopped the run yet: no outcome in task_runs
+    with pytest.raises(ConfigurationError, match=f"task {task_id} is cancelled, but its run on worker host-a is still stopping: "
+                                                 "try again in a few seconds") as info:
+        queue.retry(task_id)
+    assert "its worker records the end within seconds, or the run ends when its lease expires (" in info.value.hint
+    row = queue.get(task_id)
+    assert (row.status, row.run_id) == ("cancelled", run.run_id)  # untouched: the old run still holds it
+    assert queue.finish(run, "cancelled", error="cancelled while running")  # the worker records the end
+    queue.retry(task_id)
+    assert queue.get(task_id).status == "queued"
+    assert [(r.outcome, r.error) for r in queue.runs(task_id)] == [("cancelled", "cancelled while running")]
+
+
+def test_retry_ends_a_cancelled_run_whose_worker_is_gone_once_its_lease_expired(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    queue.claim("host-a", 30)
+    queue.cancel(task_id)
+    expire_lease(engine, task_id)  # the worker never came back to record the cancel
+    queue.retry(task_id)
+    assert queue.get(task_id).status == "queued"
+    [ended] = queue.runs(task_id)
+    assert (ended.outcome, ended.error) == ("cancelled", "cancelled while running; worker host-a stopped renewing its lease")
+
+
+def test_a_task_requeued_with_a_backoff_is_not_claimed_before_it_ends_and_keeps_its_attempts(engine):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    run = queue.claim("host-a", 30)
+    assert queue.requeue(run, "task folder in use by another run; re-queued", backoff_seconds=3600)
+    row = queue.get(task_id)
+    assert (row.status, row.attempts, row.run_id) == ("queued", 0, None)
+    assert queue.claim("host-b", 30) is None  # not before the backoff ends
+    with engine.begin() as conn:  # an hour later
+        conn.execute(text("UPDATE training_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": task_id})
+    again = queue.claim("host-b", 30)
+    assert again is not None and again.task_id == task_id
+    assert [(r.worker_id, r.outcome) for r in queue.runs(task_id)] == [("host-a", "requeued"), ("host-b", None)]
+
+
 @pytest.mark.parametrize("status, hint", [("queued", "waiting for a worker"), ("running", "pytrain cancel"),
                                           ("succeeded", "submit a new task")])
 def test_retry_refuses_other_statuses_naming_the_status(engine, status, hint):

@@ -162,3 +162,45 @@ def test_schema_one_revision_behind_is_refused_then_upgraded_step_by_step(empty_
         assert current_revision(engine) is None
     finally:
         engine.dispose()
+
+
+def test_upgrade_to_0006_fails_the_waiting_rows_over_its_limits_naming_the_columns(empty_database_url):
+    """Every UPDATE of a row checks it, NOT VALID or not: a queued row over the new limits could
+    never be claimed, and stopped every worker's claim. The upgrade fails it; other rows keep theirs."""
+    from pytrain.db import TaskQueue
+
+    engine = create_engine(empty_database_url)
+    deep = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"
+    insert = text("INSERT INTO training_tasks (model_name, sources, classes, options, status, finished_at) VALUES "
+                  "('m', '{d}', CAST(:classes AS text[]), CAST(:options AS jsonb), :status, "
+                  "CASE WHEN :status = 'queued' THEN NULL ELSE now() END) RETURNING id")
+    try:
+        assert upgrade(engine, "0005") == "0005"
+        with engine.begin() as conn:
+            ids = [conn.execute(insert, row).scalar_one() for row in (
+                {"classes": "{a,b}", "options": deep, "status": "queued"},
+                {"classes": "{" + ",".join(f"c{i}" for i in range(1001)) + "}", "options": deep, "status": "queued"},
+                {"classes": "{a,b}", "options": "{}", "status": "queued"},
+                {"classes": "{a,b}", "options": deep, "status": "failed"},
+                {"classes": "{a,b}", "options": deep, "status": "queued"},  # running, below
+            )]
+            run_id = conn.execute(text("INSERT INTO task_runs (task_id, worker_id) VALUES (:id, 'w') RETURNING id"),
+                                  {"id": ids[4]}).scalar_one()
+            conn.execute(text("UPDATE training_tasks SET status = 'running', worker_id = 'w', run_id = :run_id, "
+                              "lease_expires_at = now() + interval '1 hour' WHERE id = :id"), {"id": ids[4], "run_id": run_id})
+        assert upgrade(engine) == head_revision()
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, status, error FROM training_tasks ORDER BY id")).all()
+        limits = "too large or nested too deep (migration 0006 bounds them); insert the task again with smaller values"
+        assert [tuple(row) for row in rows] == [
+            (ids[0], "failed", f"options {limits}"),
+            (ids[1], "failed", f"options, classes {limits}"),
+            (ids[2], "queued", None),
+            (ids[3], "failed", None),  # ended before: left as it was
+            (ids[4], "failed", f"options {limits}"),
+        ]
+        assert [(run.outcome, run.error) for run in TaskQueue(engine).runs(ids[4])] == [("failed", f"options {limits}")]
+        claim = TaskQueue(engine).claim("w", 30)
+        assert claim is not None and claim.task_id == ids[2]
+    finally:
+        engine.dispose()

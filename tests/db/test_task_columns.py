@@ -1,23 +1,36 @@
 """The column table (:mod:`pytrain.task_columns`) against everything derived from it or written beside it:
-the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``TaskRow``, the README."""
+the migrated database, the SQLAlchemy model, ``TaskRequest``, ``TaskSpec``, ``TaskRow``, the
+generated reference page (``scripts/mkdocs_hooks.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
-from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, text
 from sqlalchemy.exc import IntegrityError
 
+from fixtures.docs import mkdocs_hooks
 from pytrain.db import TaskRequest, TaskRow, TrainingTask
 from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
-from pytrain.task_columns import REQUIRED, TASK_COLUMNS, column, task_defaults
+from pytrain.task_columns import (
+    MAX_CLASS_CHARS,
+    MAX_CLASSES,
+    MAX_JSON_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_SOURCES,
+    REQUIRED,
+    TASK_COLUMNS,
+    column,
+    size_constraints,
+    task_defaults,
+)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 REQUIRED_ROW = {"model_name": "'kitchen'", "sources": "'{dataset1}'", "classes": "'{cooking,drinking}'"}
 # Values that keep the fractions summing to 1 while one fraction is probed.
 FRACTION_PARTNER = {"train_fraction": "test_fraction", "val_fraction": "train_fraction", "test_fraction": "train_fraction"}
@@ -127,28 +140,25 @@ def test_database_and_submit_accept_exactly_the_column_tables_bounds(engine, nam
         TaskRequest.parse(request)
 
 
-def _readme_rows() -> dict[str, tuple[str, str, str]]:
-    """``{column: (type, default, meaning)}`` from the README's table (a row may name several columns)."""
+def _reference_rows() -> dict[str, tuple[str, str, str]]:
+    """``{column: (type, default, bounds)}`` from the generated task columns reference page."""
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\| (`\w+`(?:, `\w+`)*) \| ([^|]+) \| ([^|]*) \| (.*) \|$", line)
-        if not match:
-            continue
-        names = re.findall(r"`(\w+)`", match.group(1))
-        defaults = [d.strip().strip("`") for d in match.group(3).split(",")] if len(names) > 1 else [match.group(3).strip().strip("`")]
-        for name, default in zip(names, defaults):
-            rows[name] = (match.group(2).strip(), default, match.group(4))
+    for line in mkdocs_hooks().render_task_columns().splitlines():
+        match = re.match(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| ((?:[^|\\]|\\.)*) \|", line)
+        if match:
+            rows[match.group(1)] = (match.group(2).strip(), match.group(3).strip().strip("`"), match.group(4).strip())
     return rows
 
 
-def test_readme_table_states_each_columns_type_default_and_bounds():
-    rows = _readme_rows()
+def test_reference_page_states_each_columns_type_default_and_bounds():
+    rows = _reference_rows()
+    assert list(rows) == [c.name for c in TASK_COLUMNS]
     for c in TASK_COLUMNS:
-        sql_type, default, meaning = rows[c.name]
-        assert sql_type.replace("double", "double precision") == c.sql_type, c.name
+        sql_type, default, bounds = rows[c.name]
+        assert sql_type == c.sql_type, c.name
         assert default == ("required" if c.default is REQUIRED else c.sql_default()), c.name
-        if c.check is not None and c.check != "fractions_range" and c.pattern is None:
-            assert f"({c.bounds_text()}" in meaning, c.name
+        if c.check is not None and c.pattern is None and c.condition is None:
+            assert bounds == c.bounds_text(), c.name
 
 
 def test_options_must_be_a_json_object_in_the_database(engine):
@@ -174,3 +184,76 @@ def test_claim_refuses_a_rows_unknown_option(tmp_path):
     row = {"id": 1, "model_name": "m", "sources": ["d"], "classes": ["a"], "options": {"chache": True}}
     with pytest.raises(ConfigurationError, match="'chache' is not known"):
         prepare_task(row, Settings(data_dir=tmp_path), registered=None)
+
+
+def _nested(levels: int) -> dict:
+    """``{"x": [[...[1]...]]}`` whose ``1`` lies ``levels`` levels below the top (``levels`` >= 1)."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"x": value}
+
+
+def _insert_row(engine, **values: str) -> None:
+    row = {**REQUIRED_ROW, **values}
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO training_tasks ({', '.join(row)}) VALUES ({', '.join(row.values())})"))
+
+
+def _refused_by(engine, **values: str) -> str:
+    """The constraint that refused the INSERT (``""`` when it was accepted)."""
+    try:
+        _insert_row(engine, **values)
+    except IntegrityError as exc:
+        assert isinstance(exc.orig, psycopg.errors.CheckViolation)
+        return exc.orig.diag.constraint_name
+    return ""
+
+
+def _jsonb(value: Any) -> str:
+    return "'" + json.dumps(value).replace("'", "''") + "'::jsonb"
+
+
+def test_options_nested_3000_levels_deep_is_refused_by_its_check(engine):
+    deep = '{"x": ' + "[" * 3000 + "]" * 3000 + "}"  # PostgreSQL itself takes it; a worker's decoder cannot
+    with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO training_tasks ({', '.join(REQUIRED_ROW)}, options) "
+                          f"VALUES ({', '.join(REQUIRED_ROW.values())}, CAST(:deep AS jsonb))"), {"deep": deep})
+    assert 'violates check constraint "ck_training_tasks_options_within_limits"' in str(info.value.orig)
+
+
+@pytest.mark.parametrize("name", sorted(MAX_JSON_CHARS))
+def test_json_columns_take_exactly_the_column_tables_depth_and_size(engine, name):
+    constraint = f"ck_training_tasks_{name}_within_limits"
+    assert _refused_by(engine, **{name: _jsonb(_nested(MAX_JSON_DEPTH))}) == ""
+    assert _refused_by(engine, **{name: _jsonb(_nested(MAX_JSON_DEPTH + 1))}) == constraint
+    assert _refused_by(engine, **{name: _jsonb({"x": [[] for _ in range(MAX_JSON_DEPTH)]})}) == ""  # wide is fine
+    fill = MAX_JSON_CHARS[name] - len('{"x": ""}')  # jsonb's text: {"x": "..."}
+    assert _refused_by(engine, **{name: f"""jsonb_build_object('x', repeat('a', {fill}))"""}) == ""
+    assert _refused_by(engine, **{name: f"""jsonb_build_object('x', repeat('a', {fill + 1}))"""}) == constraint
+
+
+def test_array_columns_take_exactly_the_column_tables_entries_and_characters(engine):
+    many = ",".join(f"c{i}" for i in range(MAX_CLASSES + 1))
+    assert _refused_by(engine, classes=f"'{{{many}}}'") == "ck_training_tasks_classes_within_limits"
+    many = ",".join(f"d{i}" for i in range(MAX_SOURCES + 1))
+    assert _refused_by(engine, sources=f"'{{{many}}}'") == "ck_training_tasks_sources_within_limits"
+    longest = ",".join(f"{i:03d}" + "c" * (MAX_CLASS_CHARS - 3) for i in range(MAX_CLASSES))
+    assert _refused_by(engine, classes=f"'{{{longest}}}'") == ""
+    assert _refused_by(engine, classes=f"'{{{longest}x}}'") == "ck_training_tasks_classes_within_limits"
+
+
+def test_migrated_database_has_the_models_check_constraints(engine):
+    with engine.connect() as conn:
+        names = set(conn.execute(text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'training_tasks'::regclass AND contype = 'c'")).scalars())
+    model = {c.name for c in TrainingTask.__table__.constraints if isinstance(c, CheckConstraint)}
+    assert names == model
+    assert {f"ck_training_tasks_{name}" for name in size_constraints()} <= names
+
+
+def test_migration_0006_adds_the_column_tables_size_constraints():
+    import importlib
+
+    migration = importlib.import_module("pytrain.db.migrations.versions.0006_bound_json_and_arrays")
+    assert {f"{name}_within_limits": condition for name, condition in migration.LIMITS.items()} == size_constraints()

@@ -58,7 +58,7 @@ def test_the_docker_runner_refuses_a_world_writable_socket(tmp_path: Path, mode:
         DockerRunner(Settings(data_dir=tmp_path / "data"), client=object(), docker_socket=path)  # nothing else is touched
     assert str(info.value) == (
         f"the Docker socket {path} is world-writable (mode {mode:o}): every local user is root on this host "
-        f"(hint: chmod 660 {path} (owner root, group docker) and restart the orchestrator; see README \"Security\")"
+        f"(hint: chmod 660 {path} (owner root, group docker) and restart the orchestrator; see docs/operations/security.md)"
     )
 
 

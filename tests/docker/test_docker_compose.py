@@ -4,53 +4,44 @@ issue asks for (healthy database first, migrations, mounts, Triton ports and exp
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from fixtures.compose import ENV_EXAMPLE, MAIN, ROOT, TEST_PASSWORD, WORKER, compose_config, resolved, write_env
+
 yaml = pytest.importorskip("yaml")
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
+COMPOSE = MAIN
 
 
-def _compose_command() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    return None
+def test_compose_config_validates_with_an_env_made_from_env_example(tmp_path):
+    services = resolved(COMPOSE, write_env(tmp_path / ".env"))["services"]
+    assert set(services) == {"postgres", "orchestrator", "triton"}
+    env = services["orchestrator"]["environment"]
+    assert env["PYTRAIN_DATABASE_URL"] == f"postgresql+psycopg://pytrain:{TEST_PASSWORD}@postgres:5432/pytrain"
 
 
-def test_compose_config_validates_with_env_example():
-    command = _compose_command()
-    if command is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed (apt-get install -y docker-compose)")
-    proc = subprocess.run(
-        [*command, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    resolved = yaml.safe_load(proc.stdout)
-    assert set(resolved["services"]) == {"postgres", "orchestrator", "triton"}
-    env = resolved["services"]["orchestrator"]["environment"]
-    assert env["PYTRAIN_DATABASE_URL"] == "postgresql+psycopg://pytrain:change-me@postgres:5432/pytrain"
+@pytest.mark.parametrize("compose_file", [MAIN, WORKER], ids=lambda p: p.name)
+def test_env_example_as_shipped_is_refused_until_a_database_password_is_set(compose_file, tmp_path):
+    """`cp .env.example .env && docker-compose up` must not start a database with a known password:
+    the example has none, and compose refuses an empty one as it refuses a missing one."""
+    assert re.search(r"^POSTGRES_PASSWORD=$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    for env_file in (ENV_EXAMPLE, write_env(tmp_path / "empty.env", POSTGRES_PASSWORD=""),
+                     write_env(tmp_path / "missing.env", drop=("POSTGRES_PASSWORD",))):
+        proc = compose_config(compose_file, env_file)
+        assert proc.returncode != 0 and "set POSTGRES_PASSWORD in .env" in proc.stderr, (env_file.name, proc.stderr)
 
 
-def test_compose_requires_a_database_password(tmp_path):
-    command = _compose_command()
-    if command is None:
-        pytest.skip("docker-compose is not installed")
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    proc = subprocess.run(
-        [*command, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
-    )
-    assert proc.returncode != 0 and "POSTGRES_PASSWORD" in proc.stderr
+def test_ports_are_published_on_loopback_unless_an_address_is_set(tmp_path):
+    services = resolved(COMPOSE, write_env(tmp_path / "default.env"))["services"]
+    assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432/tcp"]
+    assert sorted(services["triton"]["ports"]) == ["127.0.0.1:8000:8000/tcp", "127.0.0.1:8001:8001/tcp", "127.0.0.1:8002:8002/tcp"]
+
+    lan = write_env(tmp_path / "lan.env", POSTGRES_BIND_ADDRESS="10.0.0.5", TRITON_BIND_ADDRESS="10.0.0.5")
+    services = resolved(COMPOSE, lan)["services"]
+    assert services["postgres"]["ports"] == ["10.0.0.5:5432:5432/tcp"]
+    assert sorted(services["triton"]["ports"]) == ["10.0.0.5:8000:8000/tcp", "10.0.0.5:8001:8001/tcp", "127.0.0.1:8002:8002/tcp"]
 
 
 def test_compose_structure():
@@ -101,8 +92,8 @@ def test_dockerfiles_pin_base_images_and_run_training_as_non_root():
     assert re.search(r"^USER \$\{PYTRAIN_UID\}", train, re.MULTILINE)
     assert "--no-index" in train
     orchestrator = (ROOT / "docker" / "orchestrator.Dockerfile").read_text()
-    assert orchestrator.startswith("#") and "FROM python:3.11-slim" in orchestrator
-    assert "torch" not in orchestrator.split("RUN pip install", 1)[1].split("\n", 1)[0]
+    assert orchestrator.startswith("#") and re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\nFROM \$\{BASE_IMAGE\}$", orchestrator, re.MULTILINE)
+    assert "torch" not in orchestrator.split("pip install", 1)[1].split("\n", 1)[0]
 
 
 
@@ -117,7 +108,8 @@ def test_compose_passes_the_triton_control_key_to_triton_and_the_orchestrator_as
     assert "triton_control_key" in services["triton"]["secrets"] and "triton_control_key" in services["orchestrator"]["secrets"]
     assert services["orchestrator"]["environment"]["PYTRAIN_TRITON_CONTROL_KEY_FILE"] == "/run/secrets/triton_control_key"
     assert not any("CONTROL_KEY=" in str(v) for v in services["orchestrator"]["environment"].values() if v)
-    assert all(port.startswith("${TRITON_BIND_ADDRESS:-0.0.0.0}:") for port in services["triton"]["ports"])
+    assert [port.split("}", 1)[0] + "}" for port in services["triton"]["ports"]] == [
+        "${TRITON_BIND_ADDRESS:-127.0.0.1}", "${TRITON_BIND_ADDRESS:-127.0.0.1}", "${TRITON_METRICS_BIND_ADDRESS:-127.0.0.1}"]
 
     entrypoint = services["triton"]["entrypoint"]
     assert entrypoint[:3] == ["/opt/nvidia/nvidia_entrypoint.sh", "/bin/sh", "-c"]

@@ -178,7 +178,7 @@ def test_orchestrator_killed_mid_task_leaves_an_orphan_that_a_restart_removes_an
     assert orphan.status == "running"  # the crash left it behind
     assert TaskQueue(engine).get(task_id)["status"] == "running"
 
-    runner = DockerRunner(e2e_settings, client=docker_client, context_dir=docker_context,
+    runner = DockerRunner(e2e_settings, client=docker_client, context_dir=docker_context, worker_id=worker_id,
                           environment={"PYTRAIN_NUM_WORKERS": "0", "OMP_NUM_THREADS": "1"})
     worker = Orchestrator(e2e_settings, engine=engine, runner=runner, worker_id=worker_id)
     worker.start()  # cleanup_orphans + re-queue

@@ -178,26 +178,72 @@ def test_cancel_mid_run_stops_within_seconds(docker_client, docker_tracker, dock
     assert docker_client.containers.list(all=True, filters={"label": "org.pytrain.task-id=105"}) == []
 
 
+def _labelled_sleeper(docker_client: Any, docker_tracker: Any, image: str, task_id: int, worker_id: str) -> Any:
+    """A running container labelled as ``worker_id``'s training container of ``task_id``."""
+    from pytrain.runners.docker import LABEL_MANAGED, LABEL_TASK_ID, LABEL_WORKER
+
+    return docker_tracker.track_container(docker_client.containers.run(
+        image, entrypoint=["sleep", "300"], command=[], detach=True, network_mode="none",
+        labels={LABEL_MANAGED: "1", LABEL_TASK_ID: str(task_id), LABEL_WORKER: worker_id},
+    ))
+
+
 def test_cleanup_orphans_removes_containers_of_inactive_tasks(docker_client, docker_tracker, train_image, tmp_path, docker_context):
     from pytrain.runners.docker import LABEL_MANAGED, LABEL_TASK_ID
 
-    def start(task_id: int) -> Any:
-        return docker_tracker.track_container(docker_client.containers.run(
-            train_image.tag, entrypoint=["sleep", "300"], command=[], detach=True, network_mode="none",
-            labels={LABEL_MANAGED: "1", LABEL_TASK_ID: str(task_id)},
-        ))
-
-    keep = start(201)
-    start(202)  # an orphan: its task is not active
-    exited = start(203)
+    runner = _runner(_settings(tmp_path, "unused", worker_id="host-a"), docker_client, docker_context, train_image.tag, "pass")
+    keep = _labelled_sleeper(docker_client, docker_tracker, train_image.tag, 201, "host-a")
+    _labelled_sleeper(docker_client, docker_tracker, train_image.tag, 202, "host-a")  # an orphan: its task is not active
+    exited = _labelled_sleeper(docker_client, docker_tracker, train_image.tag, 203, "host-a")
     exited.stop(timeout=0)
-    runner = _runner(_settings(tmp_path, "unused"), docker_client, docker_context, train_image.tag, "pass")
     removed = runner.cleanup_orphans({201, 999})
     assert removed == {202, 203}
     remaining = {c.labels[LABEL_TASK_ID] for c in docker_client.containers.list(all=True, filters={"label": LABEL_MANAGED})}
     assert "201" in remaining and "202" not in remaining and "203" not in remaining
     keep.reload()
     assert keep.status == "running"
+
+
+def test_cleanup_orphans_leaves_a_sibling_workers_containers_running(docker_client, docker_tracker, train_image, tmp_path, docker_context):
+    """Two orchestrators on one Docker engine (worker ids host-a and host-b): host-a restarting
+    stops its own container of a task it no longer holds, never host-b's, even though host-b's
+    task is not in the active set host-a was given."""
+    mine = _labelled_sleeper(docker_client, docker_tracker, train_image.tag, 211, "host-a")
+    sibling = _labelled_sleeper(docker_client, docker_tracker, train_image.tag, 212, "host-b")
+    runner = _runner(_settings(tmp_path, "unused", worker_id="host-a"), docker_client, docker_context, train_image.tag, "pass")
+    assert runner.cleanup_orphans(set()) == {211}
+    assert docker_client.containers.list(all=True, filters={"id": mine.id}) == []
+    sibling.reload()
+    assert sibling.status == "running"
+
+
+def test_a_lost_runs_container_of_the_task_is_removed_before_its_new_run(docker_client, docker_tracker, docker_base_image,
+                                                                         tmp_path, docker_context):
+    """A worker that died (or lost its lease) leaves its detached container running, holding the task
+    folder's run lock; the worker that holds the lease now removes it (by label and mounted folder)
+    before its own run. A container of the same task id on another folder (another database's task)
+    and other tasks' containers stay."""
+    from docker.types import Mount
+
+    from pytrain.runners.docker import LABEL_MANAGED, LABEL_TASK_ID
+
+    settings = _settings(tmp_path, "unused")
+    task = _prepared(settings, 211)
+    elsewhere = tmp_path / "other-database" / task.task_dir.name
+    elsewhere.mkdir(parents=True)
+
+    def start(task_id: int, folder: Path) -> Any:
+        return docker_tracker.track_container(docker_client.containers.run(
+            docker_base_image, entrypoint=["sleep", "300"], command=[], detach=True, network_mode="none",
+            labels={LABEL_MANAGED: "1", LABEL_TASK_ID: str(task_id)}, mounts=[Mount("/task", str(folder), type="bind")],
+        ))
+
+    lost, same_id_elsewhere, other = start(211, task.task_dir), start(211, elsewhere), start(212, task.task_dir)
+    runner = _runner(settings, docker_client, docker_context, docker_base_image, "pass")
+    assert runner.reap_lost_runs(task) == [lost.name]
+    left = {c.id for c in docker_client.containers.list(filters={"label": LABEL_MANAGED})}
+    assert lost.id not in left and {same_id_elsewhere.id, other.id} <= left
+    assert runner.reap_lost_runs(task) == []
 
 
 def test_second_task_with_unchanged_image_does_not_rebuild(docker_client, docker_tracker, docker_context, tmp_path, train_image, docker_base_image):

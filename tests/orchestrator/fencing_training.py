@@ -7,9 +7,11 @@ Usage: ``python fencing_training.py --task-dir DIR --sources-root ROOT``, with t
   model: :func:`fixtures.triton.make_task_folder`), copied into the task folder at the end so the
   worker's real publisher can publish it.
 
-After each epoch it writes a progress line and ``checkpoint_stub.json`` (atomically); on start it
-resumes after the checkpoint's epoch and appends ``<pid> <first epoch>`` to ``starts.txt``, so a
-test sees where each run started.
+Like the real entrypoint it holds the task folder's run lock (:class:`pytrain.training.run_lock.RunLock`)
+for the whole run, and exits with ``RUN_LOCKED_EXIT_CODE`` when another run holds it. After each
+epoch it writes a progress line and ``checkpoint_stub.json`` (atomically); on start it resumes
+after the checkpoint's epoch and appends ``<pid> <first epoch>`` to ``starts.txt``, so a test sees
+where each run started.
 """
 
 import json
@@ -19,11 +21,23 @@ import sys
 import time
 from pathlib import Path
 
+from pytrain.training.run_lock import RunLock, RunLockedError
+
 CHECKPOINT = "checkpoint_stub.json"
 
 
-def main() -> None:
+def main() -> int:
     task_dir = Path(sys.argv[sys.argv.index("--task-dir") + 1])
+    try:
+        with RunLock(task_dir):
+            train(task_dir)
+    except RunLockedError as exc:  # as python -m pytrain.training does
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+def train(task_dir: Path) -> None:
     epochs = int(os.environ.get("STUB_EPOCHS", "6"))
     seconds = float(os.environ.get("STUB_EPOCH_SECONDS", "0.5"))
     try:
@@ -49,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -43,14 +43,7 @@ class FakeRunner:
         if self.mode == "wait":
             with open(task.task_dir / "progress.jsonl", "a") as progress:  # live progress for the heartbeat
                 progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": 9, "train_loss": 2.0}) + "\n")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if cancel.is_set():
-                    return RunResult(Outcome.CANCELLED, -15, "cancelled")
-                if stop is not None and stop.is_set():
-                    return RunResult(Outcome.INTERRUPTED, -15, "interrupted")
-                time.sleep(0.02)
-            raise AssertionError("the fake run was never stopped")
+            return self.wait_until_stopped(cancel, stop)
         with open(task.task_dir / "progress.jsonl", "a") as progress:
             progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": 1, "train_loss": 0.5, "val_accuracy": 0.8}) + "\n")
             progress.write(json.dumps({"event": "done", "test_accuracy": 0.7}) + "\n")
@@ -58,6 +51,22 @@ class FakeRunner:
         if self.hold:
             time.sleep(self.hold)
         return RunResult(Outcome.SUCCEEDED, 0)
+
+    @staticmethod
+    def wait_until_stopped(cancel, stop=None, timeout: float = 30.0) -> RunResult:
+        """The ``wait`` mode's run: until ``cancel`` (cancelled) or ``stop`` (interrupted) is set.
+
+        Raises:
+            AssertionError: neither was set within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cancel.is_set():
+                return RunResult(Outcome.CANCELLED, -15, "cancelled")
+            if stop is not None and stop.is_set():
+                return RunResult(Outcome.INTERRUPTED, -15, "interrupted")
+            time.sleep(0.02)
+        raise AssertionError("the fake run was never stopped")
 
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
         """A fake run leaves nothing behind (the worker calls this on start)."""
@@ -72,16 +81,20 @@ class Published:
 
 
 class FakePublisher:
-    """Records calls; returns versions 1, 2, ... per model; raises ``error`` when given."""
+    """Records calls; "places" versions 1, 2, ... per model inside the worker's ``gate`` (which
+    records the success, as :func:`pytrain.publish.publish_task` does); raises ``error`` when given."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.calls: list[tuple] = []
         self._lock = threading.Lock()
 
-    def __call__(self, task_dir, *, settings, task_record):
+    def __call__(self, task_dir, *, settings, task_record, gate):
         with self._lock:
             self.calls.append((task_dir, task_record))
             if self.error is not None:
                 raise self.error
-            return Published(version=sum(1 for _, r in self.calls if r["model_name"] == task_record["model_name"]))
+            published = Published(version=sum(1 for _, r in self.calls if r["model_name"] == task_record["model_name"]))
+        with gate() as record:
+            record(published)
+        return published

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +65,7 @@ def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cl
     assert err.strip() == (
         "error: invalid task: model_name='bad name': String should match pattern '^[A-Za-z0-9_-]{1,64}$'; "
         "epochs=0: Input should be greater than or equal to 1 "
-        "(hint: see `pytrain submit --help` and the column table in the README)"
+        "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)"
     )
     assert TaskQueue(engine).counts() == {}
 
@@ -66,7 +73,7 @@ def test_submit_rejects_bad_values_with_one_line_naming_each_value_and_exit_1(cl
 def test_submit_rejects_a_negative_seed(cli, engine, synced):
     code, _, err = cli("submit", "-m", "kitchen", "-s", "dataset1", "-c", "cooking,drinking", "--seed", "-1")
     assert (code, err.strip()) == (1, "error: invalid task: seed=-1: Input should be greater than or equal to 0 "
-                                      "(hint: see `pytrain submit --help` and the column table in the README)")
+                                      "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)")
     assert TaskQueue(engine).counts() == {}
 
 
@@ -75,7 +82,7 @@ def test_submit_rejects_fractions_not_summing_to_one(cli, engine, synced):
     assert code == 1
     assert err.strip() == (
         "error: invalid task: train/val/test fractions [0.5, 0.2, 0.2] must sum to 1 "
-        "(hint: see `pytrain submit --help` and the column table in the README)"
+        "(hint: see `pytrain submit --help` and the column table in docs/user-guide/tasks.md)"
     )
     assert TaskQueue(engine).counts() == {}
 
@@ -243,3 +250,62 @@ def test_db_psql_runs_sql_on_the_pytrain_database(cli, engine, tmp_path):
     code, _, _ = cli("db", "psql", "-X", "-t", "-A", "-o", str(out_file), "-c", "SELECT model_name, status FROM training_tasks")
     assert code == 0
     assert out_file.read_text().strip() == "kitchen|queued"
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_db_psql_passes_the_password_in_its_environment_never_on_its_command_line(database_url, engine, tmp_path):
+    """Every local user can read a process's command line (ps, /proc/PID/cmdline): the real psql,
+    connected to the real server, has the URL there without the password, and PGPASSWORD in its
+    own environment (/proc/PID/environ, readable by its user only)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    password = "pw-" + secrets.token_hex(12)
+    url = make_url(database_url).set(password=password).render_as_string(hide_password=False)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTRAIN_", "PG"))},
+           "PYTRAIN_DATABASE_URL": url, "PYTRAIN_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytrain.cli.main", "db", "psql", "-X", "-c", "SELECT pg_sleep(300)"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        connected = 0
+        while time.monotonic() < deadline and not connected and proc.poll() is None:
+            with engine.connect() as conn:  # the psql session is live: it connected with that URL
+                connected = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(300)'")).scalar_one()
+            time.sleep(0.2)
+        assert connected, proc.communicate(timeout=30)
+        [psql] = _children(proc.pid)
+        argv = (Path("/proc") / str(psql) / "cmdline").read_bytes().split(b"\0")
+        environ = (Path("/proc") / str(psql) / "environ").read_bytes().split(b"\0")
+    finally:
+        for pid in _children(proc.pid):  # psql first: once its parent is gone it is no longer found
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert Path(argv[0].decode()).name == "psql"
+    assert not any(password.encode() in arg for arg in argv), argv
+    assert f"PGPASSWORD={password}".encode() in environ
+
+
+@pytest.mark.parametrize("password", ["change-me", "postgres", ""])
+def test_orchestrate_refuses_a_guessable_database_password_on_a_network_host(cli, monkeypatch, password):
+    """What `cp .env.example .env` with the old example password gave the compose orchestrator."""
+    monkeypatch.setenv("PYTRAIN_DATABASE_URL", f"postgresql+psycopg://pytrain:{password}@postgres:5432/pytrain")
+    get_settings.cache_clear()
+    code, out, err = cli("orchestrate", "--exit-when-idle")
+    assert code == 1, (out, err)
+    assert "password for user 'pytrain' on postgres" in err
+    assert "POSTGRES_PASSWORD in .env" in err and 'see docs/operations/security.md' in err
+    assert not password or password not in err.replace("postgres", "")

@@ -2,7 +2,7 @@
 publisher. Training is ``fencing_training.py`` (slow epochs, resumes from its checkpoint, leaves a
 real ONNX model for the publisher).
 
-Budget (measured on the 2-core CI box, see the README's "How the orchestrator works"): about
+Budget (measured on the 2-core CI box, see docs/operations/orchestrator.md): about
 20-30 s per test, under 150 s for the file. Leases are 6 s (8 s for the restart test), heartbeats
 1 s, so the fence (lease minus the default margin of max(2 heartbeats, 10 % of the lease)) is 4 s.
 """
@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,15 +85,31 @@ class Worker:
         return self.proc.wait(timeout)
 
 
+#: Runs a worker in a PID namespace of its own, as on another machine: it cannot see or signal the
+#: processes of this one (``--kill-child``: killing ``unshare`` kills the worker, and with it the
+#: namespace's every process).
+OTHER_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def _other_pid_namespace_works() -> bool:
+    try:
+        return subprocess.run([*OTHER_PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 @pytest.fixture
 def workers(settings, artifacts, tmp_path):
-    """``workers(worker_id, database_url=None, **stub_env) -> Worker``; all are killed at the end,
-    with any training they left in the task folders."""
+    """``workers(worker_id, database_url=None, other_pid_namespace=False, **stub_env) -> Worker``;
+    all are killed at the end, with any training they left in the task folders."""
     started: list[Worker] = []
 
-    def start(worker_id: str, *, database_url: str | None = None, **stub: str) -> Worker:
+    def start(worker_id: str, *, database_url: str | None = None, other_pid_namespace: bool = False, **stub: str) -> Worker:
+        if other_pid_namespace and not _other_pid_namespace_works():
+            pytest.skip("needs `unshare --pid --fork --mount-proc` (root, util-linux)")
         env = worker_env(settings, worker_id, artifacts, database_url=database_url, **stub)
-        worker = Worker([sys.executable, "-c", WORKER, STUB, str(GRACE)], env, tmp_path / f"{worker_id}.log")
+        prefix = OTHER_PID_NAMESPACE if other_pid_namespace else []
+        worker = Worker([*prefix, sys.executable, "-c", WORKER, STUB, str(GRACE)], env, tmp_path / f"{worker_id}.log")
         started.append(worker)
         return worker
 
@@ -102,10 +120,19 @@ def workers(settings, artifacts, tmp_path):
             worker.proc.kill()
             worker.proc.wait()
     for pid_file in settings.model_tasks_dir.glob("*/runner.pid"):
-        try:
-            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
+        training = recorded_training(pid_file.parent)  # a pid from another namespace may name anything here
+        if training is not None:
+            os.killpg(training, signal.SIGKILL)
+
+
+def recorded_training(folder: Path) -> int | None:
+    """The process group ``runner.pid`` names if it is (still) a training of ``folder`` in this PID namespace."""
+    try:
+        pid = int((folder / "runner.pid").read_text().split()[0])
+        alive = str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive else None
 
 
 def task_folder(queue: TaskQueue, task_id: int) -> Path:
@@ -132,9 +159,11 @@ def report(name: str, seconds: float) -> None:
     print(f"\n[fencing] {name}: {seconds:.1f} s", flush=True)
 
 
-def host_a_trains_host_b_waits(queue: TaskQueue, workers, *, epochs: int, reached: int) -> tuple[int, "Worker", "Worker", Path]:
-    """Submit the task; start worker host-a (it claims it), then host-b (idle); wait until the run
-    (``epochs`` stub epochs of 0.5 s) has checkpointed epoch ``reached``.
+def host_a_trains_host_b_waits(queue: TaskQueue, workers, *, epochs: int, reached: int,
+                               b_in_other_pid_namespace: bool = False) -> tuple[int, "Worker", "Worker", Path]:
+    """Submit the task; start worker host-a (it claims it), then host-b (idle; in a PID namespace of
+    its own when asked, as on another machine); wait until the run (``epochs`` stub epochs of 0.5 s)
+    has checkpointed epoch ``reached``.
 
     Returns:
         ``(task id, worker a, worker b, the task folder)``.
@@ -143,7 +172,7 @@ def host_a_trains_host_b_waits(queue: TaskQueue, workers, *, epochs: int, reache
     stub = {"STUB_EPOCHS": str(epochs), "STUB_EPOCH_SECONDS": "0.5"}
     a = workers("host-a", **stub)
     wait_for(lambda: queue.get(task_id).worker_id == "host-a", timeout=30)
-    b = workers("host-b", **stub)
+    b = workers("host-b", other_pid_namespace=b_in_other_pid_namespace, **stub)
     folder = task_folder(queue, task_id)
     wait_for(lambda: checkpoint_epoch(folder) >= reached, timeout=30)
     return task_id, a, b, folder
@@ -197,6 +226,74 @@ def test_a_worker_stopped_past_its_lease_stops_its_run_itself_and_never_publishe
     report("SIGSTOP past the lease", time.monotonic() - started)
 
 
+def locked_runs(queue: TaskQueue, task_id: int) -> list:
+    """The task's runs that found the folder held by another run (re-queued without an attempt)."""
+    return [r for r in queue.runs(task_id) if r.outcome == "requeued" and "is in use by another run" in (r.error or "")]
+
+
+def ended_once_succeeded(settings, queue: TaskQueue, task_id: int) -> None:
+    """The task succeeded, never failed, published exactly one version; only host-a's lost lease
+    counted as an attempt (a locked run is not one)."""
+    row = queue.get(task_id)
+    runs = queue.runs(task_id)
+    assert (row.status, row.version, row.attempts) == ("succeeded", 1, 1), (row.status, row.error)
+    assert [r.outcome for r in runs].count("succeeded") == 1 and "failed" not in [r.outcome for r in runs], runs
+    [won] = [r for r in runs if r.outcome == "succeeded"]
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [1]
+    assert publishes(settings) == [(1, task_id, won.id)]
+
+
+@pytest.mark.parametrize("b_in_other_pid_namespace", [False, True], ids=["same-pid-namespace", "other-pid-namespace"])
+def test_a_run_left_by_a_sigkilled_worker_never_fails_its_task(settings, engine, synced, workers, b_in_other_pid_namespace):
+    """Only the worker dies (its training runs on in its own session). Host B either stops that run
+    (same PID namespace: the run lock names it) or, unable to reach it (as from another machine),
+    re-queues the task without an attempt until it has ended; the task succeeds once either way."""
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id, a, b, folder = host_a_trains_host_b_waits(queue, workers, epochs=24, reached=2,
+                                                       b_in_other_pid_namespace=b_in_other_pid_namespace)
+    orphan = int((folder / "runner.pid").read_text().split()[0])
+    a.signal(signal.SIGKILL)  # the worker alone: its training goes on, holding the run lock
+    a.proc.wait()
+
+    wait_for(lambda: queue.get(task_id).status in ("succeeded", "failed"), timeout=90)
+    ended_once_succeeded(settings, queue, task_id)
+    starts = [int(line.split()[0]) for line in (folder / "starts.txt").read_text().splitlines()]
+    if b_in_other_pid_namespace:
+        assert locked_runs(queue, task_id), queue.runs(task_id)  # B found the orphan's lock and waited for it
+        assert f"(host {socket.gethostname()} pid {orphan} since " in locked_runs(queue, task_id)[0].error
+        assert starts[0] == orphan and "fencing stub training done" in (folder / "train.log").read_text()
+    else:
+        assert not locked_runs(queue, task_id)  # B stopped the orphan before its run started
+        assert starts[0] == orphan and len(starts) == 2 and not pid_alive(orphan)
+    report(f"SIGKILLed worker's orphan run, B in the {'other' if b_in_other_pid_namespace else 'same'} PID namespace",
+           time.monotonic() - started)
+
+
+def test_a_paused_host_never_fails_the_task_of_a_worker_in_another_pid_namespace(settings, engine, synced, workers):
+    """Host A (worker and training) is paused past its lease, as a VM is; B, in a PID namespace of
+    its own (as on another machine), claims the task and finds A's run holding the folder: it
+    re-queues without an attempt. Resumed, A fences its run; the task then succeeds once."""
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id, a, b, folder = host_a_trains_host_b_waits(queue, workers, epochs=16, reached=2, b_in_other_pid_namespace=True)
+    training = int((folder / "runner.pid").read_text().split()[0])
+    a.signal(signal.SIGSTOP)
+    os.killpg(training, signal.SIGSTOP)
+    wait_for(lambda: locked_runs(queue, task_id) or queue.get(task_id).status == "failed", timeout=60)
+    assert queue.get(task_id).status != "failed", queue.get(task_id).error
+    os.killpg(training, signal.SIGCONT)
+    a.signal(signal.SIGCONT)
+
+    wait_for(lambda: queue.get(task_id).status in ("succeeded", "failed"), timeout=90)
+    ended_once_succeeded(settings, queue, task_id)
+    wait_for(lambda: "stopping the run before another worker may claim it" in a.log() or "no longer holds the task" in a.log(),
+             timeout=10)
+    assert not pid_alive(training)
+    assert a.proc.poll() is None  # a healthy worker again
+    report("paused host A, B in another PID namespace", time.monotonic() - started)
+
+
 def test_a_worker_cut_off_from_the_database_stops_its_run_within_lease_minus_margin(settings, engine, synced, workers):
     started = time.monotonic()
     queue = TaskQueue(engine)
@@ -248,20 +345,28 @@ def test_postgres_restarted_while_a_worker_records_a_success_is_recorded_once_wh
     task_id = queue.submit(TASK)
     for name, value in {"STUB_EPOCHS": "1", "STUB_EPOCH_SECONDS": "0.1", "STUB_ARTIFACTS": str(artifacts)}.items():
         monkeypatch.setenv(name, value)
+    placed_before_the_failed_commit: list[list[int]] = []
     versions_returned: list[int] = []
 
-    def publisher(task_dir, *, settings, task_record):
-        published = publish_task(task_dir, settings=settings, task_record=task_record)
+    def publisher(task_dir, *, settings, task_record, gate):
+        @contextmanager
+        def commit_fails_once():
+            with gate() as record:
+                yield record
+                if not placed_before_the_failed_commit:  # the version is in place and recorded, not committed
+                    placed_before_the_failed_commit.append(existing_versions(settings.model_repo_dir / "kitchen"))
+                    _restart_postgres()  # the success transaction's connection dies before it commits
+
+        published = publish_task(task_dir, settings=settings, task_record=task_record, gate=commit_fails_once)
         versions_returned.append(published.version)
-        if len(versions_returned) == 1:
-            _restart_postgres()  # the success transaction's connection dies before it commits
         return published
 
     runner = LocalRunner(settings, command=[sys.executable, STUB], grace_seconds=GRACE)
     worker = Orchestrator(settings, engine=engine, runner=runner, publisher=publisher, worker_id="host-a")
     assert worker.run(exit_when_idle=True) == 1
 
-    assert versions_returned == [1, 1]  # the retry found the version this run had published
+    assert placed_before_the_failed_commit == [[1]]
+    assert versions_returned == [1]  # the retry found the version this run had placed
     row = queue.get(task_id)
     assert (row.status, row.version, row.error) == ("succeeded", 1, None)
     [run] = queue.runs(task_id)
@@ -270,6 +375,46 @@ def test_postgres_restarted_while_a_worker_records_a_success_is_recorded_once_wh
     assert existing_versions(settings.results_dir / "kitchen") == [1]
     assert publishes(settings) == [(1, task_id, run.id)]
     report("PostgreSQL restarted while recording a success", time.monotonic() - started)
+
+
+def test_cancel_during_a_slow_publish_returns_at_once_and_nothing_is_published(settings, engine, synced, artifacts, monkeypatch):
+    """Staging a version (checking and copying the model) runs outside the task row's lock, with
+    the heartbeat going on: a cancel meanwhile neither waits for it nor lets it place a version."""
+    from pytrain.publish import repository
+
+    started = time.monotonic()
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    for name, value in {"STUB_EPOCHS": "1", "STUB_EPOCH_SECONDS": "0.1", "STUB_ARTIFACTS": str(artifacts)}.items():
+        monkeypatch.setenv(name, value)
+    staging, release = threading.Event(), threading.Event()
+    stage_version = repository._stage_version
+
+    def slow_stage_version(*args, **kwargs):  # a large model on a slow disk
+        staging.set()
+        release.wait(60)
+        return stage_version(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "_stage_version", slow_stage_version)
+    runner = LocalRunner(settings, command=[sys.executable, STUB], grace_seconds=GRACE)
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=publish_task, worker_id="host-a")
+    thread = threading.Thread(target=worker.run, kwargs={"exit_when_idle": True}, daemon=True)
+    thread.start()
+    try:
+        assert staging.wait(60)
+        answers: list[bool] = []
+        cancel = threading.Thread(target=lambda: answers.append(queue.cancel(task_id)), daemon=True)
+        cancel.start()
+        cancel.join(10)  # it takes milliseconds; before, it waited for the whole publish
+        assert answers == [True]
+    finally:
+        release.set()
+        thread.join(60)
+    row = queue.get(task_id)
+    assert (row.status, row.version, row.error) == ("cancelled", None, "cancelled before publishing")
+    assert [(r.outcome, r.version) for r in queue.runs(task_id)] == [("cancelled", None)]
+    assert existing_versions(settings.model_repo_dir / "kitchen") == [] and publishes(settings) == []
+    report("cancel during a slow publish", time.monotonic() - started)
 
 
 def test_a_second_orchestrator_with_the_same_worker_id_exits_naming_the_first(settings, engine, artifacts, tmp_path):

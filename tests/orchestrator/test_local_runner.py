@@ -6,7 +6,11 @@ is tested there, through the worker); this file keeps what is the local runner's
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +20,7 @@ import pytest
 
 from pytrain.runners import LocalRunner, Outcome, PreparedTask
 from pytrain.spec import TaskSpec
+from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
 STUB = str(Path(__file__).with_name("stub_training.py"))
 
@@ -120,3 +125,59 @@ def test_get_runner_picks_the_local_runner(settings):
     from pytrain.runners import get_runner
 
     assert isinstance(get_runner(settings), LocalRunner)
+
+
+# A training stand-in that holds the task folder's run lock as the entrypoint does, and exits as
+# the entrypoint does when another run holds it (RUN_LOCKED_EXIT_CODE).
+LOCKING = """
+import sys, time
+from pytrain.training.run_lock import RunLock, RunLockedError
+task_dir = sys.argv[sys.argv.index("--task-dir") + 1]
+try:
+    with RunLock(task_dir):
+        open(task_dir + "/" + sys.argv[1], "w").write("locked")
+        time.sleep(float(sys.argv[2]))
+except RunLockedError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+"""
+
+
+def lost_run(task: PreparedTask, *prefix: str) -> subprocess.Popen:
+    """A run whose worker is gone: it holds the folder's run lock, in its own session, with no runner.pid."""
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", LOCKING, "lost", "600", "--task-dir", str(task.task_dir)],
+                            start_new_session=True)
+    wait_for(lambda: (task.task_dir / "lost").exists(), timeout=30)
+    return proc
+
+
+def test_a_lost_run_holding_the_folder_on_this_host_is_stopped_before_the_new_run(prepared, settings):
+    task = prepared()
+    lost = lost_run(task)
+    try:
+        new = LocalRunner(settings, command=[sys.executable, "-c", LOCKING, "new", "0"], grace_seconds=1.0, poll_seconds=0.05)
+        result = new.run(task, threading.Event())
+        assert (result.outcome, result.exit_code) == (Outcome.SUCCEEDED, 0), result
+        assert lost.wait(10) == -signal.SIGTERM  # stopped (its process group) before the new run took the lock
+    finally:
+        if lost.poll() is None:
+            os.killpg(lost.pid, signal.SIGKILL)
+            lost.wait()
+
+
+def test_a_run_holding_the_folder_beyond_reach_makes_the_new_run_end_locked(prepared, settings):
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --pid --fork --mount-proc` (root, util-linux)")
+    task = prepared()
+    lost = lost_run(task, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child")  # as on another machine
+    try:
+        new = LocalRunner(settings, command=[sys.executable, "-c", LOCKING, "new", "0"], grace_seconds=1.0, poll_seconds=0.05)
+        result = new.run(task, threading.Event())
+        holder = json.loads((task.task_dir / "run.lock").read_text())
+        assert (result.outcome, result.exit_code) == (Outcome.LOCKED, RUN_LOCKED_EXIT_CODE), result
+        assert result.message.startswith(f"training did not start: task folder {task.task_dir} is in use by another run "
+                                         f"(host {socket.gethostname()} pid {holder['pid']} since "), result.message
+        assert lost.poll() is None and not (task.task_dir / "new").exists()  # left alone: this runner cannot reach it
+    finally:
+        os.killpg(lost.pid, signal.SIGKILL)
+        lost.wait()

@@ -20,6 +20,7 @@ import resource
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ class Kind:
         oom_code: a program that runs out of memory in a way this runner can see.
         oom_settings: settings overrides for that program (a container memory limit).
         cancel_seconds: how soon after ``cancel`` a run that ignores SIGTERM must be gone.
+        timeout_seconds: the task timeout of the timeout test: long enough for a run of this kind
+            to have started and said so on a loaded machine (the limit counts from the submission,
+            so a shorter one may stop a run that never started, and the test would check nothing).
     """
 
     settings: Settings
@@ -84,6 +88,7 @@ class Kind:
     oom_code: str
     oom_settings: dict[str, Any] = field(default_factory=dict)
     cancel_seconds: float = 5.0
+    timeout_seconds: float = 3.0
 
     def runner(self, code: str, **overrides: Any) -> Runner:
         return self.make(self.settings.model_copy(update=overrides), code)
@@ -119,7 +124,8 @@ def _docker(request: pytest.FixtureRequest, settings: Settings) -> Kind:
         return bool(client.containers.list(filters={"label": f"{LABEL_TASK_ID}={task_id}"}))
 
     settings = settings.model_copy(update={"shm_size": "64m", "container_memory": None, "gpus": None})
-    return Kind(settings, make, running, ALLOCATE, {"container_memory": "64m"})
+    # A container starts in ~1-2 s on a loaded machine.
+    return Kind(settings, make, running, ALLOCATE, {"container_memory": "64m"}, timeout_seconds=10.0)
 
 
 def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
@@ -140,8 +146,12 @@ def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
     # FAILED with slurmstepd's "oom-kill event" (or "Exceeded job memory limit") in its output.
     # HANG ignores SIGTERM: slurmstepd kills it after KillWait (2 s) and tearing the step down takes
     # ~7.7 s more here (measured); a run that obeys SIGTERM leaves squeue in ~0.3 s. The issue's
-    # promise for Slurm is "gone from squeue within 10 s".
-    return Kind(settings.model_copy(update={"slurm_mem": "500M"}), make, running, ALLOCATE, {"slurm_mem": "200M"}, cancel_seconds=10.0)
+    # promise for Slurm is "gone from squeue within 10 s". From sbatch to the program's first line
+    # took 1.0-2.8 s here under load (a 1 s timeout stopped jobs that had not started yet).
+    # The cluster is shared by every session on the host: a worker id of this test's own keeps
+    # cleanup_orphans from seeing (and cancelling) another session's jobs, as tests/slurm does.
+    settings = settings.model_copy(update={"slurm_mem": "500M", "worker_id": f"contract-{time.monotonic_ns()}"})
+    return Kind(settings, make, running, ALLOCATE, {"slurm_mem": "200M"}, cancel_seconds=10.0, timeout_seconds=10.0)
 
 
 KINDS = {"local": _local, "docker": _docker, "slurm": _slurm}
@@ -155,7 +165,9 @@ def kind(request: pytest.FixtureRequest, settings: Settings) -> Kind:
 
 def _task(settings: Settings, task_id: int, *, timeout: float | None = None) -> PreparedTask:
     """A prepared task as the orchestrator leaves it: ``task.json`` and ``manifest.csv`` in its folder."""
-    spec = TaskSpec(task_id=task_id, model_name=f"m{task_id}", class_list=["a", "b"])
+    # A uid of its own: a Slurm job is re-attached to by task id and uid, and other sessions on the
+    # host run tasks with the same ids on the same cluster.
+    spec = TaskSpec(task_id=task_id, model_name=f"m{task_id}", class_list=["a", "b"], uid=str(uuid.uuid4()))
     task_dir = settings.model_tasks_dir / f"task-{task_id}-m{task_id}"
     task_dir.mkdir(parents=True, exist_ok=True)
     spec.save(task_dir)
@@ -208,6 +220,19 @@ def test_exit_1_fails_with_the_exit_code_and_the_stderr_tail(kind):
     assert "working" in task.log_path.read_text()
 
 
+def test_a_run_that_finds_its_folder_locked_ends_locked_not_failed(kind):
+    """The training entrypoint's exit status for "another run holds the task folder" (75) is not a
+    failure of the task: every runner reports it as LOCKED (the worker re-queues the task)."""
+    from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
+
+    task = _task(kind.settings, 19)
+    locked = (f"import sys; print('error: task folder {task.task_dir} is in use by another run (host h pid 7 since t)', "
+              f"file=sys.stderr); sys.exit({RUN_LOCKED_EXIT_CODE})")
+    result = kind.runner(locked).run(task, threading.Event())
+    assert (result.outcome, result.exit_code) == (Outcome.LOCKED, RUN_LOCKED_EXIT_CODE), result
+    assert result.message.endswith(f" did not start: task folder {task.task_dir} is in use by another run (host h pid 7 since t)")
+
+
 def test_out_of_memory_is_reported_as_out_of_memory(kind):
     task = _task(kind.settings, 13, timeout=60)
     result = kind.runner(kind.oom_code, **kind.oom_settings).run(task, threading.Event())
@@ -231,13 +256,13 @@ def test_cancel_stops_the_run_within_5_seconds(kind):
 
 
 def test_timeout_stops_the_run(kind):
-    task = _task(kind.settings, 15, timeout=1)
+    task = _task(kind.settings, 15, timeout=kind.timeout_seconds)
     started = time.monotonic()
     result = kind.runner(HANG).run(task, threading.Event())
     assert result.outcome is Outcome.TIMED_OUT
-    assert result.message == "timed out after 1 s (PYTRAIN_TASK_TIMEOUT_SECONDS)"
-    assert time.monotonic() - started < START_SECONDS
-    assert "started" in task.log_path.read_text()
+    assert result.message == f"timed out after {kind.timeout_seconds:g} s (PYTRAIN_TASK_TIMEOUT_SECONDS)"
+    assert kind.timeout_seconds <= time.monotonic() - started < kind.timeout_seconds + START_SECONDS
+    assert "started" in task.log_path.read_text()  # it was running, and its output is kept
     assert not kind.running(task.task_dir)
 
 
@@ -247,9 +272,9 @@ def test_cleanup_orphans_stops_runs_of_inactive_tasks_and_returns_their_ids(kind
     active, orphan = _task(kind.settings, 16), _task(kind.settings, 17)
     crashed = kind.runner(HANG)  # its runs go on without anyone supervising them for the worker
     runs = [Background(crashed, task, cancel) for task in (active, orphan)]
-    for task in (active, orphan):
-        _wait_started(task.task_dir)
     try:
+        for task in (active, orphan):
+            _wait_started(task.task_dir)
         restarted = kind.runner("pass")
         assert restarted.cleanup_orphans({16, 999}) == {17}
         runs[1].thread.join(15)
@@ -258,8 +283,9 @@ def test_cleanup_orphans_stops_runs_of_inactive_tasks_and_returns_their_ids(kind
         assert kind.running(active.task_dir)
         assert restarted.cleanup_orphans({16}) == set()  # nothing left to clean
     finally:
-        cancel.set()
-        runs[0].thread.join(15)
+        cancel.set()  # nothing left running, whatever failed above
+        for run in runs:
+            run.thread.join(15)
     assert runs[0].result.outcome is Outcome.CANCELLED
 
 
@@ -285,7 +311,7 @@ def test_interrupt_requeues_the_task(kind, engine, synced):
     assert [result.outcome for result in results] == [Outcome.INTERRUPTED]
     row = queue.get(task_id)
     assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
-    assert row["error"] == "interrupted: worker test-worker shut down during the run; re-queued"
+    assert row["error"] == f"interrupted: worker {kind.settings.worker_id} shut down during the run; re-queued"
     assert not kind.running(task_dir)
 
 
@@ -314,6 +340,7 @@ def test_failed_runs_stderr_tail_reaches_the_task_rows_error(kind, engine, synce
         (None, 0, None, Outcome.SUCCEEDED, ""),
         (None, 137, "limit 1g", Outcome.OUT_OF_MEMORY, "out of memory (limit 1g); lower batch_size, num_frames or the frame size"),
         (None, 2, None, Outcome.FAILED, "training exited with code 2: KeyError: 'x'"),
+        (None, 75, None, Outcome.LOCKED, "training did not start: KeyError: 'x'"),  # RUN_LOCKED_EXIT_CODE
         (None, None, None, Outcome.FAILED, "training ended without an exit code: KeyError: 'x'"),
     ],
 )

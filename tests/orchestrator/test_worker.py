@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -13,6 +13,7 @@ from orchestrator_fakes import FakePublisher, FakeRunner
 from pytrain.db import TaskQueue
 from pytrain.errors import PublishError, SchemaOutOfDateError
 from pytrain.orchestrator import Orchestrator, default_worker_id
+from pytrain.runners import Outcome, RunResult
 from pytrain.sources import read_manifest
 from pytrain.spec import TaskSpec, task_dir_name
 
@@ -94,6 +95,30 @@ def test_failed_run_is_recorded_with_message_and_log(settings, engine, synced):
     assert row["error"] == f"training exited with code 2: boom (log: {settings.model_tasks_dir / task_dir_name(task_id, 'kitchen', row['uid'])}/train.log)"
 
 
+def test_a_run_that_finds_its_folder_locked_requeues_the_task_without_an_attempt_for_a_lease(settings, engine, synced):
+    class LockedRunner(FakeRunner):
+        def run(self, task, cancel, stop=None):
+            self.runs.append(task.task_id)
+            return RunResult(Outcome.LOCKED, 75, f"training did not start: task folder {task.task_dir} is in use by another run")
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    worker = Orchestrator(settings, engine=engine, runner=LockedRunner(), publisher=FakePublisher())
+    worker.start()
+    try:
+        assert worker.run_once()
+        row = queue.get(task_id)
+        assert (row.status, row.attempts, row.run_id, row.worker_id) == ("queued", 0, None, None)
+        assert row.error.endswith(f"is in use by another run; re-queued until that run has ended (next try in {settings.lease_seconds:g} s)")
+        [run] = queue.runs(task_id)
+        assert (run.outcome, run.error) == ("requeued", row.error)
+        assert row.lease_expires_at > run.finished_at  # not claimable until then
+        assert worker.run_once() is False  # the backoff: not claimed again at once
+        assert worker.runner.runs == [task_id]
+    finally:
+        worker.close()
+
+
 def test_runner_crash_fails_the_task_not_the_worker(settings, engine, synced):
     queue = TaskQueue(engine)
     first, second = queue.submit(TASK), queue.submit(TASK)
@@ -136,25 +161,35 @@ def test_stop_requeues_the_running_task_without_counting_an_attempt(settings, en
     assert row["error"] == "interrupted: worker test-worker shut down during the run; re-queued"
 
 
-@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "finish_succeeded")])
+@pytest.mark.parametrize("mode, write", [("wait", "requeue"), ("succeed", "success_transaction")])
 def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_lost(settings, engine, synced, caplog, mode, write):
-    """A beat landing just after the worker's own final write (re-queue on SIGTERM, finish) must not
-    log "lost the run (lease expired)": the worker ended the run, no lease expired."""
+    """A beat landing just after the worker's own final write (re-queue on SIGTERM, the success's
+    commit) must not log "lost the run (lease expired)": the worker ended the run, no lease expired."""
     queue = TaskQueue(engine)
     task_id = queue.submit(TASK)
     runner = FakeRunner(mode)
     worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
     original = getattr(worker.queue, write)
-    beats_after_write: list[str] = []
+    beats: list[tuple[threading.Thread, object]] = []
+
+    def beat_now() -> None:  # the heartbeat thread waking up right after the write
+        heartbeat = worker._heartbeat
+        beater = threading.Thread(target=heartbeat.beat)
+        beater.start()
+        beats.append((beater, heartbeat))
 
     def write_then_beat(*args, **kwargs):
         result = original(*args, **kwargs)
-        heartbeat = worker._heartbeat
-        heartbeat.beat()  # the heartbeat thread waking up right after the write
-        beats_after_write.append(heartbeat.state)
+        beat_now()
         return result
 
-    setattr(worker.queue, write, write_then_beat)
+    @contextmanager
+    def commit_then_beat(*args, **kwargs):
+        with original(*args, **kwargs) as record:
+            yield record
+        beat_now()  # committed; the gate has not yet ended the heartbeat
+
+    setattr(worker.queue, write, write_then_beat if mode == "wait" else commit_then_beat)
     caplog.set_level("INFO", logger="pytrain.orchestrator.worker")
     thread = in_thread(worker, exit_when_idle=True)
     assert runner.started.wait(10)
@@ -162,7 +197,9 @@ def test_heartbeat_after_the_worker_records_the_outcome_does_not_report_the_run_
         worker.stop()
     thread.join(10)
     assert not thread.is_alive()
-    assert beats_after_write == ["ok"]
+    for beater, _ in beats:
+        beater.join(10)
+    assert [heartbeat.state for _, heartbeat in beats] == ["ok"]
     assert queue.get(task_id)["status"] == ("queued" if mode == "wait" else "succeeded")
     assert not [r for r in caplog.records if "no longer holds the task" in r.getMessage()]
 

@@ -199,6 +199,53 @@ def test_an_unreachable_triton_does_not_fail_the_publish(task_folder: Path, repo
     assert "127.0.0.1" in published.load_message
 
 
+def test_a_retry_of_one_run_finds_its_version_and_a_run_of_another_database_with_the_same_ids_does_not(
+        task_folder: Path, repo_settings: Settings) -> None:
+    """Publishing is idempotent per run, keyed by the task's uid and the run id: ids start again at 1
+    in a new database, so a model repository that outlived its database must not hand a new run
+    the version of an old one."""
+    run = task_record(task_id=1, run_id=1, uid="6f1c7a52-0000-4000-8000-000000000001")
+    assert publish_task(task_folder, settings=repo_settings, task_record=run).version == 1
+    assert publish_task(task_folder, settings=repo_settings, task_record=run).version == 1  # the retry: the same version
+    reset_database = task_record(task_id=1, run_id=1, uid="0b7d9e13-0000-4000-8000-000000000002")
+    assert publish_task(task_folder, settings=repo_settings, task_record=reset_database).version == 2
+    assert visible_versions(repo_settings) == [1, 2]
+
+
+def test_the_gate_surrounds_placing_only_and_triton_is_asked_to_load_after_it(task_folder: Path, repo_settings: Settings,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    from pytrain.publish import loader
+
+    settings = repo_settings.model_copy(update={"triton_grpc_url": "127.0.0.1:1"})
+    events: list[str] = []
+    monkeypatch.setattr(loader, "request_load", lambda url, model, **_: events.append("load") or (True, ""))
+
+    @contextmanager
+    def gate():
+        events.append(f"enter: {existing_versions(settings.model_repo_dir / 'kitchen')}")  # staged, nothing placed yet
+        yield lambda published: events.append(f"record {published.version}")
+        events.append("commit")
+
+    publish_task(task_folder, settings=settings, task_record=task_record(run_id=3, uid="u-1"), gate=gate)
+    assert events == ["enter: []", "record 1", "commit", "load"]
+
+
+def test_a_gate_that_refuses_places_nothing(task_folder: Path, repo_settings: Settings) -> None:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def refuse():
+        raise PublishError("the run no longer holds the task")
+        yield  # pragma: no cover
+
+    with pytest.raises(PublishError, match="no longer holds"):
+        publish_task(task_folder, settings=repo_settings, task_record=task_record(), gate=refuse)
+    assert visible_versions(repo_settings) == []
+    assert not (repo_settings.model_repo_dir / "kitchen" / "history.jsonl").exists()
+
+
 def test_publish_cli_prints_the_version(task_folder: Path, repo_settings: Settings) -> None:
     env = {**os.environ, "PYTRAIN_MODEL_REPO_DIR": str(repo_settings.model_repo_dir), "PYTRAIN_RESULTS_DIR": str(repo_settings.results_dir)}
     env.pop("PYTRAIN_TRITON_GRPC_URL", None)
@@ -222,3 +269,16 @@ def test_publishing_a_folder_that_is_not_a_task_folder_says_so(tmp_path: Path) -
         "(hint: pass a finished task folder model_tasks/task-<id>-<model>/)"
     )
     assert not (tmp_path / "model_repo").exists() or list((tmp_path / "model_repo").iterdir()) == []
+
+
+def test_a_class_name_with_a_percent_sign_round_trips_through_the_ini(tmp_path: Path, repo_settings: Settings) -> None:
+    """``<model>.config`` values are literal: ``%`` is not configparser interpolation."""
+    from pytrain.client import ModelInfo
+
+    classes = ["50%_off", "cooking", "%(user)s"]
+    task_dir = make_task_folder(tmp_path / "task", class_list=classes)
+    published = publish_task(task_dir, settings=repo_settings, task_record=task_record())
+
+    for config in (published.path.parent / "kitchen.config", published.path / "kitchen.config"):
+        info = ModelInfo.from_pytrain_config(config)
+        assert info.spec.class_list == classes and info.name == "kitchen"

@@ -9,7 +9,10 @@ the real orchestrator on a real PostgreSQL.
 - an operator's ``scancel`` fails the task naming it; a node set down during the run re-queues it;
 - an orchestrator killed with SIGKILL: its restart re-attaches to the still-running job (one job,
   one start), or cancels the job of a task cancelled meanwhile; another orchestrator that claims
-  the task once the dead one's lease expired re-attaches the same way.
+  the task once the dead one's lease expired re-attaches the same way; a job being cancelled (a
+  fenced worker's) is waited out and replaced, never re-attached to;
+- a raw row whose ``options.slurm.partition`` would inject a shell command fails naming it, and
+  nothing runs.
 
 Budgets (2 shared cores): the two-node training ~60 s, its cancel ~25 s, Slurm's own time limit
 ~75 s (whole minutes, checked every 30 s: marked slow), every other test < 15 s.
@@ -17,6 +20,7 @@ Budgets (2 shared cores): the two-node training ~60 s, its cancel ~25 s, Slurm's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +38,9 @@ from fixtures.slurm import live_jobs
 
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
+from pytrain.runners import Outcome, PreparedTask
 from pytrain.runners.slurm import SlurmRunner
+from pytrain.spec import TaskSpec
 
 pytestmark = pytest.mark.slurm
 
@@ -57,6 +64,8 @@ json.dump({"test_accuracy": 1.0}, open("metrics.json", "w"))
 FAIL = "import sys; print('working', flush=True); print('boom: dataset is empty', file=sys.stderr); sys.exit(1)"
 ALLOCATE = "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))\n"
 SLEEP = "import time; open('started', 'w').write('1'); time.sleep(300)"
+# Ignores SIGTERM: after scancel its job stays COMPLETING for ~8 s (KillWait, then the step's teardown).
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('started', 'w').write('1'); time.sleep(300)"
 
 
 def wait_for(predicate, *, timeout: float, step: float = 0.2, what: str = "condition"):
@@ -85,10 +94,13 @@ def task_dir(queue: TaskQueue, task_id: int) -> Path:
 
 
 class NoPublish:
-    """A publisher for runs that train nothing: version 1, nothing written."""
+    """A publisher for runs that train nothing: version 1 recorded through the worker's gate, nothing written."""
 
-    def __call__(self, task_dir, *, settings, task_record):
-        return SimpleNamespace(version=1, served_versions=(1,), serving_note="")
+    def __call__(self, task_dir, *, settings, task_record, gate):
+        published = SimpleNamespace(version=1, served_versions=(1,), serving_note="")
+        with gate() as record:
+            record(published)
+        return published
 
 
 def stub_runner(settings, code: str) -> SlurmRunner:
@@ -326,3 +338,46 @@ def test_restarted_orchestrator_cancels_the_job_of_a_task_cancelled_meanwhile(pl
     finally:
         worker.close()
     assert queue.get(task_id)["status"] == "cancelled"
+
+
+def test_a_job_being_cancelled_is_waited_out_and_replaced_not_reattached_to(placeholders):
+    """A fenced worker stops its run (scancel); squeue shows the job COMPLETING for seconds. The
+    worker that claims the task next must not take that job over (it would end CANCELLED, "cancelled
+    by an operator"): it waits until the job has left the queue, then submits a new one."""
+    spec = TaskSpec(task_id=4242, model_name="kitchen", class_list=["a", "b"], uid=str(uuid.uuid4()))
+    task = PreparedTask(spec=spec, task_dir=placeholders.model_tasks_dir / "task-4242-kitchen", sources_root=placeholders.sources_dir,
+                        timeout_seconds=None)
+    fence = threading.Event()
+    fenced = threading.Thread(target=stub_runner(placeholders, STUBBORN).run, args=(task, fence), daemon=True)
+    fenced.start()
+    old = running_job(4242)
+    wait_for((task.task_dir / "started").exists, timeout=30, what="the first job's program to start")
+    fence.set()  # the fenced worker's stop: scancel, then it waits for the job to leave the queue
+    wait_for(lambda: "|COMPLETING|" in jobs_of(4242).get(old, ""), timeout=30, what=f"job {old} COMPLETING")
+
+    result = stub_runner(placeholders, "print('the second run', flush=True)").run(task, threading.Event())
+    assert (result.outcome, result.details["reattached"]) == (Outcome.SUCCEEDED, False), result
+    assert result.details["job_id"] != old
+    assert "the second run" in task.log_path.read_text()
+    fenced.join(30)
+    assert not fenced.is_alive() and jobs_of(4242) == {}
+
+
+def test_a_raw_row_with_a_hostile_partition_fails_naming_it_and_runs_nothing(placeholders, engine, tmp_path):
+    """The row of the issue, inserted with plain SQL: before the check, sbatch stopped reading
+    #SBATCH lines at the newline, the node ran the `touch`, and the task succeeded."""
+    from sqlalchemy import text
+
+    pwned = tmp_path / "pwned"
+    value = f"debug\ntouch {pwned}\n#"
+    with engine.begin() as conn:
+        task_id = conn.execute(text("INSERT INTO training_tasks (model_name, sources, classes, architecture, options) "
+                                    "VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', 'tiny', CAST(:options AS jsonb)) RETURNING id"),
+                               {"options": json.dumps({"slurm": {"partition": value}})}).scalar_one()
+    worker = Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, "print('trained')"), publisher=NoPublish())
+    assert worker.run(exit_when_idle=True) == 1
+    assert not pwned.exists()  # (it did appear before: the node ran the line)
+    row = TaskQueue(engine).get(task_id)
+    assert row["status"] == "failed", row["error"]
+    assert f"task option slurm.partition={value!r}: must be a Slurm partition name" in row["error"]
+    assert jobs_of(task_id) == {}

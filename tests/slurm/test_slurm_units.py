@@ -8,15 +8,17 @@ Budget: < 1 s for the file.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures.slurm import HOSTILE_SUFFIXES
 
 from pytrain.errors import ConfigurationError
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, check_nodes
 from pytrain.runners.slurm import (
-    JobInfo, SlurmRunner, job_comment, parse_job_comment, parse_sacct, parse_scontrol_job, render_sbatch, slurm_result, task_settings,
+    JobInfo, SlurmCluster, SlurmRunner, job_comment, parse_job_comment, parse_sacct, parse_scontrol_job, render_sbatch, slurm_result, task_settings,
     time_limit_minutes,
 )
 from pytrain.settings import Settings
@@ -141,7 +143,7 @@ def test_one_node_one_process_is_plain_python_without_torchrun(tmp_path):
 def test_two_nodes_with_gpus_and_pyxis_run_one_torchrun_per_node(tmp_path):
     settings = Settings(slurm_gpus_per_node=8, slurm_cpus_per_task=64, slurm_mem="512G", slurm_partition="gpu", slurm_account="lab",
                         slurm_qos="high", slurm_container_image="nvcr.io#nvidia/pytorch:24.10-py3",
-                        slurm_extra_sbatch="--exclusive; #SBATCH --constraint=h100", torch_home=tmp_path / "torch")
+                        slurm_extra_sbatch="--exclusive; --constraint=h100", torch_home=tmp_path / "torch")
     settings.torch_home.mkdir()
     script = render_sbatch(_task(tmp_path, 2), settings, worker_id="login1-cpu")
     task_dir = tmp_path / "model_tasks" / "task-12-kitchen-6aafeae6"
@@ -173,8 +175,8 @@ def test_a_tasks_own_slurm_options_override_the_settings(tmp_path):
 
 
 def test_bad_extra_sbatch_lines_and_zero_nodes_are_refused_naming_the_value(tmp_path):
-    with pytest.raises(ConfigurationError, match="PYTRAIN_SLURM_EXTRA_SBATCH entry 'exclusive'"):
-        SlurmRunner(Settings(slurm_extra_sbatch="exclusive"))
+    with pytest.raises(ConfigurationError, match="the settings: Slurm setting extra_sbatch='exclusive' item 'exclusive' is not --name"):
+        SlurmRunner(Settings().model_copy(update={"slurm_extra_sbatch": "exclusive"}))  # model_copy skips validation
     with pytest.raises(ConfigurationError, match="nodes = 0"):
         render_sbatch(_task(tmp_path, 0), Settings(), worker_id="w")
 
@@ -206,3 +208,119 @@ def test_a_controller_that_does_not_answer_is_waited_out_and_a_forgotten_job_is_
     handle = _SlurmJob(Restarting(), "5", tmp_path / "train.log", poll_seconds=0.01)
     assert handle.wait(0) is None and not handle.gone  # the controller did not answer: keep waiting
     assert handle.wait(0) == 1 and handle.gone  # Slurm forgot the job: its end is unknown
+
+
+# -- values that would inject into the script: refused three times (docs/adr/0009, "Values in the script") --
+VALID = {"partition": "gpu", "account": "lab", "qos": "high", "mem": "200G", "container_image": "nvcr.io#nvidia/pytorch:24.10-py3",
+         "extra_sbatch": "--constraint=h100"}
+# '#' is part of a pyxis image reference (registry#image), and the image is one quoted word of srun's line.
+HOSTILE_CASES = [(key, case) for key in VALID for case in HOSTILE_SUFFIXES if (key, case) != ("container_image", "hash")]
+
+
+@pytest.mark.parametrize(("key", "case"), HOSTILE_CASES, ids=[f"{key}-{case}" for key, case in HOSTILE_CASES])
+def test_a_hostile_slurm_value_is_refused_by_settings_task_options_and_the_renderer(tmp_path, key, case):
+    from pydantic import ValidationError
+
+    from pytrain.task_options import check_options
+
+    value = VALID[key] + HOSTILE_SUFFIXES[case]
+    with pytest.raises(ValidationError, match=rf"slurm_{key}\n  Value error, "):
+        Settings(**{f"slurm_{key}": value})  # PYTRAIN_SLURM_<KEY>
+    with pytest.raises(ConfigurationError, match=re.escape(f"task option slurm.{key}={value!r}: ")):
+        check_options({"slurm": {key: value}})  # pytrain submit and the claim
+    with pytest.raises(ConfigurationError, match=re.escape(f"task 12: Slurm setting {key}={value!r} ")):
+        render_sbatch(_task(tmp_path, 1), Settings().model_copy(update={f"slurm_{key}": value}), worker_id="w")
+    assert not list(tmp_path.rglob("*.sbatch"))
+
+
+@pytest.mark.parametrize("case", HOSTILE_SUFFIXES)
+def test_a_hostile_python_is_refused_by_the_settings_and_the_renderer(tmp_path, case):
+    """PYTRAIN_SLURM_PYTHON is not per task (options.slurm cannot set it), but it is written into the script too."""
+    from pydantic import ValidationError
+
+    value = "/opt/venv/bin/python" + HOSTILE_SUFFIXES[case]
+    with pytest.raises(ValidationError, match=r"slurm_python\n  Value error, must be a command name or a path"):
+        Settings(slurm_python=value)
+    with pytest.raises(ConfigurationError, match=re.escape(f"task 12: Slurm setting python={value!r} must be")):
+        render_sbatch(_task(tmp_path, 1), Settings().model_copy(update={"slurm_python": value}), worker_id="w")
+
+
+def test_valid_slurm_values_pass_every_check():
+    from pytrain.task_options import check_options
+
+    values = {"partition": "h100,a100", "account": "vision-lab", "qos": "normal", "mem": "512M", "python": "/opt/venv/bin/python3.11",
+              "container_image": "/shared/images/pytrain-train.sqsh", "extra_sbatch": "--exclusive;--constraint=[rack1|rack2]&a100"}
+    assert Settings(**{f"slurm_{key}": value for key, value in values.items()}).slurm_mem == "512M"
+    check_options({"slurm": {key: value for key, value in values.items() if key != "python"}})
+    for bad in ("200GB", "-1G", "G", "2.5G"):
+        with pytest.raises(ConfigurationError, match="must be a memory size"):
+            check_options({"slurm": {"mem": bad}})
+    with pytest.raises(ConfigurationError, match="must be a Slurm partition name"):
+        check_options({"slurm": {"partition": "-gpu"}})  # would read as an option
+
+
+def test_extra_sbatch_takes_resource_options_one_word_each():
+    from pytrain.slurm_values import parse_extra_sbatch
+
+    assert parse_extra_sbatch("--exclusive; --constraint=[rack1|rack2]&a100\n--gres=gpu:a100:2;;--time=1-00:00:00") == [
+        "--exclusive", "--constraint=[rack1|rack2]&a100", "--gres=gpu:a100:2", "--time=1-00:00:00"]
+    assert parse_extra_sbatch(None) == [] and parse_extra_sbatch(" ; ") == []
+    for bad, why in [
+        ("exclusive", "is not --name or --name=value"), ("-N 2", "is not --name or --name=value"),
+        ("#SBATCH --exclusive", "is not --name or --name=value"), ("--constraint='a b'", "is not --name or --name=value"),
+        ("--nodelist=/etc/nodes", "is not --name or --name=value"),  # sbatch reads a nodelist with '/' as a file
+        ("--output=x", "--output is not an option PyTrain passes to sbatch"), ("--wrap=id", "--wrap is not an option"),
+        ("--export=ALL", "--export is not an option"), ("--chdir=x", "--chdir is not an option"),
+        ("--comment=x", "--comment is not an option"),  # the runner finds its jobs by their comment
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"item {bad!r}") + ".*" + re.escape(why)):
+            parse_extra_sbatch(bad)
+
+
+def test_the_renderer_refuses_paths_names_and_lines_it_cannot_write_as_one_word(tmp_path):
+    with pytest.raises(ConfigurationError, match="task 12: the task folder .*my tasks.* cannot be written into slurm.sbatch"):
+        render_sbatch(_task(tmp_path / "my tasks", 1), Settings(), worker_id="w")
+    with pytest.raises(ConfigurationError, match="task 12: the weights folder .*a,b.* cannot be written into slurm.sbatch"):
+        render_sbatch(_task(tmp_path, 1), Settings(slurm_container_image="img.sqsh", torch_home=tmp_path / "a,b"), worker_id="w")
+    task = _task(tmp_path, 1)
+    named = PreparedTask(spec=TaskSpec(task_id=12, model_name="kitchen\nrm -rf ~", class_list=["a", "b"]), task_dir=task.task_dir,
+                         sources_root=task.sources_root, timeout_seconds=None)
+    with pytest.raises(ConfigurationError, match=r"task 12: model name 'kitchen\\nrm -rf ~' does not match"):
+        render_sbatch(named, Settings(), worker_id="w")
+    # Defence in depth: a value no rule covers (the uid, from task.json) still cannot add an option.
+    odd_uid = PreparedTask(spec=TaskSpec(task_id=12, model_name="kitchen", class_list=["a", "b"], uid="x --output=/tmp/y"),
+                           task_dir=task.task_dir, sources_root=task.sources_root, timeout_seconds=None)
+    with pytest.raises(ConfigurationError, match=r"task 12: refusing to write '#SBATCH --comment=pytrain:task=12:uid=x --output=/tmp/y"):
+        render_sbatch(odd_uid, Settings(), worker_id="w")
+
+
+# -- a job being cancelled is not re-attached to --------------------------------------------------
+class _Squeue(SlurmCluster):
+    """squeue as a list of answers (one per look; the last one stays): the task's job in a state, or gone (None)."""
+
+    def __init__(self, *states: str | None) -> None:
+        super().__init__()
+        self.states = list(states)
+        self.looks = 0
+
+    def jobs(self, name_prefix: str = "pytrain-task-") -> list[JobInfo]:
+        self.looks += 1
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        comment = job_comment(12, "6aafeae6-d049-4acd-9689-bf8a41e62fde", "fenced-worker")
+        return [] if state is None else [JobInfo("7", state, name="pytrain-task-12", comment=comment)]
+
+
+def test_find_run_waits_out_a_job_being_cancelled_and_reattaches_only_to_a_live_one(tmp_path, monkeypatch):
+    from pytrain.errors import RunnerError
+    from pytrain.runners import slurm
+
+    task = _task(tmp_path, 1)
+    assert SlurmRunner(Settings(), cluster=_Squeue("RUNNING")).find_run(task) == "7"
+    assert SlurmRunner(Settings(), cluster=_Squeue("PENDING")).find_run(task) == "7"
+    # scancel by a fenced worker: COMPLETING at once, for as long as the steps take to die; then gone.
+    squeue = _Squeue("COMPLETING", "COMPLETING", "CANCELLED", None)
+    assert SlurmRunner(Settings(), cluster=squeue).find_run(task) is None
+    assert squeue.looks == 4  # it waited until the job left the queue
+    monkeypatch.setattr(slurm, "GONE_SECONDS", 0.3)
+    with pytest.raises(RunnerError, match="task 12: Slurm job.s. 7 of this task are still ending 0.3 s after they were cancelled"):
+        SlurmRunner(Settings(), cluster=_Squeue("COMPLETING"), grace_seconds=0).find_run(task)

@@ -3,18 +3,23 @@ pre-scan starting from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fixtures.clips import make_bad_files
+from fixtures.processes import orchestrator_env
 from pytrain.db import VideoCatalog
 from pytrain.errors import ConfigurationError
 from pytrain.sources import sync_sources
 from pytrain.sources.catalog import seed_scan_results
 from pytrain.spec import TaskSpec, read_manifest
+from pytrain.task_columns import SOURCE_NAME_PATTERN
 
 
 @pytest.fixture
@@ -102,3 +107,52 @@ def test_training_prescan_probes_only_files_changed_since_the_catalog(settings, 
     notes = next(v for v in videos if v["path"] == "broken_x/notes.mp4")
     assert skipped == [{"path": "dataset1/broken_x/notes.mp4", "reason": notes["reason"]}]  # the catalog's verdict
     assert len(by_split["train"]) == 2 and len(by_split["test"]) == 2
+
+
+def test_sources_sync_reports_a_file_name_that_is_not_utf8_and_catalogs_the_rest(settings, engine, dataset):
+    """``caf\\xe9.mp4`` (Latin-1 bytes) used to end ``pytrain sources sync`` in a UnicodeEncodeError
+    traceback: PostgreSQL cannot hold the name. It is left out, reported, and the rest is catalogued."""
+    good = dataset / "eating_soup" / "clip_000.mp4"
+    shutil.copy2(good, os.path.join(os.fsencode(good.parent), b"caf\xe9.mp4"))
+    os.mkdir(os.path.join(os.fsencode(dataset), b"caf\xe9_x"))
+    shutil.copy2(good, os.path.join(os.fsencode(dataset), b"caf\xe9_x", b"clip.mp4"))
+    os.mkdir(os.path.join(os.fsencode(dataset.parent), b"caf\xe9"))  # a dataset folder
+    env = orchestrator_env(settings, "sync", lease_seconds=5, heartbeat_seconds=1, poll_seconds=1)
+    proc = subprocess.run([sys.executable, "-m", "pytrain.cli.main", "sources", "sync", "--jobs", "2"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "catalog dataset1: probed 9 (3 bad), unchanged 0, forgotten 0" in lines
+    assert "skipped dataset1/eating_soup/caf\\xe9.mp4: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
+    assert "skipped dataset1/caf\\xe9_x/: its name is not valid UTF-8 (rename it, e.g. with convmv)" in lines
+    assert f"skipped caf\\xe9: the name must match {SOURCE_NAME_PATTERN}" in lines
+    rows = VideoCatalog(engine).videos(["dataset1"])
+    assert len(rows) == 9 and "eating_soup/clip_000.mp4" in {row["path"] for row in rows}
+
+
+LIST_FILES = """
+import json, sys
+from pytrain.sources.catalog import list_video_files
+print(json.dumps(list_video_files(sys.argv[1])))
+"""
+
+
+def test_sync_reports_an_unreadable_class_folder_and_keeps_its_catalog_rows(settings, engine, dataset, monkeypatch):
+    import pytrain.sources.catalog as catalog_mod
+
+    sync_sources(settings, engine=engine, jobs=2)
+    (dataset / "drinking_water").chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []  # root reads any folder
+    try:
+        proc = subprocess.run([*as_user, sys.executable, "-c", LIST_FILES, str(dataset)], capture_output=True, text=True, timeout=120)
+    finally:
+        (dataset / "drinking_water").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    files, skipped = json.loads(proc.stdout)
+    assert skipped == {"drinking_water/": "cannot read the folder: Permission denied"}
+    assert len(files) == 7 and not any(path.startswith("drinking_water/") for path in files)
+    # What sync does with that listing (this process may read any folder, so it is handed over):
+    monkeypatch.setattr(catalog_mod, "list_video_files", lambda _: ({p: tuple(s) for p, s in files.items()}, skipped))
+    again = sync_sources(settings, engine=engine).catalog["dataset1"]
+    assert (again.probed, again.deleted, again.skipped) == ([], [], skipped)
+    assert len(VideoCatalog(engine).videos(["dataset1"])) == 9  # the unread folder's files are not "gone"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from fixtures.clips import make_bad_files, make_lavfi_clip
@@ -54,3 +55,41 @@ def test_inspect_lists_bad_files_duplicates_and_small_classes_and_writes_charts(
 def test_inspect_of_an_unsynced_dataset_names_sync(cli, engine):
     code, _, err = cli("sources", "inspect", "nope")
     assert code == 1 and "the video catalog has no file of dataset 'nope'" in err and "pytrain sources sync" in err
+
+
+def test_inspect_text_cuts_a_large_duplicate_group_and_json_keeps_it_whole(cli, settings, engine, tmp_path):
+    from pytrain.sources.inspect import TEXT_LIST_LIMIT
+
+    folder = settings.sources_dir / "dataset1" / "cooking_bread"
+    clip = make_lavfi_clip(tmp_path / "clip.mp4")
+    links = TEXT_LIST_LIMIT + 4
+    folder.mkdir(parents=True)
+    for i in range(links):  # a dataset of hard-linked files: one content, many paths
+        os.link(clip, folder / f"clip_{i:03d}.mp4")
+    code, _, err = cli("sources", "sync", "--jobs", "2")
+    assert code == 0, err
+
+    code, text, err = cli("sources", "inspect", "dataset1", "--out", str(tmp_path / "charts"))
+    assert code == 0, err
+    (line,) = [line for line in text.splitlines() if line.startswith("duplicates")]
+    shown = ", ".join(f"cooking_bread/clip_{i:03d}.mp4" for i in range(TEXT_LIST_LIMIT))
+    assert line == f"duplicates (same content): {shown}, ... and 4 more"
+
+    code, out, err = cli("sources", "inspect", "dataset1", "--json", "--out", str(tmp_path / "charts"))
+    assert code == 0, err
+    assert json.loads(out)["duplicates"] == [[f"cooking_bread/clip_{i:03d}.mp4" for i in range(links)]]
+
+
+def test_the_text_report_cuts_long_lists_of_bad_files_and_duplicate_groups():
+    from pytrain.sources.inspect import TEXT_LIST_LIMIT, format_report
+
+    n = TEXT_LIST_LIMIT + 3
+    report = {"dataset": "d", "files": 3 * n, "good": 2 * n, "classes": {}, "below_minimum": {}, "min_clips_per_class": 3,
+              "bad": [{"path": f"x_y/bad_{i:02d}.mp4", "reason": "the file is empty"} for i in range(n)],
+              "duplicates": [[f"x_y/a_{i:02d}.mp4", f"x_z/a_{i:02d}.mp4"] for i in range(n)]}
+    lines = format_report(report)
+    assert lines[1:] == [
+        *(f"bad x_y/bad_{i:02d}.mp4: the file is empty" for i in range(TEXT_LIST_LIMIT)), "... and 3 more bad files",
+        *(f"duplicates (same content): x_y/a_{i:02d}.mp4, x_z/a_{i:02d}.mp4" for i in range(TEXT_LIST_LIMIT)),
+        "... and 3 more duplicate groups",
+    ]

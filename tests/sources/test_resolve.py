@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pytrain.errors import SourceError, SplitError
 from pytrain.sources import class_of, resolve_classes
+from pytrain.sources.resolve import NOT_UTF8
 
 
 def labels(resolved) -> dict[str, int]:
@@ -133,3 +136,43 @@ def test_hidden_folders_and_other_files_are_ignored(tree):
 
 def test_split_error_is_a_source_error():
     assert issubclass(SplitError, SourceError)
+
+
+def test_a_file_or_folder_name_that_is_not_utf8_is_left_out_and_listed(tree):
+    root = tree({"d": {"cooking_a": 3, "drinking_b": 2}})
+    with open(os.path.join(os.fsencode(root / "d" / "cooking_a"), b"caf\xe9.mp4"), "wb") as clip:
+        clip.write(b"x")
+    os.mkdir(os.path.join(os.fsencode(root / "d"), b"drinking_caf\xe9"))
+    with open(os.path.join(os.fsencode(root / "d"), b"drinking_caf\xe9", b"clip.mp4"), "wb") as clip:
+        clip.write(b"x")
+    resolved = resolve_classes(root, ["d"], ["cooking", "drinking"])
+    assert labels(resolved) == {"cooking": 3, "drinking": 2}
+    assert resolved.unlisted == {"d/cooking_a/caf\\xe9.mp4": NOT_UTF8, "d/drinking_caf\\xe9/": NOT_UTF8}
+    assert all(clip.path.encode("utf-8") for clip in resolved.clips)
+
+
+UNREADABLE = """
+import sys
+from pytrain.errors import SourceError
+from pytrain.sources import resolve_classes
+try:
+    resolve_classes(sys.argv[1], ["d"], ["cooking", "drinking"])
+except SourceError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_an_unreadable_class_folder_is_an_error_naming_its_path(tree):
+    """Leaving it out would train and publish a model on part of its class unnoticed. As root, the
+    resolving process runs without the capabilities that let root read any folder."""
+    root = tree({"d": {"cooking_a": 2, "drinking_b": 2}})
+    (root / "d" / "drinking_b").chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    try:
+        proc = subprocess.run([*as_user, sys.executable, "-c", UNREADABLE, str(root)], capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "d" / "drinking_b").chmod(0o755)
+    assert (proc.returncode, proc.stdout.strip()) == (3, (
+        f"cannot read class folder {root}/d/drinking_b: Permission denied (hint: make it readable by the user the "
+        "orchestrator runs as (chmod/chown), then retry the task)")), proc.stderr

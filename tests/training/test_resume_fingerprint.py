@@ -9,8 +9,11 @@ truncated-checkpoint and changed-option tests ~15-20 s each; the unit tests unde
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
 import logging
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +28,8 @@ from pytrain.orchestrator.prepare import prepare_task
 from pytrain.sources import sync_sources
 from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MODEL_ONNX, PROGRESS, TaskSpec, task_dir_name
 from pytrain.task_options import TrainConfig
-from pytrain.training.checkpoints import find_resumable, fingerprint_changes, run_fingerprint, save_last
+from pytrain.errors import CheckpointReadError
+from pytrain.training.checkpoints import RUN_FILES, find_resumable, fingerprint_changes, move_aside, run_fingerprint, save_last
 from training.conftest import SMALL, small_rows
 
 @pytest.fixture(scope="session")
@@ -117,7 +121,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(trained_task,
 
     assert events(task)[-3]["event"] == "start" and events(task)[-3]["resumed_from_epoch"] == 1
     assert [e["epoch"] for e in events(task)[-2:-1]] == [2]  # epoch 2 again, then done
-    assert f"cannot read {task / CHECKPOINT_LAST}" in warnings_of(caplog)
+    assert f"checkpoint {task / CHECKPOINT_LAST} is damaged" in warnings_of(caplog)
     (stale,) = task.glob("stale-*")
     assert (stale / CHECKPOINT_LAST).stat().st_size == len(data) // 2  # kept, out of the rotation
     redone = torch.load(task / CHECKPOINT_LAST, weights_only=False)
@@ -125,6 +129,37 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(trained_task,
     # the CPU run is deterministic: the redone epoch ends with the weights the lost checkpoint held
     assert all(torch.equal(intact["model"][k], redone["model"][k]) for k in intact["model"])
     assert torch.load(task / CHECKPOINT_PREV, weights_only=False)["state"]["epoch"] == 1
+
+
+def failing_open(monkeypatch: pytest.MonkeyPatch, names: set[str], error: int = errno.EIO) -> None:
+    """Make ``open`` of the files called ``names`` fail with ``OSError(error)`` (root ignores
+    ``chmod 000``; an I/O error cannot be had on demand)."""
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name in names:
+            raise OSError(error, os.strerror(error), str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+
+
+def test_a_checkpoint_that_cannot_be_read_fails_the_run_and_keeps_every_file(trained_task, tmp_path, monkeypatch):
+    task = copy_task(trained_task, tmp_path)
+    before = {name: (task / name).read_bytes() for name in RUN_FILES if (task / name).is_file()}
+    assert {CHECKPOINT_LAST, CHECKPOINT_PREV, PROGRESS} <= set(before)
+    failing_open(monkeypatch, {CHECKPOINT_LAST, CHECKPOINT_PREV})  # EIO from a bad disk, ESTALE on NFS...
+
+    with pytest.raises(CheckpointReadError) as raised:
+        train_task(task)
+
+    assert raised.value.path == task / CHECKPOINT_LAST
+    assert f"cannot read checkpoint {task / CHECKPOINT_LAST} (OSError: [Errno {errno.EIO}] " in str(raised.value)
+    assert not list(task.glob("stale-*"))  # not taken for damage: the progress is kept for the retry
+    monkeypatch.undo()
+    assert {name: (task / name).read_bytes() for name in RUN_FILES if (task / name).is_file()} == before
+    train_task(task)  # the retry, once the file system reads again, resumes where the run was
+    assert events(task)[-2]["event"] == "start" and events(task)[-2]["resumed_from_epoch"] == 2
 
 
 # --- a changed option --------------------------------------------------------------------------
@@ -167,6 +202,45 @@ def test_save_last_keeps_the_replaced_checkpoint_as_prev_and_resume_falls_back_t
     (tmp_path / CHECKPOINT_PREV).write_bytes(b"PK\x03\x04 cut")  # and the previous one damaged too
     found = find_resumable(tmp_path, fingerprint)
     assert found.checkpoint is None and found.stale_reasons == ["no readable checkpoint: checkpoint_prev.pt"]
+
+
+def test_a_truncated_checkpoint_is_damaged_and_moved_aside(tmp_path):
+    fingerprint = {"task.seed": 0}
+    save_last({"model": {"w": torch.zeros(1000)}, "state": {"epoch": 1}, "fingerprint": fingerprint}, tmp_path)
+    data = (tmp_path / CHECKPOINT_LAST).read_bytes()
+    (tmp_path / CHECKPOINT_LAST).write_bytes(data[:-30])  # torch.load(path) raises OSError(EINVAL) for this one
+
+    found = find_resumable(tmp_path, fingerprint)
+
+    assert (found.checkpoint, found.damaged) == (None, [tmp_path / CHECKPOINT_LAST])
+    assert found.stale_reasons == ["no readable checkpoint: checkpoint_last.pt"]
+    stale = move_aside(tmp_path, found)
+    assert (stale / CHECKPOINT_LAST).read_bytes() == data[:-30] and not (tmp_path / CHECKPOINT_LAST).exists()
+
+
+@pytest.mark.parametrize("failure", ["EIO", "EACCES", "a directory", "MemoryError"])
+def test_a_checkpoint_read_error_is_not_damage_and_names_the_path(tmp_path, monkeypatch, failure):
+    fingerprint = {"task.seed": 0}
+    for epoch in (1, 2):
+        save_last({"model": {}, "state": {"epoch": epoch}, "fingerprint": fingerprint}, tmp_path)
+    last = tmp_path / CHECKPOINT_LAST
+    if failure == "a directory":  # a real read error, even for root: IsADirectoryError
+        last.unlink()
+        last.mkdir()
+    elif failure == "MemoryError":
+        def no_memory(*args, **kwargs):
+            raise MemoryError()
+        monkeypatch.setattr(torch, "load", no_memory)
+    else:
+        failing_open(monkeypatch, {CHECKPOINT_LAST}, getattr(errno, failure))
+
+    with pytest.raises(CheckpointReadError) as raised:
+        find_resumable(tmp_path, fingerprint)
+
+    assert raised.value.path == last and str(last) in raised.value.message
+    expected = {"EIO": OSError, "EACCES": PermissionError, "a directory": IsADirectoryError, "MemoryError": MemoryError}[failure]
+    assert type(raised.value.cause) is expected and raised.value.__cause__ is raised.value.cause
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_LAST, CHECKPOINT_PREV]  # nothing moved
 
 
 def test_the_fingerprint_follows_the_weights_not_paths_or_bookkeeping(tmp_path, small_sources):

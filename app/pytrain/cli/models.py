@@ -58,8 +58,9 @@ def models(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from pytrain.cli.output import stdout_console
 
     table = Table("model", "version", "created", "task", "classes", "clip", "test acc", "served", *(["Triton"] if states is not None else []))
     for r in rows:
@@ -67,7 +68,7 @@ def models(
         cells = [r.model, str(r.version), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)), str(r.task_id or ""),
                  ",".join(r.classes), r.clip, acc, "yes" if r.served else "no"]
         table.add_row(*cells, *([r.state or ""] if states is not None else []))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def rollback(

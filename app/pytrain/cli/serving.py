@@ -3,7 +3,7 @@
 Examples::
 
     pytrain serve                                   # embedded Triton on 127.0.0.1:8001 over model_repo/
-    pytrain serve --host 0.0.0.0                    # every interface (see README "Security")
+    pytrain serve --host 0.0.0.0                    # every interface (see docs/operations/security.md)
     pytrain control-key                             # the Triton control key's file (created mode 0600)
     pytrain predict --model kitchen --top-k 3 clip1.mp4 clip2.mp4
     pytrain publish --task-dir model_tasks/task-7-kitchen

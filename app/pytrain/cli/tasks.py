@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -75,11 +74,12 @@ def db_psql(ctx: typer.Context) -> None:
 
     Example: pytrain db psql -c "SELECT id, status FROM training_tasks"
     """
+    import os
     import shutil
     import subprocess
 
     from pytrain.db import get_engine
-    from pytrain.db.engine import libpq_url
+    from pytrain.db.engine import libpq_url_and_password
     from pytrain.errors import ConfigurationError
 
     settings = _settings()
@@ -94,7 +94,9 @@ def db_psql(ctx: typer.Context) -> None:
         pass
     if psql is None:
         raise ConfigurationError("no psql found", hint="install PostgreSQL's client (apt-get install postgresql-client)")
-    code = subprocess.call([psql, libpq_url(engine), *ctx.args])
+    url, password = libpq_url_and_password(engine)
+    env = None if not password else {**os.environ, "PGPASSWORD": password}  # never on psql's command line
+    code = subprocess.call([psql, url, *ctx.args], env=env)
     raise typer.Exit(code)
 
 
@@ -135,13 +137,15 @@ def sources_sync(
         typer.echo(f"skipped {name}: {reason}")
     for name, done in result.catalog.items():
         typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
+        for path, reason in done.skipped.items():
+            typer.echo(f"skipped {name}/{path}: {reason}")
 
 
 @sources_app.command("inspect")
 def sources_inspect(
     dataset: str = typer.Argument(..., help="A registered dataset (run `pytrain sources sync` first)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNG charts (default: <results_dir>/datasets/DATASET)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the text cuts long lists of bad files and duplicates with '... and N more')."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="The split the class minimum is checked for (default: the task default)."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="The split the class minimum is checked for (default: the task default)."),
 ) -> None:
@@ -363,10 +367,9 @@ def tasks(
         for row in queue.list(status=status, limit=limit):
             typer.echo(json.dumps(row.to_dict(), default=str))
         return
-    from rich.console import Console
+    from pytrain.cli.output import stdout_console
 
-    # Piped output (scripts, tests) gets a wide console so no column is squeezed away.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = stdout_console()  # piped output (scripts, tests): every value in full
     if watch is None:
         console.print(_tasks_table(queue.list(status=status, limit=limit)))
         return

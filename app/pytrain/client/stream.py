@@ -24,8 +24,16 @@ How a stream becomes predictions:
   frame for ``stall_timeout_s``) is restarted with capped exponential backoff; a stream that never
   delivers a frame in ``connect_retries`` attempts in a row gives up with an error naming its URL,
   and the other streams go on. Files without ``loop`` end at their end.
+- **Bounded memory.** At most ``queue_windows`` windows per stream wait for Triton; when Triton
+  falls behind the oldest is dropped (counted in :attr:`StreamStats.dropped`). Of ffmpeg's stderr
+  only the last :data:`STDERR_TAIL_LINES` lines are kept.
+- **No secret printed.** A stream is named by ``name`` or its URL without password and secret
+  query parameters (:func:`pytrain.client.sources.redact`, the one redaction for every line,
+  record, log and error); such a URL reaches ffmpeg on its stdin, not in its argv.
 - **Batched requests.** Windows that are ready together (from any streams) go to Triton as one
   request (up to the model's ``max_batch_size``); Triton's dynamic batching merges the rest.
+- **Failures end the iteration.** A reader that cannot build or start its ffmpeg, or whose ffmpeg
+  refuses its command line, ends the iterator with a :class:`ClientError` naming the stream.
 - **Clean stop.** :meth:`StreamClassifier.close` (also on ``with`` exit, SIGINT/SIGTERM in the CLI)
   terminates every ffmpeg child and waits for it: none is left running or as a zombie.
 """
@@ -35,7 +43,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
 import select
 import subprocess
 import threading
@@ -48,7 +55,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pytrain.client.client import ModelInfo, Prediction, TritonClient, repository_spec
-from pytrain.client.sources import StreamSource, ffmpeg_command
+from pytrain.client.sources import StreamSource, ffmpeg_command, ffmpeg_stdin
 from pytrain.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,16 @@ log = logging.getLogger(__name__)
 #: Clip duration assumed for a model whose tensor spec has no ``clip_seconds`` (exported before
 #: PyTrain recorded it), seconds; ``--clip-seconds`` overrides it.
 FALLBACK_CLIP_SECONDS = 2.0
+#: Windows per stream that may wait for Triton before the oldest is dropped (``--queue-windows``).
+DEFAULT_QUEUE_WINDOWS = 8
+#: Lines of ffmpeg's stderr kept per run (each cut at :data:`STDERR_LINE_BYTES` bytes): its last error.
+STDERR_TAIL_LINES = 20
+STDERR_LINE_BYTES = 2000
+#: What ffmpeg prints when its command line is wrong (an unknown option): no retry can help.
+_COMMAND_REFUSED = "Error splitting the argument list"
+_ERROR_LINES = 3  # of the stderr tail in a stream's error (a URL read from stdin ends in a bare "pipe:0: ...")
 _TERMINATE_WAIT_S = 3.0  # ffmpeg exits within milliseconds of SIGTERM; then SIGKILL
+_POLL_S = 0.5  # how often the iterator checks that its readers are alive while no window comes
 
 
 @dataclass(frozen=True)
@@ -124,18 +140,76 @@ class StreamPrediction:
 
 @dataclass
 class StreamStats:
-    """What happened to one stream: ``windows`` produced, ``reconnects`` (restarts after a drop,
-    a stall or a failed connection), ``error`` when it gave up (else ``None``), ``ended`` when its
-    reader stopped."""
+    """What happened to one stream: its name (:attr:`StreamSource.label`), ``windows`` produced,
+    ``dropped`` (windows never classified: the oldest waiting, dropped when Triton fell behind), ``reconnects``
+    (restarts after a drop, a stall or a failed connection), ``error`` when it gave up or failed
+    (else ``None``; secrets redacted), ``fatal`` when its reader failed (no retry could help: the
+    iterator raises), ``ended`` when its reader stopped."""
 
-    url: str
+    stream: str
     windows: int = 0
+    dropped: int = 0
     reconnects: int = 0
     error: str | None = None
+    fatal: bool = False
     ended: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stream": self.url, "windows": self.windows, "reconnects": self.reconnects, "error": self.error}
+        """The summary line's object."""
+        return {"stream": self.stream, "windows": self.windows, "dropped": self.dropped, "reconnects": self.reconnects,
+                "error": self.error}
+
+
+class WindowQueue:
+    """Windows waiting for Triton, at most ``bound`` per stream, and the readers' end markers.
+
+    :meth:`put` of a window past its stream's bound drops that stream's oldest waiting window (a
+    late answer is worth less than a fresh one; memory stays at ``bound`` windows per stream); an
+    end marker (:class:`StreamStats`) is never dropped. Thread-safe.
+    """
+
+    def __init__(self, bound: int = DEFAULT_QUEUE_WINDOWS) -> None:
+        if bound < 1:
+            raise ClientError(f"queue bound {bound!r} must be >= 1 window", hint="pass --queue-windows 1 or more")
+        self.bound = bound
+        self._items: collections.deque[Window | StreamStats] = collections.deque()
+        self._waiting: collections.Counter[str] = collections.Counter()
+        self._ready = threading.Condition()
+
+    def put(self, item: Window | StreamStats) -> Window | None:
+        """Add ``item``; returns the window dropped to make room (``None``: none)."""
+        dropped = None
+        with self._ready:
+            if isinstance(item, Window):
+                if self._waiting[item.stream] >= self.bound:
+                    dropped = self._drop_oldest(item.stream)
+                self._waiting[item.stream] += 1
+            self._items.append(item)
+            self._ready.notify()
+        return dropped
+
+    def take(self, limit: int, timeout: float | None = None) -> list[Window | StreamStats]:
+        """Up to ``limit`` items in arrival order, waiting at most ``timeout`` seconds for the
+        first (``None``: for ever); ``[]`` when none came."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._items, timeout)
+            taken = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
+            for item in taken:
+                if isinstance(item, Window):
+                    self._waiting[item.stream] -= 1
+            return taken
+
+    def empty(self) -> bool:
+        """Nothing waits."""
+        with self._ready:
+            return not self._items
+
+    def _drop_oldest(self, stream: str) -> Window:
+        index = next(i for i, w in enumerate(self._items) if isinstance(w, Window) and w.stream == stream)
+        window = self._items[index]
+        del self._items[index]
+        self._waiting[stream] -= 1
+        return window  # type: ignore[return-value]
 
 
 @dataclass
@@ -158,13 +232,19 @@ class StreamReader(threading.Thread):
     """Runs ffmpeg for one source, cuts its frames into :class:`Window` s and puts them on ``out``.
 
     Reconnects: after an end (network streams, looping files), a stall (no frame for
-    ``stall_timeout_s``) or a failed start it waits ``min(backoff_cap_s, backoff_s * 2**(n-1))``
+    ``stall_timeout_s``) or a failed connection it waits ``min(backoff_cap_s, backoff_s * 2**(n-1))``
     (``n``: failed attempts in a row) and starts ffmpeg again, logging each attempt once. ``n``
     returns to 0 when a frame arrives. After ``connect_retries`` attempts in a row without a frame
     the stream gives up: ``stats.error`` names the URL and ffmpeg's last error.
+
+    Failures no retry can help (the ffmpeg command cannot be built, ffmpeg cannot be started or
+    refuses its command line, an error of the reader itself) end the reader at once with
+    ``stats.error`` and ``stats.fatal`` set. Either way its last act is to put ``stats`` on ``out``.
+    Every name, log line and error names the stream by :attr:`StreamSource.label` / ``title``,
+    secrets redacted.
     """
 
-    def __init__(self, source: StreamSource, sampling: _Sampling, out: "queue.Queue[Window | StreamStats]", *,
+    def __init__(self, source: StreamSource, sampling: _Sampling, out: WindowQueue, *,
                  stall_timeout_s: float, connect_retries: int, backoff_s: float, backoff_cap_s: float) -> None:
         super().__init__(name=f"stream-{source.label}", daemon=True)
         self.source, self.sampling, self.out = source, sampling, out
@@ -185,56 +265,90 @@ class StreamReader(threading.Thread):
         self._kill()
 
     def run(self) -> None:
-        failures = 0
-        command = ffmpeg_command(self.source, fps=self.sampling.fps, height=self.sampling.height, width=self.sampling.width)
         try:
-            while not self._halt.is_set():
-                got_frames, why = self._run_once(command)
-                if self._halt.is_set() or (self.source.is_file and not self.source.loop and why == "ended"):
-                    return
-                failures = 0 if got_frames else failures + 1
-                if failures > self.connect_retries:
-                    self.stats.error = (f"stream {self.source.url!r} gave up after {failures} attempts without a frame: {why}")
-                    log.error("%s (hint: check the URL, that the sender runs, and the network)", self.stats.error)
-                    return
-                delay = min(self.backoff_cap_s, self.backoff_s * 2 ** max(0, failures - 1))
-                self.stats.reconnects += 1
-                log.warning("stream %s: %s; reconnecting in %.1f s (attempt %d)", self.source.label, why, delay, self.stats.reconnects)
-                if self._halt.wait(delay):
-                    return
+            self._reconnecting()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the classifier must hear of it, not wait
+            if self._halt.is_set():
+                return  # stopped: the ffmpeg it read was ended under it
+            reason = str(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"
+            self.stats.error, self.stats.fatal = self.source.redact(f"stream {self.source.title} failed: {reason}"), True
+            log.error("%s", self.stats.error)
         finally:
             self._kill()
             self.stats.ended = True
             self.out.put(self.stats)  # tells the classifier this reader is done
 
-    def _run_once(self, command: list[str]) -> tuple[bool, str]:
-        """One ffmpeg run; returns (any frame arrived, why it ended: ``ended``, a stall, ffmpeg's error)."""
+    def _reconnecting(self) -> None:
+        """Run ffmpeg until stopped, the file ended or the stream gave up (``stats.error``)."""
+        failures = 0
+        command = ffmpeg_command(self.source, fps=self.sampling.fps, height=self.sampling.height, width=self.sampling.width)
+        stdin = ffmpeg_stdin(self.source)
+        while not self._halt.is_set():
+            got_frames, why = self._run_once(command, stdin)
+            if self._halt.is_set() or (self.source.is_file and not self.source.loop and why == "ended"):
+                return
+            failures = 0 if got_frames else failures + 1
+            if failures > self.connect_retries:
+                self.stats.error = f"stream {self.source.title} gave up after {failures} attempts without a frame: {why}"
+                log.error("%s (hint: check the URL, that the sender runs, and the network)", self.stats.error)
+                return
+            delay = min(self.backoff_cap_s, self.backoff_s * 2 ** max(0, failures - 1))
+            self.stats.reconnects += 1
+            log.warning("stream %s: %s; reconnecting in %.1f s (attempt %d)", self.source.label, why, delay, self.stats.reconnects)
+            if self._halt.wait(delay):
+                return
+
+    def _run_once(self, command: list[str], stdin: bytes | None) -> tuple[bool, str]:
+        """One ffmpeg run; returns (any frame arrived, why it ended: ``ended``, a stall, ffmpeg's
+        last error, redacted).
+
+        Raises:
+            ClientError: ffmpeg cannot be started, or it refused its command line.
+        """
         try:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True)  # Ctrl-C reaches the CLI only; it stops the children
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)  # Ctrl-C reaches the CLI only; it stops the children
         except OSError as exc:
-            return False, f"cannot start ffmpeg: {exc}"
+            raise ClientError(f"cannot start {command[0]}: {exc}", hint="install ffmpeg (apt-get install ffmpeg) or fix PATH") from exc
         with self._lock:
             self._proc = proc
             self.pids.append(proc.pid)
-        if self._halt.is_set():  # stop() came between the check and the start
-            self._kill()
-            return False, "stopped"
-        stderr: list[bytes] = []
-        drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+        tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        drain = threading.Thread(target=_keep_tail, args=(proc.stderr, tail), daemon=True)
         drain.start()
+        try:
+            if self._halt.is_set():  # stop() came between the check and the start
+                return False, "stopped"
+            _send(proc, stdin)
+            got, why = self._read_frames(proc)
+        finally:  # stop() (another thread) only ends ffmpeg: its pipes are closed here, where they are read
+            self._kill()
+            proc.stdout.close()
+            drain.join(timeout=2.0)
+        lines = [self.source.redact(line.decode("utf-8", "replace").strip()) for line in list(tail)]
+        lines = [line for line in lines if line]
+        if any(_COMMAND_REFUSED in line for line in lines):
+            raise ClientError(f"ffmpeg refused its command line: {' | '.join(lines)}",
+                              hint="this ffmpeg lacks an option PyTrain uses: PyTrain is tested with FFmpeg 5.1 (`ffmpeg -version`)")
+        if why == "ended" and lines and not self._halt.is_set():
+            why = f"ffmpeg: {' | '.join(lines[-_ERROR_LINES:])}"
+        elif why == "ended" and not got:
+            why = "ended without a frame"
+        return got, why
+
+    def _read_frames(self, proc: subprocess.Popen) -> tuple[bool, str]:
+        """Read ``proc``'s frames until it ends, stalls or the reader is stopped; returns (any frame
+        arrived, ``ended`` or the stall)."""
         fd, size = proc.stdout.fileno(), self.sampling.frame_bytes
         got, chunk = False, bytearray()
         last = time.monotonic()
-        why = "ended"
         while not self._halt.is_set():
             # before the first frame a listener may wait for its sender for as long as it takes
             limit = None if (not got and self.source.listens) else self.stall_timeout_s
             ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
                 if limit is not None and time.monotonic() - last > limit:
-                    why = f"no frame for {limit:g} s (stalled)"
-                    break
+                    return got, f"no frame for {limit:g} s (stalled)"
                 continue
             data = os.read(fd, size - len(chunk))
             if not data:
@@ -244,14 +358,7 @@ class StreamReader(threading.Thread):
                 got, last = True, time.monotonic()
                 self._frame(np.frombuffer(bytes(chunk), np.uint8).reshape(self.sampling.height, self.sampling.width, 3))
                 chunk = bytearray()
-        self._kill()
-        drain.join(timeout=2.0)
-        message = b"".join(stderr).decode("utf-8", "replace").strip().splitlines()
-        if why == "ended" and message and not self._halt.is_set():
-            why = f"ffmpeg: {message[-1]}"
-        elif why == "ended" and not got:
-            why = "ended without a frame"
-        return got, why
+        return got, "ended"
 
     def _frame(self, frame: np.ndarray) -> None:
         s = self.sampling
@@ -269,7 +376,15 @@ class StreamReader(threading.Thread):
                 ready=time.monotonic(), reconnects=self.stats.reconnects,
             )
             self.stats.windows += 1
-            self.out.put(window)
+            if self.out.put(window) is not None:
+                self._dropped()
+
+    def _dropped(self) -> None:
+        """Count a window dropped because Triton fell behind; the first drop is logged."""
+        self.stats.dropped += 1
+        if self.stats.dropped == 1:
+            log.warning("stream %s: Triton is behind; dropping the oldest waiting windows (more than %d wait; "
+                        "the summary counts them)", self.source.label, self.out.bound)
 
     def _kill(self) -> None:
         """Terminate the running ffmpeg (SIGTERM, then SIGKILL) and reap it."""
@@ -284,7 +399,28 @@ class StreamReader(threading.Thread):
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
-        proc.stdout.close()
+
+
+def _send(proc: subprocess.Popen, data: bytes | None) -> None:
+    """Write ``data`` (:func:`ffmpeg_stdin`'s list, a few hundred bytes: the pipe takes it whole)
+    to ``proc``'s stdin and close it; an ffmpeg that already exited says why on its stderr."""
+    if proc.stdin is None:
+        return
+    try:
+        if data:
+            os.write(proc.stdin.fileno(), data)
+    except OSError:
+        pass
+    finally:
+        proc.stdin.close()
+
+
+def _keep_tail(pipe: Any, tail: collections.deque[bytes]) -> None:
+    """Read ``pipe`` (ffmpeg's stderr) to its end, keeping only its last lines in ``tail`` (a
+    bounded deque), each cut at :data:`STDERR_LINE_BYTES` bytes."""
+    for line in iter(lambda: pipe.readline(STDERR_LINE_BYTES), b""):
+        tail.append(line)
+    pipe.close()
 
 
 @dataclass
@@ -320,25 +456,28 @@ class StreamClassifier:
         stall_timeout_s: seconds without a frame before a stream is restarted.
         connect_retries: attempts in a row without a frame before a stream gives up.
         backoff_s, backoff_cap_s: the reconnect delay's start and cap, seconds.
+        queue_windows: windows per stream that may wait for Triton; past it the oldest is dropped
+            (:class:`WindowQueue`, counted in :attr:`StreamStats.dropped`).
         client: a connected :class:`TritonClient` to use (default: one made from ``url``).
 
     Raises:
         ClientError: on entering, a source that can never work (unknown scheme, missing file),
-            Triton unreachable or the model not ready; naming the URL or the model.
+            Triton unreachable or the model not ready; naming the URL (redacted) or the model.
     """
 
     def __init__(
         self, sources: Sequence[StreamSource | str], model: str, *, version: int | str | None = None, url: str | None = None,
         config_path: Path | None = None, clip_seconds: float | None = None, stride: int | None = None, top_k: int = 1,
         smooth: int = 1, min_probability: float = 0.0, events: bool = False, stall_timeout_s: float = 10.0,
-        connect_retries: int = 5, backoff_s: float = 0.5, backoff_cap_s: float = 10.0, client: TritonClient | None = None,
+        connect_retries: int = 5, backoff_s: float = 0.5, backoff_cap_s: float = 10.0,
+        queue_windows: int = DEFAULT_QUEUE_WINDOWS, client: TritonClient | None = None,
     ) -> None:
         self.sources = [s if isinstance(s, StreamSource) else StreamSource(str(s)) for s in sources]
         if not self.sources:
             raise ClientError("no stream to classify", hint="pass at least one URL or file")
         names = [s.label for s in self.sources]
         if len(set(names)) != len(names):
-            raise ClientError(f"streams {names} repeat a name", hint="give each stream its own URL or name")
+            raise ClientError(f"streams {names} repeat a name", hint="give each stream its own URL or --name")
         for source in self.sources:
             source.check()
         if clip_seconds is not None and not clip_seconds > 0:
@@ -353,7 +492,7 @@ class StreamClassifier:
         self.client = client or TritonClient(url, ready_timeout_s=30.0, inference_timeout_s=30.0)
         self.readers: list[StreamReader] = []
         self._running = 0  # readers whose end-of-stream marker the iterator has not taken yet
-        self._queue: queue.Queue[Window | StreamStats] = queue.Queue()
+        self._queue = WindowQueue(queue_windows)
         self._smoothers: dict[str, _Smoother] = {}
         self._last_label: dict[str, str] = {}
         self.info: ModelInfo | None = None
@@ -419,23 +558,34 @@ class StreamClassifier:
         ``loop``, streams that gave up) or :meth:`close`.
 
         Raises:
-            ClientError: inference failed (Triton gone, a timeout).
+            ClientError: inference failed (Triton gone, a timeout); a reader failed (its ffmpeg
+                command could not be built or started, or was refused: :attr:`StreamStats.fatal`),
+                naming the stream; a reader ended without its end marker.
         """
         self.start()
         assert self.info is not None
         batch_limit = max(1, self.info.max_batch_size or 1)
         while self._running:  # kept on the instance: iterating again after a break goes on where it was
-            item = self._queue.get()
-            items = [item]
-            while len(items) < batch_limit * 4:  # everything already waiting: one request per batch
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            items = self._queue.take(batch_limit * 4, timeout=_POLL_S)  # all that waits: one request per batch
+            if not items:
+                self._check_alive()
+                continue
             windows = [i for i in items if isinstance(i, Window)]
-            self._running -= sum(isinstance(i, StreamStats) for i in items)
+            ended = [i for i in items if isinstance(i, StreamStats)]
+            self._running -= len(ended)
             if windows:
                 yield from self._classify(windows)
+            failed = [s.error for s in ended if s.fatal]
+            if failed:
+                raise ClientError("; ".join(e for e in failed if e))
+
+    def _check_alive(self) -> None:
+        """Raise when a reader thread is gone without its end marker (a reader bug): waiting on
+        would never end."""
+        alive = sum(r.is_alive() for r in self.readers)  # before empty(): a marker is put before its thread ends
+        if self._running > alive and self._queue.empty():
+            lost = [r.source.title for r in self.readers if not r.is_alive() and not r.stats.ended]
+            raise ClientError(f"the reader of stream(s) {', '.join(lost) or '?'} ended without a word", hint="a PyTrain bug: please report it")
 
     def _classify(self, windows: list[Window]) -> Iterator[StreamPrediction]:
         assert self.info is not None

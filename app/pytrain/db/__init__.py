@@ -29,7 +29,7 @@ from pytrain.db.models import (
     TaskRun,
     TrainingTask,
 )
-from pytrain.db.queue import Claim, Notifications, SourceRegistry, RunRow, TaskQueue, TaskRow, WorkerLock
+from pytrain.db.queue import Claim, Notifications, RunEnded, RunRow, SourceRegistry, TaskQueue, TaskRow, WorkerLock
 from pytrain.db.catalog import VideoCatalog
 from pytrain.db.requests import TaskRequest
 from pytrain.db.schema import check_schema, current_revision, head_revision, upgrade
@@ -42,6 +42,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "Claim",
     "Notifications",
+    "RunEnded",
     "RunRow",
     "Source",
     "SourceRegistry",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 
@@ -96,6 +97,63 @@ def libpq_url(engine: Engine) -> str:
     url: URL = engine.url.set(drivername="postgresql")
     url = url.update_query_dict({key: str(value) for key, value in connect_args(url).items()})
     return url.render_as_string(hide_password=False)
+
+
+def libpq_url_and_password(engine: Engine) -> tuple[str, str | None]:
+    """:func:`libpq_url` without the password, and the password (``None`` when the URL has none).
+
+    For a child process such as ``psql``: its command line is readable by every local user
+    (``ps``, ``/proc/PID/cmdline``), so the URL goes there and the password into the child's own
+    environment as ``PGPASSWORD`` (libpq reads it; ``/proc/PID/environ`` is the user's alone).
+    """
+    url = make_url(libpq_url(engine))
+    password = url.password if url.password is not None else url.query.get("password")
+    # URL.set(password=None) keeps the password (None means "unchanged"); an empty one would make
+    # libpq ignore PGPASSWORD: build the URL anew without it.
+    url = URL.create(url.drivername, username=url.username, host=url.host, port=url.port, database=url.database,
+                     query={k: v for k, v in url.query.items() if k != "password"})
+    return url.render_as_string(hide_password=False), (None if password is None else str(password))
+
+
+#: Passwords anyone can guess: the ones of examples and images (``.env.example`` once shipped
+#: ``change-me``; the postgres image's docs use ``postgres``/``example``), and none at all.
+WEAK_PASSWORDS = frozenset({"", "change-me", "changeme", "postgres", "password", "example", "pytrain", "secret"})
+
+
+def _is_local(host: str | None) -> bool:
+    """A Unix socket (no host, or a directory), ``localhost`` or a loopback address."""
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def check_database_password(url: str | URL) -> None:
+    """Refuse a guessable password for a database reached over the network.
+
+    A URL without a password passes (``.pgpass``, ``PGPASSWORD`` or a client certificate
+    supply the credentials); so does any password on a Unix socket or loopback address.
+
+    Raises:
+        ConfigurationError: the URL names a host other than this one (``postgres`` in compose,
+            an address) and its password is empty or one of :data:`WEAK_PASSWORDS`; the message
+            names the host (never the password) and the fix.
+    """
+    url = make_url(url) if isinstance(url, str) else url
+    hosts = [url.host, *str(url.query.get("host") or "").split(",")]  # libpq: ?host=a,b or a socket folder
+    remote = [h for h in hosts if not _is_local(h)]
+    if url.password is None or not remote or url.password not in WEAK_PASSWORDS:
+        return
+    what = "an empty password" if url.password == "" else "a well-known password"
+    raise ConfigurationError(
+        f"the database URL has {what} for user {url.username!r} on {', '.join(remote)}: anyone who reaches that "
+        "port can log in as that user",
+        hint="set a long random one (openssl rand -hex 24): with docker-compose, POSTGRES_PASSWORD in .env (a pgdata "
+             "volume that exists keeps its old password: ALTER ROLE ... PASSWORD first); else the password in "
+             "PYTRAIN_DATABASE_URL; see docs/operations/security.md",
+    )
 
 
 def dispose_engines() -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, check_constraints, column, task_defaults
+from pytrain.task_columns import FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, check_constraints, column, size_constraints, task_defaults
 
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -192,6 +192,8 @@ class TrainingTask(Base):
     __table_args__ = (
         # The bounds and patterns of the user-settable columns, from the column table.
         *(CheckConstraint(condition, name=name) for name, condition in check_constraints().items()),
+        # Migration 0006: the size and nesting of the JSON and array columns (a claim decodes them).
+        *(CheckConstraint(condition, name=name) for name, condition in size_constraints().items()),
         CheckConstraint(
             "cardinality(sources) >= 1 AND array_position(sources, NULL) IS NULL AND '' <> ALL (sources)",
             name="sources_not_empty",

@@ -20,11 +20,16 @@ _RUN = "id = :task_id AND run_id = :run_id"
 
 #: Claim the next queued task (highest priority, then oldest) for ``:worker_id``: a new run.
 #: ``SKIP LOCKED`` lets concurrent workers claim different tasks without waiting on each other.
-#: The run's ``task_runs`` row and the task's ``run_id`` are written by one statement.
+#: The run's ``task_runs`` row and the task's ``run_id`` are written by one statement. Only the
+#: keys come back: the worker reads the row with :data:`GET_TASK` after the commit, so a row its
+#: driver cannot decode (a JSON value nested too deep) is still claimed, and failed with the
+#: reason, instead of the claim rolling back and leaving it first in line for every worker.
+#: A queued task with a ``lease_expires_at`` is waiting for a run that still holds its folder
+#: (:data:`REQUEUE`'s backoff): it is not claimed before then.
 CLAIM = text(f"""
 WITH next AS (
     SELECT id FROM training_tasks
-    WHERE status = 'queued'
+    WHERE status = 'queued' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
     ORDER BY priority DESC, created_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -44,7 +49,7 @@ SET status = 'running',
     error = NULL
 FROM run
 WHERE t.id = run.task_id
-RETURNING t.*
+RETURNING t.id, t.run_id
 """)
 
 #: Renew the lease of a run and copy its latest progress; no row back means the run is no longer ours.
@@ -93,12 +98,17 @@ WITH task AS (
 SELECT id FROM task
 """)
 
-#: Give a run back to the queue without counting a lost attempt (the worker shuts down cleanly).
-#: A queued task has no current run (``run_id`` NULL); its runs stay in ``task_runs``.
+#: Give a run back to the queue without counting a lost attempt (the worker shuts down cleanly, a
+#: cluster lost the run, or another run still holds the task folder). A queued task has no current
+#: run (``run_id`` NULL); its runs stay in ``task_runs``. ``:backoff_seconds`` > 0 keeps the task
+#: from being claimed for that long: the folder's old run holds it that much longer, so its
+#: ``lease_expires_at`` says until when (:data:`CLAIM` skips it until then).
 REQUEUE = text(f"""
 WITH task AS (
     UPDATE training_tasks
-    SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, error = :reason, run_id = NULL
+    SET status = 'queued', worker_id = NULL, error = :reason, run_id = NULL,
+        lease_expires_at = CASE WHEN CAST(:backoff_seconds AS double precision) > 0
+                                THEN now() + CAST(:backoff_seconds AS double precision) * interval '1 second' END
     WHERE {_RUN} AND status = 'running'
     RETURNING id, CAST(:run_id AS bigint) AS run_id
 ), {_END_RUN.format(outcome="'requeued'", error=":reason", version="NULL", task="task")}
@@ -168,13 +178,23 @@ SELECT id FROM task
 SET_TASK_DIR = text(f"UPDATE training_tasks SET task_dir = :task_dir WHERE {_RUN} AND status = 'running' RETURNING id")
 
 #: ``pytrain retry``: a failed or cancelled task goes back to the queue for a new run; its earlier
-#: runs stay in ``task_runs``. Any other status matches no row (the caller says why).
+#: runs stay in ``task_runs``. Any other status matches no row (the caller says why), and so does a
+#: task whose last run has not ended yet (cancelled, still stopping: its worker records the end
+#: within seconds, or :data:`END_ABANDONED_CANCELS` once its lease expired). Retrying it earlier would
+#: leave that run without an outcome and let a new run find the old one in the task folder.
 RETRY = text("""
-UPDATE training_tasks
+UPDATE training_tasks AS t
 SET status = 'queued', attempts = 0, error = NULL, finished_at = NULL, worker_id = NULL,
     lease_expires_at = NULL, run_id = NULL
-WHERE id = :task_id AND status IN ('failed', 'cancelled')
-RETURNING id
+WHERE t.id = :task_id AND t.status IN ('failed', 'cancelled')
+  AND NOT EXISTS (SELECT 1 FROM task_runs AS r WHERE r.id = t.run_id AND r.outcome IS NULL)
+RETURNING t.id
+""")
+
+#: The task's current run, if it has not ended (``retry`` refuses then): its worker and lease.
+RUN_STILL_STOPPING = text("""
+SELECT r.worker_id, t.lease_expires_at FROM training_tasks AS t JOIN task_runs AS r ON r.id = t.run_id
+WHERE t.id = :task_id AND r.outcome IS NULL
 """)
 
 #: The runs of a task, oldest first (``pytrain show``).

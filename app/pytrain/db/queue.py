@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pytrain.db import queries
 from pytrain.db.models import TrainingTask
-from pytrain.errors import ConfigurationError, DatabaseError, TaskNotFoundError
+from pytrain.errors import ConfigurationError, DatabaseError, PublishError, PyTrainError, TaskNotFoundError, printable
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,20 @@ class Claim:
         return {"task_id": self.task_id, "run_id": self.run_id}
 
 
+class RunEnded(PyTrainError):
+    """A run's success cannot be recorded: the task was cancelled (recorded as such) or the run no
+    longer holds it (``lost``: re-queued or claimed by another run; nothing written).
+
+    Attributes:
+        status: ``"cancelled"`` or ``"lost"``.
+    """
+
+    def __init__(self, task_id: int, status: Literal["cancelled", "lost"]) -> None:
+        what = "was cancelled before publishing" if status == "cancelled" else "is no longer held by this run"
+        super().__init__(f"task {task_id} {what}: nothing published")
+        self.status = status
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
@@ -268,6 +283,11 @@ class TaskQueue(Repository):
     def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
         """Claim the next queued task (highest priority, then oldest) and mark it running.
 
+        A claimed row that cannot be read (its values do not decode, e.g. a JSON value nested
+        deeper than Python's decoder recurses, written while the CHECKs of migration 0006 were
+        dropped) is failed with the reason, and the next task is claimed: one bad row never stops
+        the queue.
+
         Args:
             worker_id: this worker's id, stored in the row.
             lease_seconds: the run's lease; renew it with :meth:`heartbeat` before it expires.
@@ -275,8 +295,27 @@ class TaskQueue(Repository):
         Returns:
             The claimed run, or ``None`` when no task is queued.
         """
-        rows = self._execute(queries.CLAIM, {"worker_id": worker_id, "lease_seconds": float(lease_seconds)})
-        return Claim(task=TaskRow.from_mapping(rows[0]), worker_id=worker_id) if rows else None
+        params = {"worker_id": worker_id, "lease_seconds": float(lease_seconds)}
+        while True:
+            rows = self._execute(queries.CLAIM, params)
+            if not rows:
+                return None
+            key = {"task_id": int(rows[0]["id"]), "run_id": int(rows[0]["run_id"])}
+            try:
+                row = self._execute(queries.GET_TASK, {"task_id": key["task_id"]})[0]
+                return Claim(task=TaskRow.from_mapping(row), worker_id=worker_id)
+            except (DatabaseError, ConfigurationError):
+                raise  # the database, not the row: the lease brings the task back
+            except Exception as exc:  # whatever the row's values make the driver raise
+                self._fail_unreadable(key, exc)
+
+    def _fail_unreadable(self, key: dict[str, int], exc: Exception) -> None:
+        """Fail a claimed run whose row cannot be read, naming the cause (:meth:`claim`)."""
+        reason = (f"the task row cannot be read ({type(exc).__name__}: {_first_line(exc)}): a value is nested too deep "
+                  f"or cannot be decoded; insert the task again with values the CHECKs of migration 0006 accept")
+        log.error("task %s: %s", key["task_id"], reason)
+        self._execute(queries.FINISH, {**key, "status": "failed", "error": reason, "metrics": None, "version": None,
+                                       "progress": None})
 
     def heartbeat(self, run: Claim, lease_seconds: float, progress: dict[str, Any] | None = None) -> HeartbeatState:
         """Renew a run's lease and store its latest ``progress``.
@@ -316,12 +355,75 @@ class TaskQueue(Repository):
         params = {
             **run.key(),
             "status": status,
-            "error": error,
+            "error": None if error is None else printable(error),  # a message may quote a file name
             "metrics": _json(metrics),
             "version": version,
             "progress": _json(progress),
         }
         return bool(self._execute(queries.FINISH, params))
+
+    @contextmanager
+    def success_transaction(
+        self,
+        run: Claim,
+        *,
+        metrics: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> Iterator[Callable[[int, dict[str, Any] | None], None]]:
+        """``with queue.success_transaction(run) as record:`` place the version, ``record(version)``.
+
+        One transaction holds the task row's lock (``SELECT ... FOR UPDATE``: a concurrent re-queue,
+        claim or cancel waits) from the check that ``run`` still holds the task to the commit, so a
+        version is placed only by the run that holds the task and its success is recorded with it.
+        The block should be short (a rename, not a copy): ``pytrain cancel`` waits for it. On entry:
+
+        - the run no longer holds the task (``run_id`` changed, or the status is neither
+          ``running`` nor ``cancelled``): nothing is written; raises :class:`RunEnded` ``lost``;
+        - the task was cancelled: the run is recorded cancelled ("cancelled before publishing"),
+          committed; raises :class:`RunEnded` ``cancelled``.
+
+        Otherwise it yields ``record(version, metrics=None)``, which writes the success (with
+        ``metrics`` in place of the run's when given); the commit follows the block. An exception
+        in the block rolls everything back. If the commit fails (the server restarted), nothing was
+        recorded: the caller tries again, and placing the version must then find the one this run
+        placed already (:func:`pytrain.publish.publish_task` does, by task uid and run id).
+
+        Args:
+            run: the run that trained the task.
+            metrics, progress: the run's metrics and last progress record.
+
+        Raises:
+            RunEnded: see above (before the block runs).
+            DatabaseError: the database failed (nothing recorded; retry).
+            PublishError: the block ended without calling ``record`` (rolled back).
+        """
+        state = "lost"
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
+                if row is not None and row["run_id"] == run.run_id and row["status"] in ("running", "cancelled"):
+                    state = str(row["status"])
+                params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
+                if state == "cancelled":
+                    conn.execute(queries.FINISH, {**params, "status": "cancelled", "error": "cancelled before publishing"})
+                if state == "running":
+                    recorded: list[int] = []
+
+                    def record(version: int, published_metrics: dict[str, Any] | None = None) -> None:
+                        values = {**params, "status": "succeeded", "version": int(version)}
+                        if published_metrics is not None:
+                            values["metrics"] = _json(published_metrics)
+                        written = conn.execute(queries.FINISH, values).first()
+                        assert written is not None  # the row is locked and was checked: FINISH matches it
+                        recorded.append(int(version))
+
+                    yield record
+                    if not recorded:
+                        raise PublishError(f"task {run.task_id}: the publisher placed no version and recorded nothing")
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise DatabaseError(f"recording task {run.task_id}'s success failed: {_reason(exc)}") from exc
+        if state != "running":
+            raise RunEnded(run.task_id, state)
 
     def finish_succeeded(
         self,
@@ -331,20 +433,12 @@ class TaskQueue(Repository):
         metrics: dict[str, Any] | None = None,
         progress: dict[str, Any] | None = None,
     ) -> Literal["succeeded", "cancelled", "lost"]:
-        """Publish and record a successful run in ONE transaction that holds the task row's lock.
-
-        The row is locked (``SELECT ... FOR UPDATE``); if ``run`` no longer holds the task
-        (``run_id`` changed, or the status is not ``running``) nothing is published. A task
-        cancelled meanwhile is recorded as cancelled, unpublished. Otherwise ``publish()`` runs
-        while the lock is held (a concurrent re-queue, claim or cancel waits) and the success is
-        recorded with the version it returns before the commit. If the commit fails (the server
-        restarted), nothing was recorded: call again; ``publish`` must then be idempotent for this
-        run (:func:`pytrain.publish.publish_task` finds the version this run already published).
+        """Publish and record a successful run in one locked transaction (:meth:`success_transaction`).
 
         Args:
             run: the run that trained the task.
-            publish: ``() -> (version, metrics or None)``: publishes, returns the version and the
-                metrics to record (``None``: ``metrics`` as given).
+            publish: ``() -> (version, metrics or None)``: places the version (quickly: the row is
+                locked meanwhile), returns it and the metrics to record (``None``: ``metrics``).
             metrics, progress: the run's metrics and last progress record.
 
         Returns:
@@ -356,26 +450,25 @@ class TaskQueue(Repository):
             Exception: whatever ``publish`` raises (nothing recorded; the lock is released).
         """
         try:
-            with self.engine.begin() as conn:
-                row = conn.execute(queries.LOCK_TASK, {"task_id": run.task_id}).mappings().first()
-                if row is None or row["run_id"] != run.run_id or row["status"] not in ("running", "cancelled"):
-                    return "lost"
-                params = {**run.key(), "error": None, "metrics": _json(metrics), "version": None, "progress": _json(progress)}
-                if row["status"] == "cancelled":
-                    conn.execute(queries.FINISH, {**params, "status": "cancelled", "error": "cancelled before publishing"})
-                    return "cancelled"
-                version, published_metrics = publish()
-                if published_metrics is not None:
-                    params["metrics"] = _json(published_metrics)
-                recorded = conn.execute(queries.FINISH, {**params, "status": "succeeded", "version": int(version)}).first()
-                assert recorded is not None  # the row is locked and was checked: FINISH matches it
-                return "succeeded"
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise DatabaseError(f"recording task {run.task_id}'s success failed: {_reason(exc)}") from exc
+            with self.success_transaction(run, metrics=metrics, progress=progress) as record:
+                record(*publish())
+        except RunEnded as ended:
+            return ended.status
+        return "succeeded"
 
-    def requeue(self, run: Claim, reason: str) -> bool:
-        """Put a running task back in the queue without counting a lost attempt (clean shutdown)."""
-        return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason}))
+    def requeue(self, run: Claim, reason: str, *, backoff_seconds: float = 0.0) -> bool:
+        """Put a running task back in the queue without counting a lost attempt (a clean shutdown, a
+        run the cluster lost, a run that found its folder held by another run).
+
+        Args:
+            run: the run giving the task back.
+            reason: the task row's ``error`` (and the run's).
+            backoff_seconds: no worker claims the task for this long (0: at once).
+
+        Returns:
+            ``False`` when the run no longer holds the task (nothing written).
+        """
+        return bool(self._execute(queries.REQUEUE, {**run.key(), "reason": reason, "backoff_seconds": float(backoff_seconds)}))
 
     def requeue_lost(self, max_attempts: int, *, own_worker_id: str | None = None) -> list[dict[str, Any]]:
         """Re-queue runs whose lease expired (and, with ``own_worker_id``, that worker's runs).
@@ -412,11 +505,22 @@ class TaskQueue(Repository):
 
         Raises:
             TaskNotFoundError: no such task.
-            ConfigurationError: the task is queued, running or succeeded (the message says which).
+            ConfigurationError: the task is queued, running or succeeded (the message says which),
+                or it was cancelled and its run is still stopping (try again in a few seconds).
         """
+        self._execute(queries.END_ABANDONED_CANCELS)  # a cancelled run whose worker is gone ends here, not never
         if self._execute(queries.RETRY, {"task_id": task_id}):
             return
         status = self.get(task_id).status  # raises TaskNotFoundError
+        stopping = self._execute(queries.RUN_STILL_STOPPING, {"task_id": task_id})
+        if status in ("failed", "cancelled") and stopping:
+            lease = stopping[0]["lease_expires_at"]
+            raise ConfigurationError(
+                f"task {task_id} is {status}, but its run on worker {stopping[0]['worker_id']} is still stopping: "
+                "try again in a few seconds",
+                hint="a retry now would start a second run beside it; its worker records the end within seconds"
+                     + (f", or the run ends when its lease expires ({lease:%Y-%m-%d %H:%M:%S %Z})" if lease else ""),
+            )
         hint = {
             "succeeded": "submit a new task to train the model again",
             "queued": "it is waiting for a worker already",

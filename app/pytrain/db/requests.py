@@ -117,7 +117,7 @@ class TaskRequest(BaseModel):
             problems = "; ".join(_problem(e) for e in exc.errors())
             # The message names every field, value and rule; pydantic's own text would only repeat it.
             raise ConfigurationError(
-                f"invalid task: {problems}", hint="see `pytrain submit --help` and the column table in the README"
+                f"invalid task: {problems}", hint="see `pytrain submit --help` and the column table in docs/user-guide/tasks.md"
             ) from None
 
     def columns(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pytrain.sampling import check_sampling
 from pytrain.settings import Settings
 from pytrain.sources import load_groups, resolve_classes, split_clips, write_manifest
 from pytrain.sources.catalog import seed_scan_results
-from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name
+from pytrain.spec import SPLITS, TaskSpec, read_progress_record, task_dir_name, write_unlisted
 from pytrain.task_columns import CLASS_NAME_PATTERN, MAX_CLASSES, MAX_SOURCES, SOURCE_NAME_PATTERN, TASK_COLUMNS
 from pytrain.task_options import check_options
 from pytrain.weights import require_weights
@@ -67,8 +67,9 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
 
     The folder ``<model_tasks_dir>/task-<id>-<model_name>-<uid8>/`` (:func:`pytrain.spec.task_dir_name`)
     is kept across attempts of the row (the training resumes from its checkpoint when the
-    checkpoint's fingerprint still matches); ``task.json`` and ``manifest.csv`` are rewritten
-    atomically and are the same every time (the split is deterministic).
+    checkpoint's fingerprint still matches); ``task.json``, ``manifest.csv`` and ``unlisted.json``
+    (the files left out because their name is not UTF-8) are rewritten atomically and are the
+    same every time (the split is deterministic).
 
     Args:
         task: the ``training_tasks`` row (a :class:`pytrain.db.TaskRow`, or any mapping with its
@@ -83,7 +84,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
         The :class:`PreparedTask`.
 
     Raises:
-        SourceError, SplitError: the datasets or classes do not resolve (see
+        SourceError, SplitError: the datasets or classes do not resolve, or a folder cannot be read (see
             :func:`pytrain.sources.resolve_classes`, :func:`pytrain.sources.split_clips`).
         ConfigurationError: fewer than two classes, a negative seed, a source or class entry
             no folder can match (:func:`check_task_lists`), or an unknown or mistyped option
@@ -126,6 +127,7 @@ def prepare_task(task: Mapping[str, Any], settings: Settings, *, registered: Ite
     task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name, spec.uid)
     task_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(rows, task_dir)
+    write_unlisted(task_dir, resolved.unlisted)  # training lists them in skipped.json, as files that do not decode
     spec.save(task_dir)
     seeded = seed_scan_results(task_dir, rows, videos, spec.num_frames, spec.height, spec.width)
     if seeded:
@@ -146,7 +148,12 @@ def read_progress(task_dir: Path) -> dict[str, Any] | None:
     Returns:
         ``ProgressRecord.to_dict()`` of :func:`pytrain.spec.read_progress_record` (the last
         ``epoch`` record with every later record laid over it; a newer writer's unknown keys
-        kept), or ``None`` when ``progress.jsonl`` is missing or holds no record.
+        kept), or ``None`` when ``progress.jsonl`` is missing, holds no record or cannot be read
+        (logged: the progress is a side channel, the run's outcome does not depend on it).
     """
-    record = read_progress_record(task_dir)
+    try:
+        record = read_progress_record(task_dir)
+    except OSError as exc:
+        log.warning("cannot read the progress of %s (%s: %s); the task row keeps its last progress", task_dir, type(exc).__name__, exc)
+        return None
     return None if record is None else record.to_dict()

@@ -11,16 +11,22 @@ Life of a worker:
    (``runner.cleanup_orphans``), re-queue the tasks still marked running under this worker id.
 2. Loop: re-queue tasks whose lease expired (any worker's), claim the next task
    (``FOR UPDATE SKIP LOCKED``), run it; when the queue is empty, wait for a ``NOTIFY`` on
-   ``pytrain_tasks`` or the polling interval, whichever comes first.
+   ``pytrain_tasks`` or the polling interval, whichever comes first. An unexpected exception
+   while handling one task (a bug, an ``OSError``) fails that task with the exception's type and
+   message and logs the traceback; the worker goes on (only a database error leaves the task to
+   its lease).
 3. While a task runs, a heartbeat thread renews its lease every ``heartbeat_seconds``, copies
    ``progress.jsonl`` into the row and sets the runner's ``cancel`` event when the task was
    cancelled (or the run was lost: its lease expired and someone else re-queued it). A fence
    thread stops the run itself (``cancel``) when the lease has not been renewed for
    ``settings.fence_seconds`` (lease minus margin), so a worker cut off from the database, or
    frozen, never trains past its lease alongside the run that replaces it.
-4. Success: publishing and recording the outcome happen in one transaction that locks the task
-   row and checks the run still holds it (:meth:`pytrain.db.TaskQueue.finish_succeeded`); a
-   database that drops meanwhile is retried (publishing is idempotent per run).
+4. Success: the heartbeat (and the fence) go on while the publisher stages the version; only
+   placing it (renames, milliseconds) happens in the transaction that locks the task row, checks
+   the run still holds it and records the success (:meth:`pytrain.db.TaskQueue.success_transaction`,
+   the publisher's ``gate``), so ``pytrain cancel`` never waits for a publish. Triton loads the
+   model after the commit. A database that drops meanwhile is retried: the retry finds the version
+   this run placed (publishing is idempotent per run: task uid and run id in ``history.jsonl``).
 5. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
    interrupted and re-queued (default) or allowed to finish.
 """
@@ -33,13 +39,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from pytrain.db import Claim, SourceRegistry, TaskQueue, VideoCatalog, WorkerLock, check_schema, get_engine
+from pytrain.db import Claim, RunEnded, SourceRegistry, TaskQueue, VideoCatalog, WorkerLock, check_schema, get_engine
+from pytrain.db.engine import check_database_password
 from pytrain.errors import ConfigurationError, DatabaseError, PyTrainError, RunnerError, SchemaOutOfDateError
 from pytrain.orchestrator.prepare import prepare_task, read_progress
 from pytrain.runners import ClusterRunner, Outcome, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
@@ -50,8 +58,10 @@ log = logging.getLogger(__name__)
 # Per-epoch lines of running tasks: on for `pytrain orchestrate`, silenced by the demo (it draws a bar).
 progress_log = logging.getLogger("pytrain.orchestrator.progress")
 
-#: ``publish_task(task_dir, *, settings, task_record) -> PublishedModel`` (with ``.version: int``,
-#: ``.served_versions: tuple[int, ...]`` and ``.serving_note: str``).
+#: ``publish_task(task_dir, *, settings, task_record, gate) -> PublishedModel`` (with ``.version:
+#: int``, ``.served_versions: tuple[int, ...]`` and ``.serving_note: str``). The publisher enters
+#: ``gate()`` around placing the version and calls the ``record(published)`` it yields
+#: (:func:`pytrain.publish.publish_task`): that is what records the success.
 Publisher = Callable[..., Any]
 
 _MAX_ERROR_CHARS = 4000
@@ -87,10 +97,17 @@ class _Heartbeat(threading.Thread):
     ``settings.fence_seconds``: the worker stopped its run itself). Any state but ``ok`` sets
     ``cancel``, which the runner obeys within its poll + grace time.
 
+    Progress is a side channel: a ``progress.jsonl`` that cannot be read (an I/O error, a
+    directory in its place) is a warning, at most one per :attr:`PROGRESS_WARNING_SECONDS`, and
+    the lease is renewed without progress; a heartbeat that died on it would fence a healthy run.
+
     Args:
         claimed_at: ``time.monotonic()`` taken before the claim was sent: the lease runs from a
             moment after it, so fencing counts from here.
     """
+
+    #: The least time between two warnings about an unreadable ``progress.jsonl`` (seconds).
+    PROGRESS_WARNING_SECONDS = 60.0
 
     def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event,
                  claimed_at: float | None = None) -> None:
@@ -108,6 +125,7 @@ class _Heartbeat(threading.Thread):
         self._state_lock = threading.Lock()  # never held across a database call: the fence must not wait on one
         self._ended = False
         self._logged_epoch: int | None = None
+        self._progress_warned_at: float | None = None  # time.monotonic() of the last warning
         self._fence = threading.Thread(target=self._watch, name=f"fence-task-{run.task_id}", daemon=True)
 
     def start(self) -> None:
@@ -123,7 +141,7 @@ class _Heartbeat(threading.Thread):
             self._beat()
 
     def _beat(self) -> None:
-        record = read_progress_record(self.task_dir) if self.task_dir is not None else None
+        record = self._read_progress()
         sent = time.monotonic()
         try:
             state = self.queue.heartbeat(self.run_, self.settings.lease_seconds, None if record is None else record.to_dict())
@@ -141,6 +159,22 @@ class _Heartbeat(threading.Thread):
             self._set_state("cancelled", "task %s was cancelled; stopping its run")
         else:
             self._set_state("lost", "task %s: the run no longer holds the task (re-queued or claimed by another worker); stopping it")
+
+    def _read_progress(self) -> ProgressRecord | None:
+        """The run's latest progress, or ``None`` (no task folder yet, no record, or unreadable:
+        warned about, rate-limited). Never raises."""
+        if self.task_dir is None:
+            return None
+        try:
+            return read_progress_record(self.task_dir)
+        except Exception as exc:  # OSError, or anything else: never let progress kill the heartbeat
+            now = time.monotonic()
+            if self._progress_warned_at is None or now - self._progress_warned_at >= self.PROGRESS_WARNING_SECONDS:
+                self._progress_warned_at = now
+                log.warning("task %s: cannot read the run's progress in %s (%s: %s); the lease is renewed without it "
+                            "(this warning repeats at most every %g s)", self.run_.task_id, self.task_dir,
+                            type(exc).__name__, exc, self.PROGRESS_WARNING_SECONDS)
+            return None
 
     def _set_state(self, state: str, message: str) -> None:
         with self._state_lock:
@@ -181,8 +215,26 @@ class _Heartbeat(threading.Thread):
         """No beat and no fencing from now on: the worker is about to record the run's outcome. A
         beat after that write would find the run no longer running and wrongly report it lost."""
         with self._lock:  # waits for a beat in flight
-            with self._state_lock:
-                self._ended = True
+            self._end_now()
+
+    def _end_now(self) -> None:
+        with self._state_lock:
+            self._ended = True
+
+    @contextmanager
+    def writing_outcome(self) -> Iterator[None]:
+        """No beat while the block writes the run's outcome (it waits for one in flight); ended
+        afterwards, as :meth:`end`. When the block raises :class:`DatabaseError` nothing was
+        written: beating and fencing go on while the worker retries."""
+        with self._lock:
+            try:
+                yield
+            except DatabaseError:
+                raise
+            except BaseException:
+                self._end_now()
+                raise
+            self._end_now()
 
     def stop(self) -> None:
         """Stop beating and fencing, and wait for both threads (a beat stuck on a dead connection
@@ -190,6 +242,32 @@ class _Heartbeat(threading.Thread):
         self._done.set()
         self._fence.join()
         self.join(timeout=max(1.0, self.settings.heartbeat_seconds))
+
+
+class _SuccessGate:
+    """The publisher's ``gate`` (see :data:`Publisher`): while the version is placed, no beat, the
+    task row locked and the run checked (:meth:`pytrain.db.TaskQueue.success_transaction`); the
+    ``record(published)`` it yields writes the success, with the served versions when the publish
+    changed them; the commit follows. ``recorded``: whether a success was committed."""
+
+    def __init__(self, queue: TaskQueue, run: Claim, heartbeat: _Heartbeat, metrics: dict[str, Any],
+                 progress: dict[str, Any] | None) -> None:
+        self.queue, self.run, self.heartbeat, self.metrics, self.progress = queue, run, heartbeat, metrics, progress
+        self.recorded = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[Callable[[Any], None]]:
+        with self.heartbeat.writing_outcome(), \
+                self.queue.success_transaction(self.run, metrics=self.metrics, progress=self.progress) as record:
+            yield lambda published: record(int(published.version), self._served(published))
+        self.recorded = True  # committed (success_transaction refuses a block that recorded nothing)
+
+    def _served(self, published: Any) -> dict[str, Any] | None:
+        """The metrics to record when the publish changed what is served (a class or clip-size
+        change: older versions are no longer served), else ``None``."""
+        if not published.serving_note:
+            return None
+        return {**self.metrics, "served_versions": list(published.served_versions), "serving_note": published.serving_note}
 
 
 class Orchestrator:
@@ -200,7 +278,8 @@ class Orchestrator:
         engine: the database (default: :func:`pytrain.db.get_engine` of ``settings``).
         runner: the runner (default: :func:`pytrain.runners.get_runner` of ``settings``).
         publisher: called after a successful run as ``publisher(task_dir, settings=...,
-            task_record=...)``, returning an object with ``.version``; default
+            task_record=..., gate=...)``; it places the version inside ``gate()`` and records it
+            with the ``record`` the gate yields (see :data:`Publisher`); default
             :func:`pytrain.publish.publish_task` (imported when first needed).
         worker_id: this worker's id (default ``settings.worker_id`` or :func:`default_worker_id`).
         gpus: GPU ids for the runs (default ``settings.gpus``).
@@ -276,8 +355,11 @@ class Orchestrator:
 
         Raises:
             SchemaOutOfDateError: the schema is missing or old (hint: ``pytrain db upgrade``).
-            ConfigurationError: another live orchestrator uses this worker id (named in the message).
+            ConfigurationError: another live orchestrator uses this worker id (named in the message),
+                or the database is reached over the network with a guessable password
+                (:func:`~pytrain.db.engine.check_database_password`).
         """
+        check_database_password(self.engine.url)
         check_schema(self.engine)
         self._identity.acquire()  # before touching any run: a duplicate must not kill the other's runs
         active = self.queue.running_elsewhere(self.worker_id)
@@ -343,7 +425,14 @@ class Orchestrator:
         self._started = False
 
     def run_once(self) -> bool:
-        """Re-queue lost runs, then claim and run one task. Returns whether a task was run."""
+        """Re-queue lost runs, then claim and run one task. Returns whether a task was run.
+
+        An exception while handling the task, other than a :class:`DatabaseError`, fails the task
+        with its type and message (traceback logged) instead of leaving this method.
+
+        Raises:
+            DatabaseError: the database failed (the task, if claimed, comes back when its lease expires).
+        """
         self.queue.requeue_lost(self.settings.max_attempts)
         if self._stop.is_set():
             return False
@@ -354,9 +443,14 @@ class Orchestrator:
         self.current = run
         try:
             status = self.process(run, claimed_at=claimed_at)
-            log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
+        except DatabaseError:
+            raise  # the run loop waits for the database; the lease brings the task back
+        except Exception as exc:  # a bug while handling one task fails that task, not the worker
+            log.exception("task %s: the worker crashed while handling it", run.task_id)
+            status = self._fail(run, f"worker {self.worker_id} crashed while handling the task: {type(exc).__name__}: {exc}")
         finally:
             self.current = None
+        log.info("task %s (%s): %s", run.task_id, run.task.model_name, status)
         return True
 
     # -- one task --------------------------------------------------------------------------
@@ -393,6 +487,9 @@ class Orchestrator:
             raise
         except PyTrainError as exc:
             return self._fail(run, f"cannot prepare task {task_id}: {exc}")
+        except Exception as exc:  # a bug, or an OSError nobody foresaw: this task fails, the worker goes on
+            log.exception("task %s: preparing it crashed", task_id)
+            return self._fail(run, f"cannot prepare task {task_id}: {type(exc).__name__}: {exc}")
         if not self.queue.set_task_dir(run, str(prepared.task_dir)):
             log.warning("task %s: the run no longer holds the task; not starting it", task_id)
             return "lost"
@@ -428,14 +525,28 @@ class Orchestrator:
             heartbeat.end()
             self.queue.requeue(run, f"{result.message}; re-queued")
             return "queued"
+        if result.outcome is Outcome.LOCKED:
+            return self._requeue_locked(run, result, heartbeat)
         if result.outcome is not Outcome.SUCCEEDED:
             message = result.message or f"run ended with {result.outcome.value}"
             if result.exit_code is not None and "exit" not in message:
                 message += f" (exit code {result.exit_code})"
-            # The README promises the stderr tail in `error`: the message first, then the tail's end.
+            # The docs (operations/orchestrator.md, "Runners") promise the stderr tail in `error`: the message first, then the tail's end.
             error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
             return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress, heartbeat)
+
+    def _requeue_locked(self, run: Claim, result: RunResult, heartbeat: _Heartbeat) -> str:
+        """Another run still holds the task folder (a worker that died or was paused left it running
+        where this runner cannot stop it): not a failure of the task. It goes back to the queue
+        without counting an attempt, claimable again after ``lease_seconds``: by then a paused
+        worker has fenced its run, and an orphan gets another lease to end."""
+        heartbeat.end()
+        backoff = self.settings.lease_seconds
+        log.warning("task %s: %s; re-queued, claimable again in %g s", run.task_id, result.message, backoff)
+        self.queue.requeue(run, f"{result.message}; re-queued until that run has ended (next try in {backoff:g} s)",
+                           backoff_seconds=backoff)
+        return "queued"
 
     def _after_fencing(self, run: Claim) -> str:
         """The run was stopped by the fence: give the task back if the database is there and the
@@ -460,38 +571,34 @@ class Orchestrator:
             return self._fail(run, f"{metrics_path} is not valid JSON: {exc}", progress)
         record = _json_safe({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
                              "task_dir": str(prepared.task_dir)})
-
-        def publish() -> tuple[int, dict[str, Any] | None]:
-            published = self.publisher(prepared.task_dir, settings=self.settings, task_record=record)
-            if published.serving_note:  # a class or clip-size change: older versions are no longer served
-                return int(published.version), {**metrics, "served_versions": list(published.served_versions),
-                                                 "serving_note": published.serving_note}
-            return int(published.version), None
-
-        heartbeat.end()  # the success transaction locks the row: a beat would wait on it, then find the run ended
+        gate = _SuccessGate(self.queue, run, heartbeat, metrics, progress)
         # The database may drop while recording (a restart): retry until it is back, for at most a
-        # lease after the last renewal (by then another worker may re-queue the task; each retry
-        # re-checks that the run still holds it, and publishing is idempotent per run).
-        deadline = heartbeat.renewed_at + self.settings.lease_seconds
+        # lease after the last renewal (the heartbeat goes on meanwhile; each retry re-checks that
+        # the run still holds the task, and finds the version this run placed already).
         while True:
             try:
-                outcome = self.queue.finish_succeeded(run, publish, metrics=metrics, progress=progress)
-                break
+                self.publisher(prepared.task_dir, settings=self.settings, task_record=record, gate=gate)
+            except RunEnded as ended:
+                if ended.status == "lost":
+                    log.warning("task %s: training finished, but the run no longer holds the task: not published", run.task_id)
+                return ended.status
             except DatabaseError as exc:
-                remaining = deadline - time.monotonic()
+                remaining = heartbeat.renewed_at + self.settings.lease_seconds - time.monotonic()
                 if remaining <= 0:
                     log.error("task %s: cannot record the success (%s); giving up: its lease has expired", run.task_id, exc)
+                    heartbeat.end()
                     return "lost"
                 log.warning("task %s: recording the success failed (%s); retrying (%.0f s left)", run.task_id, exc, remaining)
                 time.sleep(min(1.0, remaining))
+                continue
             except PyTrainError as exc:
                 return self._fail(run, f"publishing failed: {exc}", progress, metrics=metrics)
             except Exception as exc:
                 log.exception("task %s: publishing crashed", run.task_id)
                 return self._fail(run, f"publishing crashed: {type(exc).__name__}: {exc}", progress, metrics=metrics)
-        if outcome == "lost":
-            log.warning("task %s: training finished, but the run no longer holds the task: not published", run.task_id)
-        return outcome
+            if not gate.recorded:  # a publisher that never entered the gate recorded nothing
+                return self._fail(run, "the publisher returned without recording a version", progress, metrics=metrics)
+            return "succeeded"
 
     def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> str:
         log.error("task %s failed: %s", run.task_id, message)

@@ -29,6 +29,13 @@ Why it is safe with several publishers and a polling Triton:
   turns (``flock`` on the model folder, :func:`pytrain.publish.versions.model_lock`), so the
   configs' version list names the number the version then gets.
 - Anything that fails before the final rename leaves the repository exactly as it was.
+
+With an orchestrator (``gate``): the slow part (checking the ONNX model, copying it into the
+staging folder, fsync) runs while the worker's heartbeat still renews the run's lease; only placing
+the version (the renames and the history line, milliseconds) runs inside the worker's transaction
+that locks the task row, checks the run still holds it and records the success; Triton is asked to
+load the model after that transaction committed. A retry after a failed commit finds the version
+this run placed (``history.jsonl`` records the task uid and run id of every publish).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -92,11 +100,17 @@ class PublishedModel:
     serving_note: str = ""
 
 
+#: ``gate() -> context manager yielding record(published)``: what an orchestrator wraps around
+#: placing a version (:func:`publish_task`).
+Gate = Callable[[], AbstractContextManager[Callable[[PublishedModel], None]]]
+
+
 def publish_task(
     task_dir: Path,
     *,
     settings: Settings,
     task_record: dict[str, Any],
+    gate: Gate | None = None,
     _before_rename: Callable[[Path, int], None] | None = None,
 ) -> PublishedModel:
     """Publish the trained model of a task folder as the next version of its Triton model.
@@ -111,10 +125,16 @@ def publish_task(
             ``triton_grpc_url`` (when set, that Triton is asked to load the model).
         task_record: the ``training_tasks`` row (a mapping), saved as
             ``results/<model>/<v>/task.json`` (values JSON cannot hold, e.g. datetimes, are
-            written with ``str``); when it names a model, it must be ``task.json``'s. With ``id``
+            written with ``str``); when it names a model, it must be ``task.json``'s. With ``uid``
             and ``run_id`` the publish is idempotent per run: when ``history.jsonl`` shows this
             run published a version that is still there, that version is returned and nothing is
             published again (the orchestrator retries after a database failure).
+        gate: entered (under the model's lock) around placing the version, after the slow
+            staging; it yields ``record(published)``, called once the version is in place and
+            before the gate's exit (the orchestrator's transaction that records the success:
+            ``TaskQueue.success_transaction``). The gate may raise to refuse (nothing is placed);
+            what it raises on exit (a failed commit) propagates with the version in place, and a
+            retry of the same run finds it. Triton is asked to load the model after the gate's exit.
         _before_rename: test hook called with ``(staged_folder, version)`` just before the final
             rename (to simulate a crash midway).
 
@@ -171,21 +191,10 @@ def publish_task(
     try:
         _stage_version(version_stage, onnx_path, tensor_spec, ini_text, model_name)
         _stage_results(results_stage, task_dir, task_row_json)
-        with versions.model_lock(model_dir):
-            earlier = versions.published_by_run(model_dir, task_record.get("id"), task_record.get("run_id"))
-            if earlier is None:
-                serving = _Serving(model_dir, tensor_spec, ini_text, settings)
-                version = _place_version(
-                    version_stage, model_dir, results_model_dir, serving.files_for, model_name, before_rename=_before_rename
-                )
-                versions.append_history(model_dir, serving.record(version, task_record.get("id"), task_record.get("run_id")))
-                served, note = serving.served, serving.note
-            else:  # this run published already (its success was not recorded: a retry): the same version
-                version, served, note = earlier.version, earlier.served, earlier.message
-                log.info("model %s: run %s of task %s published version %d already; not publishing again",
-                         model_name, earlier.run_id, earlier.task_id, version)
-        if earlier is None or not (results_model_dir / str(version)).exists():
-            _rename_into(results_stage, results_model_dir / str(version), model_name)
+        with versions.model_lock(model_dir), (gate() if gate is not None else nullcontext(_record_nothing)) as record:
+            published = _place(version_stage, results_stage, model_dir, results_model_dir, tensor_spec, ini_text,
+                               settings, task_record, _before_rename)
+            record(published)
     except OSError as exc:
         raise PublishError(f"model {model_name}: publishing failed: {exc}") from exc
     finally:
@@ -196,13 +205,10 @@ def publish_task(
             except OSError:
                 pass
 
-    published = PublishedModel(
-        model_name, version, model_dir / str(version), results_model_dir / str(version),
-        served_versions=tuple(served), serving_note=note,
-    )
-    log.info("published model %s version %d at %s, serving versions %s", model_name, version, published.path, served)
-    if note:
-        log.warning("model %s: %s", model_name, note)
+    log.info("published model %s version %d at %s, serving versions %s", model_name, published.version, published.path,
+             list(published.served_versions))
+    if published.serving_note:
+        log.warning("model %s: %s", model_name, published.serving_note)
     if settings.triton_grpc_url:
         from pytrain.publish.loader import request_load
 
@@ -212,6 +218,41 @@ def publish_task(
 
 
 existing_versions = versions.existing_versions
+
+
+def _record_nothing(published: PublishedModel) -> None:
+    """The ``record`` of a publish without a gate (``pytrain publish``): nothing to record."""
+
+
+def _place(
+    version_stage: Path,
+    results_stage: Path,
+    model_dir: Path,
+    results_model_dir: Path,
+    tensor_spec: TensorSpec,
+    ini_text: str,
+    settings: Settings,
+    task_record: dict[str, Any],
+    before_rename: Callable[[Path, int], None] | None,
+) -> PublishedModel:
+    """Move the staged version and results into place (under the model lock): the next version,
+    or the one this run placed already (a retry after its success could not be recorded)."""
+    model_name = model_dir.name
+    task_uid, run_id = task_record.get("uid"), task_record.get("run_id")
+    earlier = versions.published_by_run(model_dir, task_uid, run_id)
+    if earlier is None:
+        serving = _Serving(model_dir, tensor_spec, ini_text, settings)
+        version = _place_version(version_stage, model_dir, results_model_dir, serving.files_for, model_name, before_rename=before_rename)
+        versions.append_history(model_dir, serving.record(version, task_record.get("id"), run_id, task_uid))
+        served, note = serving.served, serving.note
+    else:
+        version, served, note = earlier.version, earlier.served, earlier.message
+        log.info("model %s: run %s of task %s published version %d already; not publishing again",
+                 model_name, earlier.run_id, earlier.task_id, version)
+    if earlier is None or not (results_model_dir / str(version)).exists():
+        _rename_into(results_stage, results_model_dir / str(version), model_name)
+    return PublishedModel(model_name, version, model_dir / str(version), results_model_dir / str(version),
+                          served_versions=tuple(served), serving_note=note)
 
 
 class _Serving:
@@ -242,11 +283,11 @@ class _Serving:
             )
         return versions.model_files(self.model_dir.name, self.spec, self.ini_text, self.served, self.settings)
 
-    def record(self, version: int, task_id: Any, run_id: Any = None) -> versions.HistoryRecord:
+    def record(self, version: int, task_id: Any, run_id: Any = None, task_uid: Any = None) -> versions.HistoryRecord:
         return versions.HistoryRecord(
             "publish", time.time(), versions.current_user(), version, self.served, self.previous,
             task_id=int(task_id) if isinstance(task_id, int) else None, message=self.note,
-            run_id=int(run_id) if isinstance(run_id, int) else None,
+            run_id=int(run_id) if isinstance(run_id, int) else None, task_uid=None if task_uid is None else str(task_uid),
         )
 
 

@@ -340,6 +340,9 @@ def pytrain_ini(spec: TensorSpec, *, epochs: int, shuffle_size: int, batch_size:
     Old readers ignore the keys; a spec without ``clip_seconds`` and with the default sampling
     gives the historical bytes above (and :func:`read_pytrain_ini` reads the missing keys as
     their defaults).
+
+    Values are literal: read the file without interpolation (``ConfigParser(interpolation=None)``,
+    as :func:`read_pytrain_ini` does); a ``%`` in a class name breaks a default ``ConfigParser``.
     """
     lines = [
         "[PREDICTION]",
@@ -374,7 +377,8 @@ def read_pytrain_ini(text: str) -> dict[str, Any]:
     import ast
     import configparser
 
-    parser = configparser.ConfigParser()
+    # No interpolation: the file's values are literal (a class named "50%_off" is a class name)
+    parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text)
         pred, train = parser["PREDICTION"], parser["TRAINING"]

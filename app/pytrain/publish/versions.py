@@ -75,6 +75,9 @@ class HistoryRecord:
         message: why the served set is what it is (e.g. a class change), or ``""``.
         run_id: the run of the task (``task_runs.id``) that published it (publish only), else
             ``None``; a retry of that run finds its version here (:func:`published_by_run`).
+        task_uid: the task row's ``uid`` (publish only), else ``None``. Task and run ids start
+            again at 1 in a new database; the uid does not, so ``(task_uid, run_id)`` names one run
+            of one database, also in a model repository that outlived its database.
     """
 
     event: str
@@ -86,6 +89,7 @@ class HistoryRecord:
     task_id: int | None = None
     message: str = ""
     run_id: int | None = None
+    task_uid: str | None = None
 
     def to_json(self) -> str:
         """One JSON object, no newline."""
@@ -117,13 +121,13 @@ def read_history(model_dir: Path) -> list[HistoryRecord]:
     return records
 
 
-def published_by_run(model_dir: Path, task_id: Any, run_id: Any) -> HistoryRecord | None:
-    """The ``publish`` record of run ``run_id`` of task ``task_id`` whose version folder is still
-    there, or ``None`` (also when either id is ``None``). Call it under :func:`model_lock`."""
-    if task_id is None or run_id is None:
+def published_by_run(model_dir: Path, task_uid: Any, run_id: Any) -> HistoryRecord | None:
+    """The ``publish`` record of run ``run_id`` of the task with uid ``task_uid`` whose version
+    folder is still there, or ``None`` (also when either is ``None``). Call it under :func:`model_lock`."""
+    if task_uid is None or run_id is None:
         return None
     for record in reversed(read_history(model_dir)):
-        if record.event == "publish" and record.task_id == task_id and record.run_id == run_id \
+        if record.event == "publish" and record.task_uid == str(task_uid) and record.run_id == run_id \
                 and (Path(model_dir) / str(record.version)).is_dir():
             return record
     return None

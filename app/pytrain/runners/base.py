@@ -14,7 +14,8 @@ What every runner shares lives here, written once:
 - :func:`run_result`, the one mapping from how a run ended to an :class:`Outcome` and a message;
 - :func:`parse_gpus`, the pure parser of ``PYTRAIN_GPUS`` / ``--gpus`` (:class:`GpuSelection`);
 - :func:`torchrun_args`, how several GPUs start several training ranks;
-- :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output.
+- :func:`error_with_tail`, the task row's ``error``: the message, then the end of the output;
+- :func:`is_secret_variable`, the environment variables a training process never sees.
 
 A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
 :func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
@@ -26,6 +27,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 from pytrain.errors import ConfigurationError
 from pytrain.spec import TaskSpec
+from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class Outcome(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     INTERRUPTED = "interrupted"  # the worker is shutting down; the task goes back to the queue
     REQUEUED = "requeued"  # the cluster lost the run (node failure, preemption); the task goes back to the queue
+    LOCKED = "locked"  # another run still holds the task folder; the task goes back to the queue after a backoff
 
 
 @dataclass(frozen=True)
@@ -273,8 +277,9 @@ def run_result(
     """The one mapping from how a run ended to its :class:`RunResult`.
 
     In order: stopped by the runner -> ``CANCELLED`` / ``INTERRUPTED`` / ``TIMED_OUT``; exit code 0
-    -> ``SUCCEEDED``; evidence of an out-of-memory kill -> ``OUT_OF_MEMORY`` (with a hint);
-    anything else -> ``FAILED`` naming the exit code and the last line of ``tail``.
+    -> ``SUCCEEDED``; :data:`~pytrain.training.run_lock.RUN_LOCKED_EXIT_CODE` (another run holds
+    the task folder) -> ``LOCKED``; evidence of an out-of-memory kill -> ``OUT_OF_MEMORY`` (with a
+    hint); anything else -> ``FAILED`` naming the exit code and the last line of ``tail``.
 
     Args:
         stopped_by: ``CANCELLED``, ``INTERRUPTED`` or ``TIMED_OUT`` when the runner stopped the run;
@@ -296,10 +301,13 @@ def run_result(
         return RunResult(Outcome.TIMED_OUT, exit_code, f"timed out after {limit} (PYTRAIN_TASK_TIMEOUT_SECONDS)", tail, details)
     if exit_code == 0:
         return RunResult(Outcome.SUCCEEDED, 0, "", "", details)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    if exit_code == RUN_LOCKED_EXIT_CODE:
+        held = last.removeprefix("error: ") or "another run holds the task folder"
+        return RunResult(Outcome.LOCKED, exit_code, f"{subject} did not start: {held}", tail, details)
     if oom_evidence:
         message = f"out of memory ({oom_evidence}); lower batch_size, num_frames or the frame size"
         return RunResult(Outcome.OUT_OF_MEMORY, exit_code, message, tail, details)
-    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
     ended = f"exited with code {exit_code}" if exit_code is not None else "ended without an exit code"
     return RunResult(Outcome.FAILED, exit_code, f"{subject} {ended}" + (f": {last}" if last else ""), tail, details)
 
@@ -323,6 +331,49 @@ def error_with_tail(message: str, tail: str, *, max_chars: int) -> str:
     if room <= 0:
         return message[:max_chars]
     return f"{message}\n{tail[-room:]}"
+
+
+#: ``_``-separated parts of a variable name that make it a secret (``NGC_API_KEY``, ``HF_TOKEN``,
+#: ``DB_PASSWORD``, ``PYTRAIN_TRITON_CONTROL_KEY``, ``MY_SECRET``).
+SECRET_NAME_PARTS = frozenset({"KEY", "KEYS", "TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS", "PASSWD",
+                               "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "DSN"})
+#: Name prefixes of connection and cloud-credential variables: libpq's ``PG*`` (``PGPASSWORD``,
+#: ``PGHOST``, ``PGUSER``...), ``AWS_*``, ``AZURE_*``, ``GOOGLE_APPLICATION_CREDENTIALS``.
+SECRET_NAME_PREFIXES = ("PG", "AWS_", "AZURE_", "GOOGLE_APPLICATION_CREDENTIALS")
+#: Name suffixes of database URLs (``DATABASE_URL``, ``PYTRAIN_DATABASE_URL``, ``PYTRAIN_TEST_DATABASE_URL``).
+SECRET_NAME_SUFFIXES = ("DATABASE_URL", "DATABASE_URI")
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether a training process must not see the environment variable ``name`` (the one rule).
+
+    Training needs neither the database nor Triton nor any credential, so every variable that
+    looks like one is withheld: a name part in :data:`SECRET_NAME_PARTS`, a prefix in
+    :data:`SECRET_NAME_PREFIXES` or a suffix in :data:`SECRET_NAME_SUFFIXES` (case-insensitive).
+    """
+    upper = name.upper()
+    return (not SECRET_NAME_PARTS.isdisjoint(upper.split("_"))
+            or upper.startswith(SECRET_NAME_PREFIXES) or upper.endswith(SECRET_NAME_SUFFIXES))
+
+
+def without_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` less every variable :func:`is_secret_variable` names."""
+    return {name: value for name, value in environment.items() if not is_secret_variable(name)}
+
+
+def check_no_secrets(environment: Mapping[str, str], where: str) -> dict[str, str]:
+    """``environment`` as a dict, when none of its variables is a secret (:func:`is_secret_variable`).
+
+    Raises:
+        ConfigurationError: names the secret-looking variables (never their values) and ``where``.
+    """
+    secrets = sorted(name for name in environment if is_secret_variable(name))
+    if secrets:
+        raise ConfigurationError(
+            f"{where}: {', '.join(secrets)} look like secrets, which a training process never gets",
+            hint="training needs no database, Triton or cloud credentials; leave these variables out",
+        )
+    return dict(environment)
 
 
 #: The training entrypoint every runner starts: ``python -m pytrain.training``.

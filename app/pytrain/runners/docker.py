@@ -4,7 +4,8 @@ For each task it
 
 1. makes sure the training image exists (:func:`pytrain.runners.images.ensure_train_image`:
    content-hash tag, built only when missing);
-2. creates a container labelled with the task id (``org.pytrain.task-id``) that runs
+2. removes a container a lost run of the task left on this engine (:meth:`DockerRunner.reap_lost_runs`),
+   then creates a container labelled with the task id (``org.pytrain.task-id``) that runs
    ``python -m pytrain.training --task-dir /task --sources-root /sources`` (``torchrun`` when the
    task has several GPUs), with
 
@@ -30,7 +31,7 @@ For each task it
 
 The Docker socket is root on the host: whoever can write to it can start a privileged container.
 The runner refuses to start when the socket is world-writable (:func:`check_docker_socket`); the
-README's "Security" section lists what a site can do about the rest.
+docs/operations/security.md lists what a site can do about the rest.
 
 When the orchestrator itself runs in a container (docker-compose), bind-mount sources must be
 *host* paths: the runner reads its own container's bind mounts from the engine and translates
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise, torchrun_args
 from pytrain.runners.base import parse_gpus as parse_gpu_selection
+from pytrain.runners.base import check_no_secrets
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
@@ -113,7 +115,7 @@ def check_docker_socket(path: Path | None) -> None:
     if mode & 0o002:
         raise ConfigurationError(
             f"the Docker socket {path} is world-writable (mode {stat.S_IMODE(mode):o}): every local user is root on this host",
-            hint=f"chmod 660 {path} (owner root, group docker) and restart the orchestrator; see README \"Security\"",
+            hint=f"chmod 660 {path} (owner root, group docker) and restart the orchestrator; see docs/operations/security.md",
         )
 
 
@@ -273,7 +275,8 @@ class DockerRunner:
         worker_id: written into the ``org.pytrain.worker`` label.
         host_sources_dir, host_model_tasks_dir: see the module docstring (default: the
             ``PYTRAIN_HOST_SOURCES_DIR`` / ``PYTRAIN_HOST_MODEL_TASKS_DIR`` environment variables).
-        environment: extra environment variables for the container (never secrets).
+        environment: extra environment variables for the container; never secrets (the rule of
+            :func:`pytrain.runners.base.is_secret_variable`: such a name raises ConfigurationError).
         context_dir: repository root the image is built from (default: this checkout).
         torch_home: the pretrained weights folder (``hub/checkpoints/``, :mod:`pytrain.weights`), mounted
             read-only at ``/opt/torch-home`` as the container's ``TORCH_HOME`` when it exists;
@@ -285,7 +288,8 @@ class DockerRunner:
             :func:`docker_socket_path`.
 
     Raises:
-        ConfigurationError: a size/limit setting is malformed, or the Docker socket is world-writable.
+        ConfigurationError: a size/limit setting is malformed, the Docker socket is world-writable,
+            or ``environment`` holds a secret-looking variable.
         RunnerError: no Docker engine answers.
     """
 
@@ -333,7 +337,7 @@ class DockerRunner:
         env_tasks = os.environ.get("PYTRAIN_HOST_MODEL_TASKS_DIR")
         self.host_sources_dir = host_sources_dir or (Path(env_sources) if env_sources else None)
         self.host_model_tasks_dir = host_model_tasks_dir or (Path(env_tasks) if env_tasks else None)
-        self.environment = dict(environment or {})
+        self.environment = check_no_secrets(environment or {}, "DockerRunner(environment=...)")
         self.context_dir = context_dir
         self.torch_home = Path(torch_home if torch_home is not None else settings.torch_home)
         if memlock_bytes is None:
@@ -475,6 +479,7 @@ class DockerRunner:
         self._check_task(task)
         if cancel.is_set():
             return run_result(Outcome.CANCELLED, None)
+        self.reap_lost_runs(task)
         image = self.resolve_image()
         details: dict[str, Any] = {"image": image}
         if self.last_image_result is not None and self.image is None:
@@ -531,14 +536,48 @@ class DockerRunner:
         except docker.errors.APIError as exc:
             logger.warning("cannot remove container %s: %s", container.name, exc)
 
+    def reap_lost_runs(self, task: PreparedTask) -> list[str]:
+        """Remove the containers of ``task`` still on this engine, before its new run starts.
+
+        The caller holds the task's lease, so such a container is a lost run's (its worker died, or
+        was stopped past its lease): it would hold the task folder's run lock and make the new run
+        end ``LOCKED``. Found by label (``org.pytrain.task-id``) and by the task folder mounted at
+        ``/task`` (task ids repeat across databases; the folder, named with the task's uid, does
+        not), removed with force (a running one is killed). A run on another engine cannot be
+        reached: the new run then ends ``LOCKED`` and the worker re-queues the task until that run
+        has gone.
+
+        Returns:
+            The names of the containers removed.
+
+        Raises:
+            RunnerError: the Docker engine cannot be reached.
+        """
+        import docker.errors
+
+        folder = _host_path(Path(task.task_dir), self.settings.model_tasks_dir, self.host_model_tasks_dir, _own_bind_mounts(self.client))
+        try:
+            labelled = self.client.containers.list(all=True, filters={"label": [LABEL_MANAGED, f"{LABEL_TASK_ID}={task.task_id}"]})
+        except docker.errors.DockerException as exc:
+            raise RunnerError(f"task {task.task_id}: cannot look for containers of a lost run: {exc}", hint="is the Docker engine running?") from exc
+        lost = [c for c in labelled
+                if any(m.get("Destination") == CONTAINER_TASK_DIR and m.get("Source") == folder for m in c.attrs.get("Mounts") or [])]
+        for container in lost:
+            logger.warning("task %s: removing container %s of a lost run (its worker is gone or lost the lease)", task.task_id, container.name)
+            self._remove(container)
+        return [container.name for container in lost]
+
     # ------------------------------------------------------------------------------------------
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
-        """Remove PyTrain training containers whose task is not in ``active_task_ids``.
+        """Remove this worker's training containers whose task is not in ``active_task_ids``.
 
-        The orchestrator calls this on start with the ids of the tasks that are still legitimately
-        running (on any worker sharing this Docker host); containers of every other task are left
-        over from a crashed worker and are removed (force: running ones are killed), so the task
-        can be re-queued without two trainings writing to one folder.
+        The orchestrator calls this on start. Only containers labelled ``org.pytrain.worker`` with
+        this runner's :attr:`worker_id` are considered: those of a task not in ``active_task_ids``
+        (the tasks other workers run right now) are left over from this worker's crashed
+        predecessor and are removed (force: running ones are killed), so the task can be
+        re-queued without two trainings writing to one folder. Containers of other workers
+        sharing this Docker engine (a second orchestrator with ``--gpus 4,5``) are never touched,
+        whichever task they run.
 
         Returns:
             The task ids whose containers were removed.
@@ -549,8 +588,9 @@ class DockerRunner:
         import docker.errors
 
         removed: set[int] = set()
+        mine = [LABEL_MANAGED, f"{LABEL_WORKER}={self.worker_id}"]  # the engine ANDs label filters
         try:
-            containers = self.client.containers.list(all=True, filters={"label": LABEL_MANAGED})
+            containers = self.client.containers.list(all=True, filters={"label": mine})
         except docker.errors.DockerException as exc:
             raise RunnerError(f"cannot list containers for orphan cleanup: {exc}", hint="is the Docker engine running?") from exc
         for container in containers:
@@ -561,7 +601,7 @@ class DockerRunner:
                 continue
             if task_id in active_task_ids:
                 continue
-            logger.warning("removing orphaned container %s of task %s", container.name, task_id)
+            logger.warning("removing orphaned container %s of task %s (worker %s)", container.name, task_id, self.worker_id)
             self._remove(container)
             removed.add(task_id)
         return removed

@@ -4,8 +4,12 @@ The run gets its own process group (``start_new_session``), so cancelling, a tim
 shutdown stops the entrypoint *and* its children (DataLoader workers): SIGTERM to the group, then
 SIGKILL after ``grace_seconds``. stdout and stderr go to ``train.log`` in the task folder. The
 group id is written to ``runner.pid`` in the task folder, so a restarted worker can kill runs that
-its crashed predecessor left behind (:meth:`LocalRunner.cleanup_orphans`). Watching the run and
-mapping its end to an outcome is :func:`pytrain.runners.base.supervise`.
+its crashed predecessor left behind (:meth:`LocalRunner.cleanup_orphans`). Before a run starts, a
+run still alive in its folder on this host (its worker died or lost the lease) is stopped: the one
+``runner.pid`` names, and the holder of the folder's run lock when it runs on this host in this PID
+namespace (:meth:`LocalRunner.reap_lost_run`). A holder this runner cannot reach (another host,
+another PID namespace) makes the run end ``LOCKED``: the worker re-queues the task until it has
+gone. Watching the run and mapping its end to an outcome is :func:`pytrain.runners.base.supervise`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytrain.errors import RunnerError
-from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args
+from pytrain.runners.base import TRAINING_MODULE, PreparedTask, RunResult, parse_gpus, supervise, torchrun_args, without_secrets
 from pytrain.settings import Settings, get_settings
+from pytrain.training.run_lock import local_holder_pid
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +120,32 @@ class _ProcessGroupRun:
             pass
 
 
-#: Environment variables a training process never inherits.
-SECRET_VARIABLES = frozenset({"PYTRAIN_DATABASE_URL", "PYTRAIN_TRITON_CONTROL_KEY", "PYTRAIN_TRITON_INFERENCE_KEY"})
+def _runs_task(pid: int, task_dir: Path) -> bool:
+    """Whether process ``pid`` is alive and its command line names ``task_dir`` (a training run of it)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return str(task_dir) in cmdline
+
+
+def _unlink_if_ours(pid_path: Path, pid: int) -> None:
+    """Remove ``runner.pid`` if it still names ``pid`` (another worker's run may have written its own since)."""
+    try:
+        if int(pid_path.read_text().split()[0]) != pid:
+            return
+    except (OSError, ValueError, IndexError):
+        return
+    pid_path.unlink(missing_ok=True)
 
 
 def training_environment(settings: Settings) -> dict[str, str]:
     """The environment a training process started on a host (the local runner's child, a Slurm
-    job) inherits: this process's, less :data:`SECRET_VARIABLES` (training needs neither the
-    database nor Triton), unbuffered output, and ``TORCH_HOME`` = the weights folder
+    job) inherits: this process's, less every secret-looking and database variable
+    (:func:`pytrain.runners.base.is_secret_variable`: training needs neither the database nor
+    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
     (``settings.torch_home``), from which ``pretrained`` tasks load."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env = without_secrets(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["TORCH_HOME"] = str(settings.torch_home)
     return env
@@ -206,7 +227,7 @@ class LocalRunner:
         pid_path = task.task_dir / PID_FILE
         # This worker holds the lease now: a run still alive in this folder is a lost one (its
         # worker died) and must not train alongside the new run.
-        self._kill_recorded_run(task.task_dir, task.task_id)
+        self.reap_lost_run(task.task_dir, task.task_id)
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n=== pytrain local runner: {' '.join(argv)}\n".encode())
             log_file.flush()
@@ -227,7 +248,7 @@ class LocalRunner:
         finally:
             # Whatever happened (even an exception in this thread), leave nothing running behind.
             handle.close()
-            pid_path.unlink(missing_ok=True)
+            _unlink_if_ours(pid_path, proc.pid)
 
     def cleanup_orphans(self, active_task_ids: set[int]) -> set[int]:
         """Kill runs left behind by a crashed worker on this host.
@@ -254,6 +275,33 @@ class LocalRunner:
                 killed.add(task_id)
         return killed
 
+    def reap_lost_run(self, task_dir: Path, task_id: int) -> bool:
+        """Stop a lost run of this task still alive on this host, before a new run starts.
+
+        The caller holds the task's lease, so any other run in ``task_dir`` is lost (its worker died,
+        or was stopped past its lease and fences itself when it wakes up). Two records name it:
+        ``runner.pid`` (the process group a local runner started) and the run lock's holder
+        (:func:`pytrain.training.run_lock.local_holder_pid`: only when it runs on this host, in this
+        PID namespace). Either is stopped (its process group: SIGTERM, SIGKILL after the grace
+        time) when its command line names ``task_dir``; a pid reused by another program is left alone.
+
+        Returns:
+            Whether a run was found alive and stopped.
+        """
+        reaped = self._kill_recorded_run(task_dir, task_id)
+        holder = local_holder_pid(task_dir)
+        if holder is None or not _runs_task(holder, task_dir):
+            return reaped
+        try:
+            group = os.getpgid(holder)
+        except ProcessLookupError:
+            return reaped
+        if group == os.getpgrp():  # a run in this process's own group is not a lost run's
+            return reaped
+        log.warning("task %s: stopping a lost run (pid %s, process group %s) that still holds %s", task_id, holder, group, task_dir)
+        _kill_group(group, self.grace_seconds)
+        return True
+
     def _kill_recorded_run(self, task_dir: Path, task_id: int) -> bool:
         """Kill the process group recorded in ``task_dir/runner.pid`` if it still runs this task.
 
@@ -265,11 +313,7 @@ class LocalRunner:
             pid = int(pid_path.read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError, OSError):
             return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmdline = ""
-        alive = str(task_dir) in cmdline  # the same pid could belong to an unrelated process by now
+        alive = _runs_task(pid, task_dir)  # the same pid could belong to an unrelated process by now
         if alive:
             log.warning("task %s: killing a lost run (process group %s) left by a crashed worker", task_id, pid)
             _kill_group(pid, self.grace_seconds)

@@ -50,6 +50,8 @@ from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import TRAINING_MODULE, Outcome, PreparedTask, RunResult, run_result, supervise
 from pytrain.runners.local import OOM_MARKERS, oom_marker, tail, training_environment
 from pytrain.settings import Settings, get_settings
+from pytrain.slurm_values import RULES, SBATCH_LINE_PATTERN, SCRIPT_PATH_PATTERN, parse_extra_sbatch, problem
+from pytrain.task_columns import MODEL_NAME_PATTERN
 from pytrain.task_options import slurm_overrides
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,19 @@ TERMINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
     "DEADLINE", "REVOKED", "SPECIAL_EXIT",
 })
+#: States of a job on its way out: ended, or still tearing its steps down. Right after ``scancel``
+#: squeue shows a running job ``COMPLETING`` for as long as its steps take to die (~8 s here for a
+#: program that ignores SIGTERM): a job in one of these states is never re-attached to.
+ENDING_STATES = TERMINAL_STATES | {"COMPLETING", "STAGE_OUT"}
 #: Ends that are the cluster's doing, not the training's: the task goes back to the queue.
 REQUEUE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 #: What slurmstepd writes into the job's output when it kills a step over its ``--mem``.
 _SLURM_OOM_MARKERS = ("Exceeded job memory limit", "exceeded memory limit", "oom-kill event", "OUT_OF_MEMORY")
 #: Lines Slurm itself writes into the job's output (left out of the task row's stderr tail).
 _SLURM_LINE_PREFIXES = ("srun: ", "slurmstepd", "=== pytrain slurm job")
+#: How long a cancelled job may take to leave squeue beyond the runner's grace (seconds): KillWait
+#: plus the steps' teardown (~8 s here for a program that ignores SIGTERM).
+GONE_SECONDS = 30.0
 #: Ports of the c10d rendezvous: ``RDZV_PORT_BASE + job id % RDZV_PORT_SPAN``.
 RDZV_PORT_BASE, RDZV_PORT_SPAN = 20000, 20000
 
@@ -100,6 +109,11 @@ class JobInfo:
     def ended(self) -> bool:
         """Whether the job runs no more."""
         return self.state in TERMINAL_STATES
+
+    @property
+    def ending(self) -> bool:
+        """Whether the job has ended or is ending (cancelled, its steps being torn down)."""
+        return self.state in ENDING_STATES
 
 
 def _exit_code(text: str) -> tuple[int, int]:
@@ -185,6 +199,12 @@ def parse_job_comment(comment: str) -> dict[str, str] | None:
     return None if match is None else {"task": match.group(1), "uid": match.group(2), "worker": match.group(3)}
 
 
+def _uid_of(job: JobInfo) -> str | None:
+    """The task uid in a job's :func:`job_comment`; ``None`` for a job PyTrain did not submit."""
+    meta = parse_job_comment(job.comment)
+    return None if meta is None else meta["uid"]
+
+
 def slurm_result(
     info: JobInfo | None, *, job_id: str, stopped_by: Outcome | None, tail_text: str, oom_evidence: str | None,
     timeout_seconds: float | None, details: dict,
@@ -242,20 +262,25 @@ def time_limit_minutes(timeout_seconds: float | None) -> int | None:
     return None if timeout_seconds is None else max(1, math.ceil(timeout_seconds / 60))
 
 
-def _extra_lines(text: str | None) -> list[str]:
-    """``PYTRAIN_SLURM_EXTRA_SBATCH``: options separated by newlines or ``;`` (``--exclusive;--constraint=a100``)."""
-    lines = []
-    for part in re.split(r"[\n;]", text or ""):
-        part = part.strip()
-        if part.startswith("#SBATCH"):
-            part = part[len("#SBATCH"):].strip()
-        if not part:
-            continue
-        if not part.startswith("-"):
-            raise ConfigurationError(f"PYTRAIN_SLURM_EXTRA_SBATCH entry {part!r} is not an sbatch option",
-                                     hint="give options like '--exclusive;--constraint=a100', separated by ';' or newlines")
-        lines.append(part)
-    return lines
+def check_slurm_values(settings: Settings, subject: str) -> None:
+    """Refuse a text Slurm setting that does not pass its rule (:mod:`pytrain.slurm_values`).
+
+    Settings read from the environment were checked by their types already; this catches values
+    that bypassed validation (``model_copy(update=...)``) before any reaches a script.
+
+    Args:
+        settings: the settings, a task's overrides laid over them (:func:`task_settings`).
+        subject: who holds them, for the message (``"task 12"``, ``"the settings"``).
+
+    Raises:
+        ConfigurationError: naming the setting, the value and the rule.
+    """
+    for key in (*RULES, "extra_sbatch"):
+        value = getattr(settings, f"slurm_{key}")
+        why = None if value is None else problem(key, value)
+        if why:
+            raise ConfigurationError(f"{subject}: Slurm setting {key}={value!r} {why}",
+                                     hint=f"fix PYTRAIN_SLURM_{key.upper()} or the task's options {{\"slurm\": {{\"{key}\": ...}}}}")
 
 
 def task_settings(settings: Settings, task: PreparedTask) -> Settings:
@@ -267,6 +292,57 @@ def task_settings(settings: Settings, task: PreparedTask) -> Settings:
         ConfigurationError: an override that is not a Slurm setting or does not fit it.
     """
     return settings.model_copy(update=slurm_overrides(task.spec.extra))
+
+
+def _sbatch_options(task: PreparedTask, settings: Settings, worker_id: str) -> list[str]:
+    """The ``#SBATCH`` options of ``task``'s script, each checked against :data:`SBATCH_LINE_PATTERN`.
+
+    Raises:
+        ConfigurationError: a Slurm setting that fails its rule, or an option that would not be one
+            ``#SBATCH`` word (defence in depth: every value was checked before).
+    """
+    check_slurm_values(settings, f"task {task.task_id}")
+    options = [
+        f"--job-name={JOB_NAME_PREFIX}{task.task_id}",
+        f"--comment={job_comment(task.task_id, task.spec.uid, worker_id)}",
+        f"--nodes={task.spec.nodes}",
+        "--ntasks-per-node=1",
+    ]
+    named = (("gpus-per-node", settings.slurm_gpus_per_node), ("cpus-per-task", settings.slurm_cpus_per_task),
+             ("mem", settings.slurm_mem), ("partition", settings.slurm_partition), ("account", settings.slurm_account),
+             ("qos", settings.slurm_qos), ("time", time_limit_minutes(task.timeout_seconds)))
+    options += [f"--{flag}={value}" for flag, value in named if value]
+    options += [
+        f"--chdir={task.task_dir}", f"--output={task.log_path}", "--open-mode=append",
+        "--no-requeue",  # after a node failure the orchestrator re-queues the task, not Slurm
+        *parse_extra_sbatch(settings.slurm_extra_sbatch),
+    ]
+    for option in options:  # defence in depth: never write a line sbatch or bash would read as more than one option
+        if not re.fullmatch(SBATCH_LINE_PATTERN, option):
+            raise ConfigurationError(f"task {task.task_id}: refusing to write {'#SBATCH ' + option!r} into {SBATCH_FILE}",
+                                     hint=f"an #SBATCH option must match {SBATCH_LINE_PATTERN}")
+    return options
+
+
+def _check_names_and_paths(task: PreparedTask, settings: Settings) -> None:
+    """Refuse a model name or a path the script would carry that fails its pattern.
+
+    The model name goes into a comment line; the paths into ``#SBATCH`` lines, pyxis's mount
+    list and a here-document (quoted, but a newline would still end it).
+
+    Raises:
+        ConfigurationError: naming the value and the pattern (:data:`SCRIPT_PATH_PATTERN`).
+    """
+    if not re.fullmatch(MODEL_NAME_PATTERN, task.spec.model_name):
+        raise ConfigurationError(f"task {task.task_id}: model name {task.spec.model_name!r} does not match {MODEL_NAME_PATTERN}")
+    paths = {"task folder": task.task_dir, "sources root": task.sources_root}
+    if settings.slurm_container_image:
+        paths["weights folder"] = settings.torch_home  # mounted into the container
+    for what, path in paths.items():
+        if not re.fullmatch(SCRIPT_PATH_PATTERN, str(path)):
+            raise ConfigurationError(f"task {task.task_id}: the {what} {str(path)!r} cannot be written into {SBATCH_FILE}",
+                                     hint=f"use an absolute path matching {SCRIPT_PATH_PATTERN} (PYTRAIN_MODEL_TASKS_DIR, "
+                                     "PYTRAIN_SOURCES_DIR, PYTRAIN_TORCH_HOME)")
 
 
 def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, command: Sequence[str] | None = None) -> str:
@@ -285,38 +361,18 @@ def render_sbatch(task: PreparedTask, settings: Settings, *, worker_id: str, com
         names, rendezvous address and port) is computed by the script when the job starts.
 
     Raises:
-        ConfigurationError: ``nodes`` < 1 or an extra sbatch line is not an option.
+        ConfigurationError: ``nodes`` < 1, a model name or Slurm setting that fails its pattern
+            (:mod:`pytrain.slurm_values`; the value is refused, never quoted around), or an
+            ``#SBATCH`` option that is not one word (:func:`_sbatch_options`).
     """
     nodes = task.spec.nodes
     if nodes < 1:
         raise ConfigurationError(f"task {task.task_id}: nodes = {nodes}", hint="nodes must be at least 1")
+    _check_names_and_paths(task, settings)
+    options = _sbatch_options(task, settings, worker_id)
     gpus = settings.slurm_gpus_per_node
     per_node = max(1, gpus)
     task_dir, sources = str(task.task_dir), str(task.sources_root)
-    options = [
-        f"--job-name={JOB_NAME_PREFIX}{task.task_id}",
-        f"--comment={job_comment(task.task_id, task.spec.uid, worker_id)}",
-        f"--nodes={nodes}",
-        "--ntasks-per-node=1",
-    ]
-    if gpus:
-        options.append(f"--gpus-per-node={gpus}")
-    if settings.slurm_cpus_per_task:
-        options.append(f"--cpus-per-task={settings.slurm_cpus_per_task}")
-    if settings.slurm_mem:
-        options.append(f"--mem={settings.slurm_mem}")
-    for flag, value in (("partition", settings.slurm_partition), ("account", settings.slurm_account), ("qos", settings.slurm_qos)):
-        if value:
-            options.append(f"--{flag}={value}")
-    minutes = time_limit_minutes(task.timeout_seconds)
-    if minutes is not None:
-        options.append(f"--time={minutes}")
-    options += [
-        f"--chdir={task_dir}", f"--output={task.log_path}", "--open-mode=append",
-        "--no-requeue",  # after a node failure the orchestrator re-queues the task, not Slurm
-    ]
-    options += _extra_lines(settings.slurm_extra_sbatch)
-
     srun = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
     if settings.slurm_container_image:
         python = settings.slurm_python or "python"
@@ -449,6 +505,19 @@ class SlurmCluster:
         """``scancel`` the job (idempotent: an ended job is left as it is)."""
         _slurm(["scancel", job_id])
 
+    def wait_gone(self, job_ids: set[str], timeout: float) -> set[str]:
+        """Wait until none of ``job_ids`` is in ``squeue`` any more, at most ``timeout`` seconds.
+
+        Returns:
+            The ids still in the queue when the time ran out (empty: all gone).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = {job.job_id for job in self.jobs()} & job_ids
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.2)
+
     def set_comment(self, job_id: str, comment: str) -> bool:
         """Rewrite the job's comment (a re-attaching worker takes the job over); whether Slurm accepted it."""
         return _slurm(["scontrol", "update", f"JobId={job_id}", f"Comment={comment}"]).returncode == 0
@@ -493,12 +562,8 @@ class _SlurmJob:
     def stop(self, grace_seconds: float) -> None:
         """``scancel``, then wait until the job has left the queue (Slurm's KillWait plus ``grace_seconds``)."""
         self.cluster.cancel(self.job_id)
-        deadline = time.monotonic() + grace_seconds + 30
-        while time.monotonic() < deadline:
-            if not any(job.job_id == self.job_id for job in self.cluster.jobs()):
-                return
-            time.sleep(0.2)
-        log.warning("%s: still in squeue %.0f s after scancel", self.subject, grace_seconds + 30)
+        if self.cluster.wait_gone({self.job_id}, grace_seconds + GONE_SECONDS):
+            log.warning("%s: still in squeue %.0f s after scancel", self.subject, grace_seconds + GONE_SECONDS)
 
     def output_tail(self) -> str:
         """The end of ``train.log`` without Slurm's own bookkeeping lines (``srun: error: n1: task 0:
@@ -537,19 +602,34 @@ class SlurmRunner:
         self.grace_seconds = grace_seconds
         self.cluster = cluster or SlurmCluster()
         self.command = list(command) if command else None
-        _extra_lines(self.settings.slurm_extra_sbatch)  # a bad line is refused at start-up, not per task
+        check_slurm_values(self.settings, "the settings")  # a bad value is refused at start-up, not per task
 
     def _env(self) -> dict[str, str]:
         # sbatch exports the submitting environment to the job: never the database or Triton secrets.
         return training_environment(self.settings)
 
     def find_run(self, task: PreparedTask) -> str | None:
-        """The id of a live job of ``task`` (same task id and uid) that :meth:`run` would re-attach to."""
-        for job in self.cluster.jobs(f"{JOB_NAME_PREFIX}{task.task_id}"):
-            meta = parse_job_comment(job.comment)
-            if job.name == f"{JOB_NAME_PREFIX}{task.task_id}" and meta and meta["uid"] == (task.spec.uid or "-"):
-                return job.job_id
-        return None
+        """The id of a live job of ``task`` (same task id and uid) that :meth:`run` would re-attach to.
+
+        A job of the task on its way out (:data:`ENDING_STATES`: a fenced or crashed worker's
+        ``scancel`` makes it ``COMPLETING`` at once) is never taken over: re-attaching would end
+        in its ``CANCELLED``. This waits until it has left the queue (``grace_seconds`` +
+        :data:`GONE_SECONDS` at most), so that a new job does not train beside it.
+
+        Raises:
+            RunnerError: such a job is still in the queue after that wait.
+        """
+        name = f"{JOB_NAME_PREFIX}{task.task_id}"
+        ours = [job for job in self.cluster.jobs(name) if job.name == name and _uid_of(job) == (task.spec.uid or "-")]
+        ending = {job.job_id for job in ours if job.ending}
+        if ending:
+            log.info("task %s: Slurm job(s) %s of this task are ending; waiting until they are gone", task.task_id, sorted(ending))
+            timeout = self.grace_seconds + GONE_SECONDS
+            if left := self.cluster.wait_gone(ending, timeout):
+                raise RunnerError(f"task {task.task_id}: Slurm job(s) {', '.join(sorted(left))} of this task are still ending "
+                                  f"{timeout:g} s after they were cancelled; not starting another beside them",
+                                  hint="see `squeue -j ID` and `scontrol show job ID` (a node that does not answer?)")
+        return next((job.job_id for job in ours if not job.ending), None)
 
     def run(self, task: PreparedTask, cancel: threading.Event, stop: threading.Event | None = None) -> RunResult:
         """Submit ``task`` as a Slurm job (or re-attach to its live job) and block until it ends.
@@ -621,7 +701,6 @@ class SlurmRunner:
             self.cluster.cancel(job.job_id)
             cancelled[job.job_id] = task_id
         # Return once they are gone, as the other runners do (scancel only asks).
-        deadline = time.monotonic() + 30
-        while cancelled and time.monotonic() < deadline and any(job.job_id in cancelled for job in self.cluster.jobs()):
-            time.sleep(0.2)
+        if cancelled:
+            self.cluster.wait_gone(set(cancelled), GONE_SECONDS)
         return set(cancelled.values())

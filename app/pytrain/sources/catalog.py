@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytrain.errors import ConfigurationError
-from pytrain.sources.resolve import VIDEO_SUFFIXES
+from pytrain.errors import ConfigurationError, printable
+from pytrain.sources.resolve import NOT_UTF8, VIDEO_SUFFIXES, is_utf8_name, unreadable_folder
 from pytrain.spec import ManifestRow, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class CatalogSync:
         deleted: paths whose files are gone (their rows were deleted).
         unchanged: files whose (size, mtime) matched their row: not probed.
         bad: ``{path: reason}`` of the probed files that do not decode.
+        skipped: ``{path: reason}`` of the files and class folders (``folder/``) left out: a name
+            that is not UTF-8 (:data:`pytrain.sources.resolve.NOT_UTF8`; the path shown with
+            :func:`pytrain.errors.printable`), a folder that cannot be read (its catalog rows are kept).
     """
 
     dataset: str
@@ -49,28 +52,50 @@ class CatalogSync:
     deleted: list[str]
     unchanged: int
     bad: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
-def list_video_files(dataset_dir: Path) -> dict[str, tuple[int, int]]:
-    """``{path relative to dataset_dir: (size in bytes, mtime in ns)}`` of the dataset's video files.
+def list_video_files(dataset_dir: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """The dataset's video files, and what was left out.
 
     The layout :func:`pytrain.sources.resolve_classes` reads: ``<dataset>/<class folder>/*.mp4``,
     hidden folders left out.
 
+    Returns:
+        ``(files, skipped)``: ``{path relative to dataset_dir: (size in bytes, mtime in ns)}``, and
+        ``{path: reason}`` of the files and folders (``folder/``) whose name is not UTF-8 or, for a
+        class folder, that cannot be read (see :attr:`CatalogSync.skipped`).
+
     Raises:
-        OSError: a folder cannot be listed.
+        SourceError: the dataset folder itself cannot be read (its path named).
     """
     files: dict[str, tuple[int, int]] = {}
-    with os.scandir(dataset_dir) as folders:
-        for folder in sorted(folders, key=lambda e: e.name):
-            if folder.name.startswith(".") or not folder.is_dir():
+    skipped: dict[str, str] = {}
+    try:
+        with os.scandir(dataset_dir) as found:
+            folders = sorted((e for e in found if not e.name.startswith(".") and e.is_dir()), key=lambda e: e.name)
+    except OSError as exc:
+        raise unreadable_folder(Path(dataset_dir), exc, "dataset folder") from exc
+    for folder in folders:
+        if not is_utf8_name(folder.name):
+            skipped[printable(folder.name) + "/"] = NOT_UTF8
+            continue
+        try:
+            with os.scandir(folder.path) as found:
+                entries = [e for e in found if os.path.splitext(e.name)[1].lower() in VIDEO_SUFFIXES and e.is_file()]
+        except OSError as exc:
+            skipped[folder.name + "/"] = f"cannot read the folder: {exc.strerror or exc}"
+            continue
+        for entry in entries:
+            path = f"{folder.name}/{entry.name}"
+            if not is_utf8_name(entry.name):
+                skipped[printable(path)] = NOT_UTF8
                 continue
-            with os.scandir(folder.path) as entries:
-                for entry in entries:
-                    if os.path.splitext(entry.name)[1].lower() in VIDEO_SUFFIXES and entry.is_file():
-                        st = entry.stat()
-                        files[f"{folder.name}/{entry.name}"] = (st.st_size, st.st_mtime_ns)
-    return files
+            st = entry.stat()
+            files[path] = (st.st_size, st.st_mtime_ns)
+    for path, reason in skipped.items():
+        log.warning("dataset %s: leaving out %s: %s", Path(dataset_dir).name, path, reason)
+    return files, skipped
 
 
 def require_decoder() -> None:
@@ -99,16 +124,18 @@ def sync_catalog(catalog, sources_root: Path, dataset: str, *, jobs: int | None 
 
     Raises:
         ConfigurationError: no decoder is installed (:func:`require_decoder`).
+        SourceError: the dataset folder cannot be read (:func:`list_video_files`).
         TrainingError: a probe child could not start.
         DatabaseError: the database cannot be reached.
     """
     from pytrain.training.probe import DEFAULT_TIMEOUT_S, probe_videos
 
     dataset_dir = Path(sources_root) / dataset
-    on_disk = list_video_files(dataset_dir)
+    on_disk, skipped = list_video_files(dataset_dir)
     known = catalog.stamps(dataset)
     todo = sorted(path for path, stamp in on_disk.items() if known.get(path) != stamp)
-    gone = sorted(set(known) - set(on_disk))
+    unread = tuple(path for path in skipped if path.endswith("/"))  # a folder left out: its files are not gone
+    gone = sorted(path for path in set(known) - set(on_disk) if not path.startswith(unread))
     catalog.delete(dataset, gone)
     if todo:
         require_decoder()
@@ -136,7 +163,7 @@ def sync_catalog(catalog, sources_root: Path, dataset: str, *, jobs: int | None 
     probe_videos([dataset_dir / path for path in todo], timeout=timeout or DEFAULT_TIMEOUT_S,
                  processes=jobs or os.cpu_count() or 1, on_result=record)
     catalog.upsert(pending)
-    return CatalogSync(dataset=dataset, probed=todo, deleted=gone, unchanged=len(on_disk) - len(todo), bad=bad)
+    return CatalogSync(dataset=dataset, probed=todo, deleted=gone, unchanged=len(on_disk) - len(todo), bad=bad, skipped=skipped)
 
 
 def seed_scan_results(task_dir: Path, rows: Iterable[ManifestRow], videos: Iterable[Mapping[str, Any]],

@@ -104,8 +104,22 @@ def write_charts(report: Mapping[str, Any], videos: Iterable[Mapping[str, Any]],
     }
 
 
+#: The most entries the text report shows of one list (the paths of one duplicate group, the
+#: duplicate groups, the bad files): a dataset of thousands of hard-linked files would otherwise
+#: print hundreds of kilobytes. The rest is one "... and N more"; ``--json`` keeps every entry.
+TEXT_LIST_LIMIT = 10
+
+
+def _capped(items: list[str], what: str = "") -> list[str]:
+    """``items``, or the first :data:`TEXT_LIST_LIMIT` and ``"... and N more <what>"``."""
+    if len(items) <= TEXT_LIST_LIMIT:
+        return list(items)
+    return [*items[:TEXT_LIST_LIMIT], f"... and {len(items) - TEXT_LIST_LIMIT} more {what}".rstrip()]
+
+
 def format_report(report: Mapping[str, Any]) -> list[str]:
-    """The report as text lines for the terminal."""
+    """The report as text lines for the terminal; long lists are cut at :data:`TEXT_LIST_LIMIT`
+    entries with ``... and N more`` (the report itself keeps them all)."""
     lines = [f"dataset {report['dataset']}: {report['files']} files, {report['good']} good"]
 
     def row(name: str, s: Mapping[str, Any], indent: str) -> str:
@@ -116,10 +130,8 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
     for cls, stats in report["classes"].items():
         lines.append(row(cls, stats, "  "))
         lines += [row(folder, sub, "    ") for folder, sub in stats["subclasses"].items()]
-    for bad in report["bad"]:
-        lines.append(f"bad {bad['path']}: {bad['reason']}")
-    for paths in report["duplicates"]:
-        lines.append(f"duplicates (same content): {', '.join(paths)}")
+    lines += _capped([f"bad {bad['path']}: {bad['reason']}" for bad in report["bad"]], "bad files")
+    lines += _capped([f"duplicates (same content): {', '.join(_capped(paths))}" for paths in report["duplicates"]], "duplicate groups")
     for cls, clips in report["below_minimum"].items():
         lines.append(f"class {cls} has {clips} good clips; the split needs at least {report['min_clips_per_class']}")
     return lines

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from pytrain.task_columns import SOURCE_NAME_PATTERN
-from pytrain.errors import SourceError
+from pytrain.errors import SourceError, printable
 from pytrain.settings import Settings, get_settings
 from pytrain.sources.catalog import CatalogSync, Progress, sync_catalog
 
@@ -61,7 +61,7 @@ def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         if not re.fullmatch(SOURCE_NAME_PATTERN, entry.name):  # match() lets "name\n" through
-            skipped[entry.name] = f"the name must match {SOURCE_NAME_PATTERN}"
+            skipped[printable(entry.name)] = f"the name must match {SOURCE_NAME_PATTERN}"  # maybe not UTF-8
         elif not entry.resolve().is_relative_to(real_root):
             skipped[entry.name] = f"it resolves to {entry.resolve()}, outside the sources root {real_root}"
         else:

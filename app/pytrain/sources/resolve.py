@@ -12,16 +12,35 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytrain.errors import SourceError
+from pytrain.errors import SourceError, printable
 from pytrain.spec import OTHER_CLASS
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4",)
+
+#: Why a file or folder whose name is not UTF-8 (``caf\xe9.mp4``, from a Latin-1 system) is left
+#: out: neither PostgreSQL nor ``manifest.csv`` can hold its name. Shown with :func:`pytrain.errors.printable`.
+NOT_UTF8 = "its name is not valid UTF-8 (rename it, e.g. with convmv)"
+
+
+def is_utf8_name(name: str) -> bool:
+    """Whether a name read from the disk (``os.fsdecode``: undecodable bytes become lone surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unreadable_folder(path: Path, exc: OSError, what: str) -> SourceError:
+    """The error for a folder that cannot be listed (``PermissionError`` and other ``OSError``), naming its path."""
+    return SourceError(f"cannot read {what} {printable(str(path))}: {exc.strerror or exc}",
+                       hint="make it readable by the user the orchestrator runs as (chmod/chown), then retry the task")
 
 
 @dataclass(frozen=True)
@@ -45,11 +64,15 @@ class ResolvedClasses:
         class_list: sorted labels (``Other`` included when used).
         clips: every clip, sorted by ``(label, path)``.
         folders: ``{label: ["dataset/folder", ...]}`` the label's clips come from.
+        unlisted: ``{path: reason}`` of the video files and class folders (``path/``) left out
+            because their name is not UTF-8 (:data:`NOT_UTF8`; the path relative to the sources
+            root, shown with :func:`pytrain.errors.printable`).
     """
 
     class_list: list[str]
     clips: list[Clip]
     folders: dict[str, list[str]]
+    unlisted: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Clips per label."""
@@ -74,6 +97,36 @@ def _inside(real_root: Path, path: Path, what: str) -> Path:
     return real
 
 
+def _is_class_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
+
+
+def _utf8_entries(folder: Path, root: Path, unlisted: dict[str, str], keep: Callable[[Path], bool], what: str) -> list[Path]:
+    """The sorted entries of ``folder`` that ``keep(path)`` selects; those whose name is not UTF-8
+    go to ``unlisted`` (path relative to ``root``, a folder's ending in ``/`` -> :data:`NOT_UTF8`), logged.
+
+    Raises:
+        SourceError: ``folder`` cannot be listed (:func:`unreadable_folder`).
+    """
+    try:
+        entries = sorted(p for p in folder.iterdir() if keep(p))
+    except OSError as exc:
+        raise unreadable_folder(folder, exc, what) from exc
+    kept = []
+    for entry in entries:
+        if is_utf8_name(entry.name):
+            kept.append(entry)
+            continue
+        shown = printable(entry.relative_to(root).as_posix()) + ("/" if entry.is_dir() else "")
+        log.warning("leaving out %s: %s", shown, NOT_UTF8)
+        unlisted[shown] = NOT_UTF8
+    return kept
+
+
 def resolve_classes(
     sources_root: Path,
     datasets: Iterable[str],
@@ -94,10 +147,16 @@ def resolve_classes(
     Returns:
         The :class:`ResolvedClasses`.
 
+    A class folder or video file whose name is not UTF-8 is left out and listed in
+    ``unlisted``, as training lists a video that does not decode. A folder that cannot be read is
+    an error: leaving it out would train, and publish, a model on part of a class without anyone
+    noticing, and a later run that can read it would split the clips differently.
+
     Raises:
-        SourceError: a dataset is not registered or has no folder; a dataset has no mp4 files; a
-            selected class has no folder (or no clip) in any dataset; ``include_other`` is set but
-            there is no other clip; a folder or file resolves outside the sources root.
+        SourceError: a dataset is not registered or has no folder; a dataset or class folder
+            cannot be read (its path named); a dataset has no mp4 files; a selected class has no
+            folder (or no clip) in any dataset; ``include_other`` is set but there is no other clip;
+            a folder or file resolves outside the sources root.
     """
     root = Path(sources_root)
     if not root.is_dir():
@@ -118,19 +177,21 @@ def resolve_classes(
     clips: list[Clip] = []
     folders: dict[str, list[str]] = defaultdict(list)
     found_classes: set[str] = set()
+    unlisted: dict[str, str] = {}
     for dataset in datasets:
         dataset_dir = root / dataset
         if not dataset_dir.is_dir():
             raise SourceError(f"dataset {dataset!r} has no folder {dataset_dir}", hint="check the task's sources and the sources root")
         _inside(real_root, dataset_dir, f"dataset {dataset!r}")
         dataset_clips = 0
-        for folder in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        class_folders = _utf8_entries(dataset_dir, root, unlisted, _is_class_folder, "dataset folder")
+        for folder in class_folders:
             cls = class_of(folder.name)
             if not cls:
                 log.warning("ignoring folder %s: no class name before the first underscore", folder)
                 continue
             _inside(real_root, folder, "class folder")
-            videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            videos = _utf8_entries(folder, root, unlisted, _is_video, "class folder")
             for video in videos:
                 _inside(real_root, video, "video")
             dataset_clips += len(videos)
@@ -164,6 +225,7 @@ def resolve_classes(
         class_list=class_list,
         clips=sorted(clips, key=lambda c: (c.label, c.path)),
         folders={label: folders[label] for label in class_list},
+        unlisted=unlisted,
     )
     empty = [label for label, n in resolved.counts().items() if n == 0]
     if empty:

@@ -1,7 +1,8 @@
 """``python -m pytrain.training --task-dir DIR [--sources-root DIR] [--device auto|cpu|cuda] [--num-workers N] [--cache-dir DIR]``
 
 Exit status 0 only when ``model.onnx``, ``tensor_spec.json`` and ``metrics.json`` are complete;
-otherwise 1 (130 when interrupted) with one ``error: ...`` line last on stderr.
+otherwise 1 (130 when interrupted; 75, ``RUN_LOCKED_EXIT_CODE``, when another run holds the task
+folder: the orchestrator re-queues the task) with one ``error: ...`` line last on stderr.
 
 Nothing heavy is imported at module level: spawned decoder-probe children import this module.
 """
@@ -27,11 +28,13 @@ def _cause_chain(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the training entrypoint; returns the exit code (0 only when the model is exported).
 
-    Failures print one ``error: ...`` line on stderr and return 1 (130 when interrupted).
+    Failures print one ``error: ...`` line on stderr and return 1 (130 when interrupted, 75 when
+    another run holds the task folder: :data:`pytrain.training.run_lock.RUN_LOCKED_EXIT_CODE`).
     """
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from pytrain.errors import PyTrainError
+        from pytrain.training.run_lock import RunLockedError
         from pytrain.training.train import get_args_parser, main as train_main
     except ImportError as exc:
         print(f"error: the training dependencies are not installed: {exc} (hint: pip install 'pytrain[train]')", file=sys.stderr)
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         train_main(args)
+    except RunLockedError as exc:  # not a failure of this task: the worker re-queues it
+        print(f"error: {_cause_chain(exc)}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except PyTrainError as exc:
         logging.getLogger("pytrain.training").debug("failure", exc_info=True)
         print(f"error: {_cause_chain(exc)}", file=sys.stderr, flush=True)

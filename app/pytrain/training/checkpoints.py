@@ -28,9 +28,14 @@ another ``epochs`` would not end with the weights of an uninterrupted run.
 **The previous checkpoint.** :func:`save_last` writes ``checkpoint_last.pt`` to a temporary file
 (fsynced), renames the current last one to ``checkpoint_prev.pt`` and renames the new one in. A
 crash between the renames leaves no last checkpoint and the newest one as ``checkpoint_prev.pt``;
-resume tries the last one, then the previous one (when the last is missing, truncated or otherwise
-unreadable, which is logged; an unreadable one is moved aside so it never becomes the previous
-one), then starts over.
+resume tries the last one, then the previous one (when the last is missing or damaged, which is
+logged; a damaged one is moved aside so it never becomes the previous one), then starts over.
+
+**Damaged or unreadable.** Only a file whose bytes were read and do not parse (truncated, garbage:
+``torch.load``'s zip and unpickling errors) is damaged. A file that cannot be read (EIO, ESTALE
+on NFS, a permission error, a directory in its place, no memory) says nothing about the checkpoint:
+the run fails with :class:`pytrain.errors.CheckpointReadError` (the path and the cause) like any
+failed run, every file stays where it is, and a retry of the task resumes from them.
 
 Checkpoints written before fingerprints existed have none: they are moved aside and the run starts
 over (logged).
@@ -39,6 +44,7 @@ over (logged).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -48,7 +54,7 @@ from typing import Any
 
 import torch
 
-from pytrain.errors import TrainingError
+from pytrain.errors import CheckpointReadError, TrainingError
 from pytrain.spec import (
     CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, MANIFEST, METRICS, MODEL_ONNX, PLOTS, PROGRESS, TENSOR_SPEC, TaskSpec, atomic_path,
 )
@@ -184,39 +190,49 @@ class Resumable:
     Attributes:
         checkpoint: the checkpoint dict to resume from, or ``None`` to start at epoch 1.
         path: the file it was read from (``checkpoint_last.pt`` or ``checkpoint_prev.pt``).
-        unreadable: checkpoint files that could not be read (to move aside).
+        damaged: checkpoint files that were read but do not parse (to move aside).
         stale_reasons: why the task's earlier files do not belong to this run (``[]``: they do,
             or there are none); non-empty means :data:`RUN_FILES` are moved aside.
     """
 
     checkpoint: dict[str, Any] | None = None
     path: Path | None = None
-    unreadable: list[Path] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)
     stale_reasons: list[str] = field(default_factory=list)
 
 
 def find_resumable(task_dir: Path, fingerprint: dict[str, Any]) -> Resumable:
     """Pick the checkpoint to resume from: ``checkpoint_last.pt``, else ``checkpoint_prev.pt``
-    (when the last is missing or unreadable), if its fingerprint is ``fingerprint``.
+    (when the last is missing or damaged), if its fingerprint is ``fingerprint``.
+
+    Damaged means the file's bytes were read but are not a checkpoint (truncated, garbage: the
+    unpickling or zip errors ``torch.load`` raises). A file that cannot be read at all is not
+    damaged, and taking it for damaged would throw the run's progress away: that fails the run.
 
     Reads only (every rank may call it); :func:`move_aside` acts on the answer.
 
     Returns:
-        The :class:`Resumable`; each unreadable file and a mismatch are logged with the reason.
+        The :class:`Resumable`; each damaged file and a mismatch are logged with the reason.
+
+    Raises:
+        CheckpointReadError: a checkpoint exists but reading it failed (an ``OSError`` other than
+            "not found": EIO, ESTALE, EACCES, a directory in its place; or ``MemoryError``).
+            Nothing is moved; a retry of the task resumes from them.
     """
     task_dir = Path(task_dir)
     found = Resumable()
     for name in (CHECKPOINT_LAST, CHECKPOINT_PREV):
         path = task_dir / name
-        if not path.is_file():
+        data = _read_checkpoint_bytes(path)
+        if data is None:
             continue
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-                raise ValueError("not a PyTrain checkpoint")
-        except Exception as exc:  # written atomically, so this is damage from outside (a truncated copy, a bad disk)
-            log.warning("cannot read %s (%s: %s); trying the previous checkpoint", path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            found.unreadable.append(path)
+            checkpoint = _parse_checkpoint(data)
+        except MemoryError as exc:
+            raise CheckpointReadError(path, exc) from exc
+        except Exception as exc:  # the bytes were read and do not parse: damage from outside (written atomically)
+            log.warning("checkpoint %s is damaged (%s: %s); trying the previous checkpoint", path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            found.damaged.append(path)
             continue
         changes = fingerprint_changes(checkpoint.get("fingerprint"), fingerprint)
         if changes:
@@ -224,16 +240,49 @@ def find_resumable(task_dir: Path, fingerprint: dict[str, Any]) -> Resumable:
             return found
         found.checkpoint, found.path = checkpoint, path
         return found
-    if found.unreadable:
-        found.stale_reasons = ["no readable checkpoint: " + ", ".join(p.name for p in found.unreadable)]
+    if found.damaged:
+        found.stale_reasons = ["no readable checkpoint: " + ", ".join(p.name for p in found.damaged)]
     return found
+
+
+def _read_checkpoint_bytes(path: Path) -> bytes | None:
+    """The whole file, or ``None`` when there is none.
+
+    Read before parsing so that an error here is the file system's, never the format's:
+    ``torch.load`` of a path raises ``OSError(EINVAL)`` for some truncated files. The price: the
+    checkpoint is in memory twice (bytes and tensors) while it is parsed.
+
+    Raises:
+        CheckpointReadError: any other ``OSError`` (EIO, ESTALE, EACCES, a directory), ``MemoryError``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, MemoryError) as exc:
+        raise CheckpointReadError(path, exc) from exc
+
+
+def _parse_checkpoint(data: bytes) -> dict[str, Any]:
+    """The checkpoint dict in ``data`` (a ``torch.save`` file's bytes).
+
+    Raises:
+        ValueError: ``data`` is a pickle but not a PyTrain checkpoint; anything ``torch.load``
+            raises for bytes that are not a checkpoint (``RuntimeError`` from the zip reader,
+            ``pickle.UnpicklingError``, ``EOFError``, ``ValueError``...).
+    """
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError("not a PyTrain checkpoint")
+    return checkpoint
 
 
 def move_aside(task_dir: Path, found: Resumable) -> Path | None:
     """Move what ``found`` says does not belong to the run into ``task_dir/stale-<UTC time>/``.
 
     With ``found.stale_reasons``: every file of :data:`RUN_FILES` (the run starts over at epoch 1);
-    otherwise only ``found.unreadable``. A ``reason.txt`` in the folder says why. Rank 0 only.
+    otherwise only ``found.damaged``. A ``reason.txt`` in the folder says why. Rank 0 only.
 
     Returns:
         The folder the files went to, or ``None`` when nothing was moved.
@@ -242,7 +291,7 @@ def move_aside(task_dir: Path, found: Resumable) -> Path | None:
     if found.stale_reasons:
         moving = [task_dir / name for name in RUN_FILES if (task_dir / name).exists()]
     else:
-        moving = list(found.unreadable)
+        moving = list(found.damaged)
     if not moving:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -252,7 +301,7 @@ def move_aside(task_dir: Path, found: Resumable) -> Path | None:
         n += 1
         folder = task_dir / f"stale-{stamp}-{n}"
     folder.mkdir()
-    reasons = found.stale_reasons or [f"unreadable: {p.name}" for p in found.unreadable]
+    reasons = found.stale_reasons or [f"damaged: {p.name}" for p in found.damaged]
     (folder / "reason.txt").write_text("\n".join(reasons) + "\n", encoding="utf-8")
     for path in moving:
         os.replace(path, folder / path.name)

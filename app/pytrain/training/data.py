@@ -46,7 +46,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import SourceError, TrainingError, VideoDecodeError
 from pytrain.sampling import ClipSampling
-from pytrain.spec import TaskSpec, atomic_path, read_manifest
+from pytrain.spec import TaskSpec, atomic_path, read_manifest, read_unlisted
 from pytrain.training.transforms import TrainPreset, full_box
 from pytrain.video import decode_views, default_decoder, read_clip, sample_indices
 
@@ -74,7 +74,8 @@ def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> t
     """The manifest's rows (:func:`pytrain.spec.read_manifest`) as training samples.
 
     Rows whose label is not in ``class_list`` or whose file is missing are skipped, not fatal
-    (they are listed in ``skipped.json``); a malformed manifest is fatal.
+    (they are listed in ``skipped.json``, after the files the orchestrator left out of the
+    manifest: :func:`pytrain.spec.read_unlisted`); a malformed manifest is fatal.
 
     Returns:
         ``(samples, skipped)`` in manifest order, where ``skipped`` is
@@ -87,7 +88,7 @@ def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> t
     root = Path(sources_root).absolute()
     index = {name: i for i, name in enumerate(class_list)}
     samples: list[Sample] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = read_unlisted(task_dir)
     for row in read_manifest(task_dir):
         full = root / os.path.normpath(row.path)
         if row.label not in index:

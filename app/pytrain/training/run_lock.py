@@ -13,7 +13,13 @@ task folder's files. The ranks of a second run never get that far: its rank 0 fa
 
 The lock is the kernel's: it goes away with the process (crash, SIGKILL, a container stopped), so
 there is never a stale lock to clean up. The file itself stays (deleting a lock file races with a
-process that just opened it); its contents only say who held it last.
+process that just opened it); its contents only say who held it last: host name, PID namespace and
+pid, so a runner on the same host and in the same PID namespace can find (and stop) a run its dead
+worker left behind (:func:`local_holder_pid`).
+
+A run that finds the folder locked is not a failed task: the entrypoint exits with
+:data:`RUN_LOCKED_EXIT_CODE`, the runners map it to ``Outcome.LOCKED`` and the worker re-queues the
+task with a backoff, without counting an attempt, until the old run has gone.
 
 File systems:
 
@@ -40,18 +46,61 @@ from types import TracebackType
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import RUN_LOCK
 
+#: The training entrypoint's exit status when another run holds the task folder: ``EX_TEMPFAIL``
+#: of ``sysexits.h`` ("temporary failure; the user is invited to retry").
+#: :func:`pytrain.runners.base.run_result` maps it to ``Outcome.LOCKED``.
+RUN_LOCKED_EXIT_CODE = 75
+
 
 class RunLockedError(TrainingError):
     """Another run holds the task folder's ``run.lock``.
 
     Attributes:
-        holder: what the holder wrote into the lock file (``{"host", "pid", "started"}``), or
-            ``{}`` when it could not be read.
+        holder: what the holder wrote into the lock file (``{"host", "pidns", "pid", "started"}``),
+            or ``{}`` when it could not be read.
+        exit_code: the entrypoint's exit status for it (:data:`RUN_LOCKED_EXIT_CODE`).
     """
+
+    exit_code = RUN_LOCKED_EXIT_CODE
 
     def __init__(self, message: str, *, holder: dict, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.holder = holder
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``), or ``""`` where ``/proc`` does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _this_process() -> dict:
+    """What a holder writes into the lock file about itself."""
+    return {"host": socket.gethostname(), "pidns": _pid_namespace(), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def local_holder_pid(task_dir: Path) -> int | None:
+    """The pid of the (last) holder of ``task_dir``'s run lock when this process can signal it: it
+    ran on this host, in this PID namespace, and that pid is alive; else ``None``.
+
+    The pid may have been reused since the holder ended: callers check what the process runs
+    (its command line names the task folder) before they stop it.
+    """
+    holder = RunLock(task_dir).holder()
+    here = _this_process()
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 1 or (holder.get("host"), holder.get("pidns")) != (here["host"], here["pidns"]):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
 
 
 class RunLock:
@@ -90,10 +139,10 @@ class RunLock:
                 f"task folder {self.path.parent} is in use by another run ({who}; {self.path})",
                 holder=holder,
                 hint="two runs of one task never train at once: wait for that run to end, or stop it; "
-                     "the lock goes away with its process",
+                     "the lock goes away with its process (the orchestrator re-queues the task meanwhile)",
             ) from None
         if writable:
-            record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            record = _this_process()
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
             os.fsync(fd)
@@ -108,7 +157,7 @@ class RunLock:
             self._fd = None
 
     def holder(self) -> dict:
-        """What the lock file says about its (last) holder: ``{"host", "pid", "started"}``, or ``{}``."""
+        """What the lock file says about its (last) holder: ``{"host", "pidns", "pid", "started"}``, or ``{}``."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

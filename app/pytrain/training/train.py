@@ -549,7 +549,7 @@ class _Run:
 def resume(run: _Run) -> RunState:
     """Load the run's checkpoint into the model, optimiser, scheduler and RNG when there is one.
 
-    ``checkpoint_last.pt``, else ``checkpoint_prev.pt`` when the last one is missing or unreadable,
+    ``checkpoint_last.pt``, else ``checkpoint_prev.pt`` when the last one is missing or damaged,
     and only if its fingerprint is this run's (:func:`pytrain.training.checkpoints.find_resumable`).
     A checkpoint of another run (another task row, classes, manifest, option...) is not loaded:
     the run starts at epoch 1, the changed fields are logged, and rank 0 moves the old run's files
@@ -560,6 +560,7 @@ def resume(run: _Run) -> RunState:
 
     Raises:
         TrainingError: the checkpoint's fingerprint matches but its model arguments do not (a bug).
+        CheckpointReadError: a checkpoint cannot be read (I/O, permission, memory); nothing is moved.
     """
     monitor = "val_loss" if run.data.by_split["val"] else "train_loss"
     if monitor == "train_loss":
