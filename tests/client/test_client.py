@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +78,43 @@ def test_shared_memory_and_grpc_payload_give_the_same_answer_and_clean_up(triton
         by_shm = shm.infer(MODEL, frames)
         chunked = shm.predict_frames(MODEL, np.concatenate([frames, frames]), top_k=1)  # 10 clips: 2 requests
         assert shm._use_shm, "the loopback server should accept the region"
-        regions = shm._grpc.get_system_shared_memory_status(as_json=True).get("regions", {})
-        assert len(regions) == 1
+        name = shm._shm.name  # one region, reused by both requests (others' clients may hold theirs: by name)
+        assert name in server_regions(triton_server)
     np.testing.assert_array_equal(by_shm, by_payload)
     assert [c[0].label for c in chunked] == [TEST_CLASSES[i] for i in np.concatenate([by_payload, by_payload]).argmax(axis=1)]
-    with TritonClient(triton_server.grpc_url) as check:
-        assert check._grpc.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
-    assert not [p for p in Path("/dev/shm").glob("pytrain_*")]
+    assert name not in server_regions(triton_server)
+    assert not Path("/dev/shm", name).exists()
+
+
+def server_regions(triton_server: TritonServer) -> set[str]:
+    """Names of the system shared-memory regions registered on the session's server (by any client)."""
+    with TritonClient(triton_server.grpc_url, shared_memory=False) as check:
+        return set(check._grpc.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+
+def test_a_region_is_unregistered_even_when_the_server_answers_after_the_deadline(triton_server: TritonServer, served_model: Path) -> None:
+    """A server too busy to answer the unregister call within its deadline (a loaded host; here it is
+    stopped for 7 s) kept the region registered, and mapped, for the rest of its life: the next
+    client's status showed two regions. The client now asks again until ``inference_timeout_s``."""
+    frames = np.zeros((2, 8, 32, 32, 3), np.uint8)
+    with TritonClient(triton_server.grpc_url, shared_memory=True) as client:
+        client.infer(MODEL, frames)
+        name = client._shm.name
+        assert name in server_regions(triton_server)
+        pid = triton_server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(7.0, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        try:
+            started = time.monotonic()
+            client.close()
+            closed_after = time.monotonic() - started
+        finally:
+            resume.cancel()
+            os.kill(pid, signal.SIGCONT)
+    assert name not in server_regions(triton_server)
+    assert closed_after >= 6.0  # it did wait for the stopped server
+    assert not Path("/dev/shm", name).exists()
 
 
 def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer, served_model: Path) -> None:

@@ -42,10 +42,10 @@ def test_serve_reports_its_address_serves_the_repository_and_stops_on_sigterm(tm
             if "Press Ctrl-C" in line:
                 break
         assert any(f"gRPC    127.0.0.1:{grpc_port}" in line for line in lines), (lines, process.stderr.read() if process.poll() is not None else "")
-        with TritonClient(f"127.0.0.1:{grpc_port}", ready_timeout_s=5) as client:
+        with TritonClient(f"127.0.0.1:{grpc_port}", ready_timeout_s=120) as client:
             assert client.model_info("kitchen").num_frames == 8
         process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert process.wait(120) == 0
     finally:
         if process.poll() is None:
             process.kill()

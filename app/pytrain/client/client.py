@@ -232,7 +232,10 @@ class TritonClient:
             time.sleep(0.2)
 
     def close(self) -> None:
-        """Release the shared-memory region and close the gRPC channel (entering again reconnects)."""
+        """Release the shared-memory region and close the gRPC channel (entering again reconnects).
+
+        A server that answers slowly is given up to ``inference_timeout_s`` to unregister the region.
+        """
         self._release_shm()
         if self._client is not None:
             try:
@@ -498,10 +501,12 @@ class TritonClient:
         handle = None
         try:
             handle = shm.create_shared_memory_region(name, f"/{name}", size)
-            self._grpc.register_system_shared_memory(name, f"/{name}", size, client_timeout=10.0)
+            self._grpc.register_system_shared_memory(name, f"/{name}", size, client_timeout=self.inference_timeout_s)
         except Exception as exc:  # no /dev/shm here, or the server cannot map it (another host/container)
             log.info("shared memory with Triton at %s unavailable (%s); sending frames in the gRPC message", self.url, _short(exc))
             if handle is not None:
+                if _status(exc) == _TIMED_OUT:  # a late answer: the server may have registered it after all
+                    self._unregister(name)
                 shm.destroy_shared_memory_region(handle)
             self._use_shm = False
             return None
@@ -514,15 +519,35 @@ class TritonClient:
             return
         import tritonclient.utils.shared_memory as shm
 
-        try:
-            if self._client is not None:
-                self._client.unregister_system_shared_memory(region.name, client_timeout=5.0)
-        except Exception as exc:  # the server may be gone already
-            log.debug("unregister %s: %s", region.name, exc)
+        if self._client is not None:
+            self._unregister(region.name)
         try:
             shm.destroy_shared_memory_region(region.handle)
         except Exception as exc:
             log.debug("destroy %s: %s", region.name, exc)
+
+    def _unregister(self, name: str) -> bool:
+        """Unregister shared-memory region ``name`` from the server; ``True`` when it is gone.
+
+        A busy server (a loaded host) may answer after a request's deadline: the call is repeated
+        while it times out, for up to ``inference_timeout_s`` in all, so that the region does not stay
+        registered (and mapped) in Triton for the rest of its life. A server that cannot be reached
+        has dropped the region with its process; other errors are logged. Unregistering a name the
+        server does not know succeeds, so a repeat after a late success is harmless.
+        """
+        deadline = time.monotonic() + self.inference_timeout_s
+        while True:
+            try:
+                self._client.unregister_system_shared_memory(name, client_timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                return True
+            except Exception as exc:
+                status = _status(exc)
+                if status == _TIMED_OUT and time.monotonic() < deadline:
+                    log.debug("unregister %s timed out; retrying", name)
+                    continue
+                level = logging.DEBUG if status == _UNREACHABLE else logging.WARNING  # gone: its regions went with it
+                log.log(level, "shared-memory region %s may stay registered on Triton at %s: %s", name, self.url, _short(exc))
+                return False
 
     @staticmethod
     def read_views(path: str | Path, info: ModelInfo, *, clips: int | None = None) -> np.ndarray:
@@ -550,6 +575,8 @@ class TritonClient:
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: gRPC status codes as tritonclient's InferenceServerException.status() spells them.
+_TIMED_OUT, _UNREACHABLE = "StatusCode.DEADLINE_EXCEEDED", "StatusCode.UNAVAILABLE"
 
 
 def average_views(answers: Sequence[Sequence[Prediction]]) -> list[Prediction]:
@@ -703,6 +730,12 @@ def _parse_classification(array: np.ndarray) -> list[list[Prediction]]:
             predictions.append(Prediction(label=label[0] if label else index, probability=float(score)))
         results.append(predictions)
     return results
+
+
+def _status(exc: BaseException) -> str | None:
+    """The gRPC status of a tritonclient error (``"StatusCode.DEADLINE_EXCEEDED"``), ``None`` for others."""
+    status = getattr(exc, "status", None)
+    return status() if callable(status) else None
 
 
 def _short(exc: BaseException) -> str:

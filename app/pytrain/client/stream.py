@@ -500,7 +500,11 @@ class StreamClassifier:
 
     # --- life cycle ---------------------------------------------------------------------
     def __enter__(self) -> "StreamClassifier":
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # __exit__ is not called when entering fails: close the client made here
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
