@@ -7,6 +7,14 @@ external boundary, so each part of the pipeline owns its own:
 - ``fixtures.docker`` -- a real Docker engine and a local base image
 - ``fixtures.slurm``  -- a real two-node Slurm cluster on this host (scripts/start_slurm.sh)
 - ``fixtures.docs``   -- the documentation site built with ``mkdocs build --strict``
+- ``fixtures.mlflow`` -- a real ``mlflow server`` on the test PostgreSQL (experiment tracking)
 """
 
-pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs"]
+import os
+
+# Experiment tracking is on by default (PYTRAIN_MLFLOW); tests turn it on where they test it (the
+# ``tracking_settings`` fixture, the demo), so no other test, nor the orchestrators tests start as
+# processes, builds an MLflow store.
+os.environ.setdefault("PYTRAIN_MLFLOW", "off")
+
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs", "fixtures.mlflow"]

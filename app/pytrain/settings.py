@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=_ROOT / ".pytrain", description="PyTrain's own state (embedded PostgreSQL data, logs).")
 
+    # --- experiment tracking (pytrain.tracking) -------------------------------------------
+    mlflow: Literal["on", "off"] = Field(
+        default="on", description="Log every run to MLflow from the orchestrator (a side channel: a failure only warns).",
+    )
+    mlflow_tracking_uri: SecretStr | None = Field(
+        default=None,
+        description="MLflow tracking URI (http://host:5000, or a postgresql+psycopg:// store). Unset: database 'mlflow' "
+        "on PyTrain's PostgreSQL server (created if missing), artifacts under <data_dir>/mlflow-artifacts.",
+    )
+
     # --- folders --------------------------------------------------------------------------
     sources_dir: Path = Field(default=_ROOT / "sources", description="Root of the datasets: <sources_dir>/<dataset>/<class_subclass>/*.mp4")
     model_repo_dir: Path = Field(default=_ROOT / "model_repo", description="Triton model repository PyTrain publishes into.")
@@ -257,7 +267,7 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
         message = error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             name = "PYTRAIN_" + "_".join(str(p) for p in error["loc"]).upper()
-            value = "'***'" if "DATABASE_URL" in name else repr(error["input"])
+            value = "'***'" if "DATABASE_URL" in name or "TRACKING_URI" in name else repr(error["input"])
             problems.append(f"{name}={value}: {message}")
         else:  # a rule across fields: its message names the variables
             problems.append(message)

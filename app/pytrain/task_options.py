@@ -21,10 +21,13 @@ from typing import Annotated, Any
 
 from pytrain.errors import ConfigurationError
 
-#: ``options`` keys read by a runner, not by training (:func:`check_options` checks them; training
-#: skips them): ``slurm`` holds per-task overrides of the ``PYTRAIN_SLURM_*`` settings
-#: (:func:`slurm_overrides`).
-RUNNER_OPTIONS = ("slurm",)
+#: ``options`` keys read by a runner or the orchestrator, not by training (:func:`check_options`
+#: checks them; training skips them): ``slurm`` holds per-task overrides of the ``PYTRAIN_SLURM_*``
+#: settings (:func:`slurm_overrides`); ``experiment`` names the MLflow experiment of the task's runs
+#: (default: the model name; :mod:`pytrain.tracking`).
+RUNNER_OPTIONS = ("slurm", "experiment")
+#: The longest ``experiment`` option (MLflow's experiment names are free text; this keeps them sane).
+MAX_EXPERIMENT_CHARS = 255
 #: ``PYTRAIN_SLURM_*`` settings a task may not override (where the job's Python is is the cluster's
 #: business, not the task's).
 _SLURM_NOT_PER_TASK = ("slurm_python",)
@@ -199,6 +202,10 @@ def check_options(options: Any) -> None:
     """
     TrainConfig.from_options(options)
     slurm_overrides(options)
+    experiment = options.get("experiment") if isinstance(options, dict) else None
+    if experiment is not None and not (isinstance(experiment, str) and 0 < len(experiment.strip()) <= MAX_EXPERIMENT_CHARS):
+        raise ConfigurationError(f"task option experiment={experiment!r} is not a non-empty name of at most "
+                                 f"{MAX_EXPERIMENT_CHARS} characters", hint='e.g. {"experiment": "kitchen-lr-sweep"}')
 
 
 def _json(value: Any) -> str:

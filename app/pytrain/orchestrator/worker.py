@@ -53,6 +53,8 @@ from pytrain.outcome import Outcome
 from pytrain.runners import ClusterRunner, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings, with_overrides
 from pytrain.spec import METRICS, ProgressRecord, PublishedTaskRow, format_progress, read_metrics, read_progress_record
+from pytrain.tracking import RunTracker, TrackedRun
+from pytrain.tracking.tracker import with_task_dir
 
 if TYPE_CHECKING:  # publishing is imported when first needed (:func:`_load_publisher`)
     from pytrain.publish.repository import Gate, PublishedModel
@@ -130,7 +132,7 @@ class _Heartbeat(threading.Thread):
     PROGRESS_WARNING_SECONDS = 60.0
 
     def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event,
-                 claimed_at: float | None = None) -> None:
+                 claimed_at: float | None = None, on_epoch: Callable[[Path | None], None] | None = None) -> None:
         super().__init__(name=f"heartbeat-task-{run.task_id}", daemon=True)
         self.queue = queue
         self.run_ = run
@@ -145,6 +147,7 @@ class _Heartbeat(threading.Thread):
         self._state_lock = threading.Lock()  # never held across a database call: the fence must not wait on one
         self._ended = False
         self._logged_epoch: int | None = None
+        self._on_epoch = on_epoch  # called with the task folder at each new epoch (experiment tracking)
         self._progress_warned_at: float | None = None  # time.monotonic() of the last warning
         self._fence = threading.Thread(target=self._watch, name=f"fence-task-{run.task_id}", daemon=True)
 
@@ -223,6 +226,8 @@ class _Heartbeat(threading.Thread):
             return
         self._logged_epoch = record.epoch
         progress_log.info("task %s: %s", self.run_.task_id, format_progress(record))
+        if self._on_epoch is not None:
+            self._on_epoch(self.task_dir)
 
     def run(self) -> None:
         """Beat every ``heartbeat_seconds`` until stopped, cancelled or lost."""
@@ -332,6 +337,7 @@ class Orchestrator:
         self._identity = WorkerLock(self.engine, self.worker_id)  # one live orchestrator per worker id
         self.current: Claim | None = None
         self._heartbeat: _Heartbeat | None = None  # the running task's
+        self.tracker = RunTracker(self.settings)  # MLflow, a side channel (pytrain.tracking)
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, *, interrupt_running: bool = True) -> None:
@@ -443,6 +449,7 @@ class Orchestrator:
         """Release the worker id's lock (idempotent); :meth:`run` calls it when it returns."""
         self._identity.release()
         self._started = False
+        self.tracker.close()
 
     def run_once(self) -> bool:
         """Re-queue lost runs, then claim and run one task. Returns whether a task was run.
@@ -489,14 +496,19 @@ class Orchestrator:
             stopped by this worker because its lease could not be renewed in time).
         """
         cancel = threading.Event()
-        heartbeat = _Heartbeat(self.queue, run, self.settings, cancel, claimed_at)
+        tracked = TrackedRun.from_row(run.task, run_id=run.run_id, worker_id=self.worker_id, runner=self.runner.name, task_dir=None)
+        heartbeat = _Heartbeat(self.queue, run, self.settings, cancel, claimed_at,
+                               on_epoch=lambda task_dir: self.tracker.update(with_task_dir(tracked, task_dir)))
         heartbeat.start()
         self._heartbeat = heartbeat
+        outcome = Outcome.FAILED  # what the tracker records when _process raises
         try:
-            return self._process(run, cancel, heartbeat)
+            outcome = self._process(run, cancel, heartbeat)
+            return outcome
         finally:
             self._heartbeat = None
             heartbeat.stop()
+            self.tracker.finish(with_task_dir(tracked, heartbeat.task_dir), outcome)
 
     def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> Outcome:
         task_id = run.task_id

@@ -1,0 +1,143 @@
+"""Every orchestrated run is an MLflow run, logged by the worker from the progress record, on a
+real ``mlflow server`` (``fixtures.mlflow``) on the test PostgreSQL; a tracking server that dies
+during a run never fails it, and its history is caught up without a step logged twice.
+
+The runner is a fake that writes one ``epoch`` progress record per step the test allows (so the
+heartbeat sees each epoch), then ``metrics.json`` with a per-class report.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from mlflow import MlflowClient
+
+from orchestrator_fakes import FakePublisher, FakeRunner
+from pytrain.db import TaskQueue
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners import Outcome, RunResult
+
+TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny",
+        "learning_rate": 0.003}
+EPOCHS = 3
+METRICS = {"test_accuracy": 0.75, "epochs_run": EPOCHS, "class_list": ["cooking", "drinking"],
+           "splits": {"test": {"macro_f1": 0.7, "per_class": {"cooking": {"precision": 1.0, "recall": 0.5, "f1": 0.667},
+                                                              "drinking": {"precision": 0.667, "recall": 1.0, "f1": 0.8}}}}}
+
+
+class EpochRunner(FakeRunner):
+    """Writes epoch ``n`` once ``allow`` lets it (a semaphore released per epoch), waits for the
+    heartbeat to have seen it, then ends with ``metrics.json``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allow = threading.Semaphore(0)
+        self.written = threading.Event()
+
+    def run(self, task, cancel, stop=None):
+        self.started.set()
+        with open(task.task_dir / "progress.jsonl", "a") as progress:
+            progress.write(json.dumps({"event": "start", "clips": {"train": 6, "val": 2, "test": 2}, "world_size": 1}) + "\n")
+            for epoch in range(1, EPOCHS + 1):
+                assert self.allow.acquire(timeout=120), "the test never allowed the epoch"
+                progress.write(json.dumps({"event": "epoch", "epoch": epoch, "epochs": EPOCHS, "train_loss": 1.0 / epoch,
+                                           "val_accuracy": 0.5 + epoch / 10, "lr": 0.003, "seconds": 0.1}) + "\n")
+                progress.flush()
+                self.written.set()
+        (task.task_dir / "metrics.json").write_text(json.dumps(METRICS))
+        return RunResult(Outcome.SUCCEEDED, 0)
+
+
+def wait_for(predicate, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def tracked_run(client: MlflowClient, uid):
+    """The task's MLflow run (by its uid: each test's database counts task ids from 1 again)."""
+    experiment = client.get_experiment_by_name("kitchen")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`pytrain.uid` = '{uid}'")
+    return runs[0] if runs else None
+
+
+def epochs_logged(client: MlflowClient, uid) -> list[int]:
+    run = tracked_run(client, uid)
+    return [] if run is None else sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
+
+
+def start_worker(settings, engine, runner) -> tuple[Orchestrator, threading.Thread, list]:
+    worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
+    worker.start()
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.run_once()), daemon=True)
+    thread.start()
+    return worker, thread, outcome
+
+
+def test_an_orchestrated_run_is_an_mlflow_run_with_one_point_per_epoch(tracking_settings, engine, synced, mlflow_server):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    uid = queue.get(task_id)["uid"]
+    runner = EpochRunner()
+    worker, thread, _ = start_worker(tracking_settings, engine, runner)
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    for epoch in range(1, EPOCHS + 1):  # each epoch appears in MLflow while the run goes on
+        runner.allow.release()
+        wait_for(lambda: epoch in epochs_logged(client, uid), f"epoch {epoch} in MLflow")
+    thread.join(120)
+    assert worker.tracker.wait(120)
+    worker.close()
+
+    row = queue.get(task_id)
+    assert row["status"] == "succeeded", row["error"]
+    run = tracked_run(client, uid)
+    assert run.info.run_name == f"task-{task_id}-kitchen"
+    assert run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [(1, 0.6), (2, 0.7), (3, 0.8)]
+    assert run.data.params["learning_rate"] == "0.003"
+    assert json.loads(run.data.params["classes"]) == ["cooking", "drinking"]
+    assert run.data.params["clips.train"] == "6"
+    assert run.data.tags["pytrain.run_id"] == str(row["run_id"])
+    assert run.data.tags["pytrain.worker"] == "test-worker"
+    assert run.data.metrics["test_accuracy"] == 0.75
+    assert run.data.metrics["test_recall.cooking"] == 0.5
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "progress.jsonl"}
+
+
+def test_a_tracking_server_killed_during_a_run_neither_fails_it_nor_duplicates_a_step(tracking_settings, engine, synced, mlflow_server):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    uid = queue.get(task_id)["uid"]
+    runner = EpochRunner()
+    worker, thread, _ = start_worker(tracking_settings, engine, runner)
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    runner.allow.release()
+    wait_for(lambda: epochs_logged(client, uid) == [1], "epoch 1 in MLflow")
+
+    mlflow_server.kill()
+    try:
+        runner.allow.release()
+        runner.allow.release()
+        thread.join(120)
+        assert not thread.is_alive()
+        row = queue.get(task_id)
+        assert row["status"] == "succeeded", row["error"]  # the run never waited on tracking
+        assert worker.tracker.pending == [row["run_id"]]
+    finally:
+        mlflow_server.start()
+    assert worker.tracker.wait(120)  # the pending end is retried until the server is back
+    worker.close()
+
+    run = tracked_run(client, uid)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
+    assert run.info.status == "FINISHED"
