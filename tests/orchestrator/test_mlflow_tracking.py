@@ -9,15 +9,22 @@ heartbeat sees each epoch), then ``metrics.json`` with a per-class report.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 from mlflow import MlflowClient
 
+from fixtures.processes import orchestrator_env
 from orchestrator_fakes import FakePublisher, FakeRunner
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
 from pytrain.runners import Outcome, RunResult
+from pytrain.serving import free_port
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny",
         "learning_rate": 0.003}
@@ -141,3 +148,61 @@ def test_a_tracking_server_killed_during_a_run_neither_fails_it_nor_duplicates_a
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
     assert run.info.status == "FINISHED"
+
+
+def cli(settings, *args: str, uri: str) -> subprocess.CompletedProcess:
+    env = orchestrator_env(settings, "test-worker", lease_seconds=5, heartbeat_seconds=0.2, poll_seconds=0.2,
+                           PYTRAIN_MLFLOW="on", PYTRAIN_MLFLOW_TRACKING_URI=uri)
+    return subprocess.run([sys.executable, "-m", "pytrain.cli.main", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_that_ended_while_the_server_was_down_is_caught_up_by_pytrain_tracking_sync(
+        tracking_settings, engine, synced, mlflow_server):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    uid = queue.get(task_id)["uid"]
+    runner = EpochRunner()
+    mlflow_server.kill()
+    try:
+        worker, thread, _ = start_worker(tracking_settings, engine, runner)
+        for _ in range(EPOCHS):
+            runner.allow.release()
+        thread.join(120)
+        assert queue.get(task_id)["status"] == "succeeded"
+        worker.close()  # the worker stops with the run's end still pending
+    finally:
+        mlflow_server.start()
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    for _ in range(2):  # a second sync logs nothing twice
+        result = cli(tracking_settings, "tracking", "sync", str(task_id), uri=mlflow_server.url)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert f"task {task_id} run " in result.stdout
+    run = tracked_run(client, uid)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == 0.75
+
+
+def test_pytrain_tracking_ui_serves_mlflow_on_loopback(tracking_settings, mlflow_server, tmp_path):
+    port = free_port()
+    env = orchestrator_env(tracking_settings, "test-worker", lease_seconds=5, heartbeat_seconds=0.2, poll_seconds=0.2,
+                           PYTRAIN_MLFLOW_TRACKING_URI=mlflow_server.backend_uri)
+    with open(tmp_path / "ui.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pytrain.cli.main", "tracking", "ui", "--port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def page() -> str | None:
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                    return answer.read().decode()
+            except OSError:
+                return None
+
+        html = wait_for(page, "the MLflow UI", timeout=180)
+        assert "<html" in html.lower() and "mlflow" in html.lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10") as answer:
+            assert "experiments" in json.loads(answer.read())
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

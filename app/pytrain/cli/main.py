@@ -33,7 +33,8 @@ app = typer.Typer(
 )
 
 _COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo",
-                    "pytrain.cli.stream", "pytrain.cli.weights")
+                    "pytrain.cli.stream", "pytrain.cli.weights",
+                    "pytrain.cli.tracking")
 
 
 @app.callback()

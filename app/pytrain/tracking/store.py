@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pytrain.errors import DatabaseError
+from pytrain.errors import ConfigurationError, DatabaseError
 from pytrain.settings import Settings
 
 if TYPE_CHECKING:
@@ -81,11 +81,15 @@ def make_client(settings: Settings) -> MlflowClient:
     """An :class:`mlflow.MlflowClient` on :func:`tracking_uri`, with :data:`HTTP_ENVIRONMENT` set.
 
     Raises:
-        ModuleNotFoundError: mlflow is not installed (``pip install 'pytrain[tracking]'``).
+        ConfigurationError: mlflow is not installed (hint: ``pip install 'pytrain[tracking]'``).
         DatabaseError: see :func:`tracking_uri`.
     """
     for name, value in HTTP_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    from mlflow import MlflowClient
+    try:
+        from mlflow import MlflowClient
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"PYTRAIN_MLFLOW=on but mlflow cannot be imported ({exc})",
+                                 hint="pip install 'pytrain[tracking]', or set PYTRAIN_MLFLOW=off") from exc
 
     return MlflowClient(tracking_uri=tracking_uri(settings))

@@ -265,3 +265,37 @@ class RunTracker:
 def with_task_dir(run: TrackedRun, task_dir: Path | None) -> TrackedRun:
     """``run`` with its task folder set."""
     return run if run.task_dir == task_dir else replace(run, task_dir=task_dir)
+
+
+def sync_tasks(settings: Settings, engine: Any, task_ids: list[int] | None = None, *, last: int = 50,
+               client: MlflowClient | None = None) -> list[tuple[int, int, str]]:
+    """``pytrain tracking sync``: catch up the MLflow runs of tasks' runs (:func:`sync_run` each).
+
+    Args:
+        settings: PyTrain settings (the tracking store).
+        engine: PyTrain's database.
+        task_ids: these tasks (default: the ``last`` most recent ones).
+        last: how many recent tasks when ``task_ids`` is not given.
+        client: an MLflow client (default: :func:`pytrain.tracking.store.make_client`).
+
+    Returns:
+        ``(task id, task_runs id, MLflow run id)`` per run synced.
+
+    Raises:
+        Exception: what MLflow raises (the server is down): the runs before it are synced.
+        ConfigurationError: mlflow is not installed.
+    """
+    from pytrain.db import TaskQueue
+    from pytrain.tracking.store import make_client
+
+    client = client or make_client(settings)
+    queue = TaskQueue(engine)
+    rows = [queue.get(task_id) for task_id in task_ids] if task_ids else queue.list(limit=last)
+    done = []
+    for row in rows:
+        for task_run in queue.runs(row.id):
+            run = TrackedRun.from_row(row, run_id=task_run.id, worker_id=task_run.worker_id, runner=settings.runner,
+                                      task_dir=row.task_dir)
+            mlflow_run_id, _ = sync_run(client, run, settings, outcome=task_run.outcome)
+            done.append((row.id, task_run.id, mlflow_run_id))
+    return done
