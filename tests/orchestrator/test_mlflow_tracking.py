@@ -206,3 +206,40 @@ def test_pytrain_tracking_ui_serves_mlflow_on_loopback(tracking_settings, mlflow
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+class PublishableRunner(EpochRunner):
+    """An :class:`EpochRunner` that leaves a finished task folder the real publisher accepts."""
+
+    def run(self, task, cancel, stop=None):
+        from fixtures.triton import make_task_folder
+
+        for _ in range(EPOCHS):
+            self.allow.release()
+        result = super().run(task, cancel, stop)
+        make_task_folder(task.task_dir, model_name="kitchen", task_id=task.task_id, class_list=["cooking", "drinking"])
+        (task.task_dir / "metrics.json").write_text(json.dumps(METRICS))
+        return result
+
+
+def test_published_versions_are_registered_and_alias_served_moves_with_rollback(tracking_settings, engine, synced, mlflow_server):
+    from pytrain.publish import versions
+
+    settings = tracking_settings.model_copy(update={"triton_grpc_url": None})
+    queue = TaskQueue(engine)
+    uids = [queue.get(queue.submit(TASK))["uid"] for _ in range(2)]
+    worker = Orchestrator(settings, engine=engine, runner=PublishableRunner())
+    assert worker.run(exit_when_idle=True) == 2
+    assert [row.version for row in queue.list()] == [2, 1]
+    assert worker.tracker.wait(120)
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    registered = {int(v.tags["pytrain.triton_version"]): v for v in client.search_model_versions("name = 'kitchen'")}
+    assert sorted(registered) == [1, 2]
+    for triton_version, uid in zip((1, 2), uids):
+        assert registered[triton_version].tags["pytrain.uid"] == str(uid)
+        assert registered[triton_version].run_id == tracked_run(client, uid).info.run_id
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[2].version
+
+    versions.rollback("kitchen", 1, settings=settings)
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[1].version

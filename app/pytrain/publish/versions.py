@@ -395,7 +395,16 @@ def rollback(model_name: str, version: int | None = None, *, settings: Settings,
         _, reloaded, message = _apply(model_dir, files, url, what=f"rollback to version {version}", settings=settings)
         append_history(model_dir, HistoryRecord("rollback", time.time(), current_user(), version, served, previous, message=message))
     log.info("model %s: rolled back to version %d, serving %s (was %s); %s", model_name, version, served, previous, message)
+    _follow_registry(settings, model_name, served)
     return ServingChange(model_name, version, served, previous, reloaded, message)
+
+
+def _follow_registry(settings: Settings, model_name: str, served: list[int]) -> None:
+    """Move the MLflow registry's alias ``served`` with Triton (a side channel that never raises;
+    :func:`pytrain.tracking.registry.follow_serving`)."""
+    from pytrain.tracking.registry import follow_serving
+
+    follow_serving(settings, model_name, served)
 
 
 def _default_rollback_target(model_name: str, specs: dict[int, TensorSpec], previous: list[int]) -> int:
@@ -444,6 +453,7 @@ def unpublish(model_name: str, version: int, *, settings: Settings, url: str | N
         shutil.rmtree(trash, ignore_errors=True)
         append_history(model_dir, HistoryRecord("unpublish", time.time(), current_user(), version, served, previous, message=message))
     log.info("model %s: version %d unpublished; serving %s", model_name, version, served)
+    _follow_registry(settings, model_name, served)
     return ServingChange(model_name, version, served, previous, reloaded, message)
 
 

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 MLFLOW_DATABASE = "mlflow"
 #: The folder under ``data_dir`` the default store keeps artifacts in.
 ARTIFACTS_DIR = "mlflow-artifacts"
-#: MLflow's HTTP client settings PyTrain sets unless the environment does (MLflow's defaults retry
-#: 7 times with back-off for minutes; tracking is a side channel, so one bounded try is enough: the
-#: next heartbeat tries again). Source: ``mlflow.environment_variables``.
-HTTP_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+#: MLflow client settings PyTrain sets unless the environment does: one bounded HTTP try (MLflow's
+#: defaults retry 7 times with back-off for minutes; tracking is a side channel, and the next epoch
+#: or the retry of a pending end tries again), and no "View run at" line on stdout per ended run
+#: (the CLI's output is PyTrain's). Source: ``mlflow.environment_variables``.
+CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -78,13 +79,13 @@ def artifact_location(settings: Settings, experiment: str) -> str | None:
 
 
 def make_client(settings: Settings) -> MlflowClient:
-    """An :class:`mlflow.MlflowClient` on :func:`tracking_uri`, with :data:`HTTP_ENVIRONMENT` set.
+    """An :class:`mlflow.MlflowClient` on :func:`tracking_uri`, with :data:`CLIENT_ENVIRONMENT` set.
 
     Raises:
         ConfigurationError: mlflow is not installed (hint: ``pip install 'pytrain[tracking]'``).
         DatabaseError: see :func:`tracking_uri`.
     """
-    for name, value in HTTP_ENVIRONMENT.items():
+    for name, value in CLIENT_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     try:
         from mlflow import MlflowClient

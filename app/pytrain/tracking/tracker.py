@@ -72,7 +72,25 @@ def sync_run(client: MlflowClient, run: TrackedRun, settings: Settings, *, outco
     logged_epoch = _log_epochs(client, run_id, [r for r in epochs if r.epoch > logged_epoch], logged_epoch)
     if outcome is not None:
         _log_end(client, run_id, run.task_dir, outcome, mlflow_run.data.params)
+        if outcome is Outcome.SUCCEEDED:
+            _register(client, run, settings, run_id)
+        client.set_tag(run_id, SYNCED_TAG, "final")  # last: a sync cut off before it is done again
     return run_id, logged_epoch
+
+
+def _register(client: MlflowClient, run: TrackedRun, settings: Settings, mlflow_run_id: str) -> None:
+    """Register the Triton version this run published (``history.jsonl`` names it) and move alias
+    ``served`` to what Triton serves now (:mod:`pytrain.tracking.registry`)."""
+    from pytrain.publish.versions import published_by_run, served_by_config
+    from pytrain.tracking.registry import move_served, register_version
+
+    model_dir = settings.model_repo_dir / run.model_name
+    published = published_by_run(model_dir, run.uid, run.run_id)
+    if published is None:  # not published by this run (or the version was unpublished since)
+        return
+    register_version(client, run.model_name, client.get_run(mlflow_run_id), published.version,
+                     {"pytrain.task_id": str(run.task_id), "pytrain.uid": run.uid, "pytrain.run_id": str(run.run_id)})
+    move_served(client, run.model_name, served_by_config(model_dir))
 
 
 def _find_or_create(client: MlflowClient, run: TrackedRun, settings: Settings) -> Any:
@@ -120,8 +138,7 @@ def _log_epochs(client: MlflowClient, run_id: str, records: list, logged_epoch: 
 
 
 def _log_end(client: MlflowClient, run_id: str, task_dir: Path, outcome: Outcome, have: dict[str, str]) -> None:
-    """Final metrics and params (when ``metrics.json`` is there), the artifacts, the status, then
-    the ``pytrain.synced`` tag (last: a sync cut off before it is done again)."""
+    """Final metrics and params (when ``metrics.json`` is there), the artifacts, the status."""
     from mlflow.entities import Metric, RunTag
 
     metrics = read_metrics(task_dir)
@@ -137,7 +154,6 @@ def _log_end(client: MlflowClient, run_id: str, task_dir: Path, outcome: Outcome
         client.log_artifact(run_id, str(path))  # same name again: replaced, never duplicated
     client.log_batch(run_id, tags=[RunTag("pytrain.outcome", outcome.value)])
     client.set_terminated(run_id, _STATUS.get(outcome, "FAILED"))
-    client.set_tag(run_id, SYNCED_TAG, "final")
 
 
 class RunTracker:
@@ -213,7 +229,9 @@ class RunTracker:
                 item = self._queue.get(timeout=retry if self._pending else None)
             except queue.Empty:  # nothing new: retry the pending ends
                 item = ()
-            if item is None:
+            if item is None:  # close(): everything queued before was worked off
+                if not self._pending:
+                    self._idle.set()
                 return
             items = [item] if item else []
             while not self._queue.empty():  # coalesce: the latest update of each run is enough
