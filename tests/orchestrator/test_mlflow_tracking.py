@@ -138,7 +138,7 @@ def test_a_tracking_server_killed_during_a_run_neither_fails_it_nor_duplicates_a
         assert not thread.is_alive()
         row = queue.get(task_id)
         assert row["status"] == "succeeded", row["error"]  # the run never waited on tracking
-        assert worker.tracker.pending == [row["run_id"]]
+        wait_for(lambda: worker.tracker.pending == [row["run_id"]], "the run's end pending in the tracker")
     finally:
         mlflow_server.start()
     assert worker.tracker.wait(120)  # the pending end is retried until the server is back
