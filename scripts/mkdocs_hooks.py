@@ -135,7 +135,7 @@ def render_task_options() -> str:
         "The keys of a task row's `options` column (a JSON object, default `{}`), generated from",
         "`pytrain.task_options.TrainConfig`. `pytrain submit` and the orchestrator (when it claims the task) check",
         "them: an unknown key, a wrong type or a value out of range fails the task, naming the key.",
-        f"Read by a runner, not by training: {', '.join(f'`{k}`' for k in RUNNER_OPTIONS)}",
+        f"Read by a runner or the orchestrator, not by training: {', '.join(f'`{k}`' for k in RUNNER_OPTIONS)}",
         "(see [A Slurm cluster](../operations/slurm.md)). More: [Training options](../user-guide/training-options.md).",
         "",
         "| key | type | default | range | meaning |",

@@ -133,11 +133,14 @@ def run_demo(options: DemoOptions, settings: Settings, console: Any) -> DemoResu
     task_id = _insert_task(queue, options, dataset, classes, include_other, console)
 
     step(5, "orchestrator: claim, split, train, export, publish")
-    record = _train(settings, queue, task_id, options, console)
+    record, mlflow_run = _train(settings, queue, task_id, options, console)
     console.print(f"task {task_id} succeeded: published [bold]{options.model_name}[/] version {record.version} into {settings.model_repo_dir}")
 
     step(6, "Triton: serve and predict the held-out clips over gRPC")
     result = _predict_held_out(settings, record, options, console, started)
+    if mlflow_run is not None:
+        console.print(f"experiment tracking: run [bold]pytrain tracking ui[/], then open "
+                      f"http://127.0.0.1:5000/#/runs/{mlflow_run} (this run in MLflow)", soft_wrap=True)
     check_accuracy(result, options.min_accuracy)
     return result
 
@@ -172,7 +175,8 @@ def _train(settings: Settings, queue: Any, task_id: int, options: DemoOptions, c
     """Run an orchestrator until the queue is empty, showing the task's epochs as a bar.
 
     Returns:
-        The task's row (:class:`pytrain.db.TaskRow`) once it succeeded.
+        ``(the task's row, its MLflow run id)``: the row (:class:`pytrain.db.TaskRow`) once it
+        succeeded; the run id ``None`` when tracking is off or failed (a warning said why).
 
     Raises:
         TrainingError: the task ended otherwise (its error and ``train.log`` named); the
@@ -212,7 +216,7 @@ def _train(settings: Settings, queue: Any, task_id: int, options: DemoOptions, c
     if record.status != "succeeded":
         raise TrainingError(f"task {task_id} ended {record.status}: {record.error or 'no error recorded'}",
                             hint=f"see {settings.model_tasks_dir / task_dir_name(task_id, options.model_name, record.uid)}/train.log")
-    return record
+    return record, orchestrator.tracker.mlflow_runs.get(record.run_id)
 
 
 def _predict_held_out(settings: Settings, record: Any, options: DemoOptions, console: Any, started: float) -> DemoResult:

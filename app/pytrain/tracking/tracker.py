@@ -181,6 +181,8 @@ class RunTracker:
         self._queue: queue.Queue[tuple[TrackedRun, Outcome | None] | None] = queue.Queue()
         self._pending: dict[int, tuple[TrackedRun, Outcome]] = {}  # run id -> ended run not yet logged
         self._logged: dict[int, int] = {}  # run id -> last epoch known logged
+        #: ``{task_runs id: MLflow run id}`` of the runs logged so far (the demo prints its run's).
+        self.mlflow_runs: dict[int, str] = {}
         self._warned_at: float | None = None
         self._idle = threading.Event()
         self._idle.set()
@@ -261,12 +263,13 @@ class RunTracker:
                 from pytrain.tracking.store import make_client
 
                 self._client = make_client(self.settings)
-            _, epoch = sync_run(self._client, run, self.settings, outcome=outcome, logged_epoch=self._logged.get(run.run_id))
+            mlflow_run_id, epoch = sync_run(self._client, run, self.settings, outcome=outcome, logged_epoch=self._logged.get(run.run_id))
         except Exception as exc:  # tracking is a side channel: never let it fail or stop a run
             self._logged.pop(run.run_id, None)  # a batch may have landed before the error: read the mark again
             self._warn(run, exc)
             return
         self._logged[run.run_id] = epoch
+        self.mlflow_runs[run.run_id] = mlflow_run_id
         if outcome is not None:
             self._pending.pop(run.run_id, None)
             self._logged.pop(run.run_id, None)
