@@ -38,6 +38,8 @@ BAD_OPTIONS = [
     ({"dropout": 1.5}, "dropout=1.5 is out of range: it must be >= 0 and < 1"),
     ({"weight_decay": -1}, "weight_decay=-1.0 is out of range: it must be >= 0 and <= 1"),
     ({"patience": 0}, "patience=0 is out of range: it must be >= 1 and <= 100000"),
+    ({"experiment": " "}, "experiment=' ' is not a non-empty name of at most 255 characters"),
+    ({"experiment": ["a"]}, "experiment=['a'] is not a non-empty name of at most 255 characters"),
 ]
 
 

@@ -1,0 +1,70 @@
+"""Fast unit tests of experiment tracking's logic (the real MLflow server is in
+``tests/orchestrator/test_mlflow_tracking.py``): what a progress record and a metrics record log,
+and a tracker whose MLflow calls fail never raises, warns once per minute and keeps the run's end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pytrain.outcome import Outcome
+from pytrain.settings import Settings
+from pytrain.spec import MetricsRecord, ProgressRecord
+from pytrain.tracking import RunTracker, TrackedRun
+from pytrain.tracking.logged import epoch_metrics, final_metrics, read_epochs
+
+
+def test_an_epoch_record_logs_its_figures_and_the_epoch_mark_leaving_out_nulls():
+    record = ProgressRecord.from_dict({"event": "epoch", "epoch": 3, "train_loss": 0.5, "val_loss": None, "val_accuracy": 0.75,
+                                       "seconds": 2, "lr": 0.001, "data_wait_seconds": 0.25})
+    assert epoch_metrics(record) == {"train_loss": 0.5, "val_accuracy": 0.75, "epoch_seconds": 2.0, "lr": 0.001,
+                                     "data_wait_seconds": 0.25, "epoch": 3.0}
+
+
+def test_final_metrics_name_classes_safely_and_skip_a_nan_test_accuracy():
+    record = MetricsRecord(test_accuracy=float("nan"), top_k={"top1": 0.5}, epochs_run=4,
+                           splits={"test": {"per_class": {"a:b (c)": {"precision": 1.0, "recall": 0.5, "f1": 0.667}}}})
+    assert final_metrics(record) == {"epochs_run": 4.0, "test_top1": 0.5, "test_precision.a_b _c_": 1.0,
+                                     "test_recall.a_b _c_": 0.5, "test_f1.a_b _c_": 0.667}
+
+
+def test_read_epochs_keeps_the_last_record_of_each_epoch_and_the_split_counts(tmp_path: Path):
+    (tmp_path / "progress.jsonl").write_text(
+        '{"event": "start", "clips": {"train": 8, "val": 2}}\n{"event": "epoch", "epoch": 1, "val_accuracy": 0.1}\n'
+        '{"event": "epoch", "epoch": 2, "val_accuracy": 0.2}\n{"event": "start", "resumed_from_epoch": 1}\n'
+        '{"event": "epoch", "epoch": 2, "val_accuracy": 0.3}\n{"event": "epo')
+    epochs, params = read_epochs(tmp_path)
+    assert [(r.epoch, r.val_accuracy) for r in epochs] == [(1, 0.1), (2, 0.3)]
+    assert params == {"clips.train": "8", "clips.val": "2"}
+
+
+class BrokenClient:
+    """Every MLflow call fails, as with a server that is down."""
+
+    calls = 0
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            BrokenClient.calls += 1
+            raise ConnectionError("connection refused")
+        return fail
+
+
+def test_a_failing_tracking_store_never_raises_warns_once_and_keeps_the_end_pending(tmp_path: Path, caplog):
+    tracker = RunTracker(Settings(data_dir=tmp_path, mlflow="on", poll_seconds=0.2), client=BrokenClient())
+    run = TrackedRun(task_id=1, uid="u", run_id=7, model_name="m", worker_id="w", runner="local", columns={}, task_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="pytrain.tracking.tracker"):
+        tracker.update(run)
+        tracker.finish(run, Outcome.SUCCEEDED)  # queued: returns at once
+        assert not tracker.wait(1.0)  # the end stays pending: retried, never dropped
+        assert tracker.pending == [7]
+        tracker.close()
+    assert BrokenClient.calls >= 2
+    warnings = [r for r in caplog.records if "MLflow tracking failed" in r.getMessage()]
+    assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()
+
+
+def test_tracking_off_queues_nothing(tmp_path: Path):
+    tracker = RunTracker(Settings(data_dir=tmp_path, mlflow="off"), client=BrokenClient())
+    tracker.finish(TrackedRun(1, "u", 7, "m", "w", "local", {}), Outcome.FAILED)
+    assert tracker.wait(0) and tracker.pending == []
