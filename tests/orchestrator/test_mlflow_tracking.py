@@ -81,21 +81,26 @@ def epochs_logged(client: MlflowClient, uid) -> list[int]:
     return [] if run is None else sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
 
 
-def start_worker(settings, engine, runner) -> tuple[Orchestrator, threading.Thread, list]:
+def start_worker(settings, engine, runner) -> tuple[Orchestrator, threading.Thread]:
+    """A worker running one task (``run_once``) in a thread."""
     worker = Orchestrator(settings, engine=engine, runner=runner, publisher=FakePublisher())
     worker.start()
-    outcome: list = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.run_once()), daemon=True)
+    thread = threading.Thread(target=worker.run_once, daemon=True)
     thread.start()
-    return worker, thread, outcome
+    return worker, thread
+
+
+def submit_and_start(settings, engine):
+    """Queue TASK and start a worker on it with an :class:`EpochRunner`: ``(queue, task id, uid, runner, worker, thread)``."""
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    runner = EpochRunner()
+    worker, thread = start_worker(settings, engine, runner)
+    return queue, task_id, queue.get(task_id)["uid"], runner, worker, thread
 
 
 def test_an_orchestrated_run_is_an_mlflow_run_with_one_point_per_epoch(tracking_settings, engine, synced, mlflow_server):
-    queue = TaskQueue(engine)
-    task_id = queue.submit(TASK)
-    uid = queue.get(task_id)["uid"]
-    runner = EpochRunner()
-    worker, thread, _ = start_worker(tracking_settings, engine, runner)
+    queue, task_id, uid, runner, worker, thread = submit_and_start(tracking_settings, engine)
     client = MlflowClient(tracking_uri=mlflow_server.url)
     for epoch in range(1, EPOCHS + 1):  # each epoch appears in MLflow while the run goes on
         runner.allow.release()
@@ -121,11 +126,7 @@ def test_an_orchestrated_run_is_an_mlflow_run_with_one_point_per_epoch(tracking_
 
 
 def test_a_tracking_server_killed_during_a_run_neither_fails_it_nor_duplicates_a_step(tracking_settings, engine, synced, mlflow_server):
-    queue = TaskQueue(engine)
-    task_id = queue.submit(TASK)
-    uid = queue.get(task_id)["uid"]
-    runner = EpochRunner()
-    worker, thread, _ = start_worker(tracking_settings, engine, runner)
+    queue, task_id, uid, runner, worker, thread = submit_and_start(tracking_settings, engine)
     client = MlflowClient(tracking_uri=mlflow_server.url)
     runner.allow.release()
     wait_for(lambda: epochs_logged(client, uid) == [1], "epoch 1 in MLflow")
@@ -164,7 +165,7 @@ def test_a_run_that_ended_while_the_server_was_down_is_caught_up_by_pytrain_trac
     runner = EpochRunner()
     mlflow_server.kill()
     try:
-        worker, thread, _ = start_worker(tracking_settings, engine, runner)
+        worker, thread = start_worker(tracking_settings, engine, runner)
         for _ in range(EPOCHS):
             runner.allow.release()
         thread.join(120)

@@ -119,22 +119,31 @@ def embedded_database_url(data_dir: Path) -> str:
     Raises:
         DatabaseError: the server does not start or the database cannot be created.
     """
+    admin_url = start_server(Path(data_dir) / "postgres")
+    create_database(admin_url, EMBEDDED_DATABASE, what="in the embedded server")
+    return to_sqlalchemy_url(admin_url, database=EMBEDDED_DATABASE)
+
+
+def create_database(admin_url: str, name: str, *, what: str = "") -> None:
+    """``CREATE DATABASE name`` on the server of libpq URL ``admin_url`` unless it exists (a racing
+    creator is fine).
+
+    Raises:
+        DatabaseError: the server cannot be reached or refuses (the message names the database).
+    """
     import psycopg
     from psycopg import sql
 
-    admin_url = start_server(Path(data_dir) / "postgres")
     try:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
-            if exists is None:
-                log.info("creating database %s in the embedded server", EMBEDDED_DATABASE)
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                log.info("creating database %s %s", name, what)
                 try:
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 except psycopg.errors.DuplicateDatabase:
                     pass  # another process created it first
     except psycopg.Error as exc:
-        raise DatabaseError(f"cannot prepare database {EMBEDDED_DATABASE!r} in the embedded server: {exc}") from exc
-    return to_sqlalchemy_url(admin_url, database=EMBEDDED_DATABASE)
+        raise DatabaseError(f"cannot prepare database {name!r} {what}: {exc}") from exc
 
 
 def to_sqlalchemy_url(libpq_url: str, *, database: str | None = None) -> str:

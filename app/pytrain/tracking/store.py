@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from pytrain.errors import ConfigurationError, DatabaseError
+from pytrain.errors import ConfigurationError
 from pytrain.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,21 +53,12 @@ def tracking_uri(settings: Settings) -> str:
 def _create_database(libpq_url: str) -> None:
     """``CREATE DATABASE mlflow`` on the server of ``libpq_url`` unless it exists (connecting to
     database ``postgres``, the maintenance database every server has)."""
-    import psycopg
-    from psycopg import sql
     from sqlalchemy.engine import make_url
 
+    from pytrain.db.embedded import create_database
+
     admin = make_url(libpq_url).set(database="postgres").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (MLFLOW_DATABASE,)).fetchone() is None:
-                log.info("creating database %s for MLflow", MLFLOW_DATABASE)
-                try:
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(MLFLOW_DATABASE)))
-                except psycopg.errors.DuplicateDatabase:
-                    pass  # another process created it first
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot prepare database {MLFLOW_DATABASE!r} for MLflow: {exc}") from exc
+    create_database(admin, MLFLOW_DATABASE, what="for MLflow")
 
 
 def artifact_location(settings: Settings, experiment: str) -> str | None:
