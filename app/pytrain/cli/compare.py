@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 
 def compare(
-    task_ids: Optional[List[int]] = typer.Argument(None, help="Task ids to compare (default: the newest tasks)."),
+    task_ids: Optional[List[int]] = typer.Argument(None, metavar="[IDS]...", help="Task ids to compare (default: the newest tasks)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Only tasks of this model (the newest --last of them)."),
     last: Optional[int] = typer.Option(None, "--last", "-n", min=1, help=f"The newest N tasks (default {DEFAULT_LAST})."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as one JSON object instead of the table."),
