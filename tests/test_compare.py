@@ -127,6 +127,11 @@ def test_compare_plot_writes_a_png_with_one_validation_curve_per_run(cli, three_
         pyplot.close(fig)
 
 
+def test_compare_plot_into_a_missing_folder_names_it(cli, three_runs, tmp_path):
+    code, _, err = cli("compare", *map(str, three_runs), "--plot", str(tmp_path / "missing" / "curves.png"))
+    assert code == 1 and f"folder {tmp_path / 'missing'} does not exist" in err
+
+
 def test_compare_names_an_unknown_task_id(cli, three_runs):
     code, out, err = cli("compare", str(three_runs[0]), "999")
     assert (code, out) == (1, "")
@@ -213,6 +218,8 @@ def test_a_resumed_run_counts_the_last_record_of_a_repeated_epoch():
 def test_a_run_without_test_clips_has_no_test_accuracy_rather_than_nan():
     run = summarize(_row(), [], MetricsRecord(test_accuracy=float("nan")))
     assert run.test_accuracy is None and run.best_val_accuracy is None and run.history == []
+    diverged = summarize(_row(), [ProgressRecord(event="epoch", epoch=1, train_loss=float("nan"), val_accuracy=0.5)], None)
+    assert diverged.history == [{"epoch": 1, "train_loss": None, "train_accuracy": None, "val_loss": None, "val_accuracy": 0.5}]
 
 
 def test_compare_runs_refuses_one_run():

@@ -154,15 +154,16 @@ def differing_params(params: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def epoch_history(records: Iterable[ProgressRecord]) -> list[dict[str, Any]]:
     """One row per epoch from ``progress.jsonl``'s ``epoch`` records, in epoch order; when a resumed
-    run wrote an epoch again, its last record counts. Keys: ``epoch`` and :data:`CURVE_KEYS`."""
+    run wrote an epoch again, its last record counts. Keys: ``epoch`` and :data:`CURVE_KEYS` (a
+    figure not in the record, or not finite, is ``None``)."""
     by_epoch = {r.epoch: r for r in records if r.event == "epoch" and r.epoch is not None}
-    return [{"epoch": epoch, **{key: getattr(by_epoch[epoch], key) for key in CURVE_KEYS}} for epoch in sorted(by_epoch)]
+    return [{"epoch": epoch, **{key: _number(getattr(by_epoch[epoch], key)) for key in CURVE_KEYS}} for epoch in sorted(by_epoch)]
 
 
 def _metrics_history(metrics: MetricsRecord | None) -> list[dict[str, Any]]:
     """``metrics.json``'s history as :func:`epoch_history` rows (rows without an epoch left out)."""
     rows = [h for h in (metrics.history or []) if isinstance(h, dict) and isinstance(h.get("epoch"), int)] if metrics else []
-    return [{"epoch": h["epoch"], **{key: h.get(key) for key in CURVE_KEYS}} for h in sorted(rows, key=lambda h: h["epoch"])]
+    return [{"epoch": h["epoch"], **{key: _number(h.get(key)) for key in CURVE_KEYS}} for h in sorted(rows, key=lambda h: h["epoch"])]
 
 
 def _number(value: Any) -> float | None:
