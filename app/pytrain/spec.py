@@ -43,8 +43,8 @@ file                   written by                what
 
 Each JSON file of a task folder has one record type, one reader and one writer, all here:
 :class:`TaskSpec` (``load``/``save``), :class:`TensorSpec` (``load``/``save``), :class:`ManifestRow`
-(:func:`read_manifest`/:func:`write_manifest`), :class:`ProgressRecord` (:func:`read_progress_record`),
-:class:`MetricsRecord` (:func:`read_metrics`/:func:`write_metrics`) and :class:`ScanResult`
+(:func:`read_manifest`/:func:`write_manifest`), :class:`ProgressRecord` (:func:`read_progress_records`,
+:func:`read_progress_record`), :class:`MetricsRecord` (:func:`read_metrics`/:func:`write_metrics`) and :class:`ScanResult`
 (:func:`read_scan`/:func:`write_scan`). Publishing saves the task row beside a version as
 ``results/<model>/<v>/task_row.json`` (:class:`PublishedTaskRow`).
 """
@@ -643,15 +643,16 @@ def fold_progress(records: Iterable[ProgressRecord]) -> ProgressRecord | None:
     return latest
 
 
-def read_progress_record(task_dir: Path) -> ProgressRecord | None:
-    """:func:`fold_progress` of ``task_dir/progress.jsonl``.
+def read_progress_records(task_dir: Path) -> list[ProgressRecord]:
+    """Every record of ``task_dir/progress.jsonl``, in file order (a run's whole story: ``start``,
+    one ``epoch`` per epoch, ``done``; a resumed run appends its own).
 
     Lines that do not parse (the line training is writing right now, bytes that are not UTF-8, or
     a known key of the wrong type) are skipped, so a reader running beside training never fails on
     them.
 
     Returns:
-        The latest progress, or ``None`` when the file is missing or holds no record.
+        The records; ``[]`` when the file is missing or holds none.
 
     Raises:
         OSError: the file exists but cannot be read (EIO, EACCES, a directory in its place).
@@ -659,14 +660,27 @@ def read_progress_record(task_dir: Path) -> ProgressRecord | None:
     try:
         data = (Path(task_dir) / PROGRESS).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return []
     records = []
     for line in data.splitlines():
         try:
             records.append(ProgressRecord.from_json(line.decode("utf-8")))
         except (UnicodeDecodeError, ConfigurationError):
             continue
-    return fold_progress(records)
+    return records
+
+
+def read_progress_record(task_dir: Path) -> ProgressRecord | None:
+    """:func:`fold_progress` of ``task_dir/progress.jsonl`` (:func:`read_progress_records`: lines
+    that do not parse are skipped).
+
+    Returns:
+        The latest progress, or ``None`` when the file is missing or holds no record.
+
+    Raises:
+        OSError: the file exists but cannot be read (EIO, EACCES, a directory in its place).
+    """
+    return fold_progress(read_progress_records(task_dir))
 
 
 def format_progress(record: ProgressRecord, *, brief: bool = False) -> str:

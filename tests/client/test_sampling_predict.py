@@ -124,7 +124,10 @@ def test_dense_model_gives_the_same_probabilities_in_evaluation_onnx_and_pytrain
     centre_view = replace(spec.clip_sampling, test_clips=1)
     centre = np.concatenate([run_onnx(dense_task / "model.onnx", decode_views(s.path, T, H, W, centre_view)) for s in test])
     np.testing.assert_allclose(by_class(one_view, spec.class_list), centre, atol=1e-5)
-    assert np.abs(by_class(default, spec.class_list) - centre).max() > 1e-3  # the views' mean is not the centre view's
+    # The views' mean is not the centre view's: a difference 10x the 1e-5 tolerance the equal
+    # answers above are held to (a tiny model trained 1 epoch moves its probabilities by ~1e-3
+    # between views, and by less on some runs: a 1e-3 bar failed at 9.3e-4 on a fresh machine).
+    assert np.abs(by_class(default, spec.class_list) - centre).max() > 1e-4
 
 
 def by_class(answers: list[list[Prediction]], class_list: list[str]) -> np.ndarray:

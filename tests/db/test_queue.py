@@ -36,6 +36,16 @@ def test_claim_takes_highest_priority_then_oldest(queue):
     assert queue.claim("w", 30) is None
 
 
+def test_list_filters_by_model_and_status_newest_first(queue):
+    kitchen_old, garage, kitchen_new = (queue.submit({**TASK, "model_name": m}) for m in ("kitchen", "garage", "kitchen"))
+    assert queue.cancel(kitchen_new)
+    assert [r.id for r in queue.list(model="kitchen")] == [kitchen_new, kitchen_old]
+    assert [r.id for r in queue.list(model="kitchen", status="queued")] == [kitchen_old]
+    assert [r.id for r in queue.list(status="queued")] == [garage, kitchen_old]
+    assert [r.id for r in queue.list(model="kitchen", limit=1)] == [kitchen_new]
+    assert queue.list(model="nothing") == []
+
+
 def test_claim_marks_task_running_with_worker_and_lease(queue):
     task_id = queue.submit(TASK)
     run = queue.claim("worker-a", 30)

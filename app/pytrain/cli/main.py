@@ -9,6 +9,7 @@ Commands live in the module of their part of the pipeline and register themselve
 - :mod:`pytrain.cli.demo`    -- ``demo``
 - :mod:`pytrain.cli.stream`  -- ``stream`` (live streams)
 - :mod:`pytrain.cli.weights` -- ``weights`` (pretrained weights: ``fetch``, ``list``)
+- :mod:`pytrain.cli.compare` -- ``compare`` (runs side by side)
 
 A :class:`pytrain.errors.PyTrainError` prints as one line (with its cause chain and hint) on
 stderr and exits 1; every other exception keeps its traceback, since it is a bug.
@@ -33,7 +34,7 @@ app = typer.Typer(
 )
 
 _COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo",
-                    "pytrain.cli.stream", "pytrain.cli.weights",
+                    "pytrain.cli.stream", "pytrain.cli.weights", "pytrain.cli.compare",
                     "pytrain.cli.tracking")
 
 

@@ -231,7 +231,8 @@ GET_TASK = text("SELECT * FROM training_tasks WHERE id = :task_id")
 
 LIST_TASKS = text("""
 SELECT * FROM training_tasks
-WHERE CAST(:status AS text) IS NULL OR status = :status
+WHERE (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:model AS text) IS NULL OR model_name = :model)
 ORDER BY id DESC
 LIMIT :limit
 """)

@@ -244,9 +244,10 @@ class TaskQueue(Repository):
             raise TaskNotFoundError(f"no training task with id {task_id}", hint="`pytrain tasks` lists them")
         return TaskRow.from_mapping(rows[0])
 
-    def list(self, *, status: str | None = None, limit: int = 50) -> list[TaskRow]:
-        """The newest ``limit`` tasks (optionally only those in ``status``), newest first."""
-        return [TaskRow.from_mapping(row) for row in self._execute(queries.LIST_TASKS, {"status": status, "limit": limit})]
+    def list(self, *, status: str | None = None, model: str | None = None, limit: int = 50) -> list[TaskRow]:
+        """The newest ``limit`` tasks (optionally only those in ``status`` and of ``model``), newest first."""
+        params = {"status": status, "model": model, "limit": limit}
+        return [TaskRow.from_mapping(row) for row in self._execute(queries.LIST_TASKS, params)]
 
     def counts(self) -> dict[str, int]:
         """Number of tasks per status (statuses with no task are absent)."""

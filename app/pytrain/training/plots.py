@@ -85,3 +85,38 @@ def plot_durations(durations: list[float], path: Path, title: str) -> Path:
     _save(fig, Path(path))
     plt.close(fig)
     return Path(path)
+
+
+def comparison_figure(curves: list[tuple[str, list[dict[str, Any]]]]):  # type: ignore[no-untyped-def]
+    """The figure of ``pytrain compare --plot``: validation accuracy (left) and loss (right) per
+    epoch, one line per run that has any (a run without a validation figure draws none).
+
+    Args:
+        curves: ``[(legend label, history)]``, ``history`` as :func:`pytrain.compare.epoch_history`
+            gives it (``{"epoch", "val_accuracy", "val_loss", ...}`` per epoch).
+
+    Returns:
+        The matplotlib ``Figure`` (close it with ``pyplot.close``).
+    """
+    plt = _pyplot()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, title in ((ax_acc, "val_accuracy", "validation accuracy"), (ax_loss, "val_loss", "validation loss")):
+        for label, history in curves:
+            points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), "-o", markersize=3, label=label)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="small")
+    ax_acc.set_ylim(0, 1.02)
+    return fig
+
+
+def plot_comparison(curves: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Write :func:`comparison_figure` of ``curves`` to ``path`` (PNG, atomically); returns ``path``."""
+    plt = _pyplot()
+    fig = comparison_figure(curves)
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
