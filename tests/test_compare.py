@@ -21,7 +21,7 @@ from pytrain.compare import (
 )
 from pytrain.db import TaskQueue
 from pytrain.spec import PROGRESS, MetricsRecord, ProgressRecord, read_progress_records, write_metrics
-from pytrain.task_options import TrainConfig
+from pytrain.task_options import RUNNER_OPTIONS, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 START = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -202,7 +202,8 @@ def test_an_option_left_out_equals_the_option_given_with_its_default():
 
 def test_params_are_the_training_columns_then_every_option():
     params = run_params(_row(options={"slurm": {"partition": "gpu"}}))
-    assert list(params) == [*PARAM_COLUMNS, *(f.name for f in fields(TrainConfig)), "slurm"]
+    assert list(params) == [*PARAM_COLUMNS, *(f.name for f in fields(TrainConfig)), *RUNNER_OPTIONS]
+    assert RUNNER_OPTIONS == ("slurm", "experiment")  # every runner/orchestrator option, "experiment" (MLflow's) included
     assert "priority" not in params and "options" not in params
     assert not set(PARAM_COLUMNS) & {f.name for f in fields(TrainConfig)}  # an option never hides a column
 
