@@ -27,13 +27,15 @@ COPY app/pytrain /app/app/pytrain
 # Editable, so that pytrain finds its checkout root (/app: docker/, app/docker_components/cache/).
 # Only the orchestrator's extra (pyproject.toml): no torch, no Triton server (Triton runs in its
 # own container).
+# The extras: docker-compose's mlflow service builds this file with "orchestrator,tracking".
+ARG PYTRAIN_EXTRAS=orchestrator
 RUN set -eu; \
     for f in train.Dockerfile requirements-train.txt; do \
         test -f "/app/docker/$f" || { echo "docker/$f is not in the build context: allow it in .dockerignore" >&2; exit 1; }; \
     done; \
     WHEELS=/app/docker/orchestrator-wheels; \
     if ls "$WHEELS"/*.whl >/dev/null 2>&1; then SOURCE="--no-index --find-links $WHEELS"; else SOURCE=""; fi; \
-    python -m pip install $SOURCE -e "/app[orchestrator]"; \
+    python -m pip install $SOURCE -e "/app[$PYTRAIN_EXTRAS]"; \
     rm -rf "$WHEELS"; \
     mkdir -p /app/app/docker_components/cache /app/sources /app/model_repo /app/model_tasks /app/results
 

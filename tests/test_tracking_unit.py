@@ -68,3 +68,11 @@ def test_tracking_off_queues_nothing(tmp_path: Path):
     tracker = RunTracker(Settings(data_dir=tmp_path, mlflow="off"), client=BrokenClient())
     tracker.finish(TrackedRun(1, "u", 7, "m", "w", "local", {}), Outcome.FAILED)
     assert tracker.wait(0) and tracker.pending == []
+
+
+def test_the_ui_command_passes_the_allowed_hosts_and_never_the_store_uri():
+    from pytrain.cli.tracking import ui_command_line
+
+    command = ui_command_line("0.0.0.0", 5000, None, "localhost,mlflow")
+    assert command[-2:] == ["--allowed-hosts", "localhost,mlflow"] and "--backend-store-uri" not in command
+    assert "--allowed-hosts" not in ui_command_line("127.0.0.1", 5000, "basic-auth")

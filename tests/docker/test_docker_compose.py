@@ -17,7 +17,7 @@ COMPOSE = MAIN
 
 def test_compose_config_validates_with_an_env_made_from_env_example(tmp_path):
     services = resolved(COMPOSE, write_env(tmp_path / ".env"))["services"]
-    assert set(services) == {"postgres", "orchestrator", "triton"}
+    assert set(services) == {"postgres", "orchestrator", "triton", "mlflow"}
     env = services["orchestrator"]["environment"]
     assert env["PYTRAIN_DATABASE_URL"] == f"postgresql+psycopg://pytrain:{TEST_PASSWORD}@postgres:5432/pytrain"
 
@@ -37,6 +37,7 @@ def test_ports_are_published_on_loopback_unless_an_address_is_set(tmp_path):
     services = resolved(COMPOSE, write_env(tmp_path / "default.env"))["services"]
     assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432/tcp"]
     assert sorted(services["triton"]["ports"]) == ["127.0.0.1:8000:8000/tcp", "127.0.0.1:8001:8001/tcp", "127.0.0.1:8002:8002/tcp"]
+    assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000/tcp"]
 
     lan = write_env(tmp_path / "lan.env", POSTGRES_BIND_ADDRESS="10.0.0.5", TRITON_BIND_ADDRESS="10.0.0.5")
     services = resolved(COMPOSE, lan)["services"]
@@ -75,6 +76,14 @@ def test_compose_structure():
     assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+    mlflow = services["mlflow"]  # MLflow's server on the same PostgreSQL (its own database), artifacts in a volume
+    assert mlflow["entrypoint"][:3] == ["pytrain", "tracking", "ui"]
+    assert mlflow["environment"]["PYTRAIN_DATABASE_URL"] == orchestrator["environment"]["PYTRAIN_DATABASE_URL"]
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "mlflow-artifacts:/app/.pytrain/mlflow-artifacts" in mlflow["volumes"] and "mlflow-artifacts" in compose["volumes"]
+    assert mlflow["build"]["args"]["PYTRAIN_EXTRAS"] == orchestrator["build"]["args"]["PYTRAIN_EXTRAS"] == "orchestrator,tracking"
+    assert orchestrator["environment"]["PYTRAIN_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
 def test_env_example_documents_every_interpolated_variable():

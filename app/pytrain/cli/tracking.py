@@ -20,12 +20,14 @@ from pytrain.errors import ConfigurationError
 tracking_app = typer.Typer(help="Experiment tracking in MLflow: the UI and the catch-up.", no_args_is_help=True)
 
 
-def ui_command_line(host: str, port: int, app_name: str | None) -> list[str]:
+def ui_command_line(host: str, port: int, app_name: str | None, allowed_hosts: str | None = None) -> list[str]:
     """The ``mlflow server`` command ``pytrain tracking ui`` runs (the store URI goes by environment:
     it may hold a password, which a command line shows to every user of the host)."""
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     if app_name:
         command += ["--app-name", app_name]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     return command
 
 
@@ -35,6 +37,8 @@ def ui_command(
                              "use --app-name basic-auth or a proxy that authenticates (docs: operations/security)."),
     port: int = typer.Option(5000, "--port", help="Port of the UI."),
     app_name: Optional[str] = typer.Option(None, "--app-name", help="MLflow's app, e.g. basic-auth (users and passwords)."),
+    allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", help="Host headers MLflow accepts, comma-separated "
+                                                "(default: localhost and private addresses; a name such as a compose service's)."),
 ) -> None:
     """Serve MLflow's UI on PyTrain's tracking store (PYTRAIN_MLFLOW_TRACKING_URI, default database mlflow)."""
     from pytrain.settings import get_settings
@@ -48,7 +52,7 @@ def ui_command(
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri,
            "MLFLOW_ARTIFACTS_DESTINATION": (settings.data_dir / ARTIFACTS_DIR).resolve().as_uri()}
     typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)", err=True)
-    raise typer.Exit(subprocess.call(ui_command_line(host, port, app_name), env=env))
+    raise typer.Exit(subprocess.call(ui_command_line(host, port, app_name, allowed_hosts), env=env))
 
 
 @tracking_app.command("sync")
