@@ -552,8 +552,9 @@ class ProgressRecord(_OpenRecord):
     - ``start``: ``epochs``, ``resumed_from_epoch``, ``device``, ``world_size``, ``clips``,
       ``skipped``, ``architecture``;
     - ``epoch``: ``epoch``, ``epochs``, ``train_loss``, ``train_accuracy``, ``val_loss``,
-      ``val_accuracy``, ``clips_per_second``, ``lr``, ``seconds`` (``val_*`` are JSON ``null``
-      when the task has no validation split);
+      ``val_accuracy``, ``clips_per_second``, ``lr``, ``seconds``, ``data_wait_seconds`` (``val_*``
+      are JSON ``null`` when the task has no validation split), and on a CUDA device
+      ``gpu_memory_peak_bytes`` and, where NVML answers, ``gpu_utilization``;
     - ``done``: ``test_accuracy``, ``top_k``, ``epochs_run``, ``best_epoch``.
 
     Attributes:
@@ -569,6 +570,12 @@ class ProgressRecord(_OpenRecord):
             for data included.
         lr: the learning rate of the first parameter group at the end of the epoch.
         seconds: wall-clock seconds of the epoch's training pass (validation not included).
+        data_wait_seconds: of ``seconds``, the time rank 0's training loop was blocked waiting for
+            the loader's next batch (decoding): ``data_wait_seconds / seconds`` near 1 means the
+            device starved for data.
+        gpu_memory_peak_bytes: ``torch.cuda.max_memory_allocated`` over the pass, bytes (rank 0).
+        gpu_utilization: mean of ``torch.cuda.utilization`` (NVML's busy percent, 0..100) sampled
+            after each step on rank 0.
         resumed_from_epoch: 0 for a fresh run, else the checkpoint's epoch the run continues after.
         device: the torch device of rank 0 (``cpu``, ``cuda:0``).
         world_size: training processes (``torchrun`` ranks).
@@ -598,6 +605,9 @@ class ProgressRecord(_OpenRecord):
     clips_per_second: float | None = None
     lr: float | None = None
     seconds: float | None = None
+    data_wait_seconds: float | None = None
+    gpu_memory_peak_bytes: int | None = None
+    gpu_utilization: float | None = None
     resumed_from_epoch: int | None = None
     device: str | None = None
     world_size: int | None = None

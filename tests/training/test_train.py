@@ -168,6 +168,36 @@ def test_train_step_applies_each_clips_augmentation_box_before_the_model():
     assert torch.equal(seen[0][0], clips[0].flip(2))
 
 
+def test_the_time_spent_waiting_for_the_loader_is_measured_apart_from_the_step():
+    """data_wait_seconds counts the time next() blocked on the loader (here a loader that sleeps
+    before each of its 3 batches), not the model's step; a CPU reports no GPU figures."""
+    from pytrain.training.train import train_one_epoch
+
+    class SlowLoader:
+        def __init__(self, delay: float) -> None:
+            self.delay = delay
+
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            for _ in range(3):
+                time.sleep(self.delay)
+                yield torch.zeros(2, 2, 8, 8, 3), torch.tensor([0, 1])
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8 * 3, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    fast = train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, SlowLoader(0.0), torch.device("cpu"),
+                           show_progress=False)
+    slow = train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, SlowLoader(0.2), torch.device("cpu"),
+                           show_progress=False)
+    assert slow["data_wait_seconds"] >= 3 * 0.2  # sleep() never returns early
+    assert slow["data_wait_seconds"] <= slow["seconds"]
+    assert fast["data_wait_seconds"] < slow["data_wait_seconds"]
+    assert not {"gpu_memory_peak_bytes", "gpu_utilization"} & set(slow)
+
+
 def test_task_extra_settings_are_type_checked():
     assert TrainConfig.from_options({"patience": 3, "label_smoothing": 0}).label_smoothing == 0.0
     with pytest.raises(ConfigurationError, match="patience='3' should be a int"):

@@ -27,7 +27,7 @@ EPOCH_METRICS = {
     "train_loss": "train_loss", "train_accuracy": "train_accuracy", "val_loss": "val_loss",
     "val_accuracy": "val_accuracy", "lr": "lr", "seconds": "epoch_seconds", "clips_per_second": "clips_per_second",
 }
-#: Keys a newer training may add to an epoch record (kept in ``ProgressRecord.extra``), logged when present.
+#: Epoch-record fields logged under their own name when present (the GPU ones only on a CUDA device).
 OPTIONAL_EPOCH_METRICS = ("data_wait_seconds", "gpu_memory_peak_bytes", "gpu_utilization")
 #: The metric whose history says which epochs a run has logged.
 EPOCH_MARK = "epoch"
@@ -103,7 +103,7 @@ def _key(name: str) -> str:
 def epoch_metrics(record: ProgressRecord) -> dict[str, float]:
     """``{metric: value}`` of one ``epoch`` record (``None`` values left out), :data:`EPOCH_MARK` included."""
     metrics = {key: getattr(record, field) for field, key in EPOCH_METRICS.items()}
-    metrics.update({key: record.extra.get(key) for key in OPTIONAL_EPOCH_METRICS})
+    metrics.update({key: getattr(record, key) for key in OPTIONAL_EPOCH_METRICS})
     metrics[EPOCH_MARK] = record.epoch
     return {key: float(value) for key, value in metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}

@@ -128,13 +128,20 @@ def train_one_epoch(
     only decode. A loader of ``(clips, labels)`` pairs trains without augmentation.
 
     Returns:
-        ``{"loss", "accuracy", "clips", "seconds", "clips_per_second"}`` over all ranks under
-        ``torchrun`` (mean loss over clips; seconds include waiting for data).
+        ``{"loss", "accuracy", "clips", "seconds", "clips_per_second", "data_wait_seconds"}`` over
+        all ranks under ``torchrun`` (mean loss over clips; ``seconds`` include waiting for data;
+        ``data_wait_seconds`` is this rank's time blocked on the loader for the next batch, so
+        ``data_wait_seconds / seconds`` is the share of the pass the device waited for decoding),
+        plus on a CUDA device ``gpu_memory_peak_bytes`` (``torch.cuda.max_memory_allocated`` over
+        the pass) and, where NVML answers, ``gpu_utilization`` (the mean of
+        ``torch.cuda.utilization`` sampled after each step, percent 0..100).
     """
     model.train()
     total_loss, correct, count = 0.0, 0, 0
+    gpu = _GpuSampler(device)
+    batches = _WaitTimed(_progress_bar(loader, len(loader), desc, show_progress))
     start = time.perf_counter()
-    for clips, labels, *boxes in _progress_bar(loader, len(loader), desc, show_progress):
+    for clips, labels, *boxes in batches:
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if boxes:
@@ -152,6 +159,7 @@ def train_one_epoch(
         total_loss += float(loss.detach()) * n
         correct += int((logits.detach().argmax(1) == labels).sum())
         count += n
+        gpu.sample()
     seconds = time.perf_counter() - start
     if dist.is_available() and dist.is_initialized():  # totals over all ranks
         totals = torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)
@@ -159,7 +167,62 @@ def train_one_epoch(
         total_loss, correct, count = float(totals[0]), int(totals[1]), int(totals[2])
     if count == 0:
         raise TrainingError("the training loader yielded no clips")
-    return {"loss": total_loss / count, "accuracy": correct / count, "clips": count, "seconds": seconds, "clips_per_second": count / seconds}
+    return {"loss": total_loss / count, "accuracy": correct / count, "clips": count, "seconds": seconds,
+            "clips_per_second": count / seconds, "data_wait_seconds": batches.waited, **gpu.figures()}
+
+
+class _WaitTimed:
+    """Iterate ``iterable``, adding to :attr:`waited` the seconds each ``next()`` blocked: the time
+    the training loop waited for the loader's next batch (decoding it, or a worker's queue)."""
+
+    def __init__(self, iterable: Any) -> None:
+        self.iterable = iterable
+        self.waited = 0.0
+
+    def __iter__(self) -> Any:
+        iterator = iter(self.iterable)
+        while True:
+            begin = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - begin
+            yield item
+
+
+class _GpuSampler:
+    """Peak memory and mean utilisation of a CUDA device over one training pass; nothing on a CPU.
+
+    ``torch.cuda.utilization`` asks NVML (the ``pynvml`` package) for the percent of the last
+    sample period the GPU was busy; without NVML it raises and utilisation is left out.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.utilization: list[float] = []
+        self.nvml = self.cuda
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        """Sample utilisation once (after a step); stops asking after NVML's first failure."""
+        if not self.nvml:
+            return
+        try:
+            self.utilization.append(float(torch.cuda.utilization(self.device)))
+        except Exception:  # no pynvml / NVML: utilisation is simply not reported
+            self.nvml = False
+
+    def figures(self) -> dict[str, float]:
+        """``{"gpu_memory_peak_bytes", "gpu_utilization"}`` as far as known; ``{}`` on a CPU."""
+        if not self.cuda:
+            return {}
+        figures: dict[str, float] = {"gpu_memory_peak_bytes": int(torch.cuda.max_memory_allocated(self.device))}
+        if self.utilization:
+            figures["gpu_utilization"] = sum(self.utilization) / len(self.utilization)
+        return figures
 
 
 @torch.no_grad()
@@ -621,7 +684,8 @@ def run_epoch(run: _Run, state: RunState) -> None:
         "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
         "val_loss": va["loss"] if va else None, "val_accuracy": va["accuracy"] if va else None,
         "clips_per_second": tr["clips_per_second"], "lr": run.optimizer.param_groups[0]["lr"],
-        "seconds": tr["seconds"],
+        "seconds": tr["seconds"], "data_wait_seconds": tr["data_wait_seconds"],
+        **{key: tr[key] for key in ("gpu_memory_peak_bytes", "gpu_utilization") if key in tr},
     }
     state.history.append(row)
     state.epoch = epoch
