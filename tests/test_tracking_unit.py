@@ -76,3 +76,17 @@ def test_the_ui_command_passes_the_allowed_hosts_and_never_the_store_uri():
     command = ui_command_line("0.0.0.0", 5000, None, "localhost,mlflow")
     assert command[-2:] == ["--allowed-hosts", "localhost,mlflow"] and "--backend-store-uri" not in command
     assert "--allowed-hosts" not in ui_command_line("127.0.0.1", 5000, "basic-auth")
+
+
+def test_without_the_onnx_package_the_model_is_not_logged_and_a_warning_says_so(tmp_path: Path, monkeypatch, caplog):
+    import sys
+
+    from pytrain.spec import TensorSpec
+    from pytrain.tracking.onnx_model import log_onnx_model
+
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    TensorSpec(class_list=["a", "b"], num_frames=8, height=32, width=32).save(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with caplog.at_level(logging.WARNING, logger="pytrain.tracking.onnx_model"):
+        assert log_onnx_model(client=None, run_id="r", task_dir=tmp_path) is False  # type: ignore[arg-type]
+    assert "not logged as an MLflow ONNX model" in caplog.text and "install the onnx package" in caplog.text

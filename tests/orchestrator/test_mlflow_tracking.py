@@ -223,7 +223,23 @@ class PublishableRunner(EpochRunner):
         return result
 
 
-def test_published_versions_are_registered_and_alias_served_moves_with_rollback(tracking_settings, engine, synced, mlflow_server):
+def assert_onnx_model_logged(client: MlflowClient, version, tmp_path) -> None:
+    """The version's run holds ``model/`` (an MLflow ONNX model, its signature from
+    ``tensor_spec.json``: batch axis -1) and the registered version's source is that folder."""
+    from mlflow.models import Model
+
+    assert version.source.endswith("/model")
+    folder = client.download_artifacts(version.run_id, "model", str(tmp_path))
+    mlmodel = Model.load(folder)
+    assert "onnx" in mlmodel.flavors
+    assert json.loads(mlmodel.signature.inputs.to_json()) == [{"type": "tensor", "name": "time_distributed_input",
+                                                   "tensor-spec": {"dtype": "uint8", "shape": [-1, 8, 32, 32, 3]}}]
+    assert json.loads(mlmodel.signature.outputs.to_json()) == [{"type": "tensor", "name": "dense",
+                                                    "tensor-spec": {"dtype": "float32", "shape": [-1, 2]}}]
+
+
+def test_published_versions_are_registered_and_alias_served_moves_with_rollback(tracking_settings, engine, synced, mlflow_server,
+                                                                                  tmp_path):
     from pytrain.publish import versions
 
     settings = tracking_settings.model_copy(update={"triton_grpc_url": None})
@@ -241,6 +257,7 @@ def test_published_versions_are_registered_and_alias_served_moves_with_rollback(
         assert registered[triton_version].tags["pytrain.uid"] == str(uid)
         assert registered[triton_version].run_id == tracked_run(client, uid).info.run_id
     assert client.get_model_version_by_alias("kitchen", "served").version == registered[2].version
+    assert_onnx_model_logged(client, registered[2], tmp_path)
 
     versions.rollback("kitchen", 1, settings=settings)
     assert client.get_model_version_by_alias("kitchen", "served").version == registered[1].version

@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 
 #: The alias of the registered version Triton serves.
 SERVED_ALIAS = "served"
+#: The run tag naming the artifact folder of the run's MLflow ONNX model (:mod:`pytrain.tracking.onnx_model`).
+MODEL_TAG = "pytrain.mlflow_model"
 #: The model-version tag holding the Triton version number.
 TRITON_VERSION_TAG = "pytrain.triton_version"
 
 
 def register_version(client: MlflowClient, model_name: str, mlflow_run: Any, triton_version: int, tags: dict[str, str]) -> str:
     """Register Triton version ``triton_version`` of ``model_name`` from ``mlflow_run`` (once: an
-    existing registered version with that tag is returned). Returns the MLflow version number."""
+    existing registered version with that tag is returned). Its source is the run's MLflow ONNX
+    model (the folder its tag ``pytrain.mlflow_model`` names), else the run's artifact folder.
+    Returns the MLflow version number."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -37,7 +41,9 @@ def register_version(client: MlflowClient, model_name: str, mlflow_run: Any, tri
     existing = _by_triton_version(client, model_name).get(triton_version)
     if existing is not None:
         return existing
-    created = client.create_model_version(model_name, source=mlflow_run.info.artifact_uri, run_id=mlflow_run.info.run_id,
+    model_folder = mlflow_run.data.tags.get(MODEL_TAG)  # the run's MLflow ONNX model, when it logged one
+    source = f"{mlflow_run.info.artifact_uri}/{model_folder}" if model_folder else mlflow_run.info.artifact_uri
+    created = client.create_model_version(model_name, source=source, run_id=mlflow_run.info.run_id,
                                           tags={TRITON_VERSION_TAG: str(triton_version), **tags})
     return str(created.version)
 
