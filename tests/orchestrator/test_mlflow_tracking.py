@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -118,6 +119,10 @@ def test_an_orchestrated_run_is_an_mlflow_run_with_one_point_per_epoch(tracking_
     assert run.data.params["learning_rate"] == "0.003"
     assert json.loads(run.data.params["classes"]) == ["cooking", "drinking"]
     assert run.data.params["clips.train"] == "6"
+    fingerprint = json.loads((Path(row["task_dir"]) / "dataset_fingerprint.json").read_text())
+    assert run.data.params["dataset_fingerprint"] == fingerprint["digest"] and len(fingerprint["digest"]) == 64
+    files = fingerprint["files"]  # `synced` only registers the placeholders: no catalog digest, every file by size+mtime
+    assert files > 0 and run.data.params["dataset_fingerprint.by_stamp"] == f"{files} of {files}"
     assert run.data.tags["pytrain.run_id"] == str(row["run_id"])
     assert run.data.tags["pytrain.worker"] == "test-worker"
     assert run.data.metrics["test_accuracy"] == 0.75

@@ -70,6 +70,7 @@ def sync_run(client: MlflowClient, run: TrackedRun, settings: Settings, *, outco
     if run.task_dir is None:
         return run_id, logged_epoch
     epochs, params = logged.read_epochs(run.task_dir)
+    params.update(logged.dataset_params(run.task_dir))
     _log_new_params(client, run_id, mlflow_run.data.params, params)
     logged_epoch = _log_epochs(client, run_id, [r for r in epochs if r.epoch > logged_epoch], logged_epoch)
     if outcome is not None:
