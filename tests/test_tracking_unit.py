@@ -127,3 +127,31 @@ def test_dataset_params_name_the_digest_and_how_many_files_were_fingerprinted_by
     assert dataset_params(tmp_path) == {}
     DatasetFingerprint("ab12", 120, 3).save(tmp_path)
     assert dataset_params(tmp_path) == {"dataset_fingerprint": "ab12", "dataset_fingerprint.by_stamp": "3 of 120"}
+
+
+class _Registry:
+    """A stand-in for MlflowClient's registry calls (the real server: tests/orchestrator/test_mlflow_tracking.py)."""
+
+    def __init__(self, versions: dict[int, str]) -> None:
+        self.versions, self.alias = versions, "1"
+
+    def search_model_versions(self, _filter):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(version=v, tags={"pytrain.triton_version": str(t)}) for t, v in self.versions.items()]
+
+    def set_registered_model_alias(self, _name, _alias, version):
+        self.alias = version
+
+    def delete_registered_model_alias(self, _name, _alias):
+        self.alias = None
+
+
+def test_alias_served_is_removed_when_nothing_registered_is_served():
+    from pytrain.tracking.registry import move_served
+
+    registry = _Registry({1: "1", 2: "2"})
+    assert move_served(registry, "kitchen", [1, 2]) == "2" and registry.alias == "2"  # type: ignore[arg-type]
+    assert move_served(registry, "kitchen", [3]) is None and registry.alias is None  # type: ignore[arg-type]  # published untracked
+    registry.alias = "2"
+    assert move_served(registry, "kitchen", []) is None and registry.alias is None  # type: ignore[arg-type]

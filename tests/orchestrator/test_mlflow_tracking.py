@@ -266,3 +266,56 @@ def test_published_versions_are_registered_and_alias_served_moves_with_rollback(
 
     versions.rollback("kitchen", 1, settings=settings)
     assert client.get_model_version_by_alias("kitchen", "served").version == registered[1].version
+
+
+def test_unpublish_moves_alias_served_to_the_version_triton_serves_next(tracking_settings, engine, synced, mlflow_server):
+    from pytrain.publish import versions
+
+    settings = tracking_settings.model_copy(update={"triton_grpc_url": None})
+    queue = TaskQueue(engine)
+    for _ in range(2):
+        queue.submit(TASK)
+    worker = Orchestrator(settings, engine=engine, runner=PublishableRunner())
+    assert worker.run(exit_when_idle=True) == 2
+    assert worker.tracker.wait(120)
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    registered = {int(v.tags["pytrain.triton_version"]): v.version for v in client.search_model_versions("name = 'kitchen'")}
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[2]
+
+    versions.unpublish("kitchen", 2, settings=settings)
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[1]
+
+
+class ResumedRunner(EpochRunner):
+    """Its first run writes epoch 1 and is lost by the cluster (re-queued); the re-claimed run
+    resumes in the same task folder and writes the other epochs and ``metrics.json``."""
+
+    def run(self, task, cancel, stop=None):
+        if not (task.task_dir / "progress.jsonl").exists():
+            with open(task.task_dir / "progress.jsonl", "a") as progress:
+                progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": EPOCHS, "val_accuracy": 0.6}) + "\n")
+            return RunResult(Outcome.REQUEUED, None, "node lost")
+        for _ in range(EPOCHS):
+            self.allow.release()
+        return super().run(task, cancel, stop)
+
+
+def test_a_reclaimed_resume_is_a_new_mlflow_run_linked_to_the_first(tracking_settings, engine, synced, mlflow_server):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    uid = queue.get(task_id)["uid"]
+    worker = Orchestrator(tracking_settings, engine=engine, runner=ResumedRunner(), publisher=FakePublisher())
+    assert worker.run(exit_when_idle=True) == 2  # the lost run and its resume
+    assert worker.tracker.wait(120)
+    worker.close()
+    assert queue.get(task_id)["status"] == "succeeded"
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    experiment = client.get_experiment_by_name("kitchen")
+    first, second = client.search_runs([experiment.experiment_id], filter_string=f"tags.`pytrain.uid` = '{uid}'",
+                                       order_by=["attributes.start_time ASC"])
+    assert [r.id for r in queue.runs(task_id)] == [int(first.data.tags["pytrain.run_id"]), int(second.data.tags["pytrain.run_id"])]
+    assert "pytrain.previous_run" not in first.data.tags
+    assert second.data.tags["pytrain.previous_run"] == first.info.run_id
+    assert (first.info.status, second.info.status) == ("KILLED", "FINISHED")
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "val_accuracy")] == [1, 2, 3]  # the folder's whole curve

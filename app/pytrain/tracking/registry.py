@@ -60,14 +60,15 @@ def _by_triton_version(client: MlflowClient, model_name: str) -> dict[int, str]:
 
 def move_served(client: MlflowClient, model_name: str, served: list[int]) -> str | None:
     """Point alias ``served`` at the registered version of Triton version ``max(served)``; returns
-    that MLflow version, or ``None`` when it was never registered (tracking was off) or nothing is served."""
-    if not served:
-        return None
-    mlflow_version = _by_triton_version(client, model_name).get(max(served))
-    if mlflow_version is None:
-        return None
-    client.set_registered_model_alias(model_name, SERVED_ALIAS, mlflow_version)
-    return mlflow_version
+    that MLflow version. When nothing is served, or that Triton version was never registered
+    (tracking was off when it was published), the alias is removed (if set) and ``None`` returned:
+    it never points at a version Triton does not serve."""
+    mlflow_version = _by_triton_version(client, model_name).get(max(served)) if served else None
+    if mlflow_version is not None:
+        client.set_registered_model_alias(model_name, SERVED_ALIAS, mlflow_version)
+        return mlflow_version
+    client.delete_registered_model_alias(model_name, SERVED_ALIAS)  # MLflow: no alias, nothing done
+    return None
 
 
 def follow_serving(settings: Settings, model_name: str, served: list[int]) -> None:
