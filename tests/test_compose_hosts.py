@@ -59,6 +59,10 @@ def test_second_host_runs_only_an_orchestrator_on_the_first_hosts_database_and_t
         f"{env['POSTGRES_PORT']}/{env['POSTGRES_DB']}"
     )
     assert environment["PYTRAIN_TRITON_GRPC_URL"] == f"{env['PYTRAIN_MAIN_HOST']}:{env['TRITON_GRPC_PORT']}"
+    # runs are tracked on the first host's mlflow service, published on MLFLOW_PORT (the client is in the image)
+    assert environment["PYTRAIN_MLFLOW_TRACKING_URI"] == f"http://{env['PYTRAIN_MAIN_HOST']}:{env['MLFLOW_PORT']}"
+    assert resolved(MAIN, env_file)["services"]["mlflow"]["ports"][0].endswith(f":{env['MLFLOW_PORT']}:5000/tcp")
+    assert "tracking" in orchestrator["build"]["args"]["PYTRAIN_EXTRAS"].split(",")
     assert environment["PYTRAIN_WORKER_ID"] == env["PYTRAIN_HOST_NAME"]
     assert (environment["PYTRAIN_RUNNER"], environment["PYTRAIN_TORCH_HOME"]) == ("docker", TORCH_HOME)
     assert orchestrator["entrypoint"] == ["pytrain", "orchestrate"]  # migrations are the first host's

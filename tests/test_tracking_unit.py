@@ -76,3 +76,82 @@ def test_the_ui_command_passes_the_allowed_hosts_and_never_the_store_uri():
     command = ui_command_line("0.0.0.0", 5000, None, "localhost,mlflow")
     assert command[-2:] == ["--allowed-hosts", "localhost,mlflow"] and "--backend-store-uri" not in command
     assert "--allowed-hosts" not in ui_command_line("127.0.0.1", 5000, "basic-auth")
+
+
+def test_without_the_onnx_package_the_model_is_not_logged_and_a_warning_says_so(tmp_path: Path, monkeypatch, caplog):
+    import sys
+
+    from pytrain.spec import TensorSpec
+    from pytrain.tracking.onnx_model import log_onnx_model
+
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    TensorSpec(class_list=["a", "b"], num_frames=8, height=32, width=32).save(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with caplog.at_level(logging.WARNING, logger="pytrain.tracking.onnx_model"):
+        assert log_onnx_model(client=None, run_id="r", task_dir=tmp_path) is False  # type: ignore[arg-type]
+    assert "not logged as an MLflow ONNX model" in caplog.text and "install the onnx package" in caplog.text
+
+
+def test_the_dataset_fingerprint_is_stable_for_the_same_data_and_changes_with_a_file(tmp_path: Path):
+    import os
+
+    from pytrain.sources.catalog import dataset_fingerprint
+    from pytrain.spec import ManifestRow
+
+    for name, data in (("a.mp4", b"aaaa"), ("b.mp4", b"bbbb")):
+        (tmp_path / "ds" / "cls").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ds" / "cls" / name).write_bytes(data)
+    rows = [ManifestRow("ds/cls/a.mp4", "cls", "train"), ManifestRow("ds/cls/b.mp4", "cls", "val")]
+
+    def catalogued(name: str, digest: str) -> dict:
+        stat = (tmp_path / "ds" / "cls" / name).stat()
+        return {"dataset": "ds", "path": f"cls/{name}", "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "content_hash": digest}
+
+    videos = [catalogued("a.mp4", "h-a"), catalogued("b.mp4", "h-b")]
+    first = dataset_fingerprint(rows, videos, tmp_path)
+    assert (first.files, first.by_stamp) == (2, 0)
+    assert dataset_fingerprint(list(reversed(rows)), list(reversed(videos)), tmp_path) == first  # order does not matter
+    assert dataset_fingerprint(rows, [videos[0], catalogued("b.mp4", "h-b2")], tmp_path).digest != first.digest  # new content
+    assert dataset_fingerprint([rows[0], ManifestRow("ds/cls/b.mp4", "cls", "test")], videos, tmp_path).digest != first.digest
+
+    os.utime(tmp_path / "ds" / "cls" / "b.mp4", ns=(1, 1))  # changed since the catalog saw it: its size+mtime count
+    changed = dataset_fingerprint(rows, videos, tmp_path)
+    assert changed.digest != first.digest and changed.by_stamp == 1
+    assert dataset_fingerprint(rows, [videos[0]], tmp_path) == changed  # not catalogued at all: the same fallback
+
+
+def test_dataset_params_name_the_digest_and_how_many_files_were_fingerprinted_by_stamp(tmp_path: Path):
+    from pytrain.spec import DatasetFingerprint
+    from pytrain.tracking.logged import dataset_params
+
+    assert dataset_params(tmp_path) == {}
+    DatasetFingerprint("ab12", 120, 3).save(tmp_path)
+    assert dataset_params(tmp_path) == {"dataset_fingerprint": "ab12", "dataset_fingerprint.by_stamp": "3 of 120"}
+
+
+class _Registry:
+    """A stand-in for MlflowClient's registry calls (the real server: tests/orchestrator/test_mlflow_tracking.py)."""
+
+    def __init__(self, versions: dict[int, str]) -> None:
+        self.versions, self.alias = versions, "1"
+
+    def search_model_versions(self, _filter):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(version=v, tags={"pytrain.triton_version": str(t)}) for t, v in self.versions.items()]
+
+    def set_registered_model_alias(self, _name, _alias, version):
+        self.alias = version
+
+    def delete_registered_model_alias(self, _name, _alias):
+        self.alias = None
+
+
+def test_alias_served_is_removed_when_nothing_registered_is_served():
+    from pytrain.tracking.registry import move_served
+
+    registry = _Registry({1: "1", 2: "2"})
+    assert move_served(registry, "kitchen", [1, 2]) == "2" and registry.alias == "2"  # type: ignore[arg-type]
+    assert move_served(registry, "kitchen", [3]) is None and registry.alias is None  # type: ignore[arg-type]  # published untracked
+    registry.alias = "2"
+    assert move_served(registry, "kitchen", []) is None and registry.alias is None  # type: ignore[arg-type]

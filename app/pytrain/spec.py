@@ -93,6 +93,7 @@ TASK_ROW_LEGACY = "task.json"
 SCAN = "scan.json"
 SKIPPED = "skipped.json"
 UNLISTED = "unlisted.json"
+DATASET_FINGERPRINT = "dataset_fingerprint.json"
 PLOTS = ("history.png", "confusion_train.png", "confusion_test.png")
 
 MANIFEST_COLUMNS = ("path", "label", "split")
@@ -387,6 +388,27 @@ class TensorSpec(_JsonFile):
         data["input_shape"] = self.input_shape
         data["output_shape"] = self.output_shape
         return data
+
+
+@dataclass(frozen=True)
+class DatasetFingerprint(_JsonFile):
+    """The digest of a task's data, saved as ``dataset_fingerprint.json`` by the orchestrator
+    when it prepares the task folder (:func:`pytrain.sources.catalog.dataset_fingerprint` says
+    exactly what it covers); experiment tracking logs it as the param ``dataset_fingerprint``.
+
+    Attributes:
+        digest: sha256 (hex) over the manifest's sorted ``split,path,content`` lines.
+        files: the manifest's files.
+        by_stamp: how many of them had no current catalog digest and entered by (size, mtime).
+    """
+
+    FILE_NAME = DATASET_FINGERPRINT
+    WHAT = "dataset fingerprint"
+    MISSING_HINT = "the orchestrator writes it when it prepares the task folder"
+
+    digest: str
+    files: int
+    by_stamp: int
 
 
 # ---------------------------------------------------------------------------------------------

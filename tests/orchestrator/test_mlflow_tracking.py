@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -118,6 +119,10 @@ def test_an_orchestrated_run_is_an_mlflow_run_with_one_point_per_epoch(tracking_
     assert run.data.params["learning_rate"] == "0.003"
     assert json.loads(run.data.params["classes"]) == ["cooking", "drinking"]
     assert run.data.params["clips.train"] == "6"
+    fingerprint = json.loads((Path(row["task_dir"]) / "dataset_fingerprint.json").read_text())
+    assert run.data.params["dataset_fingerprint"] == fingerprint["digest"] and len(fingerprint["digest"]) == 64
+    files = fingerprint["files"]  # `synced` only registers the placeholders: no catalog digest, every file by size+mtime
+    assert files > 0 and run.data.params["dataset_fingerprint.by_stamp"] == f"{files} of {files}"
     assert run.data.tags["pytrain.run_id"] == str(row["run_id"])
     assert run.data.tags["pytrain.worker"] == "test-worker"
     assert run.data.metrics["test_accuracy"] == 0.75
@@ -223,7 +228,23 @@ class PublishableRunner(EpochRunner):
         return result
 
 
-def test_published_versions_are_registered_and_alias_served_moves_with_rollback(tracking_settings, engine, synced, mlflow_server):
+def assert_onnx_model_logged(client: MlflowClient, version, tmp_path) -> None:
+    """The version's run holds ``model/`` (an MLflow ONNX model, its signature from
+    ``tensor_spec.json``: batch axis -1) and the registered version's source is that folder."""
+    from mlflow.models import Model
+
+    assert version.source.endswith("/model")
+    folder = client.download_artifacts(version.run_id, "model", str(tmp_path))
+    mlmodel = Model.load(folder)
+    assert "onnx" in mlmodel.flavors
+    assert json.loads(mlmodel.signature.inputs.to_json()) == [{"type": "tensor", "name": "time_distributed_input",
+                                                   "tensor-spec": {"dtype": "uint8", "shape": [-1, 8, 32, 32, 3]}}]
+    assert json.loads(mlmodel.signature.outputs.to_json()) == [{"type": "tensor", "name": "dense",
+                                                    "tensor-spec": {"dtype": "float32", "shape": [-1, 2]}}]
+
+
+def test_published_versions_are_registered_and_alias_served_moves_with_rollback(tracking_settings, engine, synced, mlflow_server,
+                                                                                  tmp_path):
     from pytrain.publish import versions
 
     settings = tracking_settings.model_copy(update={"triton_grpc_url": None})
@@ -241,6 +262,60 @@ def test_published_versions_are_registered_and_alias_served_moves_with_rollback(
         assert registered[triton_version].tags["pytrain.uid"] == str(uid)
         assert registered[triton_version].run_id == tracked_run(client, uid).info.run_id
     assert client.get_model_version_by_alias("kitchen", "served").version == registered[2].version
+    assert_onnx_model_logged(client, registered[2], tmp_path)
 
     versions.rollback("kitchen", 1, settings=settings)
     assert client.get_model_version_by_alias("kitchen", "served").version == registered[1].version
+
+
+def test_unpublish_moves_alias_served_to_the_version_triton_serves_next(tracking_settings, engine, synced, mlflow_server):
+    from pytrain.publish import versions
+
+    settings = tracking_settings.model_copy(update={"triton_grpc_url": None})
+    queue = TaskQueue(engine)
+    for _ in range(2):
+        queue.submit(TASK)
+    worker = Orchestrator(settings, engine=engine, runner=PublishableRunner())
+    assert worker.run(exit_when_idle=True) == 2
+    assert worker.tracker.wait(120)
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    registered = {int(v.tags["pytrain.triton_version"]): v.version for v in client.search_model_versions("name = 'kitchen'")}
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[2]
+
+    versions.unpublish("kitchen", 2, settings=settings)
+    assert client.get_model_version_by_alias("kitchen", "served").version == registered[1]
+
+
+class ResumedRunner(EpochRunner):
+    """Its first run writes epoch 1 and is lost by the cluster (re-queued); the re-claimed run
+    resumes in the same task folder and writes the other epochs and ``metrics.json``."""
+
+    def run(self, task, cancel, stop=None):
+        if not (task.task_dir / "progress.jsonl").exists():
+            with open(task.task_dir / "progress.jsonl", "a") as progress:
+                progress.write(json.dumps({"event": "epoch", "epoch": 1, "epochs": EPOCHS, "val_accuracy": 0.6}) + "\n")
+            return RunResult(Outcome.REQUEUED, None, "node lost")
+        for _ in range(EPOCHS):
+            self.allow.release()
+        return super().run(task, cancel, stop)
+
+
+def test_a_reclaimed_resume_is_a_new_mlflow_run_linked_to_the_first(tracking_settings, engine, synced, mlflow_server):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(TASK)
+    uid = queue.get(task_id)["uid"]
+    worker = Orchestrator(tracking_settings, engine=engine, runner=ResumedRunner(), publisher=FakePublisher())
+    assert worker.run(exit_when_idle=True) == 2  # the lost run and its resume
+    assert worker.tracker.wait(120)
+    worker.close()
+    assert queue.get(task_id)["status"] == "succeeded"
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    experiment = client.get_experiment_by_name("kitchen")
+    first, second = client.search_runs([experiment.experiment_id], filter_string=f"tags.`pytrain.uid` = '{uid}'",
+                                       order_by=["attributes.start_time ASC"])
+    assert [r.id for r in queue.runs(task_id)] == [int(first.data.tags["pytrain.run_id"]), int(second.data.tags["pytrain.run_id"])]
+    assert "pytrain.previous_run" not in first.data.tags
+    assert second.data.tags["pytrain.previous_run"] == first.info.run_id
+    assert (first.info.status, second.info.status) == ("KILLED", "FINISHED")
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "val_accuracy")] == [1, 2, 3]  # the folder's whole curve

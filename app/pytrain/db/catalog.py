@@ -49,6 +49,7 @@ class VideoCatalog(Repository):
         return self._execute(queries.LIST_VIDEOS, {"datasets": list(datasets)})
 
     def verdicts(self, datasets: Iterable[str]) -> list[dict[str, Any]]:
-        """``dataset``, ``path``, ``size_bytes``, ``mtime_ns`` and ``reason`` (``None``: ok) of every
-        catalogued file of ``datasets``: what :func:`pytrain.sources.catalog.seed_scan_results` reads."""
+        """``dataset``, ``path``, ``size_bytes``, ``mtime_ns``, ``reason`` (``None``: ok) and
+        ``content_hash`` of every catalogued file of ``datasets``: what
+        :func:`pytrain.sources.catalog.seed_scan_results` and :func:`pytrain.sources.catalog.dataset_fingerprint` read."""
         return self._execute(queries.VIDEO_VERDICTS, {"datasets": list(datasets)})

@@ -281,4 +281,4 @@ LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY
 
 #: The probe verdicts of some datasets, for the orchestrator's seed of a task's pre-scan (only the
 #: columns it needs: a task may list tens of thousands of files).
-VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason FROM videos WHERE dataset = ANY(:datasets)")
+VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason, content_hash FROM videos WHERE dataset = ANY(:datasets)")

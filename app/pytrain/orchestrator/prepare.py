@@ -11,7 +11,7 @@ from typing import Any
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import write_manifest
-from pytrain.sources.catalog import seed_scan_results
+from pytrain.sources.catalog import dataset_fingerprint, seed_scan_results
 from pytrain.spec import SPLITS, TASK_SPEC_COLUMNS, TaskSpec, read_progress_record, task_dir_name, write_unlisted
 from pytrain.task_check import TaskData, check_task
 from pytrain.weights import require_weights
@@ -77,14 +77,16 @@ def _task_spec(task: Mapping[str, Any], data: TaskData, settings: Settings) -> T
 
 
 def _write_task_folder(spec: TaskSpec, data: TaskData, settings: Settings, videos: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``manifest.csv``, ``unlisted.json``, ``task.json`` and the seeded ``scan.json`` into the
-    task's folder (made if missing); returns the folder."""
+    """Write ``manifest.csv``, ``unlisted.json``, ``task.json``, the seeded ``scan.json`` and
+    ``dataset_fingerprint.json`` into the task's folder (made if missing); returns the folder."""
     task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name, spec.uid)
     task_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(data.rows, task_dir)
     write_unlisted(task_dir, data.resolved.unlisted)  # training lists them in skipped.json, as files that do not decode
     spec.save(task_dir)
+    videos = list(videos)
     seeded = seed_scan_results(task_dir, data.rows, videos, spec.num_frames, spec.height, spec.width)
+    dataset_fingerprint(data.rows, videos, settings.sources_dir).save(task_dir)
     if seeded:
         log.info("task %s: %d of %d files known to the video catalog: not probed again", spec.task_id, seeded, len(data.rows))
     log.info("task %s: prepared %s (%d clips, classes %s)", spec.task_id, task_dir, len(data.rows), spec.class_list)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError, printable
 from pytrain.sources.resolve import NOT_UTF8, VIDEO_SUFFIXES, is_utf8_name, unreadable_folder
-from pytrain.spec import ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
+from pytrain.spec import DatasetFingerprint, ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +197,44 @@ def seed_scan_results(task_dir: Path, rows: Iterable[ManifestRow], videos: Itera
     if added:
         write_scan(task_dir, results)
     return added
+
+
+def dataset_fingerprint(rows: Iterable[ManifestRow], videos: Iterable[Mapping[str, Any]], sources_root: Path) -> DatasetFingerprint:
+    """A digest of exactly the data a task trains, validates and tests on.
+
+    It covers, for every row of the task's ``manifest.csv``: its split, its path relative to the
+    sources root and its content — the video catalog's ``content_hash``
+    (:func:`pytrain.training.probe.content_hash`) when the catalog row's (size, mtime) is the
+    file's now, else the file's own ``size:mtime_ns`` (a file not catalogued, or changed since the
+    last ``pytrain sources sync``; counted in :attr:`pytrain.spec.DatasetFingerprint.by_stamp`), or ``missing``.
+    The lines ``split,path,content`` are sorted, joined with newlines and hashed with sha256. Not
+    covered: the labels (the classes are params of their own), the order of the manifest, the
+    files' names outside the sources root, and the clip size training decodes to.
+
+    Args:
+        rows: the manifest (:func:`pytrain.spec.read_manifest`), paths ``dataset/folder/file``.
+        videos: catalog rows (:meth:`pytrain.db.VideoCatalog.verdicts`) of the task's datasets.
+        sources_root: the folder the paths are relative to.
+    """
+    import hashlib
+
+    by_path = {f"{v['dataset']}/{v['path']}": v for v in videos}
+    lines, by_stamp = [], 0
+    for row in rows:
+        content = _file_content_id(Path(sources_root) / row.path, by_path.get(row.path))
+        by_stamp += not content.startswith("catalog:")
+        lines.append(f"{row.split},{row.path},{content}")
+    lines.sort()
+    return DatasetFingerprint(hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), len(lines), by_stamp)
+
+
+def _file_content_id(path: Path, video: Mapping[str, Any] | None) -> str:
+    """``catalog:<content_hash>`` while the catalog row still describes the file, else ``stamp:<size>:<mtime_ns>``
+    (or ``missing``)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    if video is not None and video.get("content_hash") and (video["size_bytes"], video["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+        return f"catalog:{video['content_hash']}"
+    return f"stamp:{stat.st_size}:{stat.st_mtime_ns}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pytrain import __version__
 from pytrain.spec import (
-    METRICS, PLOTS, PROGRESS, TENSOR_SPEC, TRAIN_LOG, MetricsRecord, ProgressRecord,
+    DATASET_FINGERPRINT, METRICS, PLOTS, PROGRESS, TENSOR_SPEC, TRAIN_LOG, DatasetFingerprint, MetricsRecord, ProgressRecord,
 )
 from pytrain.task_columns import TASK_COLUMNS
 
@@ -142,6 +142,22 @@ def read_epochs(task_dir: Path) -> tuple[list[ProgressRecord], dict[str, str]]:
         elif record.event == "start":
             params.update(start_params(record))
     return [epochs[epoch] for epoch in sorted(epochs)], params
+
+
+def dataset_params(task_dir: Path) -> dict[str, str]:
+    """``dataset_fingerprint`` (:func:`pytrain.sources.catalog.dataset_fingerprint`) and
+    ``dataset_fingerprint.by_stamp``, how many of the manifest's files entered it by size and
+    mtime instead of a catalog digest (``"3 of 120"``); ``{}`` before the folder has the file.
+
+    Raises:
+        ConfigurationError: ``dataset_fingerprint.json`` does not parse.
+    """
+    path = Path(task_dir) / DATASET_FINGERPRINT
+    if not path.is_file():
+        return {}
+    fingerprint = DatasetFingerprint.load(path)
+    return {"dataset_fingerprint": fingerprint.digest,
+            "dataset_fingerprint.by_stamp": f"{fingerprint.by_stamp} of {fingerprint.files}"}
 
 
 def final_metrics(metrics: MetricsRecord) -> dict[str, float]:

@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 
 #: The alias of the registered version Triton serves.
 SERVED_ALIAS = "served"
+#: The run tag naming the artifact folder of the run's MLflow ONNX model (:mod:`pytrain.tracking.onnx_model`).
+MODEL_TAG = "pytrain.mlflow_model"
 #: The model-version tag holding the Triton version number.
 TRITON_VERSION_TAG = "pytrain.triton_version"
 
 
 def register_version(client: MlflowClient, model_name: str, mlflow_run: Any, triton_version: int, tags: dict[str, str]) -> str:
     """Register Triton version ``triton_version`` of ``model_name`` from ``mlflow_run`` (once: an
-    existing registered version with that tag is returned). Returns the MLflow version number."""
+    existing registered version with that tag is returned). Its source is the run's MLflow ONNX
+    model (the folder its tag ``pytrain.mlflow_model`` names), else the run's artifact folder.
+    Returns the MLflow version number."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -37,7 +41,9 @@ def register_version(client: MlflowClient, model_name: str, mlflow_run: Any, tri
     existing = _by_triton_version(client, model_name).get(triton_version)
     if existing is not None:
         return existing
-    created = client.create_model_version(model_name, source=mlflow_run.info.artifact_uri, run_id=mlflow_run.info.run_id,
+    model_folder = mlflow_run.data.tags.get(MODEL_TAG)  # the run's MLflow ONNX model, when it logged one
+    source = f"{mlflow_run.info.artifact_uri}/{model_folder}" if model_folder else mlflow_run.info.artifact_uri
+    created = client.create_model_version(model_name, source=source, run_id=mlflow_run.info.run_id,
                                           tags={TRITON_VERSION_TAG: str(triton_version), **tags})
     return str(created.version)
 
@@ -54,14 +60,15 @@ def _by_triton_version(client: MlflowClient, model_name: str) -> dict[int, str]:
 
 def move_served(client: MlflowClient, model_name: str, served: list[int]) -> str | None:
     """Point alias ``served`` at the registered version of Triton version ``max(served)``; returns
-    that MLflow version, or ``None`` when it was never registered (tracking was off) or nothing is served."""
-    if not served:
-        return None
-    mlflow_version = _by_triton_version(client, model_name).get(max(served))
-    if mlflow_version is None:
-        return None
-    client.set_registered_model_alias(model_name, SERVED_ALIAS, mlflow_version)
-    return mlflow_version
+    that MLflow version. When nothing is served, or that Triton version was never registered
+    (tracking was off when it was published), the alias is removed (if set) and ``None`` returned:
+    it never points at a version Triton does not serve."""
+    mlflow_version = _by_triton_version(client, model_name).get(max(served)) if served else None
+    if mlflow_version is not None:
+        client.set_registered_model_alias(model_name, SERVED_ALIAS, mlflow_version)
+        return mlflow_version
+    client.delete_registered_model_alias(model_name, SERVED_ALIAS)  # MLflow: no alias, nothing done
+    return None
 
 
 def follow_serving(settings: Settings, model_name: str, served: list[int]) -> None:

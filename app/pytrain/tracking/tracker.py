@@ -26,6 +26,8 @@ from pytrain.settings import Settings
 from pytrain.spec import read_metrics
 from pytrain.tracking import logged
 from pytrain.tracking.logged import TrackedRun
+from pytrain.tracking.onnx_model import MODEL_ARTIFACT, log_onnx_model
+from pytrain.tracking.registry import MODEL_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -68,6 +70,7 @@ def sync_run(client: MlflowClient, run: TrackedRun, settings: Settings, *, outco
     if run.task_dir is None:
         return run_id, logged_epoch
     epochs, params = logged.read_epochs(run.task_dir)
+    params.update(logged.dataset_params(run.task_dir))
     _log_new_params(client, run_id, mlflow_run.data.params, params)
     logged_epoch = _log_epochs(client, run_id, [r for r in epochs if r.epoch > logged_epoch], logged_epoch)
     if outcome is not None:
@@ -152,6 +155,8 @@ def _log_end(client: MlflowClient, run_id: str, task_dir: Path, outcome: Outcome
             client.set_tag(run_id, "pytrain.final_metrics", "1")
     for path in logged.artifact_files(task_dir):
         client.log_artifact(run_id, str(path))  # same name again: replaced, never duplicated
+    if outcome is Outcome.SUCCEEDED and log_onnx_model(client, run_id, task_dir):
+        client.set_tag(run_id, MODEL_TAG, MODEL_ARTIFACT)
     client.log_batch(run_id, tags=[RunTag("pytrain.outcome", outcome.value)])
     client.set_terminated(run_id, _STATUS.get(outcome, "FAILED"))
 
