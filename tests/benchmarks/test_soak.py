@@ -42,7 +42,10 @@ def test_the_verdict_fails_a_growth_above_the_limit_a_count_leaving_zero_and_a_z
 
 @pytest.mark.slow
 def test_the_soak_runs_a_real_orchestrator_through_tasks_and_passes(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")}
+    # Tracking off: with it on, MLflow's SQLAlchemy pool opens its connections lazily over the
+    # first few tasks (5 -> 7, then flat for good), which two sampled tasks would read as growth.
+    # The 200-task soak in docs/performance.md runs with tracking on, as users do.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")} | {"PYTRAIN_MLFLOW": "off"}
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--tasks", "2", "--warmup", "1", "--work-dir", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=900, env=env,
