@@ -77,12 +77,13 @@ class Sample:
 WATCHED = ("rss_mb", "fds", "threads", "children", "pg_conns", "tmp_files")
 
 
-def environment(work: Path) -> dict[str, str]:
+def environment(work: Path, tracking: str = "on") -> dict[str, str]:
     """The orchestrator's environment: this one without PYTRAIN_* settings, then the work
-    folder's paths, the local runner and a private TMPDIR (so its temporary files can be counted)."""
+    folder's paths, the local runner, a private TMPDIR (so its temporary files can be counted) and
+    ``PYTRAIN_MLFLOW=tracking`` (on: MLflow on the embedded server, as users run by default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")}
     env.update({f"PYTRAIN_{name.upper()}_DIR": str(work / name) for name in FOLDER_SETTINGS})
-    env.update(PYTRAIN_RUNNER="local", TMPDIR=str(work / "tmp"))
+    env.update(PYTRAIN_RUNNER="local", PYTRAIN_MLFLOW=tracking, TMPDIR=str(work / "tmp"))
     for name in (*FOLDER_SETTINGS, "tmp"):
         (work / name).mkdir(parents=True, exist_ok=True)
     return env
@@ -175,7 +176,7 @@ def verdict(samples: list[Sample], max_growth: float) -> list[str]:
 
 def soak(args: argparse.Namespace, work: Path) -> list[str]:
     """Run the soak in ``work``; returns the failures (empty: passed)."""
-    env = environment(work)
+    env = environment(work, args.tracking)
     for name in [k for k in os.environ if k.startswith("PYTRAIN_")]:  # this script's settings are the orchestrator's
         del os.environ[name]
     os.environ.update({k: v for k, v in env.items() if k.startswith("PYTRAIN_")})
@@ -217,6 +218,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5,
                         help="tasks run first and not compared (lazy imports, caches, and connection pools that fill "
                              "lazily: MLflow's took 3 tasks to reach its size here)")
+    parser.add_argument("--tracking", choices=("on", "off"), default="on", help="experiment tracking (PYTRAIN_MLFLOW) in the orchestrator")
     parser.add_argument("--max-growth", type=float, default=0.10, help="largest allowed growth of a mean, 0.10 = 10 %%")
     parser.add_argument("--task-timeout", type=float, default=600.0, help="seconds one task may take")
     parser.add_argument("--work-dir", type=Path, default=None, help="folder for the data (default: a new temporary one, removed)")

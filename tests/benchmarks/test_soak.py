@@ -45,9 +45,9 @@ def test_the_soak_runs_a_real_orchestrator_through_tasks_and_passes(tmp_path: Pa
     # Tracking off: with it on, MLflow's SQLAlchemy pool opens its connections lazily over the
     # first few tasks (5 -> 7, then flat for good), which two sampled tasks would read as growth.
     # The 200-task soak in docs/performance.md runs with tracking on, as users do.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")} | {"PYTRAIN_MLFLOW": "off"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTRAIN_")}
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--tasks", "2", "--warmup", "1", "--work-dir", str(tmp_path / "w")],
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--tasks", "2", "--warmup", "1", "--tracking", "off", "--work-dir", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -103,6 +103,7 @@ def test_a_region_is_unregistered_even_when_the_server_answers_after_the_deadlin
         assert name in server_regions(triton_server)
         pid = triton_server.process.pid
         os.kill(pid, signal.SIGSTOP)
+        wait_stopped(pid)  # a thread busy on the other core stops a moment later and could still answer
         resume = threading.Timer(7.0, os.kill, (pid, signal.SIGCONT))
         resume.start()
         try:
@@ -115,6 +116,22 @@ def test_a_region_is_unregistered_even_when_the_server_answers_after_the_deadlin
     assert name not in server_regions(triton_server)
     assert closed_after >= 6.0  # it did wait for the stopped server
     assert not Path("/dev/shm", name).exists()
+
+
+def wait_stopped(pid: int, timeout: float = 60.0) -> None:
+    """Wait until every thread of ``pid`` is in the stopped state (``T`` in /proc/PID/task/*/stat)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = set()
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                states.add(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue  # a thread that ended meanwhile
+        if states and states <= {"T", "t"}:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop: thread states {sorted(states)}"
+        time.sleep(0.01)
 
 
 def test_model_info_can_come_from_the_pytrain_config(triton_server: TritonServer, served_model: Path) -> None:
