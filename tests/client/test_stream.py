@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from fixtures.processes import wait_for
 from fixtures.triton import TEST_CLASSES, publish_test_model, run_onnx
 from pytrain.client import StreamClassifier, StreamSource
 from pytrain.client import stream as stream_module
@@ -82,14 +83,6 @@ def wait_bound(port: int, protocol: str, timeout: float = 120.0) -> None:
                     return
         time.sleep(0.1)
     raise AssertionError(f"nothing bound to {protocol} port {port} after {timeout:.0f} s")
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    """Poll ``condition()`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
-        time.sleep(0.1)
 
 
 def gone(pid: int) -> bool:

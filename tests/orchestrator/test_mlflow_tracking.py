@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from fixtures.processes import orchestrator_env
+from fixtures.processes import orchestrator_env, wait_for
 from orchestrator_fakes import FakePublisher, FakeRunner
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
@@ -56,16 +56,6 @@ class EpochRunner(FakeRunner):
                 self.written.set()
         (task.task_dir / "metrics.json").write_text(json.dumps(METRICS))
         return RunResult(Outcome.SUCCEEDED, 0)
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tracked_run(client: MlflowClient, uid):

@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 import pytest
 from fixtures.clips import write_tree
+from fixtures.processes import wait_for
 from fixtures.slurm import live_jobs
 
 from pytrain.db import TaskQueue
@@ -66,16 +67,6 @@ ALLOCATE = "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 10
 SLEEP = "import time; open('started', 'w').write('1'); time.sleep(300)"
 # Ignores SIGTERM: after scancel its job stays COMPLETING for ~8 s (KillWait, then the step's teardown).
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('started', 'w').write('1'); time.sleep(300)"
-
-
-def wait_for(predicate, *, timeout: float, step: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what} not reached within {timeout:g} s")
 
 
 def jobs_of(task_id: int) -> dict[str, str]:
