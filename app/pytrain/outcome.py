@@ -22,13 +22,13 @@ class Outcome(str, Enum):
     Who says which:
 
     - the heartbeat (the run is still this worker's?): ``OK``, ``CANCELLED`` (a user cancelled the
-      task), ``LOST`` (the run no longer holds the task: re-queued or claimed by another run),
+      task), ``PRUNED`` (the task is a sweep's trial whose pruner stopped it after an epoch), ``LOST`` (the run no longer holds the task: re-queued or claimed by another run),
       ``FENCED`` (the worker stopped its own run: the lease went unrenewed too long);
     - a runner (how the training process ended): ``SUCCEEDED``, ``FAILED``, ``CANCELLED``,
       ``TIMED_OUT``, ``OUT_OF_MEMORY``, ``INTERRUPTED`` (the worker is shutting down),
       ``REQUEUED`` (the cluster lost the run: node failure, preemption), ``LOCKED`` (another run
       still holds the task folder);
-    - the worker, once the run is recorded: ``SUCCEEDED``, ``FAILED``, ``CANCELLED``, ``REQUEUED``
+    - the worker, once the run is recorded: ``SUCCEEDED``, ``FAILED``, ``CANCELLED``, ``PRUNED``, ``REQUEUED``
       (the task went back to the queue), ``LOST``;
     - ``task_runs.outcome``: :data:`RECORDED`.
     """
@@ -44,13 +44,15 @@ class Outcome(str, Enum):
     LOCKED = "locked"
     LOST = "lost"
     FENCED = "fenced"
+    PRUNED = "pruned"
 
     def __str__(self) -> str:
         return self.value
 
 
 #: What :meth:`pytrain.db.TaskQueue.finish` records: the task's final statuses, and its run's outcome.
-FINISHED: tuple[Outcome, ...] = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED)
+#: ``pruned``: a sweep's trial stopped early by its pruner (migration 0007; :mod:`pytrain.sweeps`).
+FINISHED: tuple[Outcome, ...] = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED, Outcome.PRUNED)
 
 #: ``task_runs.outcome`` of an ended run (``NULL`` while it runs): a final status, or ``requeued``
 #: (the run was lost or interrupted and the task went back to the queue).

@@ -296,14 +296,15 @@ def _weak_recall_text(metrics: dict[str, Any] | None) -> str:
     return f"recall min {weak[name]['recall']:.2f} ({name}{more})"
 
 
-def _tasks_table(rows: list[dict[str, Any]]):
+def _tasks_table(rows: list[dict[str, Any]], trials: dict[int, tuple[str, int]] | None = None):
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="training_tasks")
-    for column in ("id", "model", "status", "priority", "attempts", "progress", "version", "worker", "created", "error"):
+    for column in ("id", "model", "status", "priority", "attempts", "progress", "version", "worker", "created", "sweep", "error"):
         table.add_column(column)
-    colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+    colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta",
+               "pruned": "blue"}
     for row in rows:
         error = (row["error"] or "").splitlines()[0][:60] if row["error"] else ""
         weak = _weak_recall_text(row["metrics"])
@@ -312,13 +313,26 @@ def _tasks_table(rows: list[dict[str, Any]]):
             str(row["id"]), row["model_name"], f"[{colours.get(row['status'], 'white')}]{row['status']}[/]",
             str(row["priority"]), str(row["attempts"]), progress,
             "" if row["version"] is None else str(row["version"]), row["worker_id"] or "",
-            row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), error,
+            row["created_at"].strftime("%Y-%m-%d %H:%M:%S"), _trial_text((trials or {}).get(row["id"])), error,
         )
     return table
 
 
+def _trial_text(trial: tuple[str, int] | None) -> str:
+    """A trial's ``sweep`` cell: ``NAME#NUMBER``; empty for an ordinary task."""
+    return "" if trial is None else f"{trial[0]}#{trial[1]}"
+
+
+def _listed(queue, status: str | None, limit: int) -> tuple[list, dict[int, tuple[str, int]]]:
+    """The newest tasks and, for those that are sweep trials, ``{task id: (sweep, trial number)}``."""
+    from pytrain.sweeps.store import SweepStore
+
+    rows = queue.list(status=status, limit=limit)
+    return rows, SweepStore(queue.engine, _settings()).trials_of_tasks([row.id for row in rows])
+
+
 def tasks(
-    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status: queued, running, succeeded, failed or cancelled."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only tasks in this status: queued, running, succeeded, failed, cancelled or pruned."),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="Newest N tasks."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Redraw every N seconds until Ctrl-C."),
@@ -330,22 +344,24 @@ def tasks(
         raise typer.BadParameter(f"{status!r} is not one of {', '.join(STATUSES)}", param_hint="--status")
     queue = _queue()
     if as_json:
-        for row in queue.list(status=status, limit=limit):
-            typer.echo(json.dumps(row.to_dict(), default=str))
+        rows, trials = _listed(queue, status, limit)
+        for row in rows:
+            trial = trials.get(row.id)
+            typer.echo(json.dumps({**row.to_dict(), **({} if trial is None else {"sweep": trial[0], "trial": trial[1]})}, default=str))
         return
     from pytrain.cli.output import stdout_console
 
     console = stdout_console()  # piped output (scripts, tests): every value in full
     if watch is None:
-        console.print(_tasks_table(queue.list(status=status, limit=limit)))
+        console.print(_tasks_table(*_listed(queue, status, limit)))
         return
     from rich.live import Live
 
     try:
-        with Live(_tasks_table(queue.list(status=status, limit=limit)), console=console, auto_refresh=False) as live:
+        with Live(_tasks_table(*_listed(queue, status, limit)), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(max(watch, 0.2))
-                live.update(_tasks_table(queue.list(status=status, limit=limit)), refresh=True)
+                live.update(_tasks_table(*_listed(queue, status, limit)), refresh=True)
     except KeyboardInterrupt:
         pass
 

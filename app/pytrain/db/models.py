@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of PyTrain's two tables.
+"""SQLAlchemy 2 models of PyTrain's tables.
 
 The ``training_tasks`` row is PyTrain's public API: a user inserts one row (every column but
 ``model_name``, ``sources`` and ``classes`` has a database default) and an orchestrator trains it.
@@ -33,11 +33,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pytrain.outcome import FINISHED, RECORDED
+from pytrain.sweeps.vocabulary import METRICS, PRUNERS, PUBLISH_MODES, SAMPLERS, SWEEP_STATUSES, sql_in
 from pytrain.task_columns import (
-    FRACTION_SUM_TOLERANCE, SOURCE_NAME_PATTERN, TASK_COLUMNS, TaskColumn, check_constraints, size_constraints, task_defaults,
+    FRACTION_SUM_TOLERANCE, MODEL_NAME_PATTERN, SOURCE_NAME_PATTERN, TASK_COLUMNS, TaskColumn, check_constraints, size_constraints, task_defaults,
 )
 
-# Task lifecycle: queued -> running -> succeeded | failed | cancelled (running -> queued on re-queue).
+# Task lifecycle: queued -> running -> succeeded | failed | cancelled | pruned (running -> queued on re-queue;
+# pruned: a sweep's trial its pruner stopped, migration 0007).
 FINAL_STATUSES = tuple(outcome.value for outcome in FINISHED)
 STATUSES = ("queued", "running", *FINAL_STATUSES)
 
@@ -231,3 +233,64 @@ class TaskRun(Base):
         CheckConstraint(f"outcome IN ({', '.join(repr(s) for s in RUN_OUTCOMES)})", name="outcome_known"),
         CheckConstraint("(finished_at IS NULL) = (outcome IS NULL)", name="finished_has_outcome"),
     )
+
+
+class Sweep(Base):
+    """A hyper-parameter sweep (migration 0007; ``pytrain sweep create``, :mod:`pytrain.sweeps`).
+
+    Its study lives in Optuna's tables (schema :data:`~pytrain.sweeps.vocabulary.OPTUNA_SCHEMA`,
+    study name = ``name``); each trial is an ordinary ``training_tasks`` row, linked by
+    :class:`SweepTrial`. ``base`` holds the task columns every trial shares; ``params`` the
+    parameter specs (``[{"name", "kind", ...}]``, :class:`pytrain.sweeps.params.ParamSpec`).
+    ``published_task_id``/``published_version``: the trial published when the sweep ended.
+    """
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    base: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    params: Mapped[list[Any]] = mapped_column(JSONB)
+    trials: Mapped[int] = mapped_column(Integer)
+    parallel: Mapped[int] = mapped_column(Integer)
+    sampler: Mapped[str] = mapped_column(Text)
+    pruner: Mapped[str] = mapped_column(Text)
+    metric: Mapped[str] = mapped_column(Text)
+    publish: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'running'"))
+    published_task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    published_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(f"name ~ '{MODEL_NAME_PATTERN}'", name="name_format"),
+        CheckConstraint("trials >= 1", name="trials_positive"),
+        CheckConstraint("parallel >= 1", name="parallel_positive"),
+        CheckConstraint(sql_in("sampler", SAMPLERS), name="sampler_known"),
+        CheckConstraint(sql_in("pruner", PRUNERS), name="pruner_known"),
+        CheckConstraint(sql_in("metric", METRICS), name="metric_known"),
+        CheckConstraint(sql_in("publish", PUBLISH_MODES), name="publish_known"),
+        CheckConstraint(sql_in("status", SWEEP_STATUSES), name="status_known"),
+    )
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: its Optuna trial and the task that trains it (migration 0007).
+
+    ``number`` is Optuna's trial number (0, 1, ...); ``told`` is the state told to Optuna when the
+    task ended (``COMPLETE``, ``PRUNED``, ``FAIL``), ``NULL`` while it runs: the guard that tells
+    each trial once (a trial whose task is re-claimed after a crash goes on as the same trial).
+    """
+
+    __tablename__ = "sweep_trials"
+
+    sweep_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("training_tasks.id", ondelete="CASCADE"), unique=True)
+    optuna_trial_id: Mapped[int] = mapped_column(BigInteger)
+    told: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (CheckConstraint("told IN ('COMPLETE', 'PRUNED', 'FAIL')", name="told_known"),)

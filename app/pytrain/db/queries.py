@@ -282,3 +282,73 @@ LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY
 #: The probe verdicts of some datasets, for the orchestrator's seed of a task's pre-scan (only the
 #: columns it needs: a task may list tens of thousands of files).
 VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason, content_hash FROM videos WHERE dataset = ANY(:datasets)")
+
+# -- sweeps (pytrain.sweeps; migration 0007) -----------------------------------------------------
+
+INSERT_SWEEP = text("""
+INSERT INTO sweeps (name, base, params, trials, parallel, sampler, pruner, metric, publish, seed)
+VALUES (:name, CAST(:base AS jsonb), CAST(:params AS jsonb), :trials, :parallel, :sampler, :pruner, :metric, :publish, :seed)
+RETURNING *
+""")
+
+GET_SWEEP = text("SELECT * FROM sweeps WHERE name = :name")
+
+#: The top-up's and the end's lock: whoever ends a trial or creates the sweep holds the sweep row
+#: while it tells Optuna, counts the live trials and creates new ones, so concurrent orchestrators
+#: on any host never create a trial twice nor finish (publish) the sweep twice.
+LOCK_SWEEP = text("SELECT * FROM sweeps WHERE id = :sweep_id FOR UPDATE")
+
+LIST_SWEEPS = text("""
+SELECT s.*, count(st.task_id) AS created,
+       count(st.task_id) FILTER (WHERE st.told IS NULL) AS live
+FROM sweeps AS s LEFT JOIN sweep_trials AS st ON st.sweep_id = s.id
+GROUP BY s.id ORDER BY s.id DESC
+""")
+
+#: A sweep's trials with their tasks' state; ``wall_seconds``: the task's runs together (a re-claimed
+#: trial's runs all count), seconds.
+SWEEP_TRIALS = text("""
+SELECT st.number, st.task_id, st.optuna_trial_id, st.told, t.status, t.error, t.version, t.task_dir, t.progress,
+       t.metrics, t.uid, t.run_id, t.attempts,
+       (SELECT sum(extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)) FROM task_runs AS r
+        WHERE r.task_id = t.id) AS wall_seconds
+FROM sweep_trials AS st JOIN training_tasks AS t ON t.id = st.task_id
+WHERE st.sweep_id = :sweep_id
+ORDER BY st.number
+""")
+
+INSERT_TRIAL = text("""
+INSERT INTO sweep_trials (sweep_id, number, task_id, optuna_trial_id) VALUES (:sweep_id, :number, :task_id, :optuna_trial_id)
+""")
+
+#: Record the state told to Optuna (once: ``told IS NULL``).
+MARK_TOLD = text("UPDATE sweep_trials SET told = :told WHERE sweep_id = :sweep_id AND number = :number AND told IS NULL")
+
+#: The sweep ends once: only the caller that moves it from ``running`` publishes its best trial.
+FINISH_SWEEP = text("""
+UPDATE sweeps SET status = 'finished', finished_at = now() WHERE id = :sweep_id AND status = 'running' RETURNING id
+""")
+
+CANCEL_SWEEP = text("""
+UPDATE sweeps SET status = 'cancelled', finished_at = now() WHERE id = :sweep_id AND status = 'running' RETURNING id
+""")
+
+SET_SWEEP_PUBLISHED = text("UPDATE sweeps SET published_task_id = :task_id, published_version = :version WHERE id = :sweep_id")
+
+#: A published trial's version in its task row (trials succeed unpublished, see pytrain.sweeps).
+SET_TASK_VERSION = text("UPDATE training_tasks SET version = :version WHERE id = :task_id AND status = 'succeeded' RETURNING id")
+
+#: The sweep of a claimed task, if it is a trial (one indexed lookup per claim).
+TRIAL_OF_TASK = text("""
+SELECT st.sweep_id, st.number, st.optuna_trial_id, s.name, s.publish, s.metric
+FROM sweep_trials AS st JOIN sweeps AS s ON s.id = st.sweep_id
+WHERE st.task_id = :task_id
+""")
+
+#: Sweep name and trial number of some tasks (``pytrain tasks``).
+TRIALS_OF_TASKS = text("""
+SELECT st.task_id, s.name, st.number FROM sweep_trials AS st JOIN sweeps AS s ON s.id = st.sweep_id
+WHERE st.task_id = ANY(:task_ids)
+""")
+
+RUNNING_SWEEPS = text("SELECT id FROM sweeps WHERE status = 'running' ORDER BY id")

@@ -191,10 +191,16 @@ class Repository:
         self.engine = engine
 
     def _execute(self, statement, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        with self._transaction() as conn:
+            result = conn.execute(statement, params or {})
+            return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction (``engine.begin()``) whose driver errors are translated (see the class)."""
         try:
             with self.engine.begin() as conn:
-                result = conn.execute(statement, params or {})
-                return [dict(row) for row in result.mappings()] if result.returns_rows else []
+                yield conn
         except IntegrityError as exc:
             raise ConfigurationError(f"the database rejected {self.subject}: {_first_line(exc.orig)}") from exc
         except (DBAPIError, SQLAlchemyError) as exc:

@@ -27,7 +27,12 @@ Life of a worker:
    the publisher's ``gate``), so ``pytrain cancel`` never waits for a publish. Triton loads the
    model after the commit. A database that drops meanwhile is retried: the retry finds the version
    this run placed (publishing is idempotent per run: task uid and run id in ``history.jsonl``).
-5. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
+5. A sweep's trial (:mod:`pytrain.sweeps`): each new epoch's validation metric is reported to its
+   Optuna trial from the heartbeat; when the pruner says stop, the run is stopped like a cancel
+   and recorded ``pruned``. A successful trial is recorded unpublished (its sweep publishes the
+   best at its end), and once the trial's task ended the sweep is settled: Optuna is told, and
+   new trials are created up to ``--parallel``.
+6. Stop (SIGTERM/SIGINT, :meth:`Orchestrator.stop`): no new claims; the running task is
    interrupted and re-queued (default) or allowed to finish.
 """
 
@@ -53,7 +58,9 @@ from pytrain.outcome import Outcome
 from pytrain.runners import ClusterRunner, PreparedTask, Runner, RunResult, check_nodes, error_with_tail, get_runner
 from pytrain.settings import Settings, get_settings, with_overrides
 from pytrain.spec import METRICS, ProgressRecord, PublishedTaskRow, format_progress, read_metrics, read_progress_record
+from pytrain.sweeps.store import SweepStore, TrialRef
 from pytrain.tracking import RunTracker, TrackedRun
+from pytrain.tracking.logged import read_epochs
 from pytrain.tracking.tracker import with_task_dir
 
 if TYPE_CHECKING:  # publishing is imported when first needed (:func:`_load_publisher`)
@@ -91,6 +98,9 @@ class Publisher(Protocol):
         ...
 
 _MAX_ERROR_CHARS = 4000
+#: How often an idle worker settles the running sweeps (seconds): a trial failed by an expired
+#: lease, or a sweep whose creator died before its first trials, is topped up within this.
+IDLE_SETTLE_SECONDS = 10.0
 
 
 def default_worker_id(gpus: str | None) -> str:
@@ -117,7 +127,8 @@ class _Heartbeat(threading.Thread):
     ``state`` (an :class:`~pytrain.outcome.Outcome`): ``OK``; ``CANCELLED`` (a user cancelled the
     task); ``LOST`` (a heartbeat found the run no longer holds the task); ``FENCED`` (the lease was
     not renewed for ``settings.fence_seconds``: the worker stopped its run itself). Any state but
-    ``OK`` sets ``cancel``, which the runner obeys within its poll + grace time.
+    ``OK`` sets ``cancel``, which the runner obeys within its poll + grace time. ``PRUNED``: the
+    task is a sweep's trial and ``prune(task_dir)``, asked at each new epoch, said stop.
 
     Progress is a side channel: a ``progress.jsonl`` that cannot be read (an I/O error, a
     directory in its place) is a warning, at most one per :attr:`PROGRESS_WARNING_SECONDS`, and
@@ -132,14 +143,15 @@ class _Heartbeat(threading.Thread):
     PROGRESS_WARNING_SECONDS = 60.0
 
     def __init__(self, queue: TaskQueue, run: Claim, settings: Settings, cancel: threading.Event,
-                 claimed_at: float | None = None, on_epoch: Callable[[Path | None], None] | None = None) -> None:
+                 claimed_at: float | None = None, on_epoch: Callable[[Path | None], None] | None = None,
+                 prune: Callable[[Path], bool] | None = None) -> None:
         super().__init__(name=f"heartbeat-task-{run.task_id}", daemon=True)
         self.queue = queue
         self.run_ = run
         self.settings = settings
         self.cancel = cancel
         self.task_dir: Path | None = None
-        self.state = Outcome.OK  # OK | CANCELLED | LOST | FENCED
+        self.state = Outcome.OK  # OK | CANCELLED | LOST | FENCED | PRUNED
         #: ``time.monotonic()`` when the last successful renewal was sent (before the database set the lease).
         self.renewed_at = time.monotonic() if claimed_at is None else claimed_at
         self._done = threading.Event()
@@ -148,6 +160,7 @@ class _Heartbeat(threading.Thread):
         self._ended = False
         self._logged_epoch: int | None = None
         self._on_epoch = on_epoch  # called with the task folder at each new epoch (experiment tracking)
+        self._prune = prune  # a sweep's trial: asked at each new epoch whether its pruner stops the run
         self._progress_warned_at: float | None = None  # time.monotonic() of the last warning
         self._fence = threading.Thread(target=self._watch, name=f"fence-task-{run.task_id}", daemon=True)
 
@@ -204,7 +217,7 @@ class _Heartbeat(threading.Thread):
             if self.state is not Outcome.OK or self._ended:
                 return
             self.state = state
-        (log.info if state is Outcome.CANCELLED else log.warning)(message, self.run_.task_id)
+        (log.info if state in (Outcome.CANCELLED, Outcome.PRUNED) else log.warning)(message, self.run_.task_id)
         self.cancel.set()
 
     def _watch(self) -> None:
@@ -228,6 +241,8 @@ class _Heartbeat(threading.Thread):
         progress_log.info("task %s: %s", self.run_.task_id, format_progress(record))
         if self._on_epoch is not None:
             self._on_epoch(self.task_dir)
+        if self._prune is not None and self.task_dir is not None and self._prune(self.task_dir):
+            self._set_state(Outcome.PRUNED, f"task %s: its sweep's pruner stopped it after epoch {record.epoch}; stopping its run")
 
     def run(self) -> None:
         """Beat every ``heartbeat_seconds`` until stopped, cancelled or lost."""
@@ -338,6 +353,9 @@ class Orchestrator:
         self.current: Claim | None = None
         self._heartbeat: _Heartbeat | None = None  # the running task's
         self.tracker = RunTracker(self.settings)  # MLflow, a side channel (pytrain.tracking)
+        self.sweeps = SweepStore(self.engine, self.settings)  # trials of sweeps (pytrain.sweeps)
+        self._trial: TrialRef | None = None  # the running task's trial, when it is one
+        self._sweeps_settled_at: float | None = None  # time.monotonic() of the last idle settle
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, *, interrupt_running: bool = True) -> None:
@@ -466,6 +484,7 @@ class Orchestrator:
         claimed_at = time.monotonic()  # before the claim: the lease runs from a moment after this
         run = self.queue.claim(self.worker_id, self.settings.lease_seconds)
         if run is None:
+            self._settle_sweeps_when_idle()
             return False
         self.current = run
         try:
@@ -491,14 +510,16 @@ class Orchestrator:
 
         Returns:
             How the run ended as this worker recorded it: ``Outcome.SUCCEEDED``, ``FAILED``,
-            ``CANCELLED``, ``REQUEUED`` (interrupted, lost by the cluster, or its folder held by
+            ``CANCELLED``, ``PRUNED`` (a sweep's trial its pruner stopped), ``REQUEUED`` (interrupted, lost by the cluster, or its folder held by
             another run: the task is queued again), or ``LOST`` (the run was taken away, or fenced:
             stopped by this worker because its lease could not be renewed in time).
         """
         cancel = threading.Event()
         tracked = TrackedRun.from_row(run.task, run_id=run.run_id, worker_id=self.worker_id, runner=self.runner.name, task_dir=None)
+        trial = self._trial = self.sweeps.trial_of(run.task_id)
         heartbeat = _Heartbeat(self.queue, run, self.settings, cancel, claimed_at,
-                               on_epoch=lambda task_dir: self.tracker.update(with_task_dir(tracked, task_dir)))
+                               on_epoch=lambda task_dir: self.tracker.update(with_task_dir(tracked, task_dir)),
+                               prune=None if trial is None else (lambda task_dir: self._should_prune(trial, task_dir)))
         heartbeat.start()
         self._heartbeat = heartbeat
         outcome = Outcome.FAILED  # what the tracker records when _process raises
@@ -506,9 +527,11 @@ class Orchestrator:
             outcome = self._process(run, cancel, heartbeat)
             return outcome
         finally:
-            self._heartbeat = None
+            self._heartbeat = self._trial = None
             heartbeat.stop()
             self.tracker.finish(with_task_dir(tracked, heartbeat.task_dir), outcome)
+            if trial is not None:
+                self._settle_sweep(trial)
 
     def _process(self, run: Claim, cancel: threading.Event, heartbeat: _Heartbeat) -> Outcome:
         task_id = run.task_id
@@ -544,6 +567,8 @@ class Orchestrator:
             return self._after_fencing(run)
         if heartbeat.state is Outcome.LOST:
             return Outcome.LOST
+        if heartbeat.state is Outcome.PRUNED and result.outcome is not Outcome.SUCCEEDED:  # a run that ended first stands
+            return self._record_pruned(run, heartbeat, progress)
         if heartbeat.state is Outcome.CANCELLED or result.outcome is Outcome.CANCELLED:
             if self.queue.status(task_id) == "cancelled":
                 heartbeat.end()
@@ -602,6 +627,8 @@ class Orchestrator:
         if read is None:
             return self._fail(run, f"training reported success but wrote no {prepared.task_dir / METRICS}", progress)
         metrics = read.to_dict()
+        if self._trial is not None and self._trial.publish != "all":  # its sweep publishes the best trial at its end
+            return self._succeed_unpublished(run, metrics, progress, heartbeat)
         record = PublishedTaskRow.from_row({**run.task, "status": "running", "metrics": metrics, "progress": progress or {},
                                             "task_dir": str(prepared.task_dir)}).to_dict()
         gate = _SuccessGate(self.queue, run, heartbeat, metrics, progress)
@@ -632,6 +659,58 @@ class Orchestrator:
             if not gate.recorded:  # a publisher that never entered the gate recorded nothing
                 return self._fail(run, "the publisher returned without recording a version", progress, metrics=metrics)
             return Outcome.SUCCEEDED
+
+    def _succeed_unpublished(self, run: Claim, metrics: dict[str, Any], progress: dict[str, Any] | None,
+                             heartbeat: _Heartbeat) -> Outcome:
+        """Record a sweep trial's success without publishing (its model stays in the task folder
+        until its sweep publishes it or ``pytrain sweep clean`` removes it). A task cancelled
+        meanwhile is recorded cancelled; a run that no longer holds its task records nothing."""
+        with heartbeat.writing_outcome():
+            if self.queue.finish(run, Outcome.SUCCEEDED, metrics=metrics, progress=progress):
+                return Outcome.SUCCEEDED
+            if self.queue.finish(run, Outcome.CANCELLED, error="cancelled before its success was recorded", progress=progress):
+                return Outcome.CANCELLED
+        log.warning("task %s: training finished, but the run no longer holds the task", run.task_id)
+        return Outcome.LOST
+
+    def _record_pruned(self, run: Claim, heartbeat: _Heartbeat, progress: dict[str, Any] | None) -> Outcome:
+        """Record a trial its sweep's pruner stopped: status ``pruned`` (a cancel that came first stands)."""
+        epoch = (progress or {}).get("epoch")
+        heartbeat.end()
+        if self.queue.finish(run, Outcome.PRUNED, error=f"pruned by its sweep after epoch {epoch}", progress=progress):
+            return Outcome.PRUNED
+        if self.queue.status(run.task_id) == "cancelled":
+            self.queue.finish(run, Outcome.CANCELLED, error="cancelled while running", progress=progress)
+            return Outcome.CANCELLED
+        return Outcome.LOST
+
+    # -- sweeps ----------------------------------------------------------------------------
+    def _should_prune(self, trial: TrialRef, task_dir: Path) -> bool:
+        """Report the run's epochs to its trial; whether the pruner stops it. A failure (Optuna, the
+        database) is logged and the run goes on: pruning saves time, it must never fail a trial."""
+        try:
+            records, _ = read_epochs(task_dir)
+            return self.sweeps.report_epochs(trial, records)
+        except Exception as exc:
+            log.warning("task %s: cannot report its epochs to sweep %s trial %s: %s", self.current.task_id if self.current else "?",
+                        trial.name, trial.number, exc)
+            return False
+
+    def _settle_sweep(self, trial: TrialRef) -> None:
+        """After a trial's task ended: tell its study and top the sweep up (:meth:`SweepStore.settle`).
+        A failure is logged: the next trial end, or an idle worker, settles it again."""
+        try:
+            self.sweeps.settle(trial.sweep_id)
+        except Exception as exc:
+            log.warning("sweep %s: cannot settle it after trial %s: %s", trial.name, trial.number, exc)
+
+    def _settle_sweeps_when_idle(self) -> None:
+        """With nothing to claim, settle the running sweeps, at most every :data:`IDLE_SETTLE_SECONDS`."""
+        now = time.monotonic()
+        if self._sweeps_settled_at is not None and now - self._sweeps_settled_at < IDLE_SETTLE_SECONDS:
+            return
+        self._sweeps_settled_at = now
+        self.sweeps.settle_running()
 
     def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> Outcome:
         log.error("task %s failed: %s", run.task_id, message)

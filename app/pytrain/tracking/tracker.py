@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: The tag that marks a run whose end was logged.
 SYNCED_TAG = "pytrain.synced"
 #: How an ended PyTrain run maps to an MLflow run status.
-_STATUS = {Outcome.SUCCEEDED: "FINISHED", Outcome.CANCELLED: "KILLED", Outcome.REQUEUED: "KILLED"}
+_STATUS = {Outcome.SUCCEEDED: "FINISHED", Outcome.CANCELLED: "KILLED", Outcome.REQUEUED: "KILLED", Outcome.PRUNED: "KILLED"}
 #: MLflow's most metrics in one ``log_batch`` call (``MAX_METRICS_PER_BATCH``).
 _BATCH = 1000
 
