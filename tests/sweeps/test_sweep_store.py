@@ -1,0 +1,135 @@
+"""A sweep's database side on a real PostgreSQL with Optuna's real RDB storage (schema ``optuna``):
+top-ups under the sweep's row lock, each trial told once, orphaned Optuna trials failed, the
+sweep finished once. Trials' tasks are claimed and ended with the queue's own operations (no
+training: tests/sweeps/test_sweep_orchestrators.py trains for real)."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+from sqlalchemy import text
+
+from pytrain.db import TaskQueue
+from pytrain.outcome import Outcome
+from pytrain.spec import ProgressRecord
+from pytrain.sweeps.params import parse_param
+from pytrain.sweeps.store import SweepStore
+
+BASE = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny", "epochs": 2}
+
+
+def make_sweep(store: SweepStore, *, trials: int = 5, parallel: int = 2, **extra) -> dict:
+    return store.create({"name": "lr", "base": BASE, "params": [parse_param("learning_rate=loguniform:1e-4:3e-3")],
+                         "trials": trials, "parallel": parallel, "sampler": "random", "pruner": "asha", "metric": "val_accuracy",
+                         "publish": "none", "seed": 7, **extra})
+
+
+def end_next(queue: TaskQueue, outcome: Outcome = Outcome.SUCCEEDED, accuracy: float = 0.5) -> int:
+    """Claim the next queued trial and end it as ``outcome`` (a success with a two-epoch history)."""
+    run = queue.claim("w1", 60)
+    assert run is not None
+    metrics = {"history": [{"epoch": 1, "val_accuracy": accuracy - 0.1}, {"epoch": 2, "val_accuracy": accuracy}]}
+    assert queue.finish(run, outcome, metrics=metrics if outcome is Outcome.SUCCEEDED else None)
+    return run.task_id
+
+
+def study_states(store: SweepStore, sweep: dict) -> dict[int, str]:
+    return {t.number: t.state.name for t in store.study(sweep).get_trials(deepcopy=False)}
+
+
+@pytest.fixture
+def store(engine, settings):
+    return SweepStore(engine, settings)
+
+
+def test_create_queues_parallel_trials_and_a_second_settle_creates_none(store, engine):
+    sweep = make_sweep(store)
+    assert store.settle(sweep["id"]).created == []
+    trials = store.trials(sweep["id"])
+    assert [(t["number"], t["status"], t["told"]) for t in trials] == [(0, "queued", None), (1, "queued", None)]
+    rates = [TaskQueue(engine).get(t["task_id"]).learning_rate for t in trials]
+    assert rates[0] != rates[1] and all(1e-4 <= r <= 3e-3 for r in rates)  # re-seeded per top-up: two different draws
+    assert TaskQueue(engine).get(trials[0]["task_id"]).options == {"experiment": "lr"}  # the trials' MLflow experiment
+    assert study_states(store, sweep) == {0: "RUNNING", 1: "RUNNING"}
+
+
+def test_an_ended_trial_is_told_once_with_its_best_epoch_and_replaced(store, engine):
+    sweep = make_sweep(store)
+    queue = TaskQueue(engine)
+    end_next(queue, accuracy=0.8)
+    settled = store.settle(sweep["id"])
+    assert settled.told == {0: "COMPLETE"} and len(settled.created) == 1
+    assert store.settle(sweep["id"]).told == {}  # told once
+    assert store.study(sweep).trials[0].value == pytest.approx(0.8)  # the best epoch of its history
+    assert study_states(store, sweep) == {0: "COMPLETE", 1: "RUNNING", 2: "RUNNING"}
+
+
+@pytest.mark.parametrize(("outcome", "state"), [(Outcome.PRUNED, "PRUNED"), (Outcome.FAILED, "FAIL"), (Outcome.CANCELLED, "FAIL")])
+def test_pruned_failed_and_cancelled_trials_are_recorded_as_such_in_the_study(store, engine, outcome, state):
+    sweep = make_sweep(store)
+    end_next(TaskQueue(engine), outcome)
+    assert store.settle(sweep["id"]).told == {0: state}
+    assert study_states(store, sweep)[0] == state
+
+
+def test_concurrent_settles_never_create_a_trial_twice(store, engine, settings):
+    sweep = make_sweep(store, trials=10, parallel=3)
+    queue = TaskQueue(engine)
+    for _ in range(3):
+        end_next(queue)
+    stores = [SweepStore(engine, settings) for _ in range(4)]  # as four orchestrators would
+    threads = [threading.Thread(target=s.settle, args=(sweep["id"],)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trials = store.trials(sweep["id"])
+    assert len(trials) == 6 and sum(t["status"] == "queued" for t in trials) == 3
+    assert sorted(study_states(store, sweep).values()) == ["COMPLETE"] * 3 + ["RUNNING"] * 3
+
+
+def test_an_optuna_trial_left_without_a_task_is_failed_before_the_next_top_up(store, engine):
+    sweep = make_sweep(store, parallel=1)
+    store.study(sweep).ask()  # a creator that died between asking Optuna and committing its rows
+    end_next(TaskQueue(engine))
+    store.settle(sweep["id"])
+    assert study_states(store, sweep) == {0: "COMPLETE", 1: "FAIL", 2: "RUNNING"}
+    assert [t["number"] for t in store.trials(sweep["id"])] == [0, 2]
+
+
+def test_each_epoch_is_reported_once_however_often_it_is_read(store, engine):
+    sweep = make_sweep(store)
+    trial = store.trial_of(store.trials(sweep["id"])[0]["task_id"])
+    records = [ProgressRecord(event="epoch", epoch=1, val_accuracy=0.5)]
+    store.report_epochs(trial, records)
+    store.report_epochs(trial, records + [ProgressRecord(event="epoch", epoch=1, val_accuracy=0.9),  # a resumed run writes it again
+                                          ProgressRecord(event="epoch", epoch=2, val_accuracy=0.6)])
+    assert store.study(sweep).trials[0].intermediate_values == {1: 0.5, 2: 0.6}
+
+
+def test_the_sweep_finishes_once_however_many_settle_its_end(store, engine, settings):
+    sweep = make_sweep(store, trials=2, parallel=2)
+    queue = TaskQueue(engine)
+    end_next(queue)
+    end_next(queue)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(SweepStore(engine, settings).settle(sweep["id"]))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.finished for r in results) == 1
+    assert store.get("lr")["status"] == "finished"
+
+
+def test_optuna_keeps_its_tables_in_its_own_schema(store, engine):
+    make_sweep(store)
+    with engine.connect() as conn:
+        tables = set(conn.execute(text("SELECT table_schema, table_name FROM information_schema.tables "
+                                       "WHERE table_name IN ('studies', 'trials', 'alembic_version', 'sweeps')")).all())
+        ours = conn.execute(text("SELECT version_num FROM public.alembic_version")).scalar()
+    assert tables == {("optuna", "studies"), ("optuna", "trials"), ("optuna", "alembic_version"),
+                      ("public", "alembic_version"), ("public", "sweeps")}
+    assert ours == "0007"  # Optuna's own alembic_version did not touch ours
