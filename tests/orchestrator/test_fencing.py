@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.network import TcpProxy
-from fixtures.processes import orchestrator_env
+from fixtures.processes import Worker, orchestrator_env
 from fixtures.triton import make_task_folder
 from pytrain.db import TaskQueue, get_engine
 from pytrain.orchestrator import Orchestrator
@@ -61,28 +61,6 @@ def artifacts(tmp_path_factory) -> Path:
 def worker_env(settings, worker_id: str, artifacts: Path, *, database_url: str | None = None, **stub: str) -> dict[str, str]:
     return orchestrator_env(settings, worker_id, lease_seconds=LEASE, heartbeat_seconds=HEARTBEAT, poll_seconds=0.5,
                             database_url=database_url, STUB_ARTIFACTS=str(artifacts), **stub)
-
-
-class Worker:
-    """One orchestrator process; its log (stderr) goes to ``<tmp>/<worker id>.log``."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 20) -> int:
-        """SIGCONT + SIGTERM; its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
 
 
 #: Runs a worker in a PID namespace of its own, as on another machine: it cannot see or signal the
