@@ -18,7 +18,6 @@ from fixtures.processes import Worker, orchestrator_env, wait_for
 from pytrain.cli.main import main
 from pytrain.db import TaskQueue
 from pytrain.publish.versions import existing_versions
-from pytrain.sources import sync_sources
 from pytrain.spec import read_progress_records
 from pytrain.sweeps.store import SweepStore
 
@@ -27,21 +26,6 @@ pytestmark = pytest.mark.slow
 BASE = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny", "epochs": 2,
         "num_frames": 4, "height": 32, "width": 32, "batch_size": 4, "options": {"augment": False}}
 CLI = [sys.executable, "-c", "import sys; from pytrain.cli.main import main; main(sys.argv[1:])"]
-
-
-@pytest.fixture
-def sweep_settings(settings, engine, synthetic_sources, tmp_path, monkeypatch):
-    """The test's settings on the test clips (registered), and ``PYTRAIN_*`` set for in-process CLI calls."""
-    settings = settings.model_copy(update={"sources_dir": synthetic_sources, "lease_seconds": 10.0})
-    sync_sources(settings, engine=engine, probe=False)
-    for name, value in orchestrator_env(settings, "cli", lease_seconds=10.0, heartbeat_seconds=0.2, poll_seconds=0.2).items():
-        if name.startswith("PYTRAIN_"):
-            monkeypatch.setenv(name, value)
-    from pytrain.settings import get_settings
-
-    get_settings.cache_clear()
-    (tmp_path / "base.json").write_text(json.dumps(BASE))
-    return settings
 
 
 def cli(capsys, *args: str) -> str:
@@ -82,6 +66,7 @@ def check_show_agrees_with_rows_and_study(shown: dict, store: SweepStore, engine
 
 def test_a_12_trial_asha_sweep_on_two_orchestrators_prunes_and_publishes_only_the_best(sweep_settings, engine, tmp_path, capsys):
     settings = sweep_settings
+    (tmp_path / "base.json").write_text(json.dumps(BASE))
     cli(capsys, "sweep", "create", "lr-arch", "--task-json", str(tmp_path / "base.json"),
         "--param", "learning_rate=loguniform:1e-4:3e-2", "--param", "architecture=choice:tiny,frames_mobilenet_v3_small",
         "--trials", "12", "--parallel", "2", "--pruner", "asha", "--metric", "val_loss", "--seed", "3")
