@@ -145,7 +145,7 @@ def test_no_arguments_prints_the_help(cli):
 def test_tasks_rejects_an_unknown_status_and_a_limit_below_one(cli, engine):
     code, _, err = cli("tasks", "--status", "done")
     assert (code, err.strip()) == (2, "error: Invalid value for --status: 'done' is not one of queued, running, succeeded, "
-                                      "failed, cancelled (hint: see `pytrain tasks --help`)")
+                                      "failed, cancelled, pruned (hint: see `pytrain tasks --help`)")
     code, _, err = cli("tasks", "-n", "-1")
     assert (code, err.strip()) == (2, "error: Invalid value for '--limit' / '-n': Input should be greater than or equal to 1 "
                                       "(hint: see `pytrain tasks --help`)")
