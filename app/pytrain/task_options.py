@@ -24,8 +24,9 @@ from pytrain.errors import ConfigurationError
 #: ``options`` keys read by a runner or the orchestrator, not by training (:func:`check_options`
 #: checks them; training skips them): ``slurm`` holds per-task overrides of the ``PYTRAIN_SLURM_*``
 #: settings (:func:`slurm_overrides`); ``experiment`` names the MLflow experiment of the task's runs
-#: (default: the model name; :mod:`pytrain.tracking`).
-RUNNER_OPTIONS = ("slurm", "experiment")
+#: (default: the model name; :mod:`pytrain.tracking`); ``sweep`` and ``trial`` name the sweep and
+#: trial number of a sweep's trial (written by :mod:`pytrain.sweeps`; MLflow tags ``pytrain.sweep``/``pytrain.trial``).
+RUNNER_OPTIONS = ("slurm", "experiment", "sweep", "trial")
 #: The longest ``experiment`` option (MLflow's experiment names are free text; this keeps them sane).
 MAX_EXPERIMENT_CHARS = 255
 #: ``PYTRAIN_SLURM_*`` settings a task may not override (where the job's Python is is the cluster's
@@ -202,6 +203,12 @@ def check_options(options: Any) -> None:
     """
     TrainConfig.from_options(options)
     slurm_overrides(options)
+    trial = options.get("trial") if isinstance(options, dict) else None
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
+        raise ConfigurationError(f"task option trial={trial!r} is not a trial number (an integer >= 0)", hint='e.g. {"trial": 3}')
+    sweep = options.get("sweep") if isinstance(options, dict) else None
+    if sweep is not None and not isinstance(sweep, str):
+        raise ConfigurationError(f"task option sweep={sweep!r} is not a sweep name", hint='e.g. {"sweep": "lr-arch"}')
     experiment = options.get("experiment") if isinstance(options, dict) else None
     if experiment is not None and not (isinstance(experiment, str) and 0 < len(experiment.strip()) <= MAX_EXPERIMENT_CHARS):
         raise ConfigurationError(f"task option experiment={experiment!r} is not a non-empty name of at most "

@@ -98,3 +98,14 @@ def test_sweep_create_refuses_a_bad_sweep_before_any_row_is_inserted(args, messa
         counts = [conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in ("sweeps", "sweep_trials", "training_tasks")]
         optuna_tables = conn.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'optuna'")).scalar()
     assert counts == [0, 0, 0] and optuna_tables == 0  # not even Optuna's storage was touched
+
+
+@pytest.mark.parametrize(("options", "message"), [({"trial": -1}, "task option trial=-1 is not a trial number"),
+                                                  ({"trial": True}, "task option trial=True is not a trial number"),
+                                                  ({"sweep": 3}, "task option sweep=3 is not a sweep name")])
+def test_a_trial_s_sweep_and_number_options_are_checked(options, message):
+    from pytrain.task_options import check_options
+
+    check_options({"sweep": "lr", "trial": 0})
+    with pytest.raises(ConfigurationError, match=message):
+        check_options(options)

@@ -51,7 +51,7 @@ def test_create_queues_parallel_trials_and_a_second_settle_creates_none(store, e
     assert [(t["number"], t["status"], t["told"]) for t in trials] == [(0, "queued", None), (1, "queued", None)]
     rates = [TaskQueue(engine).get(t["task_id"]).learning_rate for t in trials]
     assert rates[0] != rates[1] and all(1e-4 <= r <= 3e-3 for r in rates)  # re-seeded per top-up: two different draws
-    assert TaskQueue(engine).get(trials[0]["task_id"]).options == {"experiment": "lr"}  # the trials' MLflow experiment
+    assert TaskQueue(engine).get(trials[1]["task_id"]).options == {"experiment": "lr", "sweep": "lr", "trial": 1}  # MLflow's
     assert study_states(store, sweep) == {0: "RUNNING", 1: "RUNNING"}
 
 

@@ -710,7 +710,12 @@ class Orchestrator:
         if self._sweeps_settled_at is not None and now - self._sweeps_settled_at < IDLE_SETTLE_SECONDS:
             return
         self._sweeps_settled_at = now
-        self.sweeps.settle_running()
+        try:
+            self.sweeps.settle_running()
+        except DatabaseError:
+            raise  # the run loop waits for the database
+        except Exception as exc:  # a bug in settling must not stop the worker: trials are ordinary tasks
+            log.warning("cannot settle the running sweeps: %s: %s", type(exc).__name__, exc)
 
     def _fail(self, run: Claim, message: str, progress: dict[str, Any] | None = None, *, metrics: dict | None = None) -> Outcome:
         log.error("task %s failed: %s", run.task_id, message)

@@ -258,7 +258,8 @@ class SweepStore(Repository):
 
     def _create_trials(self, conn: Connection, study: Any, sweep: dict[str, Any], known: set[int], wanted: int) -> list[int]:
         """Fail Optuna trials left without a task, then ask for ``wanted`` new trials and insert
-        their tasks (options ``experiment``: the sweep's name, unless the base task names one)."""
+        their tasks (options ``sweep`` and ``trial``: MLflow tags them; ``experiment``: the sweep's
+        name, unless the base task names one, so a sweep's runs are one MLflow experiment)."""
         for number in optuna_glue.running_numbers(study) - known:
             log.warning("sweep %s: Optuna trial %s has no task (its creator stopped midway): failed", sweep["name"], number)
             study.tell(number, state=optuna_glue._optuna().trial.TrialState.FAIL, skip_if_finished=True)
@@ -268,7 +269,7 @@ class SweepStore(Repository):
         for _ in range(wanted):
             number, trial_id, values = optuna_glue.ask(study, params)
             task = dict(sweep["base"])
-            task["options"] = {"experiment": sweep["name"], **task.get("options", {})}
+            task["options"] = {"experiment": sweep["name"], **task.get("options", {}), "sweep": sweep["name"], "trial": number}
             for spec in params:
                 task = spec.apply(task, values[spec.name])
             task_id = conn.execute(insert(table).values(**task).returning(table.c.id)).scalar_one()
