@@ -101,6 +101,9 @@ def _report(args: argparse.Namespace, wall: float, trials: list[dict]) -> None:
     print(f"  trials: {len(completed)} completed, {len(pruned)} pruned (after epochs {sorted(t['epochs_run'] for t in pruned)})")
     print(f"  epochs trained: {epochs} of {args.trials * args.epochs}: pruning saved {args.trials * args.epochs - epochs}")
     print(f"  sweep wall time: {wall:.1f} s (trials' own runs {trained:.1f} s)")
+    first = [t["wall_seconds"] for t in pruned if t["epochs_run"] == 1]
+    if first:
+        print(f"  a trial pruned after epoch 1: {statistics.mean(first):.1f} s on average (its start and one epoch)")
     print(f"  {len(trials)} full runs, extrapolated ({full_trial:.1f} s per completed trial): {full:.1f} s; "
           f"the sweep took {wall / full:.2f} x that")
 

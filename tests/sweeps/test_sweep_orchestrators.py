@@ -91,6 +91,7 @@ def test_a_12_trial_asha_sweep_on_two_orchestrators_prunes_and_publishes_only_th
     assert existing_versions(settings.model_repo_dir / "kitchen") == [1]  # exactly one version: the best trial's
     assert (shown["published_task_id"], shown["published_version"], best["version"]) == (best["task_id"], 1, 1)
     assert [t["version"] for t in shown["trials"] if not t["best"]] == [None] * 11
+    assert shown["importances"] is None or set(shown["importances"]) <= {"learning_rate", "architecture"}
     assert "lr-arch#" in cli(capsys, "tasks")  # `pytrain tasks` names each trial's sweep and number
 
 

@@ -6,6 +6,7 @@ training: tests/sweeps/test_sweep_orchestrators.py trains for real)."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -133,3 +134,50 @@ def test_optuna_keeps_its_tables_in_its_own_schema(store, engine):
     assert tables == {("optuna", "studies"), ("optuna", "trials"), ("optuna", "alembic_version"),
                       ("public", "alembic_version"), ("public", "sweeps")}
     assert ours == "0007"  # Optuna's own alembic_version did not touch ours
+
+
+def test_show_gives_importances_once_four_trials_completed_and_marks_the_best(store, engine):
+    sweep = make_sweep(store, trials=6, parallel=1)
+    queue = TaskQueue(engine)
+    for accuracy in (0.5, 0.9, 0.6):
+        end_next(queue, accuracy=accuracy)
+        store.settle(sweep["id"])
+    assert store.summary("lr")["importances"] is None  # three completed: too few
+    end_next(queue, accuracy=0.7)
+    store.settle(sweep["id"])
+    shown = store.summary("lr")
+    assert list(shown["importances"]) == ["learning_rate"]
+    assert [(t["number"], t["best"], t["best_metric"], t["best_epoch"]) for t in shown["trials"] if t["status"] == "succeeded"] == [
+        (0, False, pytest.approx(0.5), 2), (1, True, pytest.approx(0.9), 2), (2, False, pytest.approx(0.6), 2),
+        (3, False, pytest.approx(0.7), 2)]
+    assert shown["best_trial"] == 1 and shown["trials"][4]["status"] == "queued" and shown["trials"][4]["state"] == "RUNNING"
+
+
+def test_cancel_stops_the_sweep_and_tells_its_queued_trials_at_once(store, engine):
+    sweep = make_sweep(store)
+    assert len(store.cancel("lr")) == 2
+    assert [t["status"] for t in store.trials(sweep["id"])] == ["cancelled", "cancelled"]
+    assert study_states(store, sweep) == {0: "FAIL", 1: "FAIL"}
+    assert store.get("lr")["status"] == "cancelled" and store.settle(sweep["id"]).created == []
+
+
+def test_a_trial_is_published_by_hand_once_and_clean_removes_only_the_unpublished_models(store, engine, settings):
+    from fixtures.triton import make_task_folder
+
+    sweep = make_sweep(store, trials=2, parallel=2)
+    queue = TaskQueue(engine)
+    for accuracy in (0.6, 0.8):
+        task_id = end_next(queue, accuracy=accuracy)
+        folder = make_task_folder(settings.model_tasks_dir / f"task-{task_id}", task_id=task_id)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE training_tasks SET task_dir = :d WHERE id = :t"), {"d": str(folder), "t": task_id})
+    store.settle(sweep["id"])  # publish none: nothing published at the end
+    with pytest.raises(Exception, match="trial 5"):
+        store.publish("lr", 5)
+    assert store.publish("lr", 0) == (0, 1)
+    assert store.publish("lr", 0) == (0, 1)  # the same trial again: its version, not a second one
+    trials = store.trials(sweep["id"])
+    assert [t["version"] for t in trials] == [1, None] and store.get("lr")["published_version"] == 1
+    removed = store.clean("lr")
+    assert [p.name for p in removed] == ["model.onnx"] and removed[0].parent == Path(trials[1]["task_dir"])
+    assert (Path(trials[0]["task_dir"]) / "model.onnx").exists()

@@ -510,8 +510,9 @@ class Orchestrator:
 
         Returns:
             How the run ended as this worker recorded it: ``Outcome.SUCCEEDED``, ``FAILED``,
-            ``CANCELLED``, ``PRUNED`` (a sweep's trial its pruner stopped), ``REQUEUED`` (interrupted, lost by the cluster, or its folder held by
-            another run: the task is queued again), or ``LOST`` (the run was taken away, or fenced:
+            ``CANCELLED``, ``PRUNED`` (a sweep's trial its pruner stopped), ``REQUEUED``
+            (interrupted, lost by the cluster, or its folder held by another run: the task is
+            queued again), or ``LOST`` (the run was taken away, or fenced:
             stopped by this worker because its lease could not be renewed in time).
         """
         cancel = threading.Event()
