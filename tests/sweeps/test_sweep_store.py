@@ -181,3 +181,16 @@ def test_a_trial_is_published_by_hand_once_and_clean_removes_only_the_unpublishe
     removed = store.clean("lr")
     assert [p.name for p in removed] == ["model.onnx"] and removed[0].parent == Path(trials[1]["task_dir"])
     assert (Path(trials[0]["task_dir"]) / "model.onnx").exists()
+
+
+def test_asha_stops_a_trial_behind_the_best_at_its_first_epoch_but_never_after_its_last(store, engine):
+    sweep = make_sweep(store)
+    lead = store.trial_of(store.trials(sweep["id"])[0]["task_id"])
+    assert store.report_epochs(lead, [ProgressRecord(event="epoch", epoch=1, epochs=2, val_accuracy=0.8)]) is False  # alone at rung 0
+    end_next(TaskQueue(engine), accuracy=0.9)  # trial 0 ends: epochs 1 and 2 at 0.8 and 0.9
+    store.settle(sweep["id"])
+    behind = [ProgressRecord(event="epoch", epoch=1, epochs=2, val_accuracy=0.1)]
+    first, second = (store.trial_of(t["task_id"]) for t in store.trials(sweep["id"])[1:3])
+    assert store.report_epochs(first, behind) is True  # rung 0 (epoch 1): behind the only other trial there
+    # seen late (after its final epoch): it trained every epoch, only its export is left: it completes
+    assert store.report_epochs(second, behind + [ProgressRecord(event="epoch", epoch=2, epochs=2, val_accuracy=0.1)]) is False

@@ -190,13 +190,18 @@ class SweepStore(Repository):
         """Report the run's epoch records' metric to the trial; returns whether the pruner stops it.
 
         Each epoch is reported once (:func:`pytrain.sweeps.study.report`), so a resumed run, or
-        the heartbeat and the end reporting the same epoch, never counts one twice.
+        the heartbeat and the end reporting the same epoch, never counts one twice. A run whose
+        last record is its final epoch is never stopped: only its export is left, and a trial
+        that trained every epoch completes (the heartbeat may see an epoch late, e.g. after a fast one).
         """
         study = self._studies.get(trial.sweep_id)
         if study is None:
             sweep = self._execute(queries.GET_SWEEP, {"name": trial.name})[0]
             study = self._studies[trial.sweep_id] = optuna_glue.load_study(self.engine, sweep, _params(sweep))
         optuna_glue.report(study, trial.optuna_trial_id, [(r.epoch, getattr(r, trial.metric)) for r in records if r.epoch])
+        last = records[-1] if records else None
+        if last is not None and last.epochs is not None and last.epoch is not None and last.epoch >= last.epochs:
+            return False
         return optuna_glue.should_prune(study, trial.optuna_trial_id)
 
     def settle(self, sweep_id: int) -> Settled:
