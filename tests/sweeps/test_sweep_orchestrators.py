@@ -99,7 +99,7 @@ def test_a_12_trial_asha_sweep_on_two_orchestrators_prunes_and_publishes_only_th
 
 def test_a_sigkilled_orchestrator_s_trial_is_resumed_by_the_other_and_counted_once(sweep_settings, engine, tmp_path, capsys):
     settings = sweep_settings
-    (tmp_path / "base.json").write_text(json.dumps({**BASE, "epochs": 3}))
+    (tmp_path / "base.json").write_text(json.dumps(BASE))
     cli(capsys, "sweep", "create", "crash", "--task-json", str(tmp_path / "base.json"), "--param", "learning_rate=loguniform:1e-3:1e-2",
         "--trials", "3", "--parallel", "2", "--pruner", "none", "--seed", "1")
     store = SweepStore(engine, settings)
