@@ -87,6 +87,7 @@ def test_grid_values_enumerate_choices_and_integer_steps_and_refuse_a_continuous
     (["--param", "learning_rate=loguniform:1e-4:3e-3", "--trials", "4", "--parallel", "0"], "--parallel 0 must be at least 1"),
     (["--param", "num_frames=int:8:16:8", "--trials", "3", "--sampler", "grid"], "--trials 3 is more than the grid's 2 combinations"),
     (["--param", "learning_rate=loguniform:1e-4:3e-3", "--trials", "4", "--pruner", "hyperband"], "--pruner 'hyperband' is not known"),
+    (["--param", "learning_rate=loguniform:1e-4:3e-3", "--trials", "4", "--base-task", "1"], "--base-task ID or --task-json FILE (one of"),
 ])
 def test_sweep_create_refuses_a_bad_sweep_before_any_row_is_inserted(args, message, sweep_settings, engine, tmp_path, capsys):
     (tmp_path / "base.json").write_text(json.dumps({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]}))
@@ -109,3 +110,21 @@ def test_a_trial_s_sweep_and_number_options_are_checked(options, message):
     check_options({"sweep": "lr", "trial": 0})
     with pytest.raises(ConfigurationError, match=message):
         check_options(options)
+
+
+def test_a_bad_sweep_name_is_refused_naming_the_rule(sweep_settings, tmp_path, capsys):
+    (tmp_path / "base.json").write_text(json.dumps({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"]}))
+    with pytest.raises(SystemExit):
+        main(["sweep", "create", "my sweep", "--task-json", str(tmp_path / "base.json"), "--param", "epochs=int:1:2", "--trials", "2"])
+    assert "error: sweep name 'my sweep' does not match ^[A-Za-z0-9_-]{1,64}$" in capsys.readouterr().err
+
+
+def test_a_sweep_based_on_another_sweep_s_trial_gets_its_own_sweep_options(sweep_settings, engine, capsys):
+    from pytrain.db import TaskQueue
+
+    base = TaskQueue(engine).submit({"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"],
+                                     "options": {"experiment": "old", "sweep": "old", "trial": 4, "patience": 3}})
+    main(["sweep", "create", "new", "--base-task", str(base), "--param", "epochs=int:1:2", "--trials", "1", "--pruner", "none"])
+    assert "sweep new created: 1 trial(s), 1 at a time" in capsys.readouterr().out
+    trial = TaskQueue(engine).get(base + 1)
+    assert trial.options == {"experiment": "new", "patience": 3, "sweep": "new", "trial": 0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ import typer
 
 from pytrain.errors import ConfigurationError
 from pytrain.sweeps.vocabulary import METRICS, PRUNERS, PUBLISH_MODES, SAMPLERS
+from pytrain.task_columns import MODEL_NAME_PATTERN
 
 sweep_app = typer.Typer(help="Hyper-parameter sweeps: trials are ordinary tasks (docs/user-guide/sweeps.md).", no_args_is_help=True)
 
@@ -50,7 +52,14 @@ def _base_task(base_task: Optional[int], task_json: Optional[Path]) -> dict[str,
         from pytrain.cli.tasks import _queue
 
         row = _queue().get(base_task)
-        return {c.name: row[c.name] for c in TASK_COLUMNS}
+        base = {c.name: row[c.name] for c in TASK_COLUMNS}
+        options = dict(base["options"])
+        if "sweep" in options:  # the base task is another sweep's trial: its sweep, number and experiment are not ours
+            if options.get("experiment") == options["sweep"]:
+                options.pop("experiment")
+            options.pop("sweep")
+            options.pop("trial", None)
+        return {**base, "options": options}
     try:
         data = json.loads(Path(task_json).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -102,6 +111,8 @@ def create(
     from pytrain.db import TASK_DEFAULTS, SourceRegistry
     from pytrain.sweeps.params import check_params, parse_param
 
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise ConfigurationError(f"sweep name {name!r} does not match {MODEL_NAME_PATTERN}", hint="e.g. kitchen-lr")
     for value, allowed, option in ((sampler, SAMPLERS, "--sampler"), (pruner, PRUNERS, "--pruner"),
                                    (metric, METRICS, "--metric"), (publish, PUBLISH_MODES, "--publish")):
         _choice(value, allowed, option)
