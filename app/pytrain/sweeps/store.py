@@ -116,8 +116,23 @@ class SweepStore(Repository):
         with self._transaction() as conn:
             row = dict(conn.execute(queries.INSERT_SWEEP, values).mappings().one())
             optuna_glue.create_study(self.engine, row)
+        self._track_parent(row)
         self.settle(row["id"])
         return row
+
+    def _track_parent(self, sweep: dict[str, Any]) -> None:
+        """The sweep's MLflow parent run, with tracking on (a side channel: a failure is a warning)."""
+        if self.settings.mlflow != "on":
+            return
+        try:
+            from pytrain.tracking.store import make_client
+            from pytrain.tracking.tracker import create_sweep_parent
+
+            experiment = (sweep["base"].get("options") or {}).get("experiment") or sweep["name"]
+            create_sweep_parent(make_client(self.settings), self.settings, experiment, sweep["name"])
+        except Exception as exc:
+            log.warning("sweep %s: no MLflow parent run (%s: %s); its trials are tracked without one",
+                        sweep["name"], type(exc).__name__, exc)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import replace
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: The tag that marks a run whose end was logged.
 SYNCED_TAG = "pytrain.synced"
+#: The tag of a sweep's parent run (its value: the sweep's name; :func:`create_sweep_parent`).
+SWEEP_PARENT_TAG = "pytrain.sweep_parent"
 #: How an ended PyTrain run maps to an MLflow run status.
 _STATUS = {Outcome.SUCCEEDED: "FINISHED", Outcome.CANCELLED: "KILLED", Outcome.REQUEUED: "KILLED", Outcome.PRUNED: "KILLED"}
 #: MLflow's most metrics in one ``log_batch`` call (``MAX_METRICS_PER_BATCH``).
@@ -97,12 +100,9 @@ def _register(client: MlflowClient, run: TrackedRun, settings: Settings, mlflow_
 
 
 def _find_or_create(client: MlflowClient, run: TrackedRun, settings: Settings) -> Any:
-    """The MLflow run tagged with ``run.run_id``, created (with tags and params) when there is none."""
-    from pytrain.tracking.store import artifact_location
-
-    experiment = client.get_experiment_by_name(run.experiment)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(run.experiment, artifact_location=artifact_location(settings, run.experiment)))
+    """The MLflow run tagged with ``run.run_id``, created (with tags and params) when there is none;
+    a sweep's trial's run is created as a child of its sweep's parent run, where there is one."""
+    experiment_id = _experiment_id(client, settings, run.experiment)
     task = f"tags.`pytrain.uid` = '{run.uid}'"  # the uid, not the id: ids repeat across PyTrain databases
     found = client.search_runs([experiment_id], filter_string=f"{task} and tags.`pytrain.run_id` = '{run.run_id}'", max_results=1)
     if found:
@@ -112,9 +112,45 @@ def _find_or_create(client: MlflowClient, run: TrackedRun, settings: Settings) -
                                   order_by=["attributes.start_time DESC"], max_results=1)
     if previous:
         tags["pytrain.previous_run"] = previous[0].info.run_id
+    parent = _sweep_parent(client, experiment_id, (run.columns.get("options") or {}).get("sweep"))
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent
     created = client.create_run(experiment_id, run_name=run.run_name, tags=tags)
     _log_new_params(client, created.info.run_id, {}, run.params())
     return client.get_run(created.info.run_id)
+
+
+def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts where :func:`artifact_location` says) when missing."""
+    from pytrain.tracking.store import artifact_location
+
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(
+        name, artifact_location=artifact_location(settings, name))
+
+
+def create_sweep_parent(client: MlflowClient, settings: Settings, experiment: str, sweep: str) -> str:
+    """The parent run of sweep ``sweep`` in ``experiment`` (tag :data:`SWEEP_PARENT_TAG`), created
+    when missing; ``pytrain sweep create`` makes it once, so concurrent trials never race to make
+    two. Its trials' runs are its children (``mlflow.parentRunId``). Returns its run id."""
+    experiment_id = _experiment_id(client, settings, experiment)
+    found = _sweep_parent(client, experiment_id, sweep)
+    if found is not None:
+        return found
+    created = client.create_run(experiment_id, run_name=f"sweep-{sweep}", tags={SWEEP_PARENT_TAG: sweep, "pytrain.sweep": sweep})
+    client.set_terminated(created.info.run_id, "FINISHED")
+    return created.info.run_id
+
+
+def _sweep_parent(client: MlflowClient, experiment_id: str, sweep: Any) -> str | None:
+    """The run id of the sweep's parent run, ``None`` without one (or without a sweep name that is
+    safe in a filter: a sweep's name matches :data:`pytrain.task_columns.MODEL_NAME_PATTERN`)."""
+    from pytrain.task_columns import MODEL_NAME_PATTERN
+
+    if not isinstance(sweep, str) or not re.fullmatch(MODEL_NAME_PATTERN, sweep):
+        return None
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_PARENT_TAG}` = '{sweep}'", max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def _log_new_params(client: MlflowClient, run_id: str, have: dict[str, str], params: dict[str, str]) -> None:
