@@ -63,7 +63,7 @@ INSERT INTO training_tasks (
 --                     A running task whose worker died goes back to 'queued'.
 --   created_at        default now(). When the row was inserted.
 --   started_at        when the current/last run was claimed by a worker.
---   finished_at       when the task ended (succeeded, failed or cancelled).
+--   finished_at       when the task ended (succeeded, failed, cancelled or pruned).
 --   attempts          default 0. Runs lost because their worker died (lease expired or the
 --                     worker restarted); at PYTRAIN_MAX_ATTEMPTS (default 3) the task fails.
 --   error             a readable message: why it failed, was re-queued or cancelled.
