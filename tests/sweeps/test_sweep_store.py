@@ -194,3 +194,13 @@ def test_asha_stops_a_trial_behind_the_best_at_its_first_epoch_but_never_after_i
     assert store.report_epochs(first, behind) is True  # rung 0 (epoch 1): behind the only other trial there
     # seen late (after its final epoch): it trained every epoch, only its export is left: it completes
     assert store.report_epochs(second, behind + [ProgressRecord(event="epoch", epoch=2, epochs=2, val_accuracy=0.1)]) is False
+
+
+def test_a_grid_sweep_creates_every_combination_once(store, engine):
+    sweep = store.create({"name": "grid", "base": BASE, "params": [parse_param("num_frames=int:8:16:8"),
+                                                                   parse_param("architecture=choice:tiny,r3d_18")],
+                          "trials": 4, "parallel": 4, "sampler": "grid", "pruner": "none", "metric": "val_accuracy",
+                          "publish": "none", "seed": None})
+    queue = TaskQueue(engine)
+    drawn = sorted((queue.get(t["task_id"]).num_frames, queue.get(t["task_id"]).architecture) for t in store.trials(sweep["id"]))
+    assert drawn == [(8, "r3d_18"), (8, "tiny"), (16, "r3d_18"), (16, "tiny")]
