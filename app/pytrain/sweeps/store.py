@@ -172,9 +172,10 @@ class SweepStore(Repository):
         return optuna_glue.load_study(self.engine, sweep, _params(sweep), len(self.trials(sweep["id"])))
 
     def summary(self, name: str) -> dict[str, Any]:
-        """``pytrain sweep show``'s record: the sweep (``budget``: its ``--trials``), each trial (number, task id, task status,
-        Optuna state, params, value, best metric and its epoch, epochs run, wall seconds, whether
-        it is the best) and the parameter importances (``None`` until enough trials completed).
+        """``pytrain sweep show``'s record: the sweep (``budget``: its ``--trials``), each trial
+        (number, task id, task status, Optuna state, params, value, best metric and its epoch,
+        epochs run, wall seconds, whether it is the best) and the parameter importances (``None``
+        until enough trials completed).
 
         The trial fields come from the task rows (status, epochs, wall time) and from Optuna's
         storage (state, params, values), side by side, so a disagreement shows.
@@ -187,7 +188,7 @@ class SweepStore(Repository):
         trials = []
         for row in rows:
             trial = frozen[row["number"]]
-            top = optuna_glue.best_value(study, trial._trial_id)
+            top = optuna_glue.best_value(study, trial._trial_id)  # FrozenTrial has no public trial id
             trials.append({
                 "number": row["number"], "task_id": row["task_id"], "status": row["status"], "state": trial.state.name,
                 "params": trial.params, "value": trial.value, "best_metric": None if top is None else top[1],
