@@ -356,11 +356,15 @@ def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
     the others' (with what to try)."""
     from dataclasses import asdict
 
+    from pytrain.spec import ProgressRecord, data_wait_hint
     from pytrain.training.metrics import weak_classes
 
     queue = _queue()
     row = queue.get(task_id)
     typer.echo(json.dumps({**row.to_dict(), "runs": [asdict(run) for run in queue.runs(task_id)]}, indent=2, default=str))
+    hint = data_wait_hint(ProgressRecord.from_dict(row.progress)) if row.progress else None
+    if hint is not None:
+        typer.echo(hint, err=True)
     for name, weak in weak_classes(row.metrics).items():
         typer.echo(f"class {name}: test recall {weak['recall']:.2f}, far below the others' mean {weak['others']:.2f}: check its clips "
                    "(`pytrain sources inspect`), or train with class_weights=balanced", err=True)
