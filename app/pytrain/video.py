@@ -20,7 +20,9 @@ from pytrain.sampling import ClipSampling, clip_indices
 #: The decoders behind :func:`decode_clip`; the first is the default. ``PYTRAIN_DECODER`` picks one
 #: (:class:`pytrain.settings.Settings` validates it; this module reads the variable itself because
 #: the training entrypoint runs where PyTrain's settings package may be absent).
-DECODERS = ("decord", "torchcodec", "nvdec")
+CPU_DECODERS = ("decord", "torchcodec")
+#: ``nvdec``: the GPU's hardware decoder (:func:`nvdec_frames`), on NVIDIA GPUs only.
+DECODERS = (*CPU_DECODERS, "nvdec")
 DECODER_ENV = "PYTRAIN_DECODER"
 
 
