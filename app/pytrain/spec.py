@@ -101,6 +101,8 @@ MANIFEST_COLUMNS = ("path", "label", "split")
 #: :func:`pytrain.sources.catalog.file_content_id`), the key of the shared clip cache and of
 #: training proxies; empty for a file the catalog does not know (or in a manifest written before it).
 MANIFEST_CONTENT = "content"
+#: The prefix of a content id that is the video catalog's digest (``catalog:<content_hash>``).
+CATALOG_PREFIX = "catalog:"
 SPLITS = ("train", "val", "test")
 
 # PyTrain's historical tensor names: existing PyTrain clients send ``time_distributed_input``

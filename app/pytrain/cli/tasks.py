@@ -18,6 +18,7 @@ import typer
 
 from pytrain.errors import ConfigurationError
 from pytrain.task_columns import TASK_COLUMNS, TaskColumn
+from pytrain.proxies import DEFAULT_PROXY_SIZE
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sources_app = typer.Typer(help="Datasets under the sources root.", no_args_is_help=True)
@@ -98,9 +99,14 @@ def db_psql(ctx: typer.Context) -> None:
 def sources_sync(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Probe processes in parallel (default: the CPU count)."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Update the video catalog (--no-probe: only register the datasets)."),
+    proxies: Optional[int] = typer.Option(None, "--proxies", is_flag=False, flag_value=DEFAULT_PROXY_SIZE, metavar="[SIZE]",
+                                          help=f"Also transcode each catalogued video once into a training proxy of short side SIZE "
+                                               f"(default {DEFAULT_PROXY_SIZE}): H.264, constant frame rate, short GOP, no audio; "
+                                               "--jobs ffmpeg processes at once."),
 ) -> None:
     """Register every dataset folder of the sources root (PYTRAIN_SOURCES_DIR) and update the video
-    catalog: new and changed files are probed (decoded in child processes), gone files forgotten."""
+    catalog: new and changed files are probed (decoded in child processes), gone files forgotten;
+    with --proxies, training proxies are made for the videos without a fresh one."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -119,7 +125,7 @@ def sources_sync(
                 bars[dataset] = bar.add_task(f"probing {dataset}", total=total)
             bar.update(bars[dataset], completed=done)
 
-        result = sync_sources(settings, engine=engine, probe=probe, jobs=jobs, progress=advance)
+        result = sync_sources(settings, engine=engine, probe=probe, jobs=jobs, progress=advance, proxies=proxies)
     typer.echo(f"sources root {settings.sources_dir}")
     typer.echo(f"registered: {', '.join(result.registered) or '(none)'}")
     if result.added:
@@ -132,6 +138,11 @@ def sources_sync(
         typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
         for path, reason in done.skipped.items():
             typer.echo(f"skipped {name}/{path}: {reason}")
+    for name, made in result.proxies.items():
+        typer.echo(f"proxies {name} (short side {proxies}): made {len(made.made)} ({made.proxy_bytes / 1e6:.1f} MB from "
+                   f"{made.source_bytes / 1e6:.1f} MB, {made.seconds:.0f} s of video), fresh {made.fresh}, failed {len(made.failed)}")
+        for path, reason in made.failed.items():
+            typer.echo(f"proxy of {name}/{path} failed: {reason}")
 
 
 @sources_app.command("inspect")

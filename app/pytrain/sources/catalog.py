@@ -19,7 +19,7 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError, printable
 from pytrain.sources.resolve import NOT_UTF8, VIDEO_SUFFIXES, is_utf8_name, unreadable_folder
-from pytrain.spec import DatasetFingerprint, ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
+from pytrain.spec import CATALOG_PREFIX, DatasetFingerprint, ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,6 @@ def with_content_ids(rows: Iterable[ManifestRow], videos: Iterable[Mapping[str, 
         content = file_content_id(Path(sources_root) / row.path, by_path.get(row.path))
         out.append(dataclasses.replace(row, content=content if content.startswith(CATALOG_PREFIX) else ""))
     return out
-
-
-#: The prefix of a content id that is the video catalog's digest (:func:`file_content_id`).
-CATALOG_PREFIX = "catalog:"
 
 
 def file_content_id(path: Path, video: Mapping[str, Any] | None) -> str:

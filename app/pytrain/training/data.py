@@ -27,7 +27,7 @@ Sampling (the task's ``sampling``/``frame_interval``/``num_clips``/``test_clips`
   frames (default ``2 x num_frames``), cached or not, instead of from every frame of the video: the
   pool is what the cache keeps. The cache serves ``uniform`` sampling only, and evaluation only with
   one view: for the other settings it is not used and a log line says why (:func:`cache_limit`);
-- training proxies (:mod:`pytrain.sources.proxies`): a sample may be decoded from its proxy instead
+- training proxies (:mod:`pytrain.proxies`): a sample may be decoded from its proxy instead
   of its original (:attr:`Sample.source`); the cache keys the two apart.
 
 Randomness is a pure function of ``(seed, epoch, index)``, so results do not depend on the number
@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import SourceError, TrainingError, VideoDecodeError
+from pytrain.proxies import pick_proxy, proxy_sizes, proxy_source
 from pytrain.sampling import ClipSampling
 from pytrain.spec import TaskSpec, read_manifest, read_unlisted
 from pytrain.training.clip_cache import ClipCache, clip_key
@@ -114,6 +115,29 @@ def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> t
         else:
             samples.append(Sample(full, row.path, index[row.label], row.split, row.content))
     return samples, skipped
+
+
+def with_proxies(samples: list[Sample], sources_root: Path, height: int, width: int) -> list[Sample]:
+    """``samples`` with each one whose video has a fresh training proxy that a ``height x width``
+    clip fits in (:func:`pytrain.proxies.pick_proxy`) read from that proxy instead; logs how many.
+
+    Proxies are addressed by the catalog digest ``manifest.csv`` carries, so a proxy is never
+    stale, and training needs no database to find them.
+    """
+    sizes = proxy_sizes(sources_root)
+    out, used = [], {}
+    for sample in samples:
+        found = pick_proxy(sources_root, sample.content, height, width, sizes) if sizes else None
+        if found is None:
+            out.append(sample)
+            continue
+        path, size = found
+        out.append(replace(sample, path=path, source=proxy_source(size)))
+        used[size] = used.get(size, 0) + 1
+    sizes_text = ", ".join(f"{n} from short side {size}" for size, n in sorted(used.items()))
+    log.info("training proxies: %d of %d clips read from proxies%s; the others from the originals",
+             sum(used.values()), len(samples), f" ({sizes_text})" if used else "")
+    return out
 
 
 def task_sampling(spec: TaskSpec) -> ClipSampling:

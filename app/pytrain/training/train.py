@@ -426,6 +426,7 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     log.info("clips: %s; skipped %d; device %s; world size %d; %d loader workers",
              {k: len(v) for k, v in by_split.items()}, len(skipped), device, ddp.world_size, num_workers)
 
+    by_split = {split: data_mod.with_proxies(samples, sources_root, spec.height, spec.width) for split, samples in by_split.items()}
     cache = open_cache(cfg, task_dir, args.cache_dir)
     size = (spec.num_frames, spec.height, spec.width)
     sampling = data_mod.task_sampling(spec)
