@@ -3,7 +3,7 @@
 This module imports nothing heavy (no database, no torch): training on a bare GPU host picks proxies
 with it, ``pytrain sources sync`` makes them.
 
-``pytrain sources sync --proxies [SIZE]`` makes them (:func:`make_proxies`): ffmpeg scales the video
+``pytrain sources sync --proxies [--proxy-size SIZE]`` makes them (:func:`make_proxies`): ffmpeg scales the video
 so its short side is ``SIZE`` pixels (default 256; a smaller video keeps its size), at a constant
 frame rate (the source's average), with a keyframe every :data:`PROXY_GOP` frames (a sampled frame
 is reachable by decoding at most that many) and without audio. ``--jobs`` ffmpeg processes run at

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fixtures.clips import write_task
+from orchestrator.test_cli import cli  # noqa: F401 -- the in-process CLI fixture
 from pytrain.proxies import PROXY_GOP, make_proxies, pick_proxy, proxy_coverage, proxy_path, proxy_sizes
 from pytrain.spec import CATALOG_PREFIX, ManifestRow, read_manifest, write_manifest
 from pytrain.training.data import ClipDataset, Sample, with_proxies
@@ -174,7 +175,7 @@ def test_coverage_counts_fresh_and_stale_proxies():
     assert proxy_coverage(videos, proxies) == {"s256": {"videos": 2, "fresh": 1, "stale": 1, "bytes": 10}}
 
 
-def test_sync_records_proxies_in_the_catalog_and_a_changed_source_makes_its_proxy_stale(settings, engine, synthetic_sources):
+def test_sync_records_proxies_in_the_catalog_and_a_changed_source_makes_its_proxy_stale(cli, settings, engine, synthetic_sources):
     from pytrain.db import VideoCatalog
     from pytrain.sources import sync_sources
 
@@ -183,11 +184,16 @@ def test_sync_records_proxies_in_the_catalog_and_a_changed_source_makes_its_prox
     clips = sorted((synthetic_sources / "dataset1" / "cooking_cuttingbread").glob("*.mp4"))[:3]
     for clip in clips:
         shutil.copy2(clip, folder / clip.name)
-    result = sync_sources(settings, engine=engine, jobs=2, proxies=32)
-    assert len(result.proxies["dataset1"].made) == 3
+    code, out, err = cli("sources", "sync", "--jobs", "2", "--proxies", "--proxy-size", "32")
+    assert code == 0, err
+    assert "proxies dataset1 (short side 32): made 3 (" in out and "fresh 0, failed 0" in out
     catalog = VideoCatalog(engine)
-    assert proxy_coverage(catalog.videos(["dataset1"]), catalog.proxies(["dataset1"]))["s32"] == {
-        "videos": 3, "fresh": 3, "stale": 0, "bytes": result.proxies["dataset1"].proxy_bytes}
+    made_bytes = sum(proxy_path(settings.sources_dir, v["content_hash"], 32).stat().st_size for v in catalog.videos(["dataset1"]))
+    assert proxy_coverage(catalog.videos(["dataset1"]), catalog.proxies(["dataset1"])) == {
+        "s32": {"videos": 3, "fresh": 3, "stale": 0, "bytes": made_bytes}}
+    code, out, err = cli("sources", "inspect", "dataset1", "--out", str(settings.results_dir / "charts"))
+    assert code == 0, err
+    assert f"proxies s32: 3 of 3 good videos ({made_bytes / 1e6:.1f} MB), 0 stale" in out
 
     shutil.copy2(sorted((synthetic_sources / "dataset1" / "walking_dog").glob("*.mp4"))[0], folder / clips[0].name)  # new content
     os.utime(folder / clips[0].name, ns=(1, 1))
@@ -196,3 +202,5 @@ def test_sync_records_proxies_in_the_catalog_and_a_changed_source_makes_its_prox
     again = sync_sources(settings, engine=engine, jobs=2, proxies=32).proxies["dataset1"]
     assert (list(again.made), again.fresh) == ([f"cooking_x/{clips[0].name}"], 2)
     assert proxy_coverage(catalog.videos(["dataset1"]), catalog.proxies(["dataset1"]))["s32"]["fresh"] == 3
+    code, out, err = cli("sources", "sync", "--proxies")  # no size: the default
+    assert code == 0 and "proxies dataset1 (short side 256): made 3" in out, err
