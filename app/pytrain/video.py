@@ -296,13 +296,29 @@ def _nvdec_ready() -> type:
     return VideoDecoder
 
 
-def _decode_nvdec(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
-    """As :func:`_decode_decord`, on the GPU (:func:`nvdec_frames`), copied to the host."""
+def nvdec_picked(path: str | Path, height: int, width: int, pick: Callable[[int], np.ndarray]) -> "torch.Tensor":
+    """:func:`decode_picked` with ``nvdec``, the frames left on the GPU: ``(N, H, W, 3)`` uint8 CUDA.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+        ConfigurationError: see :func:`nvdec_frames`.
+    """
+    path, _ = _checked_input(path, "nvdec")
     VideoDecoder = _nvdec_ready()
-    total = int(VideoDecoder(str(path)).metadata.num_frames or 0)  # the CPU index: no GPU context for a count
-    if total < 1:
-        raise VideoDecodeError(path, "the video has no frames")
-    return nvdec_frames(path, height, width, pick(total)).cpu().numpy()
+    try:
+        total = int(VideoDecoder(str(path)).metadata.num_frames or 0)  # the CPU index: counting needs no GPU
+        if total < 1:
+            raise VideoDecodeError(path, "the video has no frames")
+        return nvdec_frames(path, height, width, np.asarray(pick(total)).reshape(-1).tolist())
+    except (VideoDecodeError, ConfigurationError):
+        raise
+    except Exception as exc:  # torchcodec raises RuntimeError / ValueError for unreadable input
+        raise _decoder_error(path, exc) from exc
+
+
+def _decode_nvdec(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
+    """As :func:`_decode_decord`, on the GPU (:func:`nvdec_picked`), copied to the host."""
+    return nvdec_picked(path, height, width, pick).cpu().numpy()
 
 
 def _decoder_error(path: str | Path, exc: Exception) -> VideoDecodeError:

@@ -77,3 +77,13 @@ def test_nvdec_keeps_the_frames_on_the_gpu(clip: Path) -> None:
     except ConfigurationError as exc:
         pytest.skip(str(exc))
     assert frames.is_cuda and frames.dtype == torch.uint8 and tuple(frames.shape) == (3, 112, 112, 3)
+
+
+def test_a_training_item_decoded_by_nvdec_stays_on_the_gpu_with_the_cpu_paths_frames(clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytrain.training.data import ClipDataset, Sample
+
+    cpu = ClipDataset([Sample(clip, "x", 0, "train")], 8, 112, 112, train=True, seed=3)[(0, 1)][0]
+    monkeypatch.setenv("PYTRAIN_DECODER", "nvdec")
+    gpu = ClipDataset([Sample(clip, "x", 0, "train")], 8, 112, 112, train=True, seed=3)[(0, 1)][0]
+    assert gpu.is_cuda and gpu.shape == cpu.shape
+    assert float((gpu.cpu().to(torch.int16) - cpu.to(torch.int16)).abs().float().mean()) < MAX_MEAN_DIFF

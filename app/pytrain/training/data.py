@@ -53,7 +53,7 @@ from pytrain.sampling import ClipSampling
 from pytrain.spec import TaskSpec, read_manifest, read_unlisted
 from pytrain.training.clip_cache import ClipCache, clip_key
 from pytrain.training.transforms import TrainPreset, full_box
-from pytrain.video import decode_picked, decode_views, default_decoder, read_clip, sample_indices
+from pytrain.video import decode_picked, decode_views, default_decoder, nvdec_picked, read_clip, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class ClipDataset(Dataset):
         if not self.train:
             return torch.from_numpy(self._eval_clip(sample)), label
         clip, box = self._train_clip(sample, index, epoch)
-        return torch.from_numpy(clip), label, torch.from_numpy(box)
+        return torch.as_tensor(clip), label, torch.from_numpy(box)  # as_tensor: a numpy clip shares its memory, a CUDA one stays
 
     def _eval_clip(self, sample: Sample) -> np.ndarray:
         if self.cache is not None:
@@ -260,10 +260,12 @@ class ClipDataset(Dataset):
         cache, or decoded straight from the video (the same frames, so the cache changes no result)."""
         if self.cache is not None:
             return self._cached(sample, self.cache_pool, jitter)
+        if self.decoder == "nvdec":  # decoded and resized on the GPU, and left there: (T, H, W, 3) uint8 CUDA
+            return nvdec_picked(sample.path, self.height, self.width, lambda total: sample_indices(total, self.cache_pool)[jitter])
         return decode_picked(sample.path, self.height, self.width, lambda total: sample_indices(total, self.cache_pool)[jitter],
                             decoder=self.decoder)
 
-    def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         # seeded by the item: with one clip per video this is (seed, epoch, video), as it always was
         rng = np.random.default_rng((self.seed, epoch, index))
         try:

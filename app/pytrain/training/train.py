@@ -57,6 +57,7 @@ from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import scan_videos
 from pytrain.training.run_lock import RunLock
 from pytrain.training.transforms import TrainPreset, apply_boxes
+from pytrain.video import default_decoder
 
 log = logging.getLogger("pytrain.training")
 
@@ -333,7 +334,7 @@ def _loader(dataset, *, batch_size: int, sampler=None, num_workers: int, device:
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and default_decoder() != "nvdec",  # nvdec's clips are on the GPU already
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
         # a decoder hung in a worker fails the run with an error instead of hanging forever
@@ -422,6 +423,10 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     """Read and pre-scan the manifest (:func:`_prepare_data`), then build the datasets and loaders."""
     cpu = os.cpu_count() or 1
     num_workers = args.num_workers if args.num_workers is not None else max(0, min(_MAX_DEFAULT_WORKERS, cpu // ddp.world_size - 1))
+    if default_decoder() == "nvdec" and num_workers:
+        # CUDA cannot be used in forked loader workers; NVDEC decodes in this process, into GPU memory
+        log.info("PYTRAIN_DECODER=nvdec: clips are decoded on the GPU in the training process; no loader workers (asked for %d)", num_workers)
+        num_workers = 0
     by_split, skipped = _prepare_data(spec, cfg, task_dir, sources_root, ddp, processes=max(1, num_workers))
     log.info("clips: %s; skipped %d; device %s; world size %d; %d loader workers",
              {k: len(v) for k, v in by_split.items()}, len(skipped), device, ddp.world_size, num_workers)
