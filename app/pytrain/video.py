@@ -241,7 +241,7 @@ def _decode_torchcodec(path: Path, height: int, width: int, pick: Callable[[int]
 def nvdec_frames(path: str | Path, height: int, width: int, indices: list[int], *, device: str = "cuda") -> "torch.Tensor":
     """Frames ``indices`` of ``path`` decoded on the GPU's video decoder (NVDEC) and resized there.
 
-    torchcodec's CUDA device decodes (docs/adr/0014-shared-clip-cache.md says why this library,
+    torchcodec's CUDA device decodes (docs/adr/0014-clip-cache-proxies-nvdec.md says why this library,
     provisionally: the choice is to be measured on a GPU); the resize is ``torch``'s bilinear
     interpolation with antialiasing on the device, so the frames never leave the GPU. The pixels
     differ from decord's (another scaler, and NVDEC's own YUV->RGB conversion): ``tests/gpu``

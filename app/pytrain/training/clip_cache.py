@@ -2,7 +2,7 @@
 
 Every task on a host reads and fills one cache folder (``PYTRAIN_CLIP_CACHE_DIR``; the runners set
 it from :class:`pytrain.settings.Settings`), so a second task on the same videos with the same clip
-settings decodes nothing (docs/adr/0014-shared-clip-cache.md).
+settings decodes nothing (docs/adr/0014-clip-cache-proxies-nvdec.md).
 
 **Keys** (:func:`clip_key`) cover what the decoded pixels depend on: the file's content id (the
 video catalog's content digest, which reaches training in ``manifest.csv``'s ``content`` column;
