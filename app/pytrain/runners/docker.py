@@ -416,6 +416,15 @@ class DockerRunner:
         _share_clip_cache(Path(self.settings.clip_cache_dir), uid, gid)
         return None
 
+    def _clip_cache_mount(self, own: Sequence[tuple[str, str]]) -> "Mount":
+        """The host's shared clip cache (``settings.clip_cache_dir``, made when missing), writable at
+        :data:`CONTAINER_CLIP_CACHE`."""
+        from docker.types import Mount
+
+        folder = Path(self.settings.clip_cache_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Mount(CONTAINER_CLIP_CACHE, _host_path(folder, folder, None, own), type="bind", read_only=False)
+
     def _create(self, task: PreparedTask, image: str) -> tuple["Container", list[str]]:
         """Create (not start) the task's container; returns it and its command line."""
         from docker.types import Mount, Ulimit
@@ -435,9 +444,7 @@ class DockerRunner:
             Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
             Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
         ]
-        Path(self.settings.clip_cache_dir).mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(CONTAINER_CLIP_CACHE, _host_path(Path(self.settings.clip_cache_dir), Path(self.settings.clip_cache_dir), None, own),
-                            type="bind", read_only=False))
+        mounts.append(self._clip_cache_mount(own))
         environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
                        DECODER_ENV: self.settings.decoder, **clip_cache_environment(self.settings, CONTAINER_CLIP_CACHE), **self.environment}
         if self.torch_home.is_dir():  # the orchestrator refused pretrained tasks whose file is missing
