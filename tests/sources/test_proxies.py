@@ -4,7 +4,7 @@ originals.
 
 The 1280x720 H.264 clips are 1 s long (25 frames): 3 classes x 4 clips, made by ffmpeg's lavfi
 sources with sensor-like noise. Budget (2 cores): the module's clips and proxies ~15 s; the loader comparison ~10 s; the
-training + ONNX agreement ~15 s; the catalog test ~10 s.
+training + agreement through the session's Triton ~15 s; the catalog test ~10 s.
 """
 
 from __future__ import annotations
@@ -138,11 +138,12 @@ def test_the_loader_reads_proxies_at_least_5x_faster_than_1280x720_originals(hd)
     assert proxy_rate >= 5 * original_rate
 
 
-def test_a_model_trained_on_proxies_agrees_with_itself_on_the_originals(hd, tmp_path, caplog):
-    import onnxruntime as ort
-
+@pytest.mark.triton
+def test_a_model_trained_on_proxies_agrees_with_itself_on_the_originals_through_triton(hd, tmp_path, caplog, triton_settings):
+    from fixtures.triton import task_record
+    from pytrain.client import TritonClient
+    from pytrain.publish import publish_task
     from pytrain.training.train import main
-    from pytrain.video import read_clip
 
     root, rows, _ = hd
     split = {0: "train", 1: "train", 2: "val", 3: "test"}
@@ -150,20 +151,18 @@ def test_a_model_trained_on_proxies_agrees_with_itself_on_the_originals(hd, tmp_
                 for r in rows]
     task = tmp_path / "task"
     write_task(task, root, rows=[(m.path, m.label, m.split) for m in manifest], epochs=3, extra={"hflip": 0.0, "cache": False},
-               architecture="tiny", num_frames=8, height=32, width=32, batch_size=2, learning_rate=1e-2)
+               model_name="proxied", architecture="tiny", num_frames=8, height=32, width=32, batch_size=2, learning_rate=1e-2)
     write_manifest(manifest, task)  # with the catalog digests, as the orchestrator writes it
     with caplog.at_level("INFO", logger="pytrain.training.data"):
         main(argparse.Namespace(task_dir=str(task), sources_root=None, device="cpu", num_workers=0, cache_dir=None))
     assert "training proxies: 6 of 6 clips read from proxies (6 from short side 256)" in caplog.text
+    assert publish_task(task, settings=triton_settings, task_record=task_record("proxied")).load_requested is True
 
-    session = ort.InferenceSession(str(task / "model.onnx"), providers=["CPUExecutionProvider"])
-    held_out = [r for r in read_manifest(task) if r.split != "train"]
-    agree = 0
-    for row in held_out:
-        digest = row.content.removeprefix(CATALOG_PREFIX)
-        on_proxy, on_original = (session.run(None, {session.get_inputs()[0].name: read_clip(path, 8, 32, 32)[None]})[0].argmax()
-                                 for path in (proxy_path(root, digest, 256), root / row.path))
-        agree += int(on_proxy == on_original)
+    held_out = [r for r in read_manifest(task) if r.split != "train"]  # the val and test clips: never trained on
+    with TritonClient(triton_settings.triton_grpc_url) as client:
+        on_originals = client.predict("proxied", [root / r.path for r in held_out])
+        on_proxies = client.predict("proxied", [proxy_path(root, r.content.removeprefix(CATALOG_PREFIX), 256) for r in held_out])
+    agree = sum(a[0].label == b[0].label for a, b in zip(on_originals, on_proxies))
     assert agree / len(held_out) >= 0.98, (agree, len(held_out))
 
 
