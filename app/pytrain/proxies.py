@@ -133,32 +133,21 @@ def make_proxies(videos: Iterable[Mapping[str, Any]], sources_root: Path, size: 
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise ConfigurationError("making proxies needs the ffmpeg program, which is not installed", hint="apt-get install ffmpeg")
-    todo, fresh = [], 0
-    for video in videos:
-        if video.get("status") != "ok" or not video.get("content_hash"):
-            continue
-        if proxy_path(sources_root, video["content_hash"], size).is_file():
-            fresh += 1
-        else:
-            todo.append(video)
-    result = ProxyResult(fresh=fresh)
-    if not todo:
-        return result
+    todo = [v for v in videos if v.get("status") == "ok" and v.get("content_hash")]
+    fresh = sum(proxy_path(sources_root, v["content_hash"], size).is_file() for v in todo)
+    todo = [v for v in todo if not proxy_path(sources_root, v["content_hash"], size).is_file()]
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:  # threads wait on ffmpeg processes
         outcomes = list(pool.map(lambda video: _transcode(ffmpeg, video, sources_root, size), todo))
-    rows = []
-    for video, (proxy_bytes, error) in zip(todo, outcomes):
-        if error is not None:
-            result.failed[video["path"]] = error
-            continue
-        result.made[video["path"]] = proxy_bytes
-        rows.append({"dataset": video["dataset"], "path": video["path"], "short_side": size, "source_hash": video["content_hash"],
-                     "gop": PROXY_GOP, "fps": video.get("fps"), "size_bytes": proxy_bytes})
-    if record is not None and rows:
-        record(rows)
-    made = [video for video in todo if video["path"] in result.made]
-    return ProxyResult(made=result.made, fresh=fresh, failed=result.failed, source_bytes=sum(v["size_bytes"] for v in made),
-                       proxy_bytes=sum(result.made.values()), seconds=sum(v.get("duration_s") or 0.0 for v in made))
+    made = {v["path"]: n for v, (n, error) in zip(todo, outcomes) if error is None}
+    failed = {v["path"]: error for v, (_, error) in zip(todo, outcomes) if error is not None}
+    for path, error in failed.items():
+        log.warning("no proxy of %s: %s", path, error)
+    done = [v for v in todo if v["path"] in made]
+    if record is not None and done:
+        record([{"dataset": v["dataset"], "path": v["path"], "short_side": size, "source_hash": v["content_hash"], "gop": PROXY_GOP,
+                 "fps": v.get("fps"), "size_bytes": made[v["path"]]} for v in done])
+    return ProxyResult(made=made, fresh=fresh, failed=failed, source_bytes=sum(v["size_bytes"] for v in done),
+                       proxy_bytes=sum(made.values()), seconds=sum(v.get("duration_s") or 0.0 for v in done))
 
 
 def _transcode(ffmpeg: str, video: Mapping[str, Any], sources_root: Path, size: int) -> tuple[int, str | None]:

@@ -16,7 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fixtures.clips import write_task
