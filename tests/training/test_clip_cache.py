@@ -156,6 +156,8 @@ def test_two_processes_under_a_small_cap_hold_it_and_read_no_damaged_entry(tmp_p
     one_pool = 16 * 32 * 32 * 3
     cap = 8 * one_pool  # a third of the 36 clips the videos need
     results = _run_two(tmp_path / "cache", videos, cap)
+    # clips evicted before the other process read them are decoded again: counted, not asserted
+    print(f"two processes, cap of 8 pools: {sum(decoded for _, decoded, _, _ in results)} decodes for {2 * len(videos)} clips")
     assert all(damaged == 0 for _, _, damaged, _ in results)
     assert results[0][3] == results[1][3]
     cache = ClipCache(tmp_path / "cache")
