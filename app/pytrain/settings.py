@@ -23,6 +23,7 @@ from pytrain.errors import ConfigurationError
 from pytrain.slurm_values import (
     ExtraSbatch, SlurmAccount, SlurmContainerImage, SlurmMemory, SlurmPartition, SlurmPython, SlurmQos,
 )
+from pytrain.training.clip_cache import DEFAULT_CACHE_GB
 from pytrain.video import DECODERS
 
 
@@ -148,6 +149,16 @@ class Settings(BaseSettings):
         "torchcodec). Train and serve a model with the same one: their scalers round differently.",
     )
 
+    # --- the shared decoded-clip cache and training proxies (docs/user-guide/data-loading.md) ---
+    clip_cache_dir: Path | None = Field(
+        default=None,
+        description="The host's decoded-clip cache, shared by every task (training reads PYTRAIN_CLIP_CACHE_DIR); "
+        "unset: <data_dir>/clip_cache. In compose: a volume; each host may keep its own.",
+    )
+    clip_cache_gb: float = Field(
+        default=DEFAULT_CACHE_GB, gt=0, description="Size cap of the clip cache in GB (10^9 bytes); least recently used clips are evicted.",
+    )
+
     # --- docker runner --------------------------------------------------------------------
     base_image: str = Field(default="nvcr.io/nvidia/pytorch:24.10-py3", description="Base image of the training container.")
     ngc_api_key_file: Path = Field(default=Path("~/api.key"), description="File holding the NGC API key; read only when the base image must be pulled.")
@@ -218,6 +229,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_torch_home(self) -> "Settings":
         self.torch_home = (self.data_dir / "torch") if self.torch_home is None else self.torch_home.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _default_clip_cache_dir(self) -> "Settings":
+        self.clip_cache_dir = (self.data_dir / "clip_cache") if self.clip_cache_dir is None else self.clip_cache_dir.expanduser().resolve()
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ image has no torch).
 Example::
 
     INSERT INTO training_tasks (model_name, sources, classes, options)
-    VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', '{"cache": true, "class_weights": "balanced"}');
+    VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', '{"cache": false, "class_weights": "balanced"}');
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ class TrainConfig:
         augment: random resized crop + flip in training.
         hflip: probability of a horizontal flip when ``augment``.
         crop_scale_min: smallest crop area fraction when ``augment``.
-        cache: keep decoded clips on disk (``<task>/clip_cache`` unless ``--cache-dir``): 15-27x
-            faster epochs after the first on the data measured in ``benchmarks/``.
-        cache_pool_factor: frames kept per cached training clip, as a multiple of ``num_frames``.
+        cache: read and fill the host's shared decoded-clip cache (``PYTRAIN_CLIP_CACHE_DIR``,
+            :mod:`pytrain.training.clip_cache`): later epochs, and later tasks on the same clips with
+            the same clip settings, decode nothing. On by default; ``false`` decodes every clip every
+            epoch (the same frames: the cache changes no result).
+        cache_pool_factor: frames per video that ``uniform`` training jitter draws from (the cached
+            pool), as a multiple of ``num_frames``.
         decode_timeout_s: seconds a file may take in the pre-scan (and a DataLoader batch with
             workers) before its decoder is considered hung.
         class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
@@ -102,7 +105,7 @@ class TrainConfig:
     augment: bool = True
     hflip: float = _bounded(0.5, ge=0, le=1)
     crop_scale_min: float = _bounded(0.6, gt=0, le=1)
-    cache: bool = False
+    cache: bool = True
     cache_pool_factor: int = _bounded(2, ge=1, le=64)
     decode_timeout_s: float = _bounded(60.0, gt=0, le=86_400)
     class_weights: str = "none"

@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -120,6 +121,33 @@ class Video(Base):
         UniqueConstraint("dataset", "path"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in VIDEO_STATUSES)})", name="status_known"),
         CheckConstraint("(status = 'bad') = (reason IS NOT NULL)", name="bad_has_reason"),
+        CheckConstraint("size_bytes >= 0", name="size_not_negative"),
+    )
+
+
+class VideoProxy(Base):
+    """A training proxy of a catalogued video (``pytrain sources sync --proxies``; migration 0007).
+
+    ``source_hash`` is the video's ``content_hash`` when the proxy was made: when they differ, the
+    proxy is stale. Units: pixels (``short_side``), frames (``gop``), frames per second, bytes.
+    """
+
+    __tablename__ = "video_proxies"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    dataset: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    short_side: Mapped[int] = mapped_column(Integer)
+    source_hash: Mapped[str] = mapped_column(Text)
+    gop: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[float | None] = mapped_column(Double, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    made_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (
+        UniqueConstraint("dataset", "path", "short_side"),
+        ForeignKeyConstraint(["dataset", "path"], ["videos.dataset", "videos.path"], ondelete="CASCADE"),
+        CheckConstraint("short_side > 0", name="short_side_positive"),
         CheckConstraint("size_bytes >= 0", name="size_not_negative"),
     )
 

@@ -279,6 +279,17 @@ DELETE_VIDEOS = text("DELETE FROM videos WHERE dataset = :dataset AND path = ANY
 #: Every catalogued file of some datasets, for ``sources inspect``.
 LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY dataset, path")
 
+#: Proxies made by ``sources sync --proxies``; a proxy made again (new content) replaces its row.
+UPSERT_PROXY = text("""
+INSERT INTO video_proxies (dataset, path, short_side, source_hash, gop, fps, size_bytes, made_at)
+VALUES (:dataset, :path, :short_side, :source_hash, :gop, :fps, :size_bytes, now())
+ON CONFLICT (dataset, path, short_side) DO UPDATE SET
+    source_hash = EXCLUDED.source_hash, gop = EXCLUDED.gop, fps = EXCLUDED.fps, size_bytes = EXCLUDED.size_bytes, made_at = now()
+""")
+
+#: The proxy rows of some datasets, for ``sources inspect``'s coverage.
+LIST_PROXIES = text("SELECT dataset, path, short_side, source_hash, size_bytes FROM video_proxies WHERE dataset = ANY(:datasets)")
+
 #: The probe verdicts of some datasets, for the orchestrator's seed of a task's pre-scan (only the
 #: columns it needs: a task may list tens of thousands of files).
 VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason, content_hash FROM videos WHERE dataset = ANY(:datasets)")

@@ -372,12 +372,23 @@ def training_environment(settings: Settings) -> dict[str, str]:
     """The environment a training process started on a host (the local runner's child, a Slurm
     job) inherits: this process's, less every secret-looking and database variable
     (:func:`is_secret_variable`: training needs neither the database nor
-    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
-    (``settings.torch_home``), from which ``pretrained`` tasks load."""
+    Triton nor credentials), unbuffered output, ``TORCH_HOME`` = the weights folder
+    (``settings.torch_home``), from which ``pretrained`` tasks load, and the shared clip cache
+    (:func:`clip_cache_environment`)."""
     env = without_secrets(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["TORCH_HOME"] = str(settings.torch_home)
+    env.update(clip_cache_environment(settings))
     return env
+
+
+def clip_cache_environment(settings: Settings, folder: str | None = None) -> dict[str, str]:
+    """The variables that point training at the host's shared clip cache
+    (:mod:`pytrain.training.clip_cache`): ``settings.clip_cache_dir`` (or ``folder``, where a
+    container sees it) and its cap."""
+    from pytrain.training.clip_cache import CACHE_DIR_ENV, CACHE_GB_ENV
+
+    return {CACHE_DIR_ENV: folder or str(settings.clip_cache_dir), CACHE_GB_ENV: repr(settings.clip_cache_gb)}
 
 
 #: What PyTorch and Python write when an allocation fails (the local and slurm runners look for them).
