@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -14,27 +13,8 @@ from fixtures.clips import write_tree
 from fixtures.console import PASSWORD_HASH, ConsoleProcess
 from fixtures.db import _drop_database, _new_database, _to_sqlalchemy
 from fixtures.processes import orchestrator_env
+from console_stub import CLASSES, CLIP, LAYOUT, STUB, WORKER
 from fixtures.triton import export_test_model
-
-#: The datasets the tests submit from: placeholder files (class resolution and the split look at
-#: names only; the stub training never decodes them).
-LAYOUT = {"dataset1": {"cooking_bread": 5, "drinking_water": 5, "eating": 5}}
-#: The classes and clip size the tests submit, and the stub's model is exported for.
-CLASSES, CLIP = ["cooking", "drinking"], {"num_frames": 8, "height": 32, "width": 32}
-STUB = str(Path(__file__).with_name("console_training.py"))
-
-WORKER = """
-import sys
-from pytrain.orchestrator import Orchestrator
-from pytrain.runners import LocalRunner
-from pytrain.settings import Settings
-
-settings = Settings()
-worker = Orchestrator(settings, runner=LocalRunner(settings, command=[sys.executable, sys.argv[1]], grace_seconds=1.0))
-worker.install_signal_handlers()
-worker.run()
-"""
-
 
 @pytest.fixture(scope="module")
 def console_settings(request: pytest.FixtureRequest, pg_admin_url: str, _template_database: str, tmp_path_factory: pytest.TempPathFactory):
