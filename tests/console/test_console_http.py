@@ -4,51 +4,14 @@ pages of tasks, the login, the CSRF rule, the security headers and escaping."""
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
-from http.cookiejar import CookieJar
-
 import pytest
 from sqlalchemy import insert, text
 
-from fixtures.console import PASSWORD
+from fixtures.console import Client
 from pytrain.db import TaskQueue, TrainingTask
 from pytrain.console.views import PAGE_SIZE
 
 SCRIPT = "<script>alert(1)</script>"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a 303 comes back as it is
-        return None
-
-
-class Client:
-    """A browser-less client with its own cookie jar (its own session)."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.jar = base, CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect)
-
-    def request(self, path: str, data: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
-        body = None if data is None else urllib.parse.urlencode(data).encode()
-        try:
-            with self.opener.open(self.base + path, data=body, timeout=30) as answer:
-                return answer.status, answer.read().decode(), dict(answer.headers)
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(), dict(exc.headers)
-
-    def csrf(self, path: str = "/login") -> str:
-        status, page, _ = self.request(path)
-        assert status == 200, page[-500:]
-        return re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
-
-    def log_in(self) -> str:
-        """Log in; returns the session's CSRF token."""
-        status, _, headers = self.request("/login", {"csrf_token": self.csrf(), "password": PASSWORD, "next": "/tasks"})
-        assert (status, headers["location"]) == (303, "/tasks")
-        return self.csrf("/tasks")
 
 
 def ids_on(page: str) -> list[int]:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -43,6 +43,13 @@ _USER = "user"
 
 class Forbidden(Exception):
     """A POST without a login or without the session's CSRF token (answered 403)."""
+
+
+class LoginRequired(Exception):
+    """A page asked for without a login where pages need one (answered with the login page)."""
+
+
+router = APIRouter()
 
 
 def create_app(settings: Settings, *, host: str = "127.0.0.1", engine=None, login_token: str | None = None) -> FastAPI:
@@ -77,8 +84,8 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", engine=None, logi
 
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(PyTrainError, _error_page)
-    _pages(app)
-    _actions(app)
+    app.add_exception_handler(LoginRequired, _to_login)
+    app.include_router(router)
     return app
 
 
@@ -101,12 +108,19 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
-def _page_allowed(request: Request) -> bool:
-    """A page is open without a login on a loopback address only."""
-    return not request.app.state.public or _logged_in(request)
+def _page_login(request: Request) -> None:
+    """A page's dependency: open without a login on a loopback address only.
+
+    Raises:
+        LoginRequired: answered with a redirect to the login page (403 for the event stream).
+    """
+    if request.app.state.public and not _logged_in(request):
+        raise LoginRequired()
 
 
-def _to_login(request: Request) -> RedirectResponse:
+async def _to_login(request: Request, exc: Exception) -> Response:
+    if request.url.path == "/events":
+        return JSONResponse({"error": "log in first"}, status_code=403)
     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
@@ -142,68 +156,70 @@ def _safe_next(target: str | None) -> str:
 
 
 # -- pages --------------------------------------------------------------------------------------
-def _pages(app: FastAPI) -> None:
-    @app.get("/", include_in_schema=False)
-    async def home() -> RedirectResponse:
-        return RedirectResponse("/tasks", status_code=303)
+@router.get("/", include_in_schema=False)
+async def home() -> RedirectResponse:
+    """The Tasks page."""
+    return RedirectResponse("/tasks", status_code=303)
 
-    @app.get("/login", response_class=HTMLResponse)
-    async def login_page(request: Request, next: str | None = None, token: str | None = None) -> Response:
-        expected = request.app.state.login_token
-        if token and expected and csrf_ok(expected, token):  # the one-time link printed at start
-            _log_in(request)
-            return RedirectResponse(_safe_next(next), status_code=303)
-        return _render(request, "login.html", next=_safe_next(next), error=None)
 
-    @app.get("/tasks", response_class=HTMLResponse)
-    async def tasks(request: Request, status: str | None = None, model: str | None = None, before: int | None = None) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None, before=before)
-        return _render(request, "tasks.html", status=status or "", model=model or "", **data)
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None, token: str | None = None) -> Response:
+    """The login form; ``?token=`` (the one-time link printed at start) logs in at once."""
+    expected = request.app.state.login_token
+    if token and expected and csrf_ok(expected, token):  # the one-time link printed at start
+        _log_in(request)
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _render(request, "login.html", next=_safe_next(next), error=None)
 
-    @app.get("/tasks/{task_id}", response_class=HTMLResponse)
-    async def task(request: Request, task_id: int) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        data = await run_in_threadpool(views.task_page, request.app.state.queue, request.app.state.settings, task_id)
-        return _render(request, "task.html", **data)
 
-    @app.get("/submit", response_class=HTMLResponse)
-    async def submit_page(request: Request) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        return _render(request, "submit.html", fields=form_fields(), values={}, errors={}, form_error=None)
+@router.get("/tasks", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def tasks(request: Request, status: str | None = None, model: str | None = None, before: int | None = None) -> Response:
+    """The Tasks page: one page of tasks, newest first, filtered by status and model."""
+    data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None, before=before)
+    return _render(request, "tasks.html", status=status or "", model=model or "", **data)
 
-    @app.get("/models", response_class=HTMLResponse)
-    async def models(request: Request) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        from pytrain.publish.versions import list_versions_live
 
-        settings = request.app.state.settings
-        rows, live = await run_in_threadpool(list_versions_live, settings, None, settings.triton_grpc_url)
-        return _render(request, "models.html", rows=rows, live=live, triton=settings.triton_grpc_url or f"127.0.0.1:{settings.triton_grpc_port}")
+@router.get("/tasks/{task_id}", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def task(request: Request, task_id: int) -> Response:
+    """The Task page: every column, runs, curves, per-class figures, the log tail."""
+    data = await run_in_threadpool(views.task_page, request.app.state.queue, request.app.state.settings, task_id)
+    return _render(request, "task.html", **data)
 
-    @app.get("/workers", response_class=HTMLResponse)
-    async def workers(request: Request) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        return _render(request, "workers.html", workers=await run_in_threadpool(views.workers_page, request.app.state.queue))
 
-    @app.get("/sources", response_class=HTMLResponse)
-    async def sources(request: Request) -> Response:
-        if not _page_allowed(request):
-            return _to_login(request)
-        data = await run_in_threadpool(views.sources_page, request.app.state.settings, request.app.state.queue)
-        return _render(request, "sources.html", datasets=data)
+@router.get("/submit", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def submit_page(request: Request) -> Response:
+    """The Submit form, made from the column table and the training options."""
+    return _render(request, "submit.html", fields=form_fields(), values={}, errors={}, form_error=None)
 
-    @app.get("/events")
-    async def events(request: Request, ids: str = "") -> Response:
-        if not _page_allowed(request):
-            return JSONResponse({"error": "log in first"}, status_code=403)
-        wanted = views.parse_ids(ids)
-        return StreamingResponse(_live(request, wanted), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+@router.get("/models", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def models(request: Request) -> Response:
+    """The Models page: every version, what Triton serves and its state, rollback."""
+    from pytrain.publish.versions import list_versions_live
+
+    settings = request.app.state.settings
+    rows, live = await run_in_threadpool(list_versions_live, settings, None, settings.triton_grpc_url)
+    return _render(request, "models.html", rows=rows, live=live, triton=settings.triton_grpc_url or f"127.0.0.1:{settings.triton_grpc_port}")
+
+
+@router.get("/workers", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def workers(request: Request) -> Response:
+    """The Workers page: the live orchestrators and their current tasks."""
+    return _render(request, "workers.html", workers=await run_in_threadpool(views.workers_page, request.app.state.queue))
+
+
+@router.get("/sources", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def sources(request: Request) -> Response:
+    """The Sources page: the catalog of every registered dataset, bad files."""
+    data = await run_in_threadpool(views.sources_page, request.app.state.settings, request.app.state.queue)
+    return _render(request, "sources.html", datasets=data)
+
+
+@router.get("/events", dependencies=[Depends(_page_login)])
+async def events(request: Request, ids: str = "") -> Response:
+    """Server-sent events of the tasks ``ids`` (comma-separated): their live state."""
+    wanted = views.parse_ids(ids)
+    return StreamingResponse(_live(request, wanted), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def _live(request: Request, ids: list[int]) -> AsyncIterator[str]:
@@ -233,60 +249,70 @@ def _log_in(request: Request) -> None:
 
 
 # -- actions ------------------------------------------------------------------------------------
-def _actions(app: FastAPI) -> None:
-    @app.post("/login")
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        if not csrf_ok(request.session.get(CSRF_FIELD), form.get(CSRF_FIELD)):
-            raise Forbidden()
-        settings: Settings = request.app.state.settings
-        password, stored = str(form.get("password") or ""), settings.console_password_hash
-        token = request.app.state.login_token
-        ok = (verify_password(password, stored.get_secret_value()) if stored else bool(token) and csrf_ok(token, password))
-        if not ok:
-            log.warning("console: a failed login from %s", request.client.host if request.client else "?")
-            return _render(request, "login.html", status_code=401, next=_safe_next(str(form.get("next") or "")), error="wrong password")
-        _log_in(request)
-        return RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Check the password (or the one-time token) and start a fresh session."""
+    form = await request.form()
+    if not csrf_ok(request.session.get(CSRF_FIELD), form.get(CSRF_FIELD)):
+        raise Forbidden()
+    settings: Settings = request.app.state.settings
+    password, stored = str(form.get("password") or ""), settings.console_password_hash
+    token = request.app.state.login_token
+    ok = (verify_password(password, stored.get_secret_value()) if stored else bool(token) and csrf_ok(token, password))
+    if not ok:
+        log.warning("console: a failed login from %s", request.client.host if request.client else "?")
+        return _render(request, "login.html", status_code=401, next=_safe_next(str(form.get("next") or "")), error="wrong password")
+    _log_in(request)
+    return RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
 
-    @app.post("/logout")
-    async def logout(request: Request) -> Response:
-        await _action(request)
-        request.session.clear()
-        return RedirectResponse("/login", status_code=303)
 
-    @app.post("/submit")
-    async def submit(request: Request) -> Response:
-        form = await _action(request)
-        settings, queue = request.app.state.settings, request.app.state.queue
-        task_id, errors = await run_in_threadpool(submit_form, form, queue=queue, settings=settings)
-        if task_id is not None:
-            return _back(request, f"/tasks/{task_id}", f"task {task_id} queued")
-        return _render(request, "submit.html", status_code=400, fields=form_fields(), values=form, errors=errors,
-                       form_error=errors.get(FORM))
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """End the session."""
+    await _action(request)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
 
-    @app.post("/tasks/{task_id}/cancel")
-    async def cancel(request: Request, task_id: int) -> Response:
-        form = await _action(request)
-        queue: TaskQueue = request.app.state.queue
-        done = await run_in_threadpool(queue.cancel, task_id)
-        message = f"task {task_id} cancelled" if done else f"task {task_id} had already ended; nothing to cancel"
-        return _back(request, _safe_next(str(form.get("next") or f"/tasks/{task_id}")), message)
 
-    @app.post("/tasks/{task_id}/retry")
-    async def retry(request: Request, task_id: int) -> Response:
-        form = await _action(request)
-        await run_in_threadpool(request.app.state.queue.retry, task_id)
-        return _back(request, _safe_next(str(form.get("next") or f"/tasks/{task_id}")), f"task {task_id} queued again")
+@router.post("/submit")
+async def submit(request: Request) -> Response:
+    """Insert the task the form describes, or show the form again with each error beside its field."""
+    form = await _action(request)
+    settings, queue = request.app.state.settings, request.app.state.queue
+    task_id, errors = await run_in_threadpool(submit_form, form, queue=queue, settings=settings)
+    if task_id is not None:
+        return _back(request, f"/tasks/{task_id}", f"task {task_id} queued")
+    return _render(request, "submit.html", status_code=400, fields=form_fields(), values=form, errors=errors,
+                   form_error=errors.get(FORM))
 
-    @app.post("/models/{model}/rollback")
-    async def rollback(request: Request, model: str) -> Response:
-        form = await _action(request)
-        from pytrain.publish.versions import rollback as do_rollback
 
-        settings: Settings = request.app.state.settings
-        version = str(form.get("version") or "")
-        if not version.isdigit():
-            raise PyTrainError(f"version {version[:20]!r} is not a version number", hint="pick one on the Models page")
-        change = await run_in_threadpool(lambda: do_rollback(model, int(version), settings=settings, url=settings.triton_grpc_url))
-        return _back(request, "/models", f"model {model}: serving {change.served} (was {change.previous}); {change.message}")
+@router.post("/tasks/{task_id}/cancel")
+async def cancel(request: Request, task_id: int) -> Response:
+    """Cancel a queued or running task (its run stops within seconds)."""
+    form = await _action(request)
+    queue: TaskQueue = request.app.state.queue
+    done = await run_in_threadpool(queue.cancel, task_id)
+    message = f"task {task_id} cancelled" if done else f"task {task_id} had already ended; nothing to cancel"
+    return _back(request, _safe_next(str(form.get("next") or f"/tasks/{task_id}")), message)
+
+
+@router.post("/tasks/{task_id}/retry")
+async def retry(request: Request, task_id: int) -> Response:
+    """Queue a failed or cancelled task again."""
+    form = await _action(request)
+    await run_in_threadpool(request.app.state.queue.retry, task_id)
+    return _back(request, _safe_next(str(form.get("next") or f"/tasks/{task_id}")), f"task {task_id} queued again")
+
+
+@router.post("/models/{model}/rollback")
+async def rollback(request: Request, model: str) -> Response:
+    """Serve the posted version of ``model`` (Triton reloads it)."""
+    form = await _action(request)
+    from pytrain.publish.versions import rollback as do_rollback
+
+    settings: Settings = request.app.state.settings
+    version = str(form.get("version") or "")
+    if not version.isdigit():
+        raise PyTrainError(f"version {version[:20]!r} is not a version number", hint="pick one on the Models page")
+    change = await run_in_threadpool(lambda: do_rollback(model, int(version), settings=settings, url=settings.triton_grpc_url))
+    return _back(request, "/models", f"model {model}: serving {change.served} (was {change.previous}); {change.message}")
