@@ -176,3 +176,25 @@ def test_a_class_name_and_an_error_holding_a_script_are_shown_as_text(driver, co
             driver.switch_to.alert.text
         scripts = driver.execute_script("return Array.from(document.scripts).map(s => s.src + '|' + s.textContent);")
         assert scripts == [f"{console.url}/static/console.js|"]
+
+
+def test_the_sources_page_shows_each_dataset_s_classes_and_its_bad_files_with_reasons(driver, console, console_engine):
+    from pytrain.db import VideoCatalog
+    from console_stub import LAYOUT
+
+    rows = []
+    for folder, count in LAYOUT["dataset1"].items():
+        for i in range(count):
+            bad = folder == "eating" and i == 0
+            rows.append({"dataset": "dataset1", "path": f"{folder}/clip_{i:03d}.mp4", "size_bytes": 1000 + i, "mtime_ns": i,
+                         "content_hash": f"{folder}{i}", "duration_s": None if bad else 2.0, "frame_count": None if bad else 30,
+                         "fps": None if bad else 15.0, "width": None if bad else 96, "height": None if bad else 64,
+                         "codec": None if bad else "h264", "pixel_format": None if bad else "yuv420p",
+                         "status": "bad" if bad else "ok", "reason": f"moov atom not found {SCRIPT}" if bad else None})
+    VideoCatalog(console_engine).upsert(rows)
+    driver.get(f"{console.url}/sources")
+    section = by_css(driver, "#dataset-dataset1").text
+    assert "15 files, 14 good" in section
+    assert "cooking 5 bread" in section and "eating 4" in section
+    assert f"eating/clip_000.mp4 moov atom not found {SCRIPT}" in section
+    screenshot(driver, "sources")

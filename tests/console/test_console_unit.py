@@ -18,7 +18,7 @@ from pytrain.errors import ConfigurationError
 
 def test_a_password_is_kept_as_a_salted_scrypt_hash():
     stored = hash_password("s3cret password")
-    assert stored.startswith("scrypt$16384$8$1$") and "s3cret" not in stored
+    assert stored.startswith("scrypt:16384:8:1:") and "s3cret" not in stored and "$" not in stored
     assert stored != hash_password("s3cret password")  # a new salt each time
     assert verify_password("s3cret password", stored) and not verify_password("s3cret passwore", stored)
     assert verify_password(PASSWORD, PASSWORD_HASH)

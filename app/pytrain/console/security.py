@@ -40,7 +40,8 @@ CSRF_FIELD = "csrf_token"
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """``scrypt$N$r$p$SALT$HASH`` (base64) of ``password``: what ``PYTRAIN_CONSOLE_PASSWORD_HASH`` holds.
+    """``scrypt:N:r:p:SALT:HASH`` (base64) of ``password``: what ``PYTRAIN_CONSOLE_PASSWORD_HASH`` holds
+    (``:``, not ``$``, between the parts: a ``$`` would be expanded in a shell, an ``.env`` file or a unit file).
 
     Raises:
         ConfigurationError: an empty password.
@@ -50,7 +51,7 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=64 * 2**20, **_SCRYPT)
     parts = [_PREFIX, str(_SCRYPT["n"]), str(_SCRYPT["r"]), str(_SCRYPT["p"]), _b64(salt), _b64(digest)]
-    return "$".join(parts)
+    return ":".join(parts)
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -59,7 +60,7 @@ def verify_password(password: str, stored: str) -> bool:
     Raises:
         ConfigurationError: ``stored`` is not such a hash (names the setting to fix).
     """
-    parts = stored.split("$")
+    parts = stored.split(":")
     try:
         if len(parts) != 6 or parts[0] != _PREFIX:
             raise ValueError(stored[:10])
