@@ -55,7 +55,6 @@ def fill_form(driver, console, values: dict[str, str]) -> None:
         field = by_css(driver, f"[name='{name}']")
         field.clear()
         field.send_keys(value)
-    screenshot(driver, "submit")
     by_css(driver, "#submit-button").click()
 
 
@@ -95,6 +94,11 @@ def test_a_task_submitted_in_the_form_goes_from_queued_to_succeeded_live_and_its
     moving = sorted({percent for status, percent in seen if status == "running" and 0 < percent < 100})
     assert len(moving) >= 2, seen  # the bar moved through the epochs
     assert seen[-1][1] == 100.0 and by_css(driver, ".task-head [data-field='version']").text == "1"
+    assert not by_css(driver, f"#cancel-{task_id}").is_displayed() and not by_css(driver, f"#retry-{task_id}").is_displayed()
+    by_css(driver, "[data-show='ended'] a").click()  # the note the page showed at the end: the final figures
+    assert by_css(driver, "svg[aria-label='val_accuracy'] polyline").get_attribute("points").count(",") == 4  # one point per epoch
+    assert "succeeded" in by_css(driver, "table.runs").text and "epoch 4/4" in by_css(driver, "#log").text
+    assert by_css(driver, "table.confusion").text.split() == ["cooking", "drinking", "cooking", "2", "0", "drinking", "0", "2"]
     screenshot(driver, "task")
 
     def models_row() -> str:

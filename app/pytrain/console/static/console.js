@@ -4,9 +4,12 @@
   "use strict";
   var nodes = document.querySelectorAll("[data-task-id]");
   var ids = [];
+  var ended = {};  // tasks that had ended when the page was rendered
   nodes.forEach(function (node) {
     var id = node.getAttribute("data-task-id");
     if (ids.indexOf(id) < 0) { ids.push(id); }
+    var status = node.querySelector('[data-field="status"]');
+    if (status && ["succeeded", "failed", "cancelled"].indexOf(status.textContent.trim()) >= 0) { ended[id] = true; }
   });
   if (!ids.length || !window.EventSource) { return; }
 
@@ -33,6 +36,9 @@
       node.querySelectorAll('[data-show="retryable"]').forEach(function (el) {
         el.hidden = state.status !== "failed" && state.status !== "cancelled";
       });
+      if (state.final && !ended[state.id]) {  // rendered before the end: offer the final figures
+        node.querySelectorAll('[data-show="ended"]').forEach(function (el) { el.hidden = false; });
+      }
     });
   }
 
