@@ -3,6 +3,7 @@ real Triton publishes and serves the models): see ``tests/fixtures/console.py``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from typing import Iterator
@@ -12,7 +13,7 @@ import pytest
 from fixtures.clips import write_tree
 from fixtures.console import PASSWORD_HASH, ConsoleProcess
 from fixtures.db import _drop_database, _new_database, _to_sqlalchemy
-from fixtures.processes import orchestrator_env
+from fixtures.processes import orchestrator_env, stop_group
 from console_stub import CLASSES, CLIP, LAYOUT, STUB, WORKER
 from fixtures.triton import export_test_model
 
@@ -90,10 +91,5 @@ def orchestrator(console_settings, console_engine, tmp_path_factory: pytest.Temp
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, signal.SIGTERM, timeout=30)
         log.close()
