@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         default=None, description="Key that signs the console's session cookies; unset: a random one per start (logins end with a restart).",
     )
     console_session_seconds: int = Field(default=12 * 3600, ge=60, description="How long a console login lasts (seconds).")
+    console_tracking_url: str | None = Field(
+        default=None,
+        description="Base URL of MLflow's UI the console's Task page links a run to (`pytrain tracking ui`: http://127.0.0.1:5000). "
+        "Unset: PYTRAIN_MLFLOW_TRACKING_URI when it is an http(s) URL, else no link.",
+    )
     console_secure_cookie: bool = Field(
         default=False, description="Mark the session cookie Secure (set it when the console is reached over HTTPS through a reverse proxy).",
     )

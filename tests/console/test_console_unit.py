@@ -119,3 +119,29 @@ def test_on_a_public_address_every_page_needs_a_login(settings, engine, tmp_path
         assert client.request("/events?ids=1")[0] == 403
         client.log_in()
         assert [client.request(path)[0] for path in ("/tasks", "/submit", "/workers")] == [200, 200, 200]
+
+
+def test_the_task_page_links_to_the_mlflow_run_the_tracker_logged(tracking_settings, engine, tmp_path, mlflow_server):
+    from fixtures.processes import orchestrator_env
+    from pytrain.db import TaskQueue
+    from pytrain.serving import free_port
+    from pytrain.tracking.logged import TrackedRun
+    from pytrain.tracking.store import make_client
+    from pytrain.tracking.tracker import sync_run
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "tracked", "sources": ["dataset1"], "classes": ["a", "b"], "options": {"experiment": "exp-x"}})
+    claim = queue.claim("host-gpu0", 60)
+    untracked = queue.submit({"model_name": "tracked", "sources": ["dataset1"], "classes": ["a", "b"]})
+    run = TrackedRun.from_row(claim.task, run_id=claim.run_id, worker_id="host-gpu0", runner="local", task_dir=None)
+    mlflow_run_id, _ = sync_run(make_client(tracking_settings), run, tracking_settings)  # what the orchestrator's tracker does
+    experiment_id = make_client(tracking_settings).get_experiment_by_name("exp-x").experiment_id
+    env = orchestrator_env(tracking_settings, "unused", lease_seconds=5, heartbeat_seconds=1, poll_seconds=1, PYTRAIN_MLFLOW="on",
+                           PYTRAIN_MLFLOW_TRACKING_URI=mlflow_server.url)
+    with ConsoleProcess(env, tmp_path / "console.log", free_port()) as console:
+        client = Client(console.url)
+        page = client.request(f"/tasks/{task_id}")[1]
+        status, _, headers = client.request(f"/tasks/{task_id}/tracking")
+        other = client.request(f"/tasks/{untracked}")[1]
+    assert 'id="tracking-link"' in page and 'id="tracking-link"' not in other  # a task that never ran has no link
+    assert (status, headers["location"]) == (303, f"{mlflow_server.url}/#/experiments/{experiment_id}/runs/{mlflow_run_id}")

@@ -186,6 +186,13 @@ async def task(request: Request, task_id: int) -> Response:
     return _render(request, "task.html", **data)
 
 
+@router.get("/tasks/{task_id}/tracking", dependencies=[Depends(_page_login)])
+async def tracking(request: Request, task_id: int) -> Response:
+    """A redirect to the MLflow UI's page of the task's latest run."""
+    link = await run_in_threadpool(views.tracking_link, request.app.state.queue, request.app.state.settings, task_id)
+    return RedirectResponse(link, status_code=303)
+
+
 @router.get("/submit", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
 async def submit_page(request: Request) -> Response:
     """The Submit form, made from the column table and the training options."""

@@ -159,10 +159,46 @@ def task_page(queue: TaskQueue, settings: Settings, task_id: int) -> dict[str, A
     folder = task_folder(settings, row)
     records = read_progress_records(folder) if folder is not None else []
     columns = {name: _shown(value) for name, value in row.to_dict().items()}
+    runs = queue.runs(task_id)
     return {
-        "row": row, "state": task_state(row), "columns": columns, "runs": queue.runs(task_id), "curves": curves(records),
+        "row": row, "state": task_state(row), "columns": columns, "runs": runs, "curves": curves(records),
         "report": class_report(row.metrics), "log": log_tail(folder), "folder": folder,
+        "tracking": bool(runs) and tracking_ui(settings) is not None,
     }
+
+
+def tracking_ui(settings: Settings) -> str | None:
+    """The MLflow UI a Task page links to: ``PYTRAIN_CONSOLE_TRACKING_URL``, else an http(s)
+    ``PYTRAIN_MLFLOW_TRACKING_URI``; ``None`` with tracking off or no UI known."""
+    if settings.mlflow != "on":
+        return None
+    uri = settings.mlflow_tracking_uri.get_secret_value() if settings.mlflow_tracking_uri else ""
+    ui = settings.console_tracking_url or (uri if uri.startswith(("http://", "https://")) else None)
+    return ui.rstrip("/") if ui else None
+
+
+def tracking_link(queue: TaskQueue, settings: Settings, task_id: int) -> str:
+    """The MLflow UI page of the task's latest run (found as the orchestrator's tracker logged it).
+
+    Raises:
+        TaskNotFoundError: no such task.
+        ConfigurationError: tracking is off, the UI is unknown, or the run has no MLflow run yet.
+    """
+    from pytrain.tracking.logged import TrackedRun
+    from pytrain.tracking.store import make_client
+    from pytrain.tracking.tracker import find_run
+
+    ui = tracking_ui(settings)
+    row, runs = queue.get(task_id), queue.runs(task_id)
+    if ui is None or not runs:
+        raise ConfigurationError(f"task {task_id} has no tracking run to show" + ("" if runs else ": it has not run yet"),
+                                 hint="set PYTRAIN_MLFLOW=on and PYTRAIN_CONSOLE_TRACKING_URL (MLflow's UI, `pytrain tracking ui`)")
+    run = TrackedRun.from_row(row, run_id=runs[-1].id, worker_id=runs[-1].worker_id, runner="", task_dir=None)
+    found = find_run(make_client(settings), run)
+    if found is None:
+        raise ConfigurationError(f"task {task_id}'s run {run.run_id} has no MLflow run yet in experiment {run.experiment!r}",
+                                 hint="the orchestrator logs it within seconds; `pytrain tracking sync` catches up")
+    return f"{ui}/#/experiments/{found[0]}/runs/{found[1]}"
 
 
 def _shown(value: Any) -> str:
