@@ -40,13 +40,18 @@ def test_the_tasks_page_shows_the_newest_page_and_links_to_the_older_ones(consol
     assert [i for p in seen for i in p] == sorted(many_tasks, reverse=True)  # every task once, newest first
 
 
-def test_the_tasks_page_filters_by_status_and_model(console, many_tasks):
+def test_the_tasks_page_filters_by_status_model_and_sweep(console, console_engine, many_tasks):
+    with console_engine.begin() as conn:  # a sweep's trials carry the task options sweep and trial (issue 22)
+        conn.execute(text("""UPDATE training_tasks SET options = jsonb_build_object('sweep', 'lr-search', 'trial', id)
+                             WHERE id = ANY(:ids)"""), {"ids": many_tasks[:3]})
     client = Client(console.url)
     _, failed, _ = client.request("/tasks?status=failed")
     _, model, _ = client.request("/tasks?model=m1&status=")
+    _, sweep, _ = client.request("/tasks?sweep=lr-search")
     _, bad, _ = client.request("/tasks?status=exploded")
     assert ids_on(failed) == sorted(many_tasks[::10], reverse=True)
     assert ids_on(model) == sorted(many_tasks[1::3], reverse=True)[:PAGE_SIZE]
+    assert ids_on(sweep) == sorted(many_tasks[:3], reverse=True) and f"sweep lr-search trial {many_tasks[0]}" in sweep
     assert "status &#39;exploded&#39; is not one of queued, running, succeeded, failed, cancelled" in bad
 
 

@@ -173,10 +173,12 @@ async def login_page(request: Request, next: str | None = None, token: str | Non
 
 
 @router.get("/tasks", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
-async def tasks(request: Request, status: str | None = None, model: str | None = None, before: int | None = None) -> Response:
-    """The Tasks page: one page of tasks, newest first, filtered by status and model."""
-    data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None, before=before)
-    return _render(request, "tasks.html", status=status or "", model=model or "", **data)
+async def tasks(request: Request, status: str | None = None, model: str | None = None, sweep: str | None = None,
+                before: int | None = None) -> Response:
+    """The Tasks page: one page of tasks, newest first, filtered by status, model and sweep."""
+    data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None,
+                                   sweep=sweep or None, before=before)
+    return _render(request, "tasks.html", status=status or "", model=model or "", sweep=sweep or "", **data)
 
 
 @router.get("/tasks/{task_id}", dependencies=[Depends(_page_login)], response_class=HTMLResponse)

@@ -60,7 +60,7 @@ def parse_ids(text: str) -> list[int]:
     return [int(part) for part in ids]
 
 
-def tasks_page(queue: TaskQueue, *, status: str | None, model: str | None, before: int | None) -> dict[str, Any]:
+def tasks_page(queue: TaskQueue, *, status: str | None, model: str | None, before: int | None, sweep: str | None = None) -> dict[str, Any]:
     """The Tasks page: one page of rows (newest first), the next page's ``before``, the counts per status.
 
     Raises:
@@ -70,7 +70,7 @@ def tasks_page(queue: TaskQueue, *, status: str | None, model: str | None, befor
         raise ConfigurationError(f"status {status!r} is not one of {', '.join(STATUSES)}", hint="pick one from the filter")
     from pytrain.cli.tasks import _weak_recall_text
 
-    rows = queue.list(status=status, model=model, before=before, limit=PAGE_SIZE + 1)
+    rows = queue.list(status=status, model=model, sweep=sweep, before=before, limit=PAGE_SIZE + 1)
     page = rows[:PAGE_SIZE]
     tasks = [{"row": row, "state": task_state(row), "weak": _weak_recall_text(row.metrics)} for row in page]
     return {"tasks": tasks, "next_before": page[-1].id if len(rows) > PAGE_SIZE else None, "counts": queue.counts()}

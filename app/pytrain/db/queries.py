@@ -229,12 +229,14 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 
 GET_TASK = text("SELECT * FROM training_tasks WHERE id = :task_id")
 
-#: The newest tasks, optionally of one status and model; ``before`` pages by id (a keyset: the
-#: console's next page costs the same on page 1 and page 200, which ``OFFSET`` would not).
+#: The newest tasks, optionally of one status, model and sweep (the task option ``sweep`` a
+#: sweep's trials carry); ``before`` pages by id (a keyset: the console's next page costs the same
+#: on page 1 and page 200, which ``OFFSET`` would not).
 LIST_TASKS = text("""
 SELECT * FROM training_tasks
 WHERE (CAST(:status AS text) IS NULL OR status = :status)
   AND (CAST(:model AS text) IS NULL OR model_name = :model)
+  AND (CAST(:sweep AS text) IS NULL OR options->>'sweep' = :sweep)
   AND (CAST(:before AS bigint) IS NULL OR id < :before)
 ORDER BY id DESC
 LIMIT :limit

@@ -244,10 +244,12 @@ class TaskQueue(Repository):
             raise TaskNotFoundError(f"no training task with id {task_id}", hint="`pytrain tasks` lists them")
         return TaskRow.from_mapping(rows[0])
 
-    def list(self, *, status: str | None = None, model: str | None = None, limit: int = 50, before: int | None = None) -> list[TaskRow]:
-        """The newest ``limit`` tasks (optionally only those in ``status`` and of ``model``, and with
-        an id below ``before``: the next page), newest first."""
-        params = {"status": status, "model": model, "limit": limit, "before": before}
+    def list(self, *, status: str | None = None, model: str | None = None, limit: int = 50, before: int | None = None,
+             sweep: str | None = None) -> list[TaskRow]:
+        """The newest ``limit`` tasks (optionally only those in ``status``, of ``model``, of the
+        sweep named ``sweep`` (task option ``sweep``), and with an id below ``before``: the next
+        page), newest first."""
+        params = {"status": status, "model": model, "limit": limit, "before": before, "sweep": sweep}
         return [TaskRow.from_mapping(row) for row in self._execute(queries.LIST_TASKS, params)]
 
     def states(self, task_ids: list[int]) -> list[dict[str, Any]]:
