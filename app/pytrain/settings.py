@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     console_password_hash: SecretStr | None = Field(
         default=None,
         description="scrypt hash of the console's password (`pytrain console --hash-password` makes one). Unset: the "
-        "console prints a one-time login link at start and listens on a loopback address only.",
+        "console prints a login link with a token made at start and listens on a loopback address only.",
     )
     console_secret_key: SecretStr | None = Field(
         default=None, description="Key that signs the console's session cookies; unset: a random one per start (logins end with a restart).",

@@ -145,3 +145,26 @@ def test_the_task_page_links_to_the_mlflow_run_the_tracker_logged(tracking_setti
         other = client.request(f"/tasks/{untracked}")[1]
     assert 'id="tracking-link"' in page and 'id="tracking-link"' not in other  # a task that never ran has no link
     assert (status, headers["location"]) == (303, f"{mlflow_server.url}/#/experiments/{experiment_id}/runs/{mlflow_run_id}")
+
+
+def test_without_a_password_the_link_printed_at_start_logs_in_and_nothing_else_does(settings, engine, tmp_path):
+    import re
+
+    from fixtures.processes import orchestrator_env
+    from pytrain.db import TaskQueue
+    from pytrain.serving import free_port
+
+    task_id = TaskQueue(engine).submit({"model_name": "k", "sources": ["dataset1"], "classes": ["a", "b"]})
+    env = orchestrator_env(settings, "unused", lease_seconds=5, heartbeat_seconds=1, poll_seconds=1)
+    with ConsoleProcess(env, tmp_path / "console.log", free_port()) as console:
+        link = re.search(r"http://127\.0\.0\.1:\d+(/login\?token=[\w-]+)", (tmp_path / "console.log").read_text())[1]
+        client = Client(console.url)
+        assert client.request("/tasks")[0] == 200  # loopback: pages are open
+        token = client.csrf()
+        assert client.request(f"/tasks/{task_id}/cancel", {"csrf_token": token})[0] == 403  # actions are not
+        assert client.request("/login", {"csrf_token": token, "password": "guess"})[0] == 401
+        assert client.request("/login?token=not-the-token")[0] == 200  # the login page again, not a login
+        status, _, headers = client.request(link)
+        assert (status, headers["location"]) == (303, "/tasks")
+        status, _, _ = client.request(f"/tasks/{task_id}/cancel", {"csrf_token": client.csrf("/tasks")})
+    assert status == 303 and TaskQueue(engine).get(task_id).status == "cancelled"

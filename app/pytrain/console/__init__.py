@@ -8,7 +8,7 @@ See ``docs/console.md``.
 
 Example::
 
-    pytrain console                                   # http://127.0.0.1:8080, a one-time login link on stderr
+    pytrain console                                   # http://127.0.0.1:8080, a login link (a token made at start) on stderr
     PYTRAIN_CONSOLE_PASSWORD_HASH=$(pytrain console --hash-password) pytrain console --host 0.0.0.0
 """
 
@@ -30,7 +30,7 @@ def create_app(settings: Settings, **kwargs):  # noqa: ANN201 - FastAPI is impor
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the console until interrupted.
 
-    Without ``PYTRAIN_CONSOLE_PASSWORD_HASH`` a one-time login token is made and a login link with
+    Without ``PYTRAIN_CONSOLE_PASSWORD_HASH`` a login token is made (valid until the console stops) and a login link with
     it printed on stderr (loopback only).
 
     Raises:
@@ -44,7 +44,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> N
     app = create_app(settings, host=host, login_token=token)
     shown = f"[{host}]" if ":" in host else host
     if token:
-        print(f"PyTrain console: http://{shown}:{port}/login?token={token} (a one-time login link; "
+        print(f"PyTrain console: http://{shown}:{port}/login?token={token} (the token is valid until the console stops; "
               "set PYTRAIN_CONSOLE_PASSWORD_HASH for a password)", file=sys.stderr, flush=True)
     else:
         print(f"PyTrain console: http://{shown}:{port}/", file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 - A password (``PYTRAIN_CONSOLE_PASSWORD_HASH``, made by ``pytrain console --hash-password``) is kept
   only as its scrypt hash (:func:`hash_password`, :func:`verify_password`; RFC 7914, the standard
-  library's :func:`hashlib.scrypt`). Without one the console makes a one-time token at start and
+  library's :func:`hashlib.scrypt`). Without one the console makes a token at start (valid until it stops) and
   prints a login link with it (like Jupyter), allowed on a loopback address only
   (:func:`check_bind`).
 - The session is Starlette's signed cookie (HttpOnly, SameSite=Strict); it holds who logged in
@@ -102,7 +102,7 @@ def check_bind(host: str, password_hash: str | None) -> None:
 
 
 def new_token() -> str:
-    """A random URL-safe token (32 bytes): a CSRF token, a one-time login token, a session key."""
+    """A random URL-safe token (32 bytes): a CSRF token, a login token, a session key."""
     return secrets.token_urlsafe(32)
 
 
