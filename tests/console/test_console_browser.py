@@ -108,7 +108,6 @@ def test_a_task_submitted_in_the_form_goes_from_queued_to_succeeded_live_and_its
 
     row = wait_for(models_row, "version 1 READY on the Models page", timeout=60, step=0.5)
     assert "cooking, drinking" in row and "8x32x32" in row and "0.750 yes" in row
-    screenshot(driver, "models")
     driver.get(f"{console.url}/tasks")
     screenshot(driver, "tasks")
 
@@ -134,15 +133,16 @@ def test_cancelling_a_running_task_from_its_page_stops_the_run_within_seconds(dr
     queue = TaskQueue(console_engine)
     task_id = queue.submit({"model_name": "long_run", "sources": ["dataset1"], "classes": CLASSES, "epochs": 1000})
     pid = running(queue, task_id, console_settings)
+    driver.get(f"{console.url}/workers")
+    worker = by_css(driver, f"#workers tr[data-task-id='{task_id}']").text
+    assert worker.startswith("console-worker") and f"{task_id} (long_run)" in worker  # the live orchestrator and its task
+    screenshot(driver, "workers")
     driver.get(f"{console.url}/tasks/{task_id}")
     by_css(driver, f"#cancel-{task_id}").click()
     wait_for(lambda: by_css(driver, ".task-head [data-field='status']").text == "cancelled", "the page showing cancelled", timeout=30)
     wait_for(lambda: not pid_alive(pid), "the stub training stopped", timeout=15)
     wait_for(lambda: queue.runs(task_id)[-1].outcome is not None, "the run's end recorded", timeout=15)
     assert queue.runs(task_id)[-1].outcome.value == "cancelled"
-    driver.get(f"{console.url}/workers")
-    assert "console-worker" in by_css(driver, "#workers").text
-    screenshot(driver, "workers")
 
 
 def test_rolling_back_from_the_models_page_makes_triton_serve_that_version(driver, console, console_settings, tmp_path):
@@ -164,6 +164,7 @@ def test_rolling_back_from_the_models_page_makes_triton_serve_that_version(drive
         wait_for(lambda: client.is_model_ready("console_rollback", "1"), "version 1 served after the rollback", timeout=60)
         assert not client.is_model_ready("console_rollback", "2")
     assert by_css(driver, "#model-console_rollback-1 [data-field='served']").text == "yes"
+    screenshot(driver, "models")
 
 
 def test_a_class_name_and_an_error_holding_a_script_are_shown_as_text(driver, console, console_engine):
