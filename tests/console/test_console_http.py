@@ -107,3 +107,17 @@ def test_user_supplied_text_is_escaped(console, console_engine, console_settings
     for page in pages:
         assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "line 1\n&lt;script&gt;alert(1)&lt;/script&gt;" in pages[1]  # the log tail, as text
+
+
+def test_every_task_page_has_a_json_twin(console, many_tasks):
+    import json
+
+    client = Client(console.url)
+    status, body, headers = client.request("/tasks.json?status=failed&model=m0")
+    page = json.loads(body)
+    assert (status, headers["content-type"]) == (200, "application/json")
+    assert [t["id"] for t in page["tasks"]] == [many_tasks[i] for i in (90, 60, 30, 0)]  # every 10th failed, every 3rd is m0
+    assert page["tasks"][0]["state"]["status"] == "failed" and page["counts"]["failed"] >= 12 and page["next_before"] is None
+    one = json.loads(client.request(f"/tasks/{many_tasks[0]}.json")[1])
+    assert (one["id"], one["error"], one["runs"]) == (many_tasks[0], "boom", [])
+    assert client.request("/tasks/999999.json")[0] == 404

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -179,6 +180,24 @@ async def tasks(request: Request, status: str | None = None, model: str | None =
     data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None,
                                    sweep=sweep or None, before=before)
     return _render(request, "tasks.html", status=status or "", model=model or "", sweep=sweep or "", **data)
+
+
+@router.get("/tasks.json", dependencies=[Depends(_page_login)])
+async def tasks_json(request: Request, status: str | None = None, model: str | None = None, sweep: str | None = None,
+                     before: int | None = None) -> Response:
+    """The Tasks page as JSON: ``{"tasks": [every column but metrics, with "state"], "next_before", "counts"}``."""
+    data = await run_in_threadpool(views.tasks_page, request.app.state.queue, status=status or None, model=model or None,
+                                   sweep=sweep or None, before=before)
+    tasks = [{**{k: v for k, v in t["row"].to_dict().items() if k != "metrics"}, "state": t["state"]} for t in data["tasks"]]
+    return JSONResponse(jsonable_encoder({"tasks": tasks, "next_before": data["next_before"], "counts": data["counts"]}))
+
+
+@router.get("/tasks/{task_id:int}.json", dependencies=[Depends(_page_login)])
+async def task_json(request: Request, task_id: int) -> Response:
+    """One task as JSON, as ``pytrain show`` prints it: every column, with its runs under "runs"."""
+    queue: TaskQueue = request.app.state.queue
+    row, runs = await run_in_threadpool(lambda: (queue.get(task_id), queue.runs(task_id)))
+    return JSONResponse(jsonable_encoder({**row.to_dict(), "runs": runs}))
 
 
 @router.get("/tasks/{task_id}", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
