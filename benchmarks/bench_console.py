@@ -5,8 +5,9 @@ Fills a fresh database (the embedded PostgreSQL under a temporary folder, or the
 ones with per-class metrics, failed ones with an error), starts the console app with uvicorn on a
 free loopback port in this process, and times complete HTTP GETs (query, render, transfer) of:
 
-- the first page (``/tasks``), a status filter (``/tasks?status=succeeded``), a model filter, and
-  a page deep in the list (``/tasks?before=<the middle id>``).
+- the first page (``/tasks``), a status filter (``/tasks?status=succeeded``), a model filter, a
+  sweep filter (every 50th task is a trial of sweep ``s1``), and a page deep in the list
+  (``/tasks?before=<the middle id>``).
 
 Run::
 
@@ -44,7 +45,7 @@ def _row(i: int) -> dict:
     status = STATUSES[i % len(STATUSES)]
     row = {"model_name": f"model{i % 7}", "sources": ["dataset1"], "classes": CLASSES, "epochs": 20, "status": status,
            "progress": {}, "metrics": None, "version": None, "error": None, "worker_id": None,
-           "lease_expires_at": None}  # every row the same keys: one executemany
+           "lease_expires_at": None, "options": {"sweep": "s1", "trial": i} if i % 50 == 0 else {}}  # the same keys: one executemany
     if status in ("running", "succeeded"):
         row["progress"] = {"event": "epoch", "epoch": 20 if status == "succeeded" else i % 20 + 1, "epochs": 20,
                            "train_loss": 0.4, "val_accuracy": 0.8, "clips_per_second": 30.0}
@@ -114,7 +115,7 @@ def main() -> int:
         upgrade(engine)
         ids = fill(engine, args.rows)
         base, server = serve(settings, engine)
-        pages = {"first page": "/tasks", "status=succeeded": "/tasks?status=succeeded", "model=model3": "/tasks?model=model3",
+        pages = {"first page": "/tasks", "status=succeeded": "/tasks?status=succeeded", "model=model3": "/tasks?model=model3", "sweep=s1": "/tasks?sweep=s1",
                  "deep page": f"/tasks?before={ids[len(ids) // 2]}"}
         results = {name: time_page(base + path, args.requests) for name, path in pages.items()}
         server.should_exit = True
