@@ -85,7 +85,7 @@ def orchestrator(console_settings, console_engine, tmp_path_factory: pytest.Temp
     spec = TensorSpec(class_list=CLASSES, architecture="nearest_colour", **CLIP)
     spec.save(model_dir)
     export_test_model(model_dir / "model.onnx", CLASSES, **CLIP, input_name=spec.input_name, output_name=spec.output_name)
-    env = _env(console_settings, CONSOLE_MODEL_DIR=str(model_dir), CONSOLE_EPOCH_SECONDS="1.0")
+    env = _env(console_settings, CONSOLE_MODEL_DIR=str(model_dir), CONSOLE_EPOCH_SECONDS="1.5")
     log = open(tmp_path_factory.mktemp("orchestrator-log") / "orchestrator.log", "ab")
     proc = subprocess.Popen([sys.executable, "-c", WORKER, STUB], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -49,6 +49,16 @@ def by_css(driver, selector: str):
     return driver.find_element(By.CSS_SELECTOR, selector)
 
 
+def text_of(driver, selector: str) -> str:
+    """The element's text; ``""`` while the page is being replaced (a click that navigates)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return by_css(driver, selector).text
+    except StaleElementReferenceException:
+        return ""
+
+
 def fill_form(driver, console, values: dict[str, str]) -> None:
     driver.get(f"{console.url}/submit")
     for name, value in values.items():
@@ -139,7 +149,7 @@ def test_cancelling_a_running_task_from_its_page_stops_the_run_within_seconds(dr
     screenshot(driver, "workers")
     driver.get(f"{console.url}/tasks/{task_id}")
     by_css(driver, f"#cancel-{task_id}").click()
-    wait_for(lambda: by_css(driver, ".task-head [data-field='status']").text == "cancelled", "the page showing cancelled", timeout=30)
+    wait_for(lambda: text_of(driver, ".task-head [data-field='status']") == "cancelled", "the page showing cancelled", timeout=30)
     wait_for(lambda: not pid_alive(pid), "the stub training stopped", timeout=15)
     wait_for(lambda: queue.runs(task_id)[-1].outcome is not None, "the run's end recorded", timeout=15)
     assert queue.runs(task_id)[-1].outcome.value == "cancelled"
