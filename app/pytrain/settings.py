@@ -142,6 +142,25 @@ class Settings(BaseSettings):
         "/models); TensorRT engine caches are written below it.",
     )
 
+    # --- web console (pytrain.console; docs/console.md) -------------------------------------
+    console_password_hash: SecretStr | None = Field(
+        default=None,
+        description="scrypt hash of the console's password (`pytrain console --hash-password` makes one). Unset: the "
+        "console prints a login link with a token made at start and listens on a loopback address only.",
+    )
+    console_secret_key: SecretStr | None = Field(
+        default=None, description="Key that signs the console's session cookies; unset: a random one per start (logins end with a restart).",
+    )
+    console_session_seconds: int = Field(default=12 * 3600, ge=60, description="How long a console login lasts (seconds).")
+    console_tracking_url: str | None = Field(
+        default=None,
+        description="Base URL of MLflow's UI the console's Task page links a run to (`pytrain tracking ui`: http://127.0.0.1:5000). "
+        "Unset: PYTRAIN_MLFLOW_TRACKING_URI when it is an http(s) URL, else no link.",
+    )
+    console_secure_cookie: bool = Field(
+        default=False, description="Mark the session cookie Secure (set it when the console is reached over HTTPS through a reverse proxy).",
+    )
+
     # --- decoding ----------------------------------------------------------------------
     decoder: Literal[DECODERS] = Field(  # type: ignore[valid-type]
         default=DECODERS[0],

@@ -228,8 +228,8 @@ def submit(
     **columns: Any,
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
-    from pytrain.db import TASK_DEFAULTS, SourceRegistry, TaskRequest
-    from pytrain.task_check import check_task
+    from pytrain.db import SourceRegistry, TaskRequest
+    from pytrain.task_check import check_submission
 
     given = {name: _split(value) if isinstance(value, list) else value for name, value in columns.items() if value is not None}
     if option:
@@ -237,15 +237,7 @@ def submit(
     request = TaskRequest.parse(given)
     settings = _settings()
     queue = _queue(settings)
-    registered = set(SourceRegistry(queue.engine).names())
-    unregistered = [s for s in request.sources if s not in registered]
-    if unregistered:
-        raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
-    _check_architecture(request.architecture)
-    # The datasets may lie under another mount on the worker's host: their data is checked here
-    # only where every folder is seen (the worker checks again when it prepares the task).
-    seen = all((settings.sources_dir / name).is_dir() for name in request.sources)
-    check_task({**TASK_DEFAULTS, **request.columns()}, sources_dir=settings.sources_dir if seen else None, registered=registered)
+    check_submission(request.columns(), sources_dir=settings.sources_dir, registered=SourceRegistry(queue.engine).names())
     task_id = queue.submit(request.columns())
     typer.echo(f"task {task_id} queued ({request.model_name})")
 
@@ -266,18 +258,6 @@ def _options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
-
-
-def _check_architecture(architecture: str | None) -> None:
-    """Reject an architecture training does not know; skipped where the training extra is not installed."""
-    if architecture is None:
-        return
-    try:
-        from pytrain.training.models import ARCHITECTURES
-    except ImportError:  # an orchestrator-only install: the training run reports it
-        return
-    if architecture not in ARCHITECTURES:
-        raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"--architecture one of {sorted(ARCHITECTURES)}")
 
 
 def _progress_text(task: dict[str, Any]) -> str:
