@@ -20,7 +20,7 @@ What every runner shares lives here, written once:
   :func:`training_environment`, what a training process started on a host inherits;
 - :func:`tail` and :func:`oom_marker`, the end of a run's log and the out-of-memory evidence in it.
 
-A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
+A new runner (Slurm, Ray, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
 :func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
 """
 
@@ -55,6 +55,8 @@ class PreparedTask:
         sources_root: absolute path of the sources root on this host.
         timeout_seconds: kill the run after this long; ``None`` for no limit.
         gpus: GPU ids for the run (``"0,1"``, ``"all"``) or ``None`` for CPU.
+        run_id: the ``task_runs`` row of this run, when a worker claimed it (a Ray job's
+            submission id carries it); ``None`` for a run started by hand.
     """
 
     spec: TaskSpec
@@ -62,6 +64,7 @@ class PreparedTask:
     sources_root: Path
     timeout_seconds: float | None = None
     gpus: str | None = None
+    run_id: int | None = None
 
     @property
     def task_id(self) -> int:
@@ -164,7 +167,7 @@ def check_nodes(runner: Runner, task: PreparedTask) -> None:
     if nodes > 1 and not isinstance(runner, ClusterRunner):
         raise ConfigurationError(
             f"task {task.task_id} asks for nodes = {nodes}, but the {runner.name} runner trains on one host",
-            hint="set nodes = 1, or run it with PYTRAIN_RUNNER=slurm",
+            hint="set nodes = 1, or run it with PYTRAIN_RUNNER=slurm or ray",
         )
 
 
