@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import queue
 import signal
@@ -350,7 +351,7 @@ def main() -> int:
 
     spec = JobSpec.from_json(os.environ[JOB_SPEC_VARIABLE])
     signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`: cancel the node tasks, then go
-    ray.init(address="auto", log_to_driver=False)  # the nodes' output comes as data (run_node), in order
+    ray.init(address="auto", log_to_driver=False, logging_level=logging.WARNING)  # the nodes' output comes as data (run_node), in order
     driver = _Driver(spec)
     try:
         driver.start()
