@@ -8,6 +8,7 @@ external boundary, so each part of the pipeline owns its own:
 - ``fixtures.slurm``  -- a real two-node Slurm cluster on this host (scripts/start_slurm.sh)
 - ``fixtures.docs``   -- the documentation site built with ``mkdocs build --strict``
 - ``fixtures.mlflow`` -- a real ``mlflow server`` on the test PostgreSQL (experiment tracking)
+- ``fixtures.ray``    -- a real Ray cluster on this host: a head and two worker nodes (``ray start``)
 """
 
 import os
@@ -17,4 +18,4 @@ import os
 # processes, builds an MLflow store.
 os.environ.setdefault("PYTRAIN_MLFLOW", "off")
 
-pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs", "fixtures.mlflow"]
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs", "fixtures.mlflow", "fixtures.ray"]
