@@ -36,7 +36,8 @@ from pytrain.orchestrator import Orchestrator
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, Runner
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TaskSpec, task_dir_name
-from test_local_runner import pid_alive, wait_for
+from fixtures.processes import pid_alive
+from test_local_runner import wait_for
 
 GRACE_SECONDS = 1.0  # SIGTERM -> SIGKILL; the hanging programs ignore SIGTERM, so every stop needs it
 START_SECONDS = 60  # a container can take a while to start on a loaded CI machine

