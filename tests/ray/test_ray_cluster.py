@@ -51,10 +51,15 @@ HANG = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);
         "open(f\"started-{os.environ.get('RANK', '0')}\", 'w').write(str(os.getpid())); time.sleep(300)")
 
 
-def live_jobs(cluster, task_id: int) -> list[str]:
+def jobs_of(cluster, queue: TaskQueue, task_id: int) -> list:
+    """The jobs of the task (its id and uid: every test's database numbers its tasks from 1)."""
+    prefix = f"pytrain-task-{task_id}-{queue.get(task_id).uid}-"
+    return [job for job in RayCluster(cluster.address).jobs() if job.submission_id.startswith(prefix)]
+
+
+def live_jobs(cluster, queue: TaskQueue, task_id: int) -> list[str]:
     """Submission ids of the task's jobs that have not ended."""
-    return [job.submission_id for job in RayCluster(cluster.address).jobs()
-            if not job.ended and job.submission_id.startswith(f"pytrain-task-{task_id}-")]
+    return [job.submission_id for job in jobs_of(cluster, queue, task_id) if not job.ended]
 
 
 def task_dir(queue: TaskQueue, task_id: int) -> Path:
@@ -107,7 +112,7 @@ def test_two_node_task_trains_on_both_worker_nodes_is_published_and_served(clips
         [predictions] = client.predict("ray_e2e", [clip], top_k=4)
     assert sorted(p.label for p in predictions) == TRAIN_ROW["classes"]
     assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
-    assert live_jobs(ray_cluster, task_id) == []
+    assert live_jobs(ray_cluster, queue, task_id) == []
 
 
 def test_cancelling_a_two_node_run_stops_its_job_and_cancels_the_task_within_10_seconds(placeholders, engine, ray_cluster):
@@ -118,10 +123,10 @@ def test_cancelling_a_two_node_run_stops_its_job_and_cancels_the_task_within_10_
     folder = task_dir(queue, task_id)
     wait_for(lambda: len(list(folder.glob("started-*"))) == 2, timeout=90, what="both ranks to start")
     pids = [int(path.read_text()) for path in folder.glob("started-*")]
-    [job] = live_jobs(ray_cluster, task_id)
+    [job] = live_jobs(ray_cluster, queue, task_id)
     cancelled_at = time.monotonic()
     assert queue.cancel(task_id)
-    wait_for(lambda: queue.get(task_id)["status"] == "cancelled" and not live_jobs(ray_cluster, task_id), timeout=10, step=0.1,
+    wait_for(lambda: queue.get(task_id)["status"] == "cancelled" and not live_jobs(ray_cluster, queue, task_id), timeout=10, step=0.1,
              what=f"job {job} stopped and the task cancelled")
     took = time.monotonic() - cancelled_at
     print(f"\ncancel -> Ray job {job} stopped, task cancelled in {took:.1f} s")
@@ -155,11 +160,11 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     try:
         folder = task_dir(queue, task_id)
         wait_for((folder / "starts").exists, timeout=90, what="HOLD to start")
-        [job] = live_jobs(ray_cluster, task_id)
+        [job] = live_jobs(ray_cluster, queue, task_id)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert queue.get(task_id)["status"] == "running" and live_jobs(ray_cluster, task_id) == [job]  # the job outlives its orchestrator
+    assert queue.get(task_id)["status"] == "running" and live_jobs(ray_cluster, queue, task_id) == [job]  # the job outlives its orchestrator
 
     runner = stub_runner(placeholders, HOLD)
     results = []
@@ -175,7 +180,7 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     assert [(r.details["job_id"], r.details["reattached"]) for r in results] == [(job, True)]
     assert len((folder / "starts").read_text().splitlines()) == 1  # started once
     assert (folder / "train.log").read_text().count("Running entrypoint") == 1  # its log appended once
-    assert live_jobs(ray_cluster, task_id) == []
+    assert live_jobs(ray_cluster, queue, task_id) == []
 
 
 # -- a node lost during a run -------------------------------------------------------------------------
@@ -186,7 +191,7 @@ def test_a_worker_node_stopped_mid_run_requeues_the_task_and_it_resumes_from_its
     thread = in_thread(worker, max_tasks=2)
     folder = task_dir(queue, task_id)
     wait_for((folder / "checkpoint_last.pt").exists, timeout=180, step=0.5, what="the first epoch's checkpoint")
-    [job] = live_jobs(ray_cluster, task_id)
+    [job] = live_jobs(ray_cluster, queue, task_id)
     lost = ray_cluster.node_id("b")
     stopped_at = time.monotonic()
     ray_cluster.stop_node("b")  # as `ray stop` on node b
@@ -203,7 +208,7 @@ def test_a_worker_node_stopped_mid_run_requeues_the_task_and_it_resumes_from_its
     starts = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines() if '"start"' in line]
     assert [s["resumed_from_epoch"] for s in starts][0] == 0 and starts[-1]["resumed_from_epoch"] >= 1, starts
     assert row["metrics"]["world_size"] == 2 and len(set(row["metrics"]["nodes"])) == 2
-    assert live_jobs(ray_cluster, task_id) == []
+    assert live_jobs(ray_cluster, queue, task_id) == []
 
 
 # -- hostile values ----------------------------------------------------------------------------------------
@@ -218,7 +223,8 @@ def test_a_raw_row_with_a_hostile_ray_value_fails_naming_it_and_submits_no_job(p
                                {"options": json.dumps({"ray": {"pip": [value]}})}).scalar_one()
     worker = Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, "print('trained')"), publisher=NoPublish())
     assert worker.run(exit_when_idle=True) == 1
-    row = TaskQueue(engine).get(task_id)
+    queue = TaskQueue(engine)
+    row = queue.get(task_id)
     assert row["status"] == "failed", row["error"]
     assert f"task option ray.pip={[value]!r}: must be a pip requirement specifier" in row["error"]
-    assert not [job for job in RayCluster(ray_cluster.address).jobs() if job.submission_id.startswith(f"pytrain-task-{task_id}-")]
+    assert jobs_of(ray_cluster, queue, task_id) == []
