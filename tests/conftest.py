@@ -9,6 +9,7 @@ external boundary, so each part of the pipeline owns its own:
 - ``fixtures.docs``   -- the documentation site built with ``mkdocs build --strict``
 - ``fixtures.mlflow`` -- a real ``mlflow server`` on the test PostgreSQL (experiment tracking)
 - ``fixtures.ray``    -- a real Ray cluster on this host: a head and two worker nodes (``ray start``)
+- ``fixtures.cluster_tasks`` -- the rows, datasets and helpers of the cluster runners' tests (slurm, ray)
 """
 
 import os
@@ -18,4 +19,4 @@ import os
 # processes, builds an MLflow store.
 os.environ.setdefault("PYTRAIN_MLFLOW", "off")
 
-pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs", "fixtures.mlflow", "fixtures.ray"]
+pytest_plugins = ["fixtures.clips", "fixtures.db", "fixtures.triton", "fixtures.docker", "fixtures.slurm", "fixtures.docs", "fixtures.mlflow", "fixtures.ray", "fixtures.cluster_tasks"]

@@ -37,3 +37,9 @@ def ray_settings(ray_cluster, settings, monkeypatch):
             ray_cluster.start_node(name).communicate(timeout=120)
     ray_cluster.wait_nodes(*WORKER_NODES)
     assert not left, f"Ray jobs left running: {left}"
+
+
+@pytest.fixture
+def cluster_settings(ray_settings):
+    """The settings ``placeholders`` and ``clips`` (tests/fixtures/cluster_tasks.py) register their datasets on."""
+    return ray_settings

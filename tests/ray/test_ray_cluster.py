@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, register_clips, register_placeholders
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, assert_served_with_every_class, in_thread, task_folder
 from fixtures.processes import orchestrator_env, pid_alive, wait_for
 
 from pytrain.db import TaskQueue
@@ -62,33 +62,13 @@ def live_jobs(cluster, queue: TaskQueue, task_id: int) -> list[str]:
     return [job.submission_id for job in jobs_of(cluster, queue, task_id) if not job.ended]
 
 
-def task_dir(queue: TaskQueue, task_id: int) -> Path:
-    return Path(wait_for(lambda: queue.get(task_id)["task_dir"], timeout=30, what="the task folder"))
-
-
 def stub_runner(settings, code: str) -> RayRunner:
     return RayRunner(settings, command=[sys.executable, "-c", code], poll_seconds=0.2, grace_seconds=1.0)
-
-
-@pytest.fixture
-def placeholders(ray_settings, engine):
-    """Registered placeholder clips (the stand-in programs read none)."""
-    register_placeholders(ray_settings, engine)
-    return ray_settings
-
-
-@pytest.fixture
-def clips(ray_settings, engine, synthetic_sources):
-    """The synthetic dataset of real mp4 clips, registered and catalogued."""
-    register_clips(ray_settings, engine, synthetic_sources)
-    return ray_settings
 
 
 # -- training on two nodes ------------------------------------------------------------------------
 @pytest.mark.triton
 def test_two_node_task_trains_on_both_worker_nodes_is_published_and_served(clips, engine, triton_server, ray_cluster):
-    from pytrain.client import TritonClient
-
     settings = clips.model_copy(update={"model_repo_dir": triton_server.model_repository, "triton_grpc_url": triton_server.grpc_url,
                                         "triton_control_key": triton_server.control_key})
     queue = TaskQueue(engine)
@@ -107,11 +87,7 @@ def test_two_node_task_trains_on_both_worker_nodes_is_published_and_served(clips
     assert "2 node(s) x 1 process(es)" in (folder / "train.log").read_text()
     assert row["version"] == 1 and (settings.model_repo_dir / "ray_e2e" / "1" / "model.onnx").is_file()
 
-    clip = sorted((settings.sources_dir / "dataset1").glob("eating*/*.mp4"))[0]
-    with TritonClient(triton_server.grpc_url) as client:
-        [predictions] = client.predict("ray_e2e", [clip], top_k=4)
-    assert sorted(p.label for p in predictions) == TRAIN_ROW["classes"]
-    assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
+    assert_served_with_every_class(settings, triton_server.grpc_url, "ray_e2e")
     assert live_jobs(ray_cluster, queue, task_id) == []
 
 
@@ -120,7 +96,7 @@ def test_cancelling_a_two_node_run_stops_its_job_and_cancels_the_task_within_10_
     task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
     thread = in_thread(Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, HANG), publisher=NoPublish()),
                        max_tasks=1)
-    folder = task_dir(queue, task_id)
+    folder = task_folder(queue, task_id)
     wait_for(lambda: len(list(folder.glob("started-*"))) == 2, timeout=90, what="both ranks to start")
     pids = [int(path.read_text()) for path in folder.glob("started-*")]
     [job] = live_jobs(ray_cluster, queue, task_id)
@@ -158,7 +134,7 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
                            PYTRAIN_RAY_RESOURCES=json.dumps(placeholders.ray_resources))
     proc = subprocess.Popen([sys.executable, "-c", WORKER, HOLD], env=env)
     try:
-        folder = task_dir(queue, task_id)
+        folder = task_folder(queue, task_id)
         wait_for((folder / "starts").exists, timeout=90, what="HOLD to start")
         [job] = live_jobs(ray_cluster, queue, task_id)
     finally:
@@ -189,7 +165,7 @@ def test_a_worker_node_stopped_mid_run_requeues_the_task_and_it_resumes_from_its
     task_id = queue.submit({"model_name": "ray_resume", "nodes": 2, **TRAIN_ROW})  # 2 epochs: node b stops after the first
     worker = Orchestrator(clips, engine=engine, runner=RayRunner(clips, poll_seconds=0.5), publisher=NoPublish())
     thread = in_thread(worker, max_tasks=2)
-    folder = task_dir(queue, task_id)
+    folder = task_folder(queue, task_id)
     wait_for((folder / "checkpoint_last.pt").exists, timeout=180, step=0.5, what="the first epoch's checkpoint")
     [job] = live_jobs(ray_cluster, queue, task_id)
     lost = ray_cluster.node_id("b")

@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -195,6 +195,38 @@ class RunHandle(Protocol):
     def oom_evidence(self, exit_code: int | None) -> str | None:
         """Why the run looks killed for lack of memory (``"limit 16g"``), or ``None`` when it does not."""
         ...
+
+
+def poll_until_ended(look: Callable[[], int | None], seconds: float, poll_seconds: float) -> int | None:
+    """A cluster run's :meth:`RunHandle.wait`: call ``look()`` (the run's exit code, or ``None``
+    while it runs) every ``poll_seconds`` until it answers or ``seconds`` have passed; always once."""
+    deadline = time.monotonic() + max(0.0, seconds)
+    while True:
+        code = look()
+        if code is not None or time.monotonic() >= deadline:
+            return code
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+def stop_orphan_runs(runs: Mapping[str, int], active_task_ids: set[int], *, stop: Callable[[str], None],
+                     wait_gone: Callable[[set[str], float], set[str]], gone_seconds: float, what: str) -> set[int]:
+    """A cluster runner's :meth:`Runner.cleanup_orphans`: stop a crashed worker's live runs
+    (``runs``: run id -> task id, the worker's own) whose tasks are not in ``active_task_ids``, then
+    wait until they are gone (``wait_gone(ids, seconds)``, at most ``gone_seconds``).
+
+    Args:
+        what: the kind of run, for the log (``"Slurm job"``, ``"Ray job"``).
+
+    Returns:
+        The ids of the tasks whose runs were stopped.
+    """
+    stopped = {run: task_id for run, task_id in runs.items() if task_id not in active_task_ids}
+    for run, task_id in stopped.items():
+        log.warning("task %s: stopping %s %s left by a crashed worker", task_id, what, run)
+        stop(run)
+    if stopped:  # return once they are gone, as the other runners do (a cluster's stop only asks)
+        wait_gone(set(stopped), gone_seconds)
+    return set(stopped.values())
 
 
 def _stop_reason(cancel: threading.Event, stop: threading.Event | None, started: float, timeout_seconds: float | None) -> Outcome | None:

@@ -45,7 +45,8 @@ from typing import Any
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.ray_values import RULES
 from pytrain.runners.base import (
-    OOM_MARKERS, Outcome, PreparedTask, RunResult, oom_marker, run_result, supervise, tail, training_environment,
+    OOM_MARKERS, Outcome, PreparedTask, RunResult, oom_marker, poll_until_ended, run_result, stop_orphan_runs, supervise, tail,
+    training_environment,
 )
 from pytrain.runners.ray_driver import DRIVER_LINE_PREFIX, JOB_SPEC_VARIABLE, NODE_LOST_EXIT_CODE, JobSpec
 from pytrain.settings import Settings, get_settings
@@ -366,14 +367,13 @@ class _RayJob:
             return None
         return 0 if info.status == "SUCCEEDED" else (info.exit_code if info.exit_code is not None else 1)
 
+    def _look_and_copy(self) -> int | None:
+        code = self._look()
+        self.copy_log()
+        return code
+
     def wait(self, seconds: float) -> int | None:
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            code = self._look()
-            self.copy_log()
-            if code is not None or time.monotonic() >= deadline:
-                return code
-            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+        return poll_until_ended(self._look_and_copy, seconds, self.poll_seconds)
 
     def stop(self, grace_seconds: float) -> None:
         """``stop_job``, then wait until the job has ended (Ray's own SIGTERM -> SIGKILL, plus ``grace_seconds``)."""
@@ -478,17 +478,10 @@ class RayRunner:
         Returns:
             The ids of the tasks whose jobs were stopped.
         """
-        stopped: dict[str, int] = {}
+        mine = {}  # submission id -> task id
         for job in self.cluster.jobs():
             meta = job.metadata or {}
-            if job.ended or meta.get("pytrain_worker") != self.worker_id or not meta.get("pytrain_task", "").isdigit():
-                continue
-            task_id = int(meta["pytrain_task"])
-            if task_id in active_task_ids:
-                continue
-            log.warning("task %s: stopping Ray job %s left by a crashed worker", task_id, job.submission_id)
-            self.cluster.stop(job.submission_id)
-            stopped[job.submission_id] = task_id
-        if stopped:
-            self.cluster.wait_ended(set(stopped), GONE_SECONDS)
-        return set(stopped.values())
+            if not job.ended and meta.get("pytrain_worker") == self.worker_id and meta.get("pytrain_task", "").isdigit():
+                mine[job.submission_id] = int(meta["pytrain_task"])
+        return stop_orphan_runs(mine, active_task_ids, stop=self.cluster.stop, wait_gone=self.cluster.wait_ended,
+                                gone_seconds=GONE_SECONDS, what="Ray job")

@@ -48,7 +48,8 @@ from pathlib import Path
 
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import (
-    OOM_MARKERS, TRAINING_MODULE, Outcome, PreparedTask, RunResult, oom_marker, run_result, supervise, tail, training_environment,
+    OOM_MARKERS, TRAINING_MODULE, Outcome, PreparedTask, RunResult, oom_marker, poll_until_ended, run_result, stop_orphan_runs, supervise,
+    tail, training_environment,
 )
 from pytrain.settings import Settings, get_settings
 from pytrain.slurm_values import RULES, SBATCH_LINE_PATTERN, SCRIPT_PATH_PATTERN, parse_extra_sbatch, problem
@@ -570,12 +571,7 @@ class _SlurmJob:
         return info.exit_code or (128 + info.signal if info.signal else 1)
 
     def wait(self, seconds: float) -> int | None:
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            code = self._look()
-            if code is not None or time.monotonic() >= deadline:
-                return code
-            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+        return poll_until_ended(self._look, seconds, self.poll_seconds)
 
     def stop(self, grace_seconds: float) -> None:
         """``scancel``, then wait until the job has left the queue (Slurm's KillWait plus ``grace_seconds``)."""
@@ -707,18 +703,10 @@ class SlurmRunner:
         Returns:
             The ids of the tasks whose jobs were cancelled.
         """
-        cancelled: dict[str, int] = {}  # job id -> task id
+        mine = {}  # job id -> task id
         for job in self.cluster.jobs():
             meta = parse_job_comment(job.comment)
-            if meta is None or meta["worker"] != _worker_tag(self.worker_id):
-                continue
-            task_id = int(meta["task"])
-            if task_id in active_task_ids:
-                continue
-            log.warning("task %s: cancelling Slurm job %s left by a crashed worker", task_id, job.job_id)
-            self.cluster.cancel(job.job_id)
-            cancelled[job.job_id] = task_id
-        # Return once they are gone, as the other runners do (scancel only asks).
-        if cancelled:
-            self.cluster.wait_gone(set(cancelled), GONE_SECONDS)
-        return set(cancelled.values())
+            if meta is not None and meta["worker"] == _worker_tag(self.worker_id):
+                mine[job.job_id] = int(meta["task"])
+        return stop_orphan_runs(mine, active_task_ids, stop=self.cluster.cancel, wait_gone=self.cluster.wait_gone,
+                                gone_seconds=GONE_SECONDS, what="Slurm job")
