@@ -142,3 +142,45 @@ def test_the_driver_gives_each_rank_torchruns_variables_and_its_node_name():
     assert "RANK" not in single and "WORLD_SIZE" not in single  # one process: a plain run, as without torchrun
     assert task_options(spec.bundle) == {"num_cpus": 4, "num_gpus": 2, "memory": None, "resources": {"node_a": 1}}
     assert [exit_status(codes) for codes in ([0, 0], [0, 1], [-9, 1], [75])] == [0, 1, 137, 75]
+
+
+class FakeCluster:
+    """The Jobs API calls :class:`RayRunner` makes, answered from a list (a fast test of the logic
+    around them; the real cluster: tests/ray/test_ray_cluster.py and the runner contract)."""
+
+    def __init__(self, jobs: list[JobInfo]) -> None:
+        self.listed = jobs
+        self.stopped: list[str] = []
+
+    def jobs(self) -> list[JobInfo]:
+        return self.listed
+
+    def stop(self, submission: str) -> None:
+        self.stopped.append(submission)
+
+    def wait_ended(self, submissions: set[str], timeout: float) -> set[str]:
+        return set()
+
+
+def _job(task_id: int, uid: str, run: int, status: str, worker: str = "w1") -> JobInfo:
+    meta = {"pytrain_task": str(task_id), "pytrain_uid": uid, "pytrain_run": str(run), "pytrain_worker": worker}
+    return JobInfo(f"pytrain-task-{task_id}-{uid}-run-{run}", status, None, "", meta)
+
+
+def test_find_run_takes_over_a_live_job_of_the_same_task_and_uid_whoever_submitted_it(tmp_path):
+    uid = str(uuid.UUID(int=1))
+    cluster = FakeCluster([_job(12, uid, 1, "FAILED"), _job(12, str(uuid.UUID(int=2)), 2, "RUNNING"), _job(120, uid, 3, "RUNNING"),
+                           _job(12, uid, 4, "RUNNING", worker="a-dead-worker")])
+    runner = RayRunner(_settings(tmp_path, worker_id="w1"), cluster=cluster)
+    assert runner.find_run(_task(tmp_path)) == f"pytrain-task-12-{uid}-run-4"
+    cluster.listed = cluster.listed[:3]  # only an ended job, another uid's, another task's
+    assert runner.find_run(_task(tmp_path)) is None
+
+
+def test_cleanup_orphans_stops_only_this_workers_live_jobs_of_tasks_nobody_holds(tmp_path):
+    uid = str(uuid.UUID(int=1))
+    cluster = FakeCluster([_job(1, uid, 1, "RUNNING"), _job(2, uid, 2, "PENDING"), _job(3, uid, 3, "SUCCEEDED"),
+                           _job(4, uid, 4, "RUNNING", worker="w2"), _job(5, uid, 5, "RUNNING")])
+    runner = RayRunner(_settings(tmp_path, worker_id="w1"), cluster=cluster)
+    assert runner.cleanup_orphans({5}) == {1, 2}
+    assert cluster.stopped == [f"pytrain-task-1-{uid}-run-1", f"pytrain-task-2-{uid}-run-2"]

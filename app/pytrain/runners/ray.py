@@ -65,6 +65,9 @@ TERMINAL_STATES = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 GONE_SECONDS = 30.0
 #: The file in the task folder that records how much of a job's log ``train.log`` already has.
 LOG_OFFSET_FILE = ".ray-log-offset"
+#: How often a running job's log is copied into ``train.log`` (seconds): each copy fetches the whole
+#: log from the dashboard; progress reaches the row through ``progress.jsonl``, not the log.
+LOG_COPY_SECONDS = 5.0
 #: Variables of the orchestrator's environment that reach the job (through its runtime
 #: environment): PyTrain's and the numeric libraries' settings, never a secret (:func:`training_environment`).
 PASSED_PREFIXES = ("PYTRAIN_", "OMP_", "MKL_", "NCCL_", "TORCH_", "PYTHONUNBUFFERED", "CUDA_LAUNCH_BLOCKING")
@@ -331,6 +334,7 @@ class _RayJob:
         self.subject = f"Ray job {submission}"
         self.info: JobInfo | None = None
         self.gone = False
+        self._copied_at: float | None = None
 
     def copy_log(self) -> None:
         """Append what the job logged since the last copy to ``train.log``."""
@@ -339,6 +343,7 @@ class _RayJob:
         except RunnerError as exc:
             log.warning("%s: cannot read its log (%s)", self.subject, exc)
             return
+        self._copied_at = time.monotonic()
         done = self._offset()
         if len(text) <= done:
             return
@@ -368,8 +373,11 @@ class _RayJob:
         return 0 if info.status == "SUCCEEDED" else (info.exit_code if info.exit_code is not None else 1)
 
     def _look_and_copy(self) -> int | None:
+        """The job's exit code (``None`` while it runs), its log copied at the end and every
+        :data:`LOG_COPY_SECONDS` meanwhile."""
         code = self._look()
-        self.copy_log()
+        if code is not None or self._copied_at is None or time.monotonic() - self._copied_at >= LOG_COPY_SECONDS:
+            self.copy_log()
         return code
 
     def wait(self, seconds: float) -> int | None:
