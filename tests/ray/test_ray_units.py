@@ -184,3 +184,13 @@ def test_cleanup_orphans_stops_only_this_workers_live_jobs_of_tasks_nobody_holds
     runner = RayRunner(_settings(tmp_path, worker_id="w1"), cluster=cluster)
     assert runner.cleanup_orphans({5}) == {1, 2}
     assert cluster.stopped == [f"pytrain-task-1-{uid}-run-1", f"pytrain-task-2-{uid}-run-2"]
+
+
+def test_a_cluster_that_does_not_answer_is_a_runner_error_naming_the_address_and_the_fix():
+    from pytrain.errors import RunnerError
+    from pytrain.runners.ray import RayCluster
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'pytrain[ray]')")
+    with pytest.raises(RunnerError, match=r"cannot connect to the Ray cluster at http://127.0.0.1:1: ") as caught:
+        RayCluster("http://127.0.0.1:1").jobs()
+    assert "PYTRAIN_RAY_ADDRESS" in caught.value.hint
