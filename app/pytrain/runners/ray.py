@@ -349,7 +349,9 @@ class _RayJob:
             return
         with open(self.log_path, "a", encoding="utf-8") as out:
             out.write(text[done:])
-        self.offset_path.write_text(f"{self.submission} {len(text)}\n", encoding="utf-8")
+        partial = self.offset_path.with_suffix(".tmp")  # whole or not at all: a torn offset would append the log again
+        partial.write_text(f"{self.submission} {len(text)}\n", encoding="utf-8")
+        os.replace(partial, self.offset_path)
 
     def _offset(self) -> int:
         try:
