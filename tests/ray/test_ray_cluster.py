@@ -6,6 +6,7 @@ through the real orchestrator on a real PostgreSQL.
 - cancelling a running two-node task: its job is stopped and the task cancelled within 10 s;
 - an orchestrator killed with SIGKILL: its restart re-attaches to the still-running job (one job,
   one start, succeeded);
+- an orchestrator cut off from the database stops its job (the fence) before its lease expires;
 - worker node b stopped during a two-node training: the task is re-queued, and once b is back it
   resumes from its checkpoint;
 - a raw row whose ``options.ray`` would reach the cluster with a hostile value fails naming it,
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,41 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     assert len((folder / "starts").read_text().splitlines()) == 1  # started once
     assert (folder / "train.log").read_text().count("Running entrypoint") == 1  # its log appended once
     assert live_jobs(ray_cluster, queue, task_id) == []
+
+
+# -- fencing ---------------------------------------------------------------------------------------------
+def test_a_worker_cut_off_from_the_database_stops_its_job_before_its_lease_expires(placeholders, engine, ray_cluster):
+    """The fence (docs/adr/0011-run-fencing.md) stops the Ray job, and its ranks, before another
+    worker could claim the task: within the lease, after lease minus margin without a renewal."""
+    from fixtures.network import TcpProxy
+    from pydantic import SecretStr
+
+    queue = TaskQueue(engine)
+    task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
+    proxy = TcpProxy(placeholders.database_url.get_secret_value())
+    fenced = placeholders.model_copy(update={"database_url": SecretStr(proxy.url), "lease_seconds": 12.0, "fence_margin_seconds": 6.0})
+    worker = Orchestrator(fenced, runner=stub_runner(fenced, HANG), publisher=NoPublish())
+    thread = in_thread(worker, max_tasks=1)
+    try:
+        folder = task_folder(queue, task_id)
+        wait_for(lambda: len(list(folder.glob("started-*"))) == 2, timeout=90, what="both ranks to start")
+        pids = [int(path.read_text()) for path in folder.glob("started-*")]
+        [job] = live_jobs(ray_cluster, queue, task_id)
+        proxy.close()
+        wait_for(lambda: RayCluster(ray_cluster.address).job(job).ended, timeout=30, step=0.1, what=f"job {job} stopped")
+        stopped_at = datetime.now(timezone.utc)
+    finally:
+        proxy.close()
+        worker.stop()
+    row = queue.get(task_id)
+    print(f"\nfenced: Ray job stopped {(stopped_at - row.heartbeat_at).total_seconds():.1f} s after the last renewal "
+          f"(fence {fenced.fence_seconds:g} s, lease {fenced.lease_seconds:g} s)")
+    assert fenced.fence_seconds - 0.5 <= (stopped_at - row.heartbeat_at).total_seconds()  # the fence, not anything earlier
+    assert stopped_at < row.lease_expires_at  # before anyone else could claim the task
+    assert RayCluster(ray_cluster.address).job(job).status == "STOPPED"
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert (row.status, row.worker_id) == ("running", fenced.worker_id)  # the cut-off worker could not write
+    thread.join(30)
 
 
 # -- a node lost during a run -------------------------------------------------------------------------
