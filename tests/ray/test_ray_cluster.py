@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,8 +34,9 @@ from fixtures.processes import orchestrator_env, pid_alive, wait_for
 
 from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
-from pytrain.runners import Outcome
+from pytrain.runners import Outcome, PreparedTask
 from pytrain.runners.ray import RayCluster, RayRunner
+from pytrain.spec import TaskSpec
 
 pytestmark = pytest.mark.ray
 
@@ -222,6 +224,18 @@ def test_a_worker_node_stopped_mid_run_requeues_the_task_and_it_resumes_from_its
     assert [s["resumed_from_epoch"] for s in starts][0] == 0 and starts[-1]["resumed_from_epoch"] >= 1, starts
     assert row["metrics"]["world_size"] == 2 and len(set(row["metrics"]["nodes"])) == 2
     assert live_jobs(ray_cluster, queue, task_id) == []
+
+
+def test_a_node_that_cannot_start_the_training_fails_the_run_at_once_naming_why(ray_settings):
+    """A node task that raises (here: no such program; on a real cluster, a task folder the node
+    does not mount) is a failure of the run, not a lost node: no wait for Ray to see a node die."""
+    spec = TaskSpec(task_id=4243, model_name="kitchen", class_list=["a", "b"], uid=str(uuid.uuid4()))
+    task = PreparedTask(spec=spec, task_dir=ray_settings.model_tasks_dir / "task-4243-kitchen", sources_root=ray_settings.sources_dir)
+    runner = RayRunner(ray_settings, command=["/nonexistent/python"], poll_seconds=0.2, grace_seconds=1.0)
+    result = runner.run(task, threading.Event())
+    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 1), result
+    assert "could not start the training: FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/python'" in result.message
+    assert result.details["seconds"] < 25  # the 30 s wait for a dead node was not taken
 
 
 # -- hostile values ----------------------------------------------------------------------------------------

@@ -135,9 +135,9 @@ def test_the_driver_gives_each_rank_torchruns_variables_and_its_node_name():
     spec = JobSpec(task_id=1, task_dir="/t", sources_root="/s", nodes=2, per_node=2, bundle={"CPU": 4, "GPU": 2, "node_a": 1})
     env = rank_environment(spec, 1, 1, ("10.0.0.5", 29500), "node-b-id")
     assert {name: env[name] for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR",
-                                         "MASTER_PORT", NODE_NAME_VARIABLE)} == {
+                                         "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE", NODE_NAME_VARIABLE)} == {
         "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.5",
-        "MASTER_PORT": "29500", NODE_NAME_VARIABLE: "node-b-id"}
+        "MASTER_PORT": "29500", "TORCHELASTIC_USE_AGENT_STORE": "True", NODE_NAME_VARIABLE: "node-b-id"}
     single = rank_environment(JobSpec(1, "/t", "/s", 1, 1, {"CPU": 1}), 0, 0, None, "n")
     assert "RANK" not in single and "WORLD_SIZE" not in single  # one process: a plain run, as without torchrun
     assert task_options(spec.bundle) == {"num_cpus": 4, "num_gpus": 2, "memory": None, "resources": {"node_a": 1}}
@@ -194,3 +194,13 @@ def test_a_cluster_that_does_not_answer_is_a_runner_error_naming_the_address_and
     with pytest.raises(RunnerError, match=r"cannot connect to the Ray cluster at http://127.0.0.1:1: ") as caught:
         RayCluster("http://127.0.0.1:1").jobs()
     assert "PYTRAIN_RAY_ADDRESS" in caught.value.hint
+
+
+def test_a_node_that_cannot_start_the_training_names_the_cause_and_the_shared_folder():
+    from pytrain.runners.ray_driver import node_failure_line
+
+    missing = FileNotFoundError(2, "No such file or directory", "/shared/model_tasks/task-12")
+    assert node_failure_line("n1", missing) == (
+        "error: Ray node n1 could not start the training: FileNotFoundError: [Errno 2] No such file or directory: "
+        "'/shared/model_tasks/task-12' (is the task folder on a file system every Ray worker node mounts at the same path?)")
+    assert node_failure_line("n1", PermissionError("denied")) == "error: Ray node n1 could not start the training: PermissionError: denied"

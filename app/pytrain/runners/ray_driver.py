@@ -7,7 +7,8 @@ Ray job; the job's spec (:class:`JobSpec`) comes as data in the runtime environm
 1. reserves a placement group of ``nodes`` bundles (one per node; ``STRICT_SPREAD``: never two on
    one node), each with the node's GPUs, CPUs, memory and custom resources, and waits for it (the
    job is pending meanwhile, as a Slurm job waits for its allocation);
-2. asks bundle 0's node for its address and a free port: the rendezvous of ``torch.distributed``;
+2. starts the rendezvous of ``torch.distributed`` on bundle 0's node (:class:`StoreHost`, a
+   ``TCPStore`` that outlives every rank, as torchrun's agent hosts it);
 3. runs one Ray task per bundle (:func:`run_node`) that starts the node's training processes, one
    per GPU (or one on the CPU), with the variables torchrun would set (``RANK``, ``LOCAL_RANK``,
    ``WORLD_SIZE``, ``MASTER_ADDR``, ...) and ``PYTRAIN_NODE_NAME`` = the Ray node id, and streams
@@ -34,7 +35,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -119,7 +119,7 @@ def rank_environment(spec: JobSpec, node_index: int, local_rank: int, master: tu
         env.update({
             "RANK": str(node_index * spec.per_node + local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(spec.world_size),
             "LOCAL_WORLD_SIZE": str(spec.per_node), "GROUP_RANK": str(node_index), "NODE_RANK": str(node_index),
-            "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]),
+            "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "TORCHELASTIC_USE_AGENT_STORE": "True",
         })
     return env
 
@@ -199,13 +199,25 @@ def _drain(lines: queue.Queue, seconds: float) -> list[str]:
     return batch
 
 
-def rendezvous() -> tuple[str, int]:
-    """This node's address and a free TCP port on it (runs in bundle 0: rank 0's node)."""
-    import ray
+class StoreHost:
+    """The rendezvous of ``torch.distributed``, as torchrun's agent hosts it: a ``TCPStore`` server in
+    a Ray actor in bundle 0 (rank 0's node), alive until the driver ends, so no rank's exit takes the
+    store away from the others (rank 0 hosting it made a rank abort at exit: "terminate called
+    without an active exception"). The ranks are its clients (``TORCHELASTIC_USE_AGENT_STORE``)."""
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return ray.util.get_node_ip_address(), probe.getsockname()[1]
+    def __init__(self, world_size: int) -> None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        self.store = dist.TCPStore("0.0.0.0", 0, world_size, is_master=True, timeout=timedelta(minutes=30),
+                                   wait_for_workers=False, multi_tenant=True)
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and the store's port: ``MASTER_ADDR``, ``MASTER_PORT``."""
+        import ray
+
+        return ray.util.get_node_ip_address(), self.store.port
 
 
 def _follow(index: int, generator, events: queue.Queue) -> None:
@@ -251,6 +263,7 @@ class _Driver:
         self.events: queue.Queue = queue.Queue()
         self.codes: dict[int, int] = {}
         self.errors: dict[int, Exception] = {}
+        self.store = None  # the StoreHost actor of a multi-process job
 
     def _strategy(self, index: int):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -265,7 +278,8 @@ class _Driver:
         self.node_ids = ray.util.placement_group_table(self.group)["bundles_to_node_id"]
         master = None
         if spec.world_size > 1:
-            master = ray.get(ray.remote(rendezvous).options(num_cpus=0, scheduling_strategy=self._strategy(0)).remote())
+            self.store = ray.remote(StoreHost).options(num_cpus=0, scheduling_strategy=self._strategy(0)).remote(spec.world_size)
+            master = ray.get(self.store.address.remote())
         say(f"task {spec.task_id}: {spec.nodes} node(s) x {spec.per_node} process(es) on {', '.join(self.node_ids.values())}"
             + (f"; rendezvous {master[0]}:{master[1]}" if master else ""))
         node = ray.remote(run_node)
@@ -303,13 +317,18 @@ class _Driver:
 
     def exit_code(self) -> int:
         """:data:`NODE_LOST_EXIT_CODE` when a node died; else the first failing node's code, else 0."""
+        import ray.exceptions
+
         for index, error in sorted(self.errors.items()):
             node_id = self.node_ids.get(index, "?")
-            if type(error).__name__ == "TaskCancelledError":
+            if isinstance(error, ray.exceptions.TaskCancelledError):
                 continue
-            if type(error).__name__ == "OutOfMemoryError":  # Ray's memory monitor killed the worker
+            if isinstance(error, ray.exceptions.OutOfMemoryError):  # Ray's memory monitor killed the worker
                 say(f"task {self.spec.task_id}: node {node_id}: OutOfMemoryError: {error}")
                 return 137
+            if isinstance(error, ray.exceptions.RayTaskError):  # the node task itself raised: not a lost node
+                print(node_failure_line(node_id, getattr(error, "cause", None) or error), flush=True)
+                return 1
             if _lost_node(node_id):
                 say(f"task {self.spec.task_id}: node {node_id} was lost during the run ({type(error).__name__})")
                 return NODE_LOST_EXIT_CODE
@@ -326,14 +345,25 @@ class _Driver:
                 pass
 
     def close(self) -> None:
-        """Cancel what still runs and free the placement group."""
+        """Cancel what still runs, end the store and free the placement group."""
         from ray.util.placement_group import remove_placement_group
 
         self.cancel()
+        if self.store is not None:
+            self.ray.kill(self.store)
         try:
             remove_placement_group(self.group)
         except Exception:  # noqa: BLE001 - the cluster is going away
             pass
+
+
+def node_failure_line(node_id: str, cause: BaseException) -> str:
+    """The job log's last line when a node could not run the training at all: the cause, and for a
+    missing file the usual reason (the task folder is not on a file system that node mounts)."""
+    line = f"error: Ray node {node_id} could not start the training: {type(cause).__name__}: {cause}"
+    if isinstance(cause, FileNotFoundError):
+        line += " (is the task folder on a file system every Ray worker node mounts at the same path?)"
+    return line
 
 
 def say(message: str) -> None:
