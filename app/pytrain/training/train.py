@@ -45,9 +45,10 @@ from torch.utils.data import DataLoader
 
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import (
-    CHECKPOINT_BEST, CLIP_CACHE, MODEL_ONNX, NODE_NAME_VARIABLE, PLOTS, PROGRESS, SKIPPED, MetricsRecord, ProgressRecord, ScanResult, TaskSpec,
+    CHECKPOINT_BEST, CLIP_CACHE, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, MetricsRecord, ProgressRecord, ScanResult, TaskSpec,
     TensorSpec, format_progress, read_scan, scan_stamp, write_json_atomic, write_metrics, write_scan,
 )
+from pytrain.spec import NODE_NAME_VARIABLE
 from pytrain.task_options import TrainConfig, balanced_class_weights
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
