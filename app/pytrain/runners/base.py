@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pytrain.errors import ConfigurationError
+from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.outcome import Outcome
 from pytrain.settings import Settings
 from pytrain.spec import TaskSpec
@@ -206,6 +206,51 @@ def poll_until_ended(look: Callable[[], int | None], seconds: float, poll_second
         if code is not None or time.monotonic() >= deadline:
             return code
         time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+class ClusterJob:
+    """What the :class:`RunHandle` of a cluster's job (a Slurm job, a Ray job) shares: it reads the
+    job's state from the cluster every ``poll_seconds``; a cluster that does not answer for a while
+    (its controller restarts) is waited out, and a job the cluster has forgotten ends the wait.
+
+    A subclass sets ``subject`` and implements :meth:`_read` (the job's description, with an
+    ``ended`` property) and :meth:`_exit_code`.
+
+    Attributes:
+        info: the job as last read (``None`` before the first read).
+        gone: the cluster no longer knows the job.
+    """
+
+    def __init__(self, subject: str, poll_seconds: float) -> None:
+        self.subject = subject
+        self.poll_seconds = poll_seconds
+        self.info = None
+        self.gone = False
+
+    def _read(self):
+        """The job's description, or ``None`` when the cluster does not know it; ``RunnerError`` when it does not answer."""
+        raise NotImplementedError
+
+    def _exit_code(self, info) -> int:
+        """The exit code of an ended job."""
+        raise NotImplementedError
+
+    def _look(self) -> int | None:
+        """The job's exit code once it has ended (1 when the cluster forgot it), else ``None``."""
+        try:
+            info = self._read()
+        except RunnerError as exc:  # the controller restarts: the job goes on; look again next poll
+            log.warning("%s: cannot read its state (%s); still waiting", self.subject, exc)
+            return None
+        if info is None:
+            self.gone = True
+            return 1
+        self.info = info
+        return self._exit_code(info) if info.ended else None
+
+    def wait(self, seconds: float) -> int | None:
+        """:meth:`RunHandle.wait`: look every ``poll_seconds`` for ``seconds`` at most."""
+        return poll_until_ended(self._look, seconds, self.poll_seconds)
 
 
 def stop_orphan_runs(runs: Mapping[str, int], active_task_ids: set[int], *, stop: Callable[[str], None],

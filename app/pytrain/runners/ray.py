@@ -45,8 +45,8 @@ from typing import Any
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.ray_values import RULES
 from pytrain.runners.base import (
-    OOM_MARKERS, Outcome, PreparedTask, RunResult, oom_marker, poll_until_ended, run_result, stop_orphan_runs, supervise, tail,
-    training_environment,
+    OOM_MARKERS, ClusterJob, Outcome, PreparedTask, RunResult, oom_marker, poll_until_ended, run_result, stop_orphan_runs, supervise,
+    tail, training_environment,
 )
 from pytrain.runners.ray_driver import DRIVER_LINE_PREFIX, JOB_SPEC_VARIABLE, NODE_LOST_EXIT_CODE, JobSpec
 from pytrain.settings import Settings, get_settings
@@ -321,19 +321,17 @@ def _info(details) -> JobInfo:
                    exit_code=getattr(details, "driver_exit_code", None), message=details.message or "", metadata=dict(details.metadata or {}))
 
 
-class _RayJob:
+class _RayJob(ClusterJob):
     """A submitted job as :func:`pytrain.runners.base.supervise` sees it (a RunHandle); it also
     appends the job's log to ``train.log`` as it grows."""
 
     def __init__(self, cluster: RayCluster, submission: str, task_dir: Path, log_path: Path, poll_seconds: float) -> None:
+        super().__init__(f"Ray job {submission}", poll_seconds)
         self.cluster = cluster
         self.submission = submission
         self.log_path = log_path
         self.offset_path = task_dir / LOG_OFFSET_FILE
-        self.poll_seconds = poll_seconds
-        self.subject = f"Ray job {submission}"
         self.info: JobInfo | None = None
-        self.gone = False
         self._copied_at: float | None = None
 
     def copy_log(self) -> None:
@@ -360,18 +358,10 @@ class _RayJob:
         except (FileNotFoundError, ValueError):
             return 0
 
-    def _look(self) -> int | None:
-        try:
-            info = self.cluster.job(self.submission)
-        except RunnerError as exc:  # the head restarts: the job may go on; look again next poll
-            log.warning("%s: cannot read its state (%s); still waiting", self.subject, exc)
-            return None
-        if info is None:
-            self.gone = True
-            return 1
-        self.info = info
-        if not info.ended:
-            return None
+    def _read(self) -> JobInfo | None:
+        return self.cluster.job(self.submission)
+
+    def _exit_code(self, info: JobInfo) -> int:
         return 0 if info.status == "SUCCEEDED" else (info.exit_code if info.exit_code is not None else 1)
 
     def _look_and_copy(self) -> int | None:
