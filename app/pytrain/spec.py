@@ -77,6 +77,9 @@ TASK_SPEC = "task.json"
 MANIFEST = "manifest.csv"
 PROGRESS = "progress.jsonl"
 TRAIN_LOG = "train.log"
+#: The environment variable a runner sets to name the node a training process runs on (the Ray
+#: node id); metrics.json's ``nodes`` record it (else Slurm's node name, else the host name).
+NODE_NAME_VARIABLE = "PYTRAIN_NODE_NAME"
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_PREV = "checkpoint_prev.pt"

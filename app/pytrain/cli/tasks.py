@@ -385,7 +385,7 @@ def retry(task_id: int = typer.Argument(..., help="Task id.")) -> None:
 def orchestrate(
     exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="Exit when no task is queued (scripts, the demo)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="GPU ids for runs, e.g. '0,1' or 'all' (env PYTRAIN_GPUS)."),
-    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS: local, docker, slurm (env PYTRAIN_RUNNER)."),
+    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS: local, docker, slurm, ray (env PYTRAIN_RUNNER)."),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
                                             help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
     finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM or Ctrl-C let the running task finish instead of re-queueing it (a second signal interrupts it)."),

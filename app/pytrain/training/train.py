@@ -48,6 +48,7 @@ from pytrain.spec import (
     CHECKPOINT_BEST, CLIP_CACHE, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, MetricsRecord, ProgressRecord, ScanResult, TaskSpec,
     TensorSpec, data_wait_hint, format_progress, read_scan, scan_stamp, write_json_atomic, write_metrics, write_scan,
 )
+from pytrain.spec import NODE_NAME_VARIABLE
 from pytrain.task_options import TrainConfig, balanced_class_weights
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
@@ -317,9 +318,11 @@ def _setup_distributed(device_arg: str) -> tuple[_Distributed, torch.device]:
 
 def _placement(ddp: _Distributed, device: torch.device) -> list[dict[str, Any]]:
     """Where every rank runs: ``[{"rank", "node", "device"}]`` in rank order, gathered from all ranks
-    (a collective: every rank calls it). ``node`` is Slurm's node name (``SLURMD_NODENAME``) when
-    the run is a Slurm job, else the host name; ``device`` is ``str(device)`` (``cpu``, ``cuda:0``)."""
-    mine = {"rank": ddp.rank, "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "device": str(device)}
+    (a collective: every rank calls it). ``node`` is the runner's name for the node
+    (:data:`~pytrain.spec.NODE_NAME_VARIABLE`: the Ray node id in a Ray job), Slurm's node name (``SLURMD_NODENAME``)
+    in a Slurm job, else the host name; ``device`` is ``str(device)`` (``cpu``, ``cuda:0``)."""
+    node = os.environ.get(NODE_NAME_VARIABLE) or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    mine = {"rank": ddp.rank, "node": node, "device": str(device)}
     if ddp.world_size == 1:
         return [mine]
     everyone: list[Any] = [None] * ddp.world_size
