@@ -16,8 +16,10 @@ goes on; the JSON file is rewritten after every section, so a killed run leaves 
 3. ``data``: real H.264 clips made here (system ``ffmpeg``, else PyAV, else the section is
    skipped), decoded by the training loader (PyTrain's ``ClipDataset`` + shuffle-buffer sampler,
    crop/flip applied on the device as the training step does) with 1..N workers (every clip
-   decoded: a first epoch) and from the decoded-clip cache; then whether the GPU would wait for
-   data at the measured training rate, and how many workers it needs.
+   decoded: a first epoch) and from the decoded-clip cache; each ``PYTRAIN_DECODER`` choice on the
+   same clips, ``nvdec`` (the GPU's hardware decoder, frames kept on the GPU: ``nvdec_frames``)
+   beside decord; then whether the GPU would wait for data at the measured training rate, how many
+   workers it needs, and whether nvdec keeps up.
 4. ``end_to_end``: the real training entrypoint (``python -m pytrain.training``) on a short task of
    synthetic clips on this device, its ONNX export, and the parity of the checkpoint's model on
    the device against onnxruntime (CUDA provider when installed, else CPU).
@@ -654,6 +656,7 @@ def data_path(body: dict[str, Any], args, device: str, tmp: Path) -> None:
         body["decord_baseline"] = round(baseline(files, frames, size), 2)
         log(f"   decord, 1 thread, no loader        {body['decord_baseline']:9.1f} clips/s")
         body["decoders"] = compare_decoders(files, frames, size)
+        body["nvdec"] = nvdec_rate(files, frames, size, device)
         body["first_epoch"] = []
         for workers in args.workers or default_workers(os.cpu_count() or 1):
             items = _repeat(files, workers, args.data_batch_size)
@@ -700,6 +703,35 @@ def compare_decoders(files: list[Path], frames: int, size: int) -> dict[str, Any
     return report
 
 
+def nvdec_rate(files: list[Path], frames: int, size: int, device: str) -> dict[str, Any]:
+    """``PYTRAIN_DECODER=nvdec`` as training would use it: the evaluation clip's frames of each file
+    decoded and resized on the GPU (:func:`pytrain.video.nvdec_frames`), left there; clips/s over
+    the files (synchronised), one process. Skipped (with the reason: no CUDA, no torchcodec CUDA
+    build, no NVDEC for H.264) where it cannot run."""
+    import decord
+    import torch
+
+    from pytrain.sampling import clip_indices
+    from pytrain.video import nvdec_frames
+
+    if device != "cuda":
+        return {"status": "skipped: not a CUDA device"}
+    try:
+        indices = [clip_indices(len(decord.VideoReader(str(p), num_threads=1)), frames)[0].tolist() for p in files]
+        nvdec_frames(files[0], size, size, indices[0])  # warm-up: the CUDA context and the decoder
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for path, picked in zip(files, indices):
+            nvdec_frames(path, size, size, picked)
+        torch.cuda.synchronize()
+        rate = len(files) / (time.perf_counter() - start)
+    except Exception as exc:  # ConfigurationError naming what is missing, or a decoder error
+        log(f"   nvdec (GPU decoder)           skipped: {_first_line(exc)}")
+        return {"status": f"skipped: {_first_line(exc)}"}
+    log(f"   nvdec (GPU decoder, 1 process)     {rate:9.1f} clips/s (frames stay on the GPU)")
+    return {"status": "ok", "clips_per_second": round(rate, 2)}
+
+
 def data_verdict(report: dict[str, Any]) -> list[dict[str, Any]]:
     """For each model measured at the data section's clip size: would its fastest training rate wait for data?
 
@@ -727,6 +759,8 @@ def data_verdict(report: dict[str, Any]) -> list[dict[str, Any]]:
             "gpu_waits_for_data": fastest["clips_per_second"] < need, "loader_clips_per_second": fastest["clips_per_second"],
             "loader_workers": fastest["workers"], "workers_needed": needed, "workers_needed_measured": bool(enough),
             "cpus": data.get("cpus"), "cache_keeps_up": data.get("cached", {}).get("clips_per_second", 0) >= need,
+            "nvdec_clips_per_second": data.get("nvdec", {}).get("clips_per_second"),
+            "nvdec_keeps_up": data.get("nvdec", {}).get("clips_per_second", 0) >= need,
         })
     return verdicts
 
@@ -862,7 +896,10 @@ def print_tables(report: dict[str, Any]) -> None:
                       f"{v['loader_clips_per_second']:.0f} clips/s with {v['loader_workers']} workers -> "
                       + (f"[red]the {device} waits for data[/]" if v["gpu_waits_for_data"] else "[green]it keeps up[/]")
                       + f"; needs {v['workers_needed']} workers ({where}; {v['cpus']} CPUs here)"
-                      + ("; the decoded-clip cache keeps up" if v["cache_keeps_up"] else "; the cache does not keep up either"))
+                      + ("; the decoded-clip cache keeps up" if v["cache_keeps_up"] else "; the cache does not keep up either")
+                      + ("" if v.get("nvdec_clips_per_second") is None else
+                         f"; nvdec decodes {v['nvdec_clips_per_second']:.0f} clips/s in one process"
+                         + (" (keeps up)" if v["nvdec_keeps_up"] else " (does not keep up)")))
     e2e = report.get("end_to_end", {})
     if e2e.get("status") == "ok":
         p = e2e["parity"]

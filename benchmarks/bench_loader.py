@@ -17,12 +17,18 @@ Prints, on a folder of mp4 clips (or a synthetic one it makes):
    three copies of each, so every path and cache key is distinct), each in a fresh subprocess
    (``ru_maxrss`` of the process and of its workers);
 5. training clips/s (forward + backward + AdamW step, random uint8 clips, batch 4) for ``tiny``
-   and ``r3d_18`` on the CPU.
+   and ``r3d_18`` on the CPU;
+6. originals vs proxies vs cache (issue 20, ``--section proxies``): on 1280x720 H.264 clips (made
+   here by ffmpeg with sensor-like noise, ~3 Mbit/s as IP cameras send, or ``--hd-folder``), the
+   first-epoch training loader's clips/s reading the originals, reading their training proxies
+   (:mod:`pytrain.proxies`, short side 256), and reading the shared clip cache (a second task on
+   the same clips), with 0 and N workers; plus the proxies' disk use per hour of video.
 
 Run::
 
     .venv/bin/python benchmarks/bench_loader.py                        # synthetic 48 clips, 112x112, 16 frames
     .venv/bin/python benchmarks/bench_loader.py --folder sources/kitchen --workers 4 --frames 16 --size 112
+    .venv/bin/python benchmarks/bench_loader.py --section proxies      # originals vs proxies vs cache only
 
 Targets (issue 3): loader per worker >= baseline; cached >= 10x baseline; RSS flat within 10%.
 """
@@ -61,16 +67,17 @@ def baseline(files: list[Path], frames: int, size: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def _dataset(files: list[Path], frames: int, size: int, cache_dir: str | None):
+def _dataset(files: list, frames: int, size: int, cache_dir: str | None):
+    """The training dataset of ``files`` (paths, or :class:`~pytrain.training.data.Sample` s)."""
     from pytrain.training.data import ClipCache, ClipDataset, Sample
     from pytrain.training.transforms import TrainPreset
 
-    samples = [Sample(p, p.name, 0, "train") for p in files]
+    samples = [p if isinstance(p, Sample) else Sample(p, p.name, 0, "train") for p in files]
     cache = ClipCache(Path(cache_dir)) if cache_dir else None
     return ClipDataset(samples, frames, size, size, train=True, augment=TrainPreset(), cache=cache)
 
 
-def loader_pass(files: list[Path], frames: int, size: int, workers: int, *, cache_dir: str | None = None, epochs: int = 1,
+def loader_pass(files: list, frames: int, size: int, workers: int, *, cache_dir: str | None = None, epochs: int = 1,
                 between=None) -> list[float]:
     """clips/s of each epoch through a DataLoader (batch 4) with the shuffle-buffer sampler.
 
@@ -168,6 +175,57 @@ def train_rate(architecture: str, frames: int, size: int, steps: int, min_second
     return done * 4 / (time.perf_counter() - start)
 
 
+def make_hd_clips(folder: Path, count: int, seconds: float) -> list[Path]:
+    """``count`` 1280x720 H.264 clips of ``seconds`` under ``folder/<class>/`` (ffmpeg's lavfi
+    patterns, each with its own tint and temporal sensor noise)."""
+    sources = ("testsrc2", "mandelbrot", "smptehdbars")
+    paths = []
+    for i in range(count):
+        path = folder / f"{sources[i % 3]}_x" / f"clip_{i:03d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"{sources[i % 3]}=size=1280x720:rate=25",
+                        "-t", str(seconds), "-vf", f"hue=h={37 * i % 360},noise=alls=12:allf=t+u", "-c:v", "libx264",
+                        "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+        paths.append(path)
+    return paths
+
+
+def proxies_section(dataset: Path, frames: int, size: int, workers: int, proxy_size: int, tmp: Path) -> None:
+    """Section 6: first-epoch loader clips/s on the originals, on their proxies and from the cache."""
+    from pytrain.proxies import make_proxies
+    from pytrain.spec import CATALOG_PREFIX
+    from pytrain.training.data import Sample, with_proxies
+    from pytrain.training.probe import probe_videos
+
+    files = _files(dataset)
+    rows: list[dict] = [{} for _ in files]
+
+    def record(i: int, info: dict) -> None:
+        rows[i] = {**info, "dataset": dataset.name, "path": files[i].relative_to(dataset).as_posix(), "size_bytes": files[i].stat().st_size,
+                   "status": "ok" if info.get("reason") is None else "bad"}
+
+    probe_videos(files, processes=max(1, workers), on_result=record)
+    start = time.perf_counter()
+    made = make_proxies(rows, dataset.parent, proxy_size, jobs=max(1, workers))
+    made_s = time.perf_counter() - start
+    originals = [Sample(f, f.name, 0, "train", f"{CATALOG_PREFIX}{r['content_hash']}") for f, r in zip(files, rows) if r["status"] == "ok"]
+    proxies = with_proxies(originals, dataset.parent, size, size)
+    hours = made.seconds / 3600
+    print(f"# {len(originals)} clips of {dataset} ({made.seconds:.0f} s of video, {made.source_bytes / made.seconds * 8 / 1e6:.2f} Mbit/s); "
+          f"proxies (short side {proxy_size}) made in {made_s:.1f} s with {max(1, workers)} ffmpeg jobs: "
+          f"{made.proxy_bytes / 1e6:.2f} MB = {made.proxy_bytes / hours / 1e9:.3f} GB per hour of video "
+          f"(originals {made.source_bytes / hours / 1e9:.3f} GB per hour)")
+    for n in sorted({0, workers}):
+        skip = 1 if n else 0  # with workers, epoch 1 includes their start-up: time epoch 2 (the cache is off: still decoding)
+        original = loader_pass(originals, frames, size, n, epochs=1 + skip)[skip]
+        proxy = loader_pass(proxies, frames, size, n, epochs=1 + skip)[skip]
+        cache_dir = str(tmp / f"proxy-cache-{n}")
+        loader_pass(proxies, frames, size, 0, cache_dir=cache_dir)  # the first task fills the cache
+        cached = loader_pass(proxies, frames, size, n, cache_dir=cache_dir, epochs=1 + skip)[skip]  # a second task's first epoch
+        print(f"first epoch, {n} workers: originals {original:8.1f} clips/s   proxies {proxy:8.1f} clips/s ({proxy / original:.1f}x)   "
+              f"cache {cached:8.1f} clips/s ({cached / original:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, help="folder of mp4 clips (default: a synthetic dataset in a temp folder)")
@@ -177,6 +235,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--train-steps", type=int, default=2, help="at least this many timed steps (and at least 5 s) per model")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--section", choices=("all", "proxies"), default="all", help="proxies: only originals vs proxies vs cache")
+    parser.add_argument("--hd-folder", type=Path, help="a dataset folder (<folder>/<class>/*.mp4) for the proxies section; default: "
+                                                       "1280x720 clips made with ffmpeg")
+    parser.add_argument("--hd-clips", type=int, default=12, help="1280x720 clips the proxies section makes")
+    parser.add_argument("--hd-seconds", type=float, default=4.0, help="their duration, seconds")
+    parser.add_argument("--proxy-size", type=int, default=256, help="the proxies' short side, pixels")
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -189,6 +253,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="pytrain-bench-"))
     try:
+        if args.section == "proxies":
+            dataset = args.hd_folder
+            if dataset is None:
+                dataset = tmp / "hd" / "dataset1"
+                make_hd_clips(dataset, args.hd_clips, args.hd_seconds)
+            print(f"# {os.cpu_count()} CPUs; torch {torch.__version__}; {args.frames} frames at {args.size}x{args.size}")
+            proxies_section(dataset, args.frames, args.size, args.workers, args.proxy_size, tmp)
+            return
         folder = args.folder
         if folder is None:
             from pytrain.sources.synthetic import make_dataset

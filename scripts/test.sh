@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # 1. Debian packages (only as root; otherwise the tests that need them skip with a reason).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
-  for pkg in ffmpeg docker.io debootstrap docker-compose postgresql-client chromium; do
+  for pkg in ffmpeg docker.io debootstrap docker-compose postgresql-client chromium chromium-driver; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

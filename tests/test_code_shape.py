@@ -18,7 +18,7 @@ RUNNERS = APP / "pytrain" / "runners"
 #: The most lines a function may span (the team's rule: "functions at most ~60 lines, named steps").
 MAX_FUNCTION_LINES = 60
 #: The runner modules: each implements :class:`pytrain.runners.base.Runner` for one kind of run.
-RUNNER_MODULES = ("local", "docker", "slurm")
+RUNNER_MODULES = ("local", "docker", "slurm", "ray")
 
 
 def _modules(root: Path) -> list[tuple[Path, ast.Module]]:

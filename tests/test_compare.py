@@ -203,7 +203,7 @@ def test_an_option_left_out_equals_the_option_given_with_its_default():
 def test_params_are_the_training_columns_then_every_option():
     params = run_params(_row(options={"slurm": {"partition": "gpu"}}))
     assert list(params) == [*PARAM_COLUMNS, *(f.name for f in fields(TrainConfig)), *RUNNER_OPTIONS]
-    assert RUNNER_OPTIONS == ("slurm", "experiment", "sweep", "trial")  # every runner/orchestrator option, MLflow's and sweeps' included
+    assert RUNNER_OPTIONS == ("slurm", "ray", "experiment", "sweep", "trial")  # every runner/orchestrator option, MLflow's and sweeps' included
     assert "priority" not in params and "options" not in params
     assert not set(PARAM_COLUMNS) & {f.name for f in fields(TrainConfig)}  # an option never hides a column
 

@@ -118,3 +118,13 @@ def test_readme_insert_command_works_as_written_against_the_published_port(datab
     with engine.connect() as conn:
         row = conn.execute(text("SELECT model_name, sources, classes, status FROM training_tasks")).one()
     assert tuple(row) == ("kitchen", ["dataset1"], ["cooking", "drinking"], "queued")
+
+
+def test_the_console_is_published_on_loopback_with_its_password_hash_and_reads_sources_and_task_folders_only(tmp_path):
+    from pytrain.console.security import hash_password
+
+    stored = hash_password("a compose password")
+    console = resolved(MAIN, write_env(tmp_path / ".env", CONSOLE_PASSWORD_HASH=stored))["services"]["console"]
+    assert console["ports"] == [f"127.0.0.1:{env_example()['CONSOLE_PORT']}:8080/tcp"]
+    assert console["environment"]["PYTRAIN_CONSOLE_PASSWORD_HASH"] == stored  # nothing in it expanded as a variable
+    assert [_mount(console, target)[2] for target in ("/app/sources", "/app/model_tasks", "/app/model_repo")] == ["ro", "ro", "rw"]

@@ -155,3 +155,34 @@ def test_alias_served_is_removed_when_nothing_registered_is_served():
     assert move_served(registry, "kitchen", [3]) is None and registry.alias is None  # type: ignore[arg-type]  # published untracked
     registry.alias = "2"
     assert move_served(registry, "kitchen", []) is None and registry.alias is None  # type: ignore[arg-type]
+
+
+def test_the_onnx_model_is_logged_with_the_flavour_pins_without_inferring_requirements(tmp_path: Path, monkeypatch):
+    """Inference loads the model in a subprocess and scans every installed distribution: seconds a run,
+    and RSS the worker never got back (the 200-task soak grew 12 %); the flavour's pins are enough."""
+    import mlflow.onnx
+    import mlflow.utils.environment
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pytrain.spec import TensorSpec
+    from pytrain.tracking.onnx_model import MODEL_ARTIFACT, log_onnx_model
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    TensorSpec(class_list=["a", "b"], num_frames=8, height=32, width=32).save(tmp_path)
+
+    inferred = []  # MLflow swallows an error in inference (it falls back to the pins): record the call
+    monkeypatch.setattr(mlflow.utils.environment, "_infer_requirements", lambda *args, **kwargs: inferred.append(args) or [])
+    logged: dict[str, str] = {}
+
+    class Client:
+        def log_artifacts(self, run_id: str, folder: str, artifact_path: str) -> None:
+            logged[artifact_path] = (Path(folder) / "requirements.txt").read_text()
+
+    assert log_onnx_model(Client(), "r", tmp_path) is True  # type: ignore[arg-type]
+    assert inferred == []
+    pins = [line for line in logged[MODEL_ARTIFACT].splitlines() if not line.startswith("mlflow")]
+    assert pins == mlflow.onnx.get_default_pip_requirements()

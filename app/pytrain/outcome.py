@@ -51,7 +51,7 @@ class Outcome(str, Enum):
 
 
 #: What :meth:`pytrain.db.TaskQueue.finish` records: the task's final statuses, and its run's outcome.
-#: ``pruned``: a sweep's trial stopped early by its pruner (migration 0007; :mod:`pytrain.sweeps`).
+#: ``pruned``: a sweep's trial stopped early by its pruner (migration 0008; :mod:`pytrain.sweeps`).
 FINISHED: tuple[Outcome, ...] = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED, Outcome.PRUNED)
 
 #: ``task_runs.outcome`` of an ended run (``NULL`` while it runs): a final status, or ``requeued``

@@ -20,9 +20,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pytrain.errors import ConfigurationError
+from pytrain.ray_values import RayAcceleratorType, RayAddress, RayContainerImage, RayMemory, RayPip, RayPython, RayResources
 from pytrain.slurm_values import (
     ExtraSbatch, SlurmAccount, SlurmContainerImage, SlurmMemory, SlurmPartition, SlurmPython, SlurmQos,
 )
+from pytrain.training.clip_cache import DEFAULT_CACHE_GB
 from pytrain.video import DECODERS
 
 
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
     # --- orchestrator ---------------------------------------------------------------------
     # A plain name, not a fixed list: the runners register themselves (pytrain.runners.RUNNERS), and
     # get_runner rejects an unknown one naming those it knows; a new runner is not a settings change.
-    runner: str = Field(default="local", min_length=1, description="How a claimed task is run: a registered runner (local, docker, slurm).")
+    runner: str = Field(default="local", min_length=1, description="How a claimed task is run: a registered runner (local, docker, slurm, ray).")
     worker_id: str | None = Field(default=None, description="Worker id in the task row; default <hostname>-gpu<ids> or <hostname>-cpu (stable across restarts).")
     lease_seconds: float = Field(default=60.0, gt=0, description="A running task whose lease is older than this is re-queued (seconds).")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a worker renews its lease and reads progress (seconds).")
@@ -141,11 +143,40 @@ class Settings(BaseSettings):
         "/models); TensorRT engine caches are written below it.",
     )
 
+    # --- web console (pytrain.console; docs/console.md) -------------------------------------
+    console_password_hash: SecretStr | None = Field(
+        default=None,
+        description="scrypt hash of the console's password (`pytrain console --hash-password` makes one). Unset: the "
+        "console prints a login link with a token made at start and listens on a loopback address only.",
+    )
+    console_secret_key: SecretStr | None = Field(
+        default=None, description="Key that signs the console's session cookies; unset: a random one per start (logins end with a restart).",
+    )
+    console_session_seconds: int = Field(default=12 * 3600, ge=60, description="How long a console login lasts (seconds).")
+    console_tracking_url: str | None = Field(
+        default=None,
+        description="Base URL of MLflow's UI the console's Task page links a run to (`pytrain tracking ui`: http://127.0.0.1:5000). "
+        "Unset: PYTRAIN_MLFLOW_TRACKING_URI when it is an http(s) URL, else no link.",
+    )
+    console_secure_cookie: bool = Field(
+        default=False, description="Mark the session cookie Secure (set it when the console is reached over HTTPS through a reverse proxy).",
+    )
+
     # --- decoding ----------------------------------------------------------------------
     decoder: Literal[DECODERS] = Field(  # type: ignore[valid-type]
         default=DECODERS[0],
         description="Video decoder of training and the client (pytrain.video): decord, or torchcodec (pip install "
         "torchcodec). Train and serve a model with the same one: their scalers round differently.",
+    )
+
+    # --- the shared decoded-clip cache and training proxies (docs/user-guide/data-loading.md) ---
+    clip_cache_dir: Path | None = Field(
+        default=None,
+        description="The host's decoded-clip cache, shared by every task (training reads PYTRAIN_CLIP_CACHE_DIR); "
+        "unset: <data_dir>/clip_cache. In compose: a volume; each host may keep its own.",
+    )
+    clip_cache_gb: float = Field(
+        default=DEFAULT_CACHE_GB, gt=0, description="Size cap of the clip cache in GB (10^9 bytes); least recently used clips are evicted.",
     )
 
     # --- docker runner --------------------------------------------------------------------
@@ -199,6 +230,33 @@ class Settings(BaseSettings):
         "(sys.executable), or 'python' inside slurm_container_image.",
     )
 
+    # --- ray runner (docs/adr/0017-ray-runner.md; docs/operations/ray.md) --------------------
+    # Per node of a job (one placement-group bundle per node); the task's `nodes` column says how many
+    # nodes. The values reach the cluster: each must pass its rule (pytrain.ray_values).
+    ray_address: RayAddress | None = Field(
+        default=None, description="The Ray cluster's Jobs API (the dashboard's address), e.g. 'http://ray-head:8265'; "
+        "required with PYTRAIN_RUNNER=ray.",
+    )
+    ray_gpus_per_node: int = Field(default=0, ge=0, le=64, description="GPUs per node, and training processes per node; 0: one CPU process per node.")
+    ray_cpus_per_node: float = Field(default=1.0, ge=0, le=1024, description="CPUs per node reserved for the training processes.")
+    ray_memory: RayMemory | None = Field(default=None, description="Memory per node reserved in Ray's scheduler, e.g. '64G'; unset: none reserved.")
+    ray_accelerator_type: RayAcceleratorType | None = Field(
+        default=None, description="Only nodes with this accelerator type (Ray's accelerator_type:<T> resource, e.g. 'H100').",
+    )
+    ray_resources: RayResources = Field(
+        default_factory=dict, description="Custom resources per node, as JSON, e.g. '{\"spot\": 1}'; nodes must advertise them.",
+    )
+    ray_container_image: RayContainerImage | None = Field(
+        default=None, description="Run the job in this image (runtime_env image_uri; the cluster must allow containers).",
+    )
+    ray_pip: RayPip = Field(
+        default_factory=list, description="Extra pip packages of the job's runtime environment, as a JSON list of "
+        "requirement specifiers, e.g. '[\"torchcodec==0.17.0\"]' (the cluster must reach a package index).",
+    )
+    ray_python: RayPython = Field(
+        default="python", description="The Python that runs the job's driver on the cluster (PyTrain and ray installed).",
+    )
+
     @field_validator("sources_dir", "model_repo_dir", "model_tasks_dir", "results_dir", "data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -218,6 +276,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_torch_home(self) -> "Settings":
         self.torch_home = (self.data_dir / "torch") if self.torch_home is None else self.torch_home.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _default_clip_cache_dir(self) -> "Settings":
+        self.clip_cache_dir = (self.data_dir / "clip_cache") if self.clip_cache_dir is None else self.clip_cache_dir.expanduser().resolve()
         return self
 
     @model_validator(mode="after")

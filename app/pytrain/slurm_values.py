@@ -28,6 +28,7 @@ The rules (docs/adr/0009-slurm-runner.md, "Values in the script"):
   or a program passes) and ``value`` matches :data:`SBATCH_VALUE_PATTERN` (no white space, quote,
   ``#``, ``$``, backquote, ``;``, ``/``, ``%``).
 
+The rule class and the rules Slurm shares with other runners are :mod:`pytrain.value_rules`.
 This module imports only pydantic's ``AfterValidator`` (the orchestrator's dependency; training
 never imports it).
 """
@@ -35,10 +36,11 @@ never imports it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
+
+from pytrain.value_rules import MEMORY_RULE, PYTHON_RULE, ValueRule
 
 #: One Slurm name (a partition, an account, a QOS).
 SLURM_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
@@ -65,25 +67,8 @@ EXTRA_SBATCH_OPTIONS = frozenset({
 _EXTRA_ITEM = re.compile(rf"--([a-z][a-z0-9-]*)(?:=({SBATCH_VALUE_PATTERN}))?")
 
 
-@dataclass(frozen=True)
-class SlurmRule:
-    """What one setting's value must look like.
-
-    Attributes:
-        pattern: the whole value must match it (``re.fullmatch``).
-        meaning: what it is, for the error (``"a partition name, or several separated by commas"``).
-        example: a valid value.
-    """
-
-    pattern: str
-    meaning: str
-    example: str
-
-    def check(self, value: Any) -> str:
-        """``value`` if it matches; else ``ValueError`` saying what it must be."""
-        if isinstance(value, str) and re.fullmatch(self.pattern, value):
-            return value
-        raise ValueError(f"must be {self.meaning}, e.g. {self.example!r} (pattern {self.pattern})")
+#: A rule of a Slurm value (the class every runner's values use).
+SlurmRule = ValueRule
 
 
 #: The rule of each ``PYTRAIN_SLURM_<KEY>`` setting / ``options["slurm"][key]`` whose text reaches the script.
@@ -92,11 +77,10 @@ RULES: dict[str, SlurmRule] = {
                            "a Slurm partition name, or several separated by commas (letters, digits, '_', '.', '-')", "gpu"),
     "account": SlurmRule(SLURM_NAME_PATTERN, "a Slurm account name (letters, digits, '_', '.', '-')", "vision-lab"),
     "qos": SlurmRule(SLURM_NAME_PATTERN, "a Slurm QOS name (letters, digits, '_', '.', '-')", "normal"),
-    "mem": SlurmRule(r"(0|[1-9][0-9]{0,9})[KMGT]?", "a memory size: a whole number with an optional unit K, M, G or T", "200G"),
+    "mem": MEMORY_RULE,
     "container_image": SlurmRule(r"[A-Za-z0-9_/][A-Za-z0-9_.:/#@+-]{0,511}",
                                  "an enroot/pyxis image: a registry reference or a .sqsh path", "nvcr.io#nvidia/pytorch:24.10-py3"),
-    "python": SlurmRule(r"[A-Za-z0-9_/][A-Za-z0-9_./+-]{0,4095}", "a command name or a path, without white space or shell characters",
-                        "/opt/venv/bin/python"),
+    "python": PYTHON_RULE,
 }
 
 

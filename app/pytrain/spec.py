@@ -77,6 +77,9 @@ TASK_SPEC = "task.json"
 MANIFEST = "manifest.csv"
 PROGRESS = "progress.jsonl"
 TRAIN_LOG = "train.log"
+#: The environment variable a runner sets to name the node a training process runs on (the Ray
+#: node id); metrics.json's ``nodes`` record it (else Slurm's node name, else the host name).
+NODE_NAME_VARIABLE = "PYTRAIN_NODE_NAME"
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_PREV = "checkpoint_prev.pt"
@@ -97,6 +100,12 @@ DATASET_FINGERPRINT = "dataset_fingerprint.json"
 PLOTS = ("history.png", "confusion_train.png", "confusion_test.png")
 
 MANIFEST_COLUMNS = ("path", "label", "split")
+#: The manifest's optional last column: each file's content id (the video catalog's digest,
+#: :func:`pytrain.sources.catalog.file_content_id`), the key of the shared clip cache and of
+#: training proxies; empty for a file the catalog does not know (or in a manifest written before it).
+MANIFEST_CONTENT = "content"
+#: The prefix of a content id that is the video catalog's digest (``catalog:<content_hash>``).
+CATALOG_PREFIX = "catalog:"
 SPLITS = ("train", "val", "test")
 
 # PyTrain's historical tensor names: existing PyTrain clients send ``time_distributed_input``
@@ -424,20 +433,24 @@ class ManifestRow:
         path: the video, relative to the sources root (``/``-separated); it never leaves the root.
         label: the class name (one of the task's ``class_list`` when the orchestrator wrote it).
         split: ``train``, ``val`` or ``test`` (:data:`SPLITS`).
+        content: the file's content id (:data:`MANIFEST_CONTENT`); ``""`` when not known.
     """
 
     path: str
     label: str
     split: str
+    content: str = ""
 
 
 def write_manifest(rows: Iterable[ManifestRow], task_dir: Path) -> Path:
-    """Write ``manifest.csv`` (header :data:`MANIFEST_COLUMNS`, then ``rows`` in order) into
-    ``task_dir`` atomically; returns its path."""
+    """Write ``manifest.csv`` (header :data:`MANIFEST_COLUMNS`, plus :data:`MANIFEST_CONTENT` when a
+    row has a content id, then ``rows`` in order) into ``task_dir`` atomically; returns its path."""
+    rows = list(rows)
+    with_content = any(row.content for row in rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows((row.path, row.label, row.split) for row in rows)
+    writer.writerow((*MANIFEST_COLUMNS, MANIFEST_CONTENT) if with_content else MANIFEST_COLUMNS)
+    writer.writerows((row.path, row.label, row.split, row.content) if with_content else (row.path, row.label, row.split) for row in rows)
     path = Path(task_dir) / MANIFEST
     write_text_atomic(path, buffer.getvalue())
     return path
@@ -450,7 +463,8 @@ def read_manifest(task_dir: Path) -> list[ManifestRow]:
     (training skips such rows); this checks the file's shape only.
 
     Raises:
-        ConfigurationError: no manifest; columns other than :data:`MANIFEST_COLUMNS`; a split not
+        ConfigurationError: no manifest; columns other than :data:`MANIFEST_COLUMNS` (and the
+            optional :data:`MANIFEST_CONTENT`); a split not
             in :data:`SPLITS`; a path that is absolute or leaves the sources root (checked
             lexically, not with ``resolve()``: datasets symlinked into the root are fine). The
             message names the file and line.
@@ -463,8 +477,9 @@ def read_manifest(task_dir: Path) -> list[ManifestRow]:
     rows: list[ManifestRow] = []
     with handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise ConfigurationError(f"{path}: columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}")
+        if tuple(reader.fieldnames or ()) not in (MANIFEST_COLUMNS, (*MANIFEST_COLUMNS, MANIFEST_CONTENT)):
+            raise ConfigurationError(f"{path}: columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)} "
+                                     f"(and optionally {MANIFEST_CONTENT!r})")
         for line, row in enumerate(reader, start=2):  # line 1 is the header
             rel, split = row["path"], row["split"]
             if split not in SPLITS:
@@ -472,7 +487,7 @@ def read_manifest(task_dir: Path) -> list[ManifestRow]:
             normal = os.path.normpath(rel)
             if os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
                 raise ConfigurationError(f"{path}:{line}: path {rel!r} leaves the sources root")
-            rows.append(ManifestRow(path=rel, label=row["label"], split=split))
+            rows.append(ManifestRow(path=rel, label=row["label"], split=split, content=row.get(MANIFEST_CONTENT) or ""))
     return rows
 
 
@@ -729,10 +744,29 @@ def format_progress(record: ProgressRecord, *, brief: bool = False) -> str:
         (False, None if record.val_loss is None else f"val loss {record.val_loss:.3f}"),
         (True, None if record.val_accuracy is None else f"val acc {record.val_accuracy:.2f}"),
         (False, None if record.clips_per_second is None else f"{record.clips_per_second:.1f} clips/s"),
+        (False, None if record.data_wait_seconds is None else f"data wait {record.data_wait_seconds:.1f} s"),
         (False, None if record.lr is None else f"lr {record.lr:.1e}"),
         (True, None if record.test_accuracy is None else f"test acc {record.test_accuracy:.2f}"),
     ]
     return ", ".join(text for in_brief, text in figures if text is not None and (in_brief or not brief))
+
+
+#: An epoch whose training step waited for data longer than this share of the epoch gets a hint
+#: (:func:`data_wait_hint`).
+DATA_WAIT_HINT_SHARE = 0.2
+
+
+def data_wait_hint(record: ProgressRecord) -> str | None:
+    """What would feed the device faster, when an ``epoch`` record's training step waited for data
+    (``data_wait_seconds``) more than :data:`DATA_WAIT_HINT_SHARE` of the epoch (``seconds``);
+    else ``None``. Training logs it; ``pytrain show`` prints it."""
+    wait, seconds = record.data_wait_seconds, record.seconds
+    if wait is None or not seconds or wait <= DATA_WAIT_HINT_SHARE * seconds:
+        return None
+    return (f"epoch {record.epoch}: the training step waited {wait:.1f} s of {seconds:.1f} s ({wait / seconds:.0%}) for data: "
+            "keep the shared clip cache on (task option cache; later epochs and tasks then decode nothing), make training "
+            "proxies (`pytrain sources sync --proxies`), give the loader more workers (--num-workers, PYTRAIN_NUM_WORKERS) "
+            "or decode on the GPU (PYTRAIN_DECODER=nvdec)")
 
 
 def _read_json_or_none(path: Path) -> Any:

@@ -26,6 +26,7 @@ from pytrain.task_columns import (
     SOURCE_NAME_PATTERN,
     check_class_count,
     check_values,
+    task_defaults,
 )
 from pytrain.task_options import check_options
 
@@ -88,6 +89,48 @@ def check_task(task: Mapping[str, Any], *, sources_dir: Path | None, registered:
         groups=load_groups(sources_dir, task["sources"], [clip.path for clip in resolved.clips]),
     )
     return TaskData(resolved, rows)
+
+
+def check_submission(columns: Mapping[str, Any], *, sources_dir: Path, registered: Iterable[str]) -> None:
+    """What ``pytrain submit`` and the console's Submit page check before the INSERT.
+
+    Every dataset is registered, the architecture is one training knows (where the training extra
+    is installed), and :func:`check_task` passes; the data is checked only where every dataset
+    folder is seen here (they may lie under another mount on the worker's host, which checks again
+    when it prepares the task).
+
+    Args:
+        columns: the given columns (``TaskRequest.columns()``); the rest take the database defaults.
+        sources_dir: the sources root.
+        registered: the registered dataset names.
+
+    Raises:
+        ConfigurationError, SourceError, SplitError: as :func:`check_task`, and for an unregistered
+            dataset or an unknown architecture.
+    """
+    registered = set(registered)
+    unregistered = [s for s in columns["sources"] if s not in registered]
+    if unregistered:
+        raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
+    check_architecture(columns.get("architecture"))
+    seen = all((sources_dir / name).is_dir() for name in columns["sources"])
+    check_task({**task_defaults(), **columns}, sources_dir=sources_dir if seen else None, registered=registered)
+
+
+def check_architecture(architecture: str | None) -> None:
+    """Reject an architecture training does not know; skipped where the training extra is not installed.
+
+    Raises:
+        ConfigurationError: naming the architecture and those training knows.
+    """
+    if architecture is None:
+        return
+    try:
+        from pytrain.training.models import ARCHITECTURES
+    except ImportError:  # an orchestrator-only install: the training run reports it
+        return
+    if architecture not in ARCHITECTURES:
+        raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"--architecture one of {sorted(ARCHITECTURES)}")
 
 
 def _shown(value: str) -> str:

@@ -10,7 +10,7 @@ image has no torch).
 Example::
 
     INSERT INTO training_tasks (model_name, sources, classes, options)
-    VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', '{"cache": true, "class_weights": "balanced"}');
+    VALUES ('kitchen', '{dataset1}', '{cooking,drinking}', '{"cache": false, "class_weights": "balanced"}');
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ from typing import Annotated, Any
 from pytrain.errors import ConfigurationError
 
 #: ``options`` keys read by a runner or the orchestrator, not by training (:func:`check_options`
-#: checks them; training skips them): ``slurm`` holds per-task overrides of the ``PYTRAIN_SLURM_*``
-#: settings (:func:`slurm_overrides`); ``experiment`` names the MLflow experiment of the task's runs
+#: checks them; training skips them): ``slurm`` and ``ray`` hold per-task overrides of the
+#: ``PYTRAIN_SLURM_*`` and ``PYTRAIN_RAY_*`` settings (:func:`slurm_overrides`, :func:`ray_overrides`); ``experiment`` names the MLflow experiment of the task's runs
 #: (default: the model name; :mod:`pytrain.tracking`); ``sweep`` and ``trial`` name the sweep and
 #: trial number of a sweep's trial (written by :mod:`pytrain.sweeps`; MLflow tags ``pytrain.sweep``/``pytrain.trial``).
-RUNNER_OPTIONS = ("slurm", "experiment", "sweep", "trial")
+RUNNER_OPTIONS = ("slurm", "ray", "experiment", "sweep", "trial")
 #: The longest ``experiment`` option (MLflow's experiment names are free text; this keeps them sane).
 MAX_EXPERIMENT_CHARS = 255
-#: ``PYTRAIN_SLURM_*`` settings a task may not override (where the job's Python is is the cluster's
-#: business, not the task's).
-_SLURM_NOT_PER_TASK = ("slurm_python",)
+#: Cluster-runner settings a task may not override (where the cluster is and where its Python is are
+#: the cluster's business, not the task's).
+_NOT_PER_TASK = ("slurm_python", "ray_python", "ray_address")
+#: How errors name each cluster runner, and an example of its ``options`` object.
+_RUNNER_TITLES = {"slurm": "Slurm", "ray": "Ray"}
+_OVERRIDE_EXAMPLES = {"slurm": '{"slurm": {"partition": "gpu"}}', "ray": '{"ray": {"gpus_per_node": 1}}'}
 
 #: ``TrainConfig.class_weights``: how the loss weighs the classes.
 CLASS_WEIGHTS = ("none", "balanced")
@@ -79,9 +82,12 @@ class TrainConfig:
         augment: random resized crop + flip in training.
         hflip: probability of a horizontal flip when ``augment``.
         crop_scale_min: smallest crop area fraction when ``augment``.
-        cache: keep decoded clips on disk (``<task>/clip_cache`` unless ``--cache-dir``): 15-27x
-            faster epochs after the first on the data measured in ``benchmarks/``.
-        cache_pool_factor: frames kept per cached training clip, as a multiple of ``num_frames``.
+        cache: read and fill the host's shared decoded-clip cache (``PYTRAIN_CLIP_CACHE_DIR``,
+            :mod:`pytrain.training.clip_cache`): later epochs, and later tasks on the same clips with
+            the same clip settings, decode nothing. On by default; ``false`` decodes every clip every
+            epoch (the same frames: the cache changes no result).
+        cache_pool_factor: frames per video that ``uniform`` training jitter draws from (the cached
+            pool), as a multiple of ``num_frames``.
         decode_timeout_s: seconds a file may take in the pre-scan (and a DataLoader batch with
             workers) before its decoder is considered hung.
         class_weights: ``none``, or ``balanced`` for imbalanced data: the cross-entropy weighs
@@ -103,7 +109,7 @@ class TrainConfig:
     augment: bool = True
     hflip: float = _bounded(0.5, ge=0, le=1)
     crop_scale_min: float = _bounded(0.6, gt=0, le=1)
-    cache: bool = False
+    cache: bool = True
     cache_pool_factor: int = _bounded(2, ge=1, le=64)
     decode_timeout_s: float = _bounded(60.0, gt=0, le=86_400)
     class_weights: str = "none"
@@ -156,53 +162,80 @@ class TrainConfig:
         return asdict(self)
 
 
-def slurm_overrides(options: dict[str, Any]) -> dict[str, Any]:
-    """The task's overrides of the ``PYTRAIN_SLURM_*`` settings: ``options["slurm"]`` as
-    ``{"slurm_<key>": value}``, each value checked against that setting's type and bounds.
+def runner_overrides(options: dict[str, Any], runner: str) -> dict[str, Any]:
+    """A task's overrides of a cluster runner's settings: ``options[runner]`` as
+    ``{"<runner>_<key>": value}``, each value checked against that setting's type, bounds and rule
+    (:mod:`pytrain.slurm_values`, :mod:`pytrain.ray_values`) in strict mode.
 
-    Example: ``{"slurm": {"partition": "h100", "gpus_per_node": 8, "mem": "200G"}}`` ->
-    ``{"slurm_partition": "h100", "slurm_gpus_per_node": 8, "slurm_mem": "200G"}``.
+    Example: ``runner_overrides({"slurm": {"partition": "h100", "gpus_per_node": 8}}, "slurm")`` ->
+    ``{"slurm_partition": "h100", "slurm_gpus_per_node": 8}``.
 
-    The keys and their types are the settings' (:class:`pytrain.settings.Settings`, imported here
-    only: training never calls this).
+    The keys and their types are the settings' ``<runner>_*`` fields (:class:`pytrain.settings.Settings`,
+    imported here only: training never calls this), less those in :data:`_NOT_PER_TASK`.
+
+    Args:
+        options: the row's options.
+        runner: ``"slurm"`` or ``"ray"`` (a key of :data:`RUNNER_OPTIONS` with settings of that prefix).
 
     Raises:
-        ConfigurationError: ``slurm`` is not an object, names no such setting, or a value does not
-            fit the setting.
+        ConfigurationError: ``options[runner]`` is not an object, names no such setting, or a value
+            does not fit the setting.
     """
     from pydantic import TypeAdapter, ValidationError
 
     from pytrain.settings import Settings
 
-    given = options.get("slurm", {})
-    per_task = {name.removeprefix("slurm_"): field for name, field in Settings.model_fields.items()
-                if name.startswith("slurm_") and name not in _SLURM_NOT_PER_TASK}
+    prefix = f"{runner}_"
+    given = options.get(runner, {})
+    per_task = {name.removeprefix(prefix): field for name, field in Settings.model_fields.items()
+                if name.startswith(prefix) and name not in _NOT_PER_TASK}
     if not isinstance(given, dict):
-        raise ConfigurationError(f"task option slurm={given!r} is not a JSON object", hint='e.g. {"slurm": {"partition": "gpu"}}')
+        raise ConfigurationError(f"task option {runner}={given!r} is not a JSON object", hint=f"e.g. {_OVERRIDE_EXAMPLES[runner]}")
     overrides: dict[str, Any] = {}
     for key, value in given.items():
         if key not in per_task:
-            raise ConfigurationError(f"task option slurm.{key} is not a Slurm setting", hint=f"known: {', '.join(sorted(per_task))}")
+            raise ConfigurationError(f"task option {runner}.{key} is not a {_RUNNER_TITLES[runner]} setting",
+                                     hint=f"known: {', '.join(sorted(per_task))}")
         setting = per_task[key]
         try:
             kind = Annotated[setting.annotation, *setting.metadata] if setting.metadata else setting.annotation
-            overrides[f"slurm_{key}"] = TypeAdapter(kind).validate_python(value, strict=True)
+            overrides[f"{prefix}{key}"] = TypeAdapter(kind).validate_python(value, strict=True)
         except ValidationError as exc:
             why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise ConfigurationError(f"task option slurm.{key}={value!r}: {why}",
-                                     hint=f"PYTRAIN_SLURM_{key.upper()}: {setting.description}") from None
+            raise ConfigurationError(f"task option {runner}.{key}={value!r}: {why}",
+                                     hint=f"PYTRAIN_{prefix.upper()}{key.upper()}: {setting.description}") from None
     return overrides
+
+
+def slurm_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The task's overrides of the ``PYTRAIN_SLURM_*`` settings (:func:`runner_overrides`).
+
+    Example: ``{"slurm": {"partition": "h100", "gpus_per_node": 8, "mem": "200G"}}`` ->
+    ``{"slurm_partition": "h100", "slurm_gpus_per_node": 8, "slurm_mem": "200G"}``.
+    """
+    return runner_overrides(options, "slurm")
+
+
+def ray_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The task's overrides of the ``PYTRAIN_RAY_*`` settings (:func:`runner_overrides`).
+
+    Example: ``{"ray": {"gpus_per_node": 8, "accelerator_type": "H100", "resources": {"spot": 1}}}`` ->
+    ``{"ray_gpus_per_node": 8, "ray_accelerator_type": "H100", "ray_resources": {"spot": 1.0}}``.
+    """
+    return runner_overrides(options, "ray")
 
 
 def check_options(options: Any) -> None:
     """Check a row's whole ``options`` (what ``pytrain submit`` and the claim run): the training
-    settings (:meth:`TrainConfig.from_options`) and the runners' keys (:func:`slurm_overrides`).
+    settings (:meth:`TrainConfig.from_options`) and the runners' keys (:func:`slurm_overrides`,
+    :func:`ray_overrides`).
 
     Raises:
         ConfigurationError: the first bad key or value, named.
     """
     TrainConfig.from_options(options)
     slurm_overrides(options)
+    ray_overrides(options)
     trial = options.get("trial") if isinstance(options, dict) else None
     if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
         raise ConfigurationError(f"task option trial={trial!r} is not a trial number (an integer >= 0)", hint='e.g. {"trial": 3}')

@@ -20,7 +20,9 @@ from pytrain.sampling import ClipSampling, clip_indices
 #: The decoders behind :func:`decode_clip`; the first is the default. ``PYTRAIN_DECODER`` picks one
 #: (:class:`pytrain.settings.Settings` validates it; this module reads the variable itself because
 #: the training entrypoint runs where PyTrain's settings package may be absent).
-DECODERS = ("decord", "torchcodec")
+CPU_DECODERS = ("decord", "torchcodec")
+#: ``nvdec``: the GPU's hardware decoder (:func:`nvdec_frames`), on NVIDIA GPUs only.
+DECODERS = (*CPU_DECODERS, "nvdec")
 DECODER_ENV = "PYTRAIN_DECODER"
 
 
@@ -154,25 +156,52 @@ def decode_views(
         VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
         ConfigurationError: an unknown decoder, or torchcodec asked for and not installed.
     """
-    path, decoder = _checked_input(path, decoder)
     shape: list[int] = []
 
-    def pick(total: int) -> list[int]:
+    def pick(total: int) -> np.ndarray:
         indices = clip_indices(total, num_frames, sampling, rng=rng, clip=clip)
         shape[:] = indices.shape
-        return indices.reshape(-1).tolist()
+        return indices.reshape(-1)
 
-    decode = _decode_torchcodec if decoder == "torchcodec" else _decode_decord
+    frames = decode_picked(path, height, width, pick, decoder=decoder)
+    return frames.reshape(shape[0], num_frames, height, width, 3)
+
+
+def decode_picked(path: str | Path, height: int, width: int, pick: Callable[[int], np.ndarray], *,
+                  decoder: str | None = None) -> np.ndarray:
+    """Decode the frames ``pick(frame_count)`` names, resized to ``height x width`` (the one decode
+    step under :func:`decode_views`; see there for the decoders).
+
+    Args:
+        path: the video file.
+        height, width: output size in pixels.
+        pick: given the video's frame count, the frame indices to decode (1-D int, each in range).
+        decoder: default :func:`default_decoder`.
+
+    Returns:
+        ``(len(pick(n)), height, width, 3)`` uint8 RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+        ConfigurationError: an unknown decoder, or its library not installed.
+    """
+    path, decoder = _checked_input(path, decoder)
+    wanted: list[int] = []
+
+    def listed(total: int) -> list[int]:
+        wanted[:] = np.asarray(pick(total)).reshape(-1).tolist()
+        return wanted
+
+    decode = _DECODE[decoder]
     try:
-        frames = decode(path, height, width, pick)
+        frames = decode(path, height, width, listed)
     except (VideoDecodeError, ConfigurationError):
         raise
     except Exception as exc:  # the decoders raise DECORDError / RuntimeError for unreadable input
         raise _decoder_error(path, exc) from exc
-    views = shape[0] if shape else 0
-    if frames.shape != (views * num_frames, height, width, 3):
-        raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(views * num_frames, height, width, 3)}")
-    return np.ascontiguousarray(frames, dtype=np.uint8).reshape(views, num_frames, height, width, 3)
+    if frames.shape != (len(wanted), height, width, 3):
+        raise VideoDecodeError(path, f"decoded shape {frames.shape}, expected {(len(wanted), height, width, 3)}")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
 
 
 def _decode_decord(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
@@ -209,11 +238,100 @@ def _decode_torchcodec(path: Path, height: int, width: int, pick: Callable[[int]
     return reader.get_frames_at(pick(total)).data.numpy()
 
 
+def nvdec_frames(path: str | Path, height: int, width: int, indices: list[int], *, device: str = "cuda") -> "torch.Tensor":
+    """Frames ``indices`` of ``path`` decoded on the GPU's video decoder (NVDEC) and resized there.
+
+    torchcodec's CUDA device decodes (docs/adr/0014-clip-cache-proxies-nvdec.md says why this library,
+    provisionally: the choice is to be measured on a GPU); the resize is ``torch``'s bilinear
+    interpolation with antialiasing on the device, so the frames never leave the GPU. The pixels
+    differ from decord's (another scaler, and NVDEC's own YUV->RGB conversion): ``tests/gpu``
+    bounds the mean difference.
+
+    Args:
+        path: the video file.
+        height, width: output size in pixels.
+        indices: frame indices, each in ``[0, frame count)``.
+        device: the CUDA device.
+
+    Returns:
+        ``(len(indices), height, width, 3)`` uint8 RGB on ``device``.
+
+    Raises:
+        ConfigurationError: no CUDA device, torchcodec missing or without CUDA support, or no
+            hardware decoder for the file's codec on this GPU (the message names what is missing).
+    """
+    import torch
+
+    VideoDecoder = _nvdec_ready()
+    try:
+        reader = VideoDecoder(str(path), device=device, dimension_order="NCHW")
+        frames = reader.get_frames_at(list(indices)).data
+    except RuntimeError as exc:
+        text = str(exc)
+        if any(word in text for word in ("CUDA", "cuda", "NVDEC", "nvdec", "Unsupported", "not supported")):
+            raise ConfigurationError(f"{path}: the GPU's video decoder cannot decode it: {text.splitlines()[0]}",
+                                     hint="this GPU or this torchcodec build has no NVDEC for the codec; "
+                                     "make proxies (pytrain sources sync --proxies: H.264) or use PYTRAIN_DECODER=decord") from exc
+        raise
+    resized = torch.nn.functional.interpolate(frames.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _nvdec_ready() -> type:
+    """torchcodec's ``VideoDecoder`` when a CUDA device is there to decode on.
+
+    Raises:
+        ConfigurationError: no CUDA device, or torchcodec cannot be imported (naming which).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigurationError("PYTRAIN_DECODER=nvdec needs an NVIDIA GPU, but torch sees no CUDA device",
+                                 hint="run on a GPU host with the NVIDIA driver, or use PYTRAIN_DECODER=decord")
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError as exc:
+        raise ConfigurationError(f"PYTRAIN_DECODER=nvdec decodes with torchcodec's CUDA device, but torchcodec cannot be imported: {exc}",
+                                 hint="pip install torchcodec (the CUDA build matching torch), or PYTRAIN_DECODER=decord") from exc
+    return VideoDecoder
+
+
+def nvdec_picked(path: str | Path, height: int, width: int, pick: Callable[[int], np.ndarray]) -> "torch.Tensor":
+    """:func:`decode_picked` with ``nvdec``, the frames left on the GPU: ``(N, H, W, 3)`` uint8 CUDA.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, or has no decodable frame.
+        ConfigurationError: see :func:`nvdec_frames`.
+    """
+    path, _ = _checked_input(path, "nvdec")
+    VideoDecoder = _nvdec_ready()
+    try:
+        total = int(VideoDecoder(str(path)).metadata.num_frames or 0)  # the CPU index: counting needs no GPU
+        if total < 1:
+            raise VideoDecodeError(path, "the video has no frames")
+        return nvdec_frames(path, height, width, np.asarray(pick(total)).reshape(-1).tolist())
+    except (VideoDecodeError, ConfigurationError):
+        raise
+    except Exception as exc:  # torchcodec raises RuntimeError / ValueError for unreadable input
+        raise _decoder_error(path, exc) from exc
+
+
+def _decode_nvdec(path: Path, height: int, width: int, pick: Callable[[int], list[int]]) -> np.ndarray:
+    """As :func:`_decode_decord`, on the GPU (:func:`nvdec_picked`), copied to the host."""
+    return nvdec_picked(path, height, width, pick).cpu().numpy()
+
+
 def _decoder_error(path: str | Path, exc: Exception) -> VideoDecodeError:
     """A decoder library's exception as a :class:`VideoDecodeError` naming the file: its type and
     first line (FFmpeg's messages go on for lines)."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "decoder error"
     return VideoDecodeError(path, f"{type(exc).__name__}: {first_line}")
+
+
+#: :data:`DECODERS` -> the function decoding ``(path, height, width, pick)``.
+_DECODE: dict[str, Callable[[Path, int, int, Callable[[int], list[int]]], np.ndarray]] = {
+    "decord": _decode_decord, "torchcodec": _decode_torchcodec, "nvdec": _decode_nvdec,
+}
 
 
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:

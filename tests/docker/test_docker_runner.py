@@ -33,6 +33,7 @@ def _settings(tmp_path: Path, base_image: str, **overrides: Any) -> Settings:
         model_repo_dir=tmp_path / "model_repo",
         results_dir=tmp_path / "results",
         data_dir=tmp_path / "data",
+        clip_cache_dir=tmp_path / "clip_cache",
         ngc_api_key_file=tmp_path / "absent-api.key",
         shm_size="64m",
         container_memory=None,
@@ -69,7 +70,7 @@ def _runner(settings: Settings, client: Any, context: Path, image: str | None, c
 
 
 def test_successful_run_streams_log_and_isolates_container(docker_client, docker_tracker, docker_context, tmp_path, train_image):
-    """Exit 0 -> succeeded; output in train.log; sources read-only, task dir writable, no network,
+    """Exit 0 -> succeeded; output in train.log; sources read-only, task dir and clip cache writable, no network,
     NVIDIA's ulimits and shm size, a pids limit, a non-root user, the base image's torch."""
     code = r"""
 import os, resource, socket, subprocess, torch
@@ -90,6 +91,7 @@ try:
 except OSError:
     print("rootfs read-only")
 open("/task/out.txt", "w").write("ok")
+open(os.path.join(os.environ["PYTRAIN_CLIP_CACHE_DIR"], "probe.txt"), "w").write("ok")  # the shared clip cache: writable
 print(open("/sources/readme.txt").read().strip())
 """
     settings = _settings(tmp_path, "unused", container_pids_limit=128)
@@ -108,6 +110,7 @@ print(open("/sources/readme.txt").read().strip())
     assert "rootfs read-only" in log
     assert "sources" in log.splitlines()[-1]
     assert (task.task_dir / "out.txt").read_text() == "ok"
+    assert (settings.clip_cache_dir / "probe.txt").read_text() == "ok"  # mounted at /clip-cache, writable for uid 1000
     assert docker_client.containers.list(all=True, filters={"label": "org.pytrain.task-id=101"}) == []
 
 

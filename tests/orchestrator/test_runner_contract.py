@@ -2,7 +2,8 @@
 
 Each case runs a few lines of Python in place of the training entrypoint, through the real
 runner: ``local`` as a subprocess, ``docker`` in a container of the real training image (marked
-``docker``; it needs the engine and the session's image). Success, exit 1, out of memory, cancel
+``docker``; it needs the engine and the session's image), ``slurm`` as a job on the real two-node
+cluster, ``ray`` as a Ray job on the real three-node Ray cluster (``tests/fixtures/ray.py``). Success, exit 1, out of memory, cancel
 within 5 s, the timeout, orphans; the interrupt and the stderr tail go through the real
 :class:`~pytrain.orchestrator.Orchestrator` on a real PostgreSQL, since their promise is about the
 task row. At the end, unit tests of the shared pieces: the outcome mapping, the ``error`` text,
@@ -35,7 +36,8 @@ from pytrain.orchestrator import Orchestrator
 from pytrain.runners import LocalRunner, Outcome, PreparedTask, Runner
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TaskSpec, task_dir_name
-from test_local_runner import pid_alive, wait_for
+from fixtures.processes import pid_alive
+from test_local_runner import wait_for
 
 GRACE_SECONDS = 1.0  # SIGTERM -> SIGKILL; the hanging programs ignore SIGTERM, so every stop needs it
 START_SECONDS = 60  # a container can take a while to start on a loaded CI machine
@@ -154,11 +156,33 @@ def _slurm(request: pytest.FixtureRequest, settings: Settings) -> Kind:
     return Kind(settings, make, running, ALLOCATE, {"slurm_mem": "200M"}, cancel_seconds=10.0, timeout_seconds=10.0)
 
 
-KINDS = {"local": _local, "docker": _docker, "slurm": _slurm}
+def _ray(request: pytest.FixtureRequest, settings: Settings) -> Kind:
+    from pytrain.runners.ray import RayRunner
+
+    cluster = request.getfixturevalue("ray_cluster")  # skips without Ray
+
+    def make(s: Settings, code: str) -> Runner:
+        return RayRunner(s, command=[sys.executable, "-c", code], grace_seconds=GRACE_SECONDS, poll_seconds=0.2)
+
+    def running(task_dir: Path) -> bool:  # every Ray node runs on this host: the run's pid tells
+        started = task_dir / "started"
+        return started.exists() and pid_alive(int(started.read_text()))
+
+    # A job is placed on a worker node (one CPU each) and its driver started in ~3 s here. Ray's own
+    # memory monitor acts only near the node's end, so the program limits its address space as in
+    # the local case and dies of MemoryError. The cluster is the session's: a worker id of this
+    # test's own keeps cleanup_orphans from stopping another test's jobs.
+    oom = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n" + ALLOCATE
+    settings = settings.model_copy(update={"ray_address": cluster.address, "ray_python": sys.executable,
+                                           "ray_resources": {"pytrain_worker": 1.0}, "worker_id": f"contract-{time.monotonic_ns()}"})
+    return Kind(settings, make, running, oom, cancel_seconds=10.0, timeout_seconds=10.0)
+
+
+KINDS = {"local": _local, "docker": _docker, "slurm": _slurm, "ray": _ray}
 
 
 @pytest.fixture(params=[pytest.param("local"), pytest.param("docker", marks=pytest.mark.docker),
-                        pytest.param("slurm", marks=pytest.mark.slurm)])
+                        pytest.param("slurm", marks=pytest.mark.slurm), pytest.param("ray", marks=pytest.mark.ray)])
 def kind(request: pytest.FixtureRequest, settings: Settings) -> Kind:
     return KINDS[request.param](request, settings)
 
@@ -199,7 +223,7 @@ def _wait_started(task_dir: Path) -> None:
 def test_runner_implements_the_protocol(kind):
     runner = kind.runner("pass")
     assert isinstance(runner, Runner)
-    assert runner.name in ("local", "docker", "slurm")
+    assert runner.name in ("local", "docker", "slurm", "ray")
 
 
 def test_exit_0_succeeds_with_the_output_in_the_log(kind):
@@ -390,7 +414,7 @@ def test_get_runner_builds_registered_runners_and_names_them_for_an_unknown_one(
 
     monkeypatch.setattr(runners, "RUNNERS", dict(runners.RUNNERS))
     assert isinstance(runners.get_runner(settings), LocalRunner)
-    with pytest.raises(ConfigurationError, match=r"unknown runner 'kubernetes'; known runners: docker, local, slurm"):
+    with pytest.raises(ConfigurationError, match=r"unknown runner 'kubernetes'; known runners: docker, local, ray, slurm"):
         runners.get_runner(settings.model_copy(update={"runner": "kubernetes"}))
     built = []
     runners.register_runner("kubernetes", lambda s: built.append(s) or LocalRunner(s))

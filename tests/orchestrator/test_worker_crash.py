@@ -15,7 +15,8 @@ from pytrain.db import TaskQueue
 from pytrain.orchestrator import Orchestrator
 from pytrain.runners import LocalRunner
 from pytrain.spec import task_dir_name
-from test_local_runner import STUB, pid_alive, wait_for
+from fixtures.processes import pid_alive
+from test_local_runner import STUB, wait_for
 
 TASK = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
 

@@ -28,3 +28,9 @@ def slurm_settings(slurm_cluster, settings, monkeypatch):
         subprocess.run(["scancel", job], capture_output=True, timeout=30)
     resume_nodes()
     assert not left, f"jobs left in the queue: {left}"
+
+
+@pytest.fixture
+def cluster_settings(slurm_settings):
+    """The settings ``placeholders`` and ``clips`` (tests/fixtures/cluster_tasks.py) register their datasets on."""
+    return slurm_settings

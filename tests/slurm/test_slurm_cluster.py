@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +29,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from fixtures.clips import write_tree
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, assert_served_with_every_class, in_thread, task_folder
 from fixtures.processes import wait_for
 from fixtures.slurm import live_jobs
 
@@ -44,13 +42,6 @@ from pytrain.runners.slurm import SlurmRunner
 from pytrain.spec import TaskSpec
 
 pytestmark = pytest.mark.slurm
-
-TRAIN_ROW = {
-    "sources": ["dataset1"], "classes": ["cooking", "drinking", "eating", "walking"], "architecture": "tiny",
-    "num_frames": 8, "height": 32, "width": 32, "epochs": 2, "batch_size": 4, "learning_rate": 0.003,
-}
-PLACEHOLDER_ROW = {"model_name": "kitchen", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "architecture": "tiny"}
-LAYOUT = {"dataset1": {"cooking_bread": 3, "cooking_soup": 3, "drinking_water": 5, "eating": 4}}
 
 # Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the job's
 # folder). HOLD says it started (one line per start) and ends 0 with a metrics.json once "release" exists.
@@ -80,55 +71,13 @@ def running_job(task_id: int) -> str:
                     timeout=60, what=f"a running job of task {task_id}")
 
 
-def task_dir(queue: TaskQueue, task_id: int) -> Path:
-    return Path(wait_for(lambda: queue.get(task_id)["task_dir"], timeout=30, what="the task folder"))
-
-
-class NoPublish:
-    """A publisher for runs that train nothing: version 1 recorded through the worker's gate, nothing written."""
-
-    def __call__(self, task_dir, *, settings, task_record, gate):
-        published = SimpleNamespace(version=1, served_versions=(1,), serving_note="")
-        with gate() as record:
-            record(published)
-        return published
-
-
 def stub_runner(settings, code: str) -> SlurmRunner:
     return SlurmRunner(settings, command=[sys.executable, "-c", code], poll_seconds=0.2, grace_seconds=1.0)
-
-
-def in_thread(worker: Orchestrator, **kwargs) -> threading.Thread:
-    thread = threading.Thread(target=worker.run, kwargs=kwargs, daemon=True)
-    thread.start()
-    return thread
-
-
-@pytest.fixture
-def placeholders(slurm_settings, engine):
-    """Registered placeholder clips (the stand-in programs read none)."""
-    from pytrain.sources import sync_sources
-
-    write_tree(slurm_settings.sources_dir, LAYOUT)
-    sync_sources(slurm_settings, engine=engine, probe=False)
-    return slurm_settings
-
-
-@pytest.fixture
-def clips(slurm_settings, engine, synthetic_sources):
-    """The synthetic dataset of real mp4 clips, registered and catalogued."""
-    from pytrain.sources import sync_sources
-
-    shutil.copytree(synthetic_sources / "dataset1", slurm_settings.sources_dir / "dataset1")
-    sync_sources(slurm_settings, engine=engine)
-    return slurm_settings
 
 
 # -- training on two nodes ------------------------------------------------------------------------
 @pytest.mark.triton
 def test_two_node_task_trains_on_n1_and_n2_is_published_and_served(clips, engine, triton_server):
-    from pytrain.client import TritonClient
-
     settings = clips.model_copy(update={"model_repo_dir": triton_server.model_repository, "triton_grpc_url": triton_server.grpc_url,
                                         "triton_control_key": triton_server.control_key})
     queue = TaskQueue(engine)
@@ -148,11 +97,7 @@ def test_two_node_task_trains_on_n1_and_n2_is_published_and_served(clips, engine
     assert "#SBATCH --nodes=2\n" in script and "-m torch.distributed.run --nnodes=$SLURM_JOB_NUM_NODES" in script
     assert row["version"] == 1 and (settings.model_repo_dir / "slurm_e2e" / "1" / "model.onnx").is_file()
 
-    clip = sorted((settings.sources_dir / "dataset1").glob("eating*/*.mp4"))[0]
-    with TritonClient(triton_server.grpc_url) as client:
-        [predictions] = client.predict("slurm_e2e", [clip], top_k=4)
-    assert sorted(p.label for p in predictions) == TRAIN_ROW["classes"]
-    assert abs(sum(p.probability for p in predictions) - 1.0) < 1e-3
+    assert_served_with_every_class(settings, triton_server.grpc_url, "slurm_e2e")
     assert jobs_of(task_id) == {}
 
 
@@ -162,7 +107,7 @@ def test_cancelling_a_two_node_training_removes_its_job_within_10_seconds(clips,
     worker = Orchestrator(clips, engine=engine, runner=SlurmRunner(clips, poll_seconds=0.5))
     thread = in_thread(worker, max_tasks=1)
     job = running_job(task_id)
-    progress = task_dir(queue, task_id) / "progress.jsonl"
+    progress = task_folder(queue, task_id) / "progress.jsonl"
     wait_for(lambda: progress.exists() and '"epoch"' in progress.read_text(), timeout=120, step=0.5, what="a trained epoch")
     cancelled_at = time.monotonic()
     assert queue.cancel(task_id)
@@ -226,7 +171,7 @@ def test_a_node_failure_during_the_run_requeues_the_task(placeholders, engine):
     task_id = queue.submit({**PLACEHOLDER_ROW, "nodes": 2})
     thread = in_thread(Orchestrator(placeholders, engine=engine, runner=stub_runner(placeholders, SLEEP)), max_tasks=1)
     job = running_job(task_id)
-    wait_for((task_dir(queue, task_id) / "started").exists, timeout=30, what="the program to start")
+    wait_for((task_folder(queue, task_id) / "started").exists, timeout=30, what="the program to start")
     subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=pytrain-test"], check=True, timeout=30)
     thread.join(30)
     assert not thread.is_alive()
@@ -268,7 +213,7 @@ def kill_worker_mid_run(settings, queue: TaskQueue, task_id: int, *, worker_id: 
     proc = subprocess.Popen([sys.executable, "-c", WORKER, HOLD], env=env)
     try:
         job = running_job(task_id)
-        wait_for((task_dir(queue, task_id) / "starts").exists, timeout=30, what="HOLD to start")
+        wait_for((task_folder(queue, task_id) / "starts").exists, timeout=30, what="HOLD to start")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -279,7 +224,7 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     queue = TaskQueue(engine)
     task_id = queue.submit(PLACEHOLDER_ROW)
     job = kill_worker_mid_run(placeholders, queue, task_id)
-    folder = task_dir(queue, task_id)
+    folder = task_folder(queue, task_id)
     assert queue.get(task_id)["status"] == "running" and job in jobs_of(task_id)  # the job outlives its orchestrator
 
     runner = stub_runner(placeholders, HOLD)
@@ -303,7 +248,7 @@ def test_another_orchestrator_reattaches_once_the_dead_ones_lease_expired(placeh
     task_id = queue.submit(PLACEHOLDER_ROW)
     dead = f"{placeholders.worker_id}-dead"
     job = kill_worker_mid_run(placeholders, queue, task_id, worker_id=dead, lease_seconds=2)
-    folder = task_dir(queue, task_id)
+    folder = task_folder(queue, task_id)
     runner = stub_runner(placeholders, HOLD)  # another worker id: placeholders.worker_id
     thread = in_thread(Orchestrator(placeholders, engine=engine, runner=runner, publisher=NoPublish()), max_tasks=1)
     wait_for(lambda: jobs_of(task_id).get(job, "").endswith(f"worker={placeholders.worker_id}"), timeout=30,

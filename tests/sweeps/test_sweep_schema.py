@@ -1,4 +1,4 @@
-"""Migration 0007 against the vocabularies it was written from (a real PostgreSQL): every word of
+"""Migration 0008 against the vocabularies it was written from (a real PostgreSQL): every word of
 :mod:`pytrain.sweeps.vocabulary` and every final status and run outcome (``pruned`` included) is
 accepted by the migrated database's CHECKs, and anything else is refused by the named constraint."""
 
@@ -40,7 +40,7 @@ def test_every_task_status_and_run_outcome_is_accepted_pruned_included(engine):
                          {"t": task, "o": outcome})
 
 
-def test_downgrading_0007_fails_pruned_tasks_with_the_reason_and_drops_the_sweeps(empty_database_url):
+def test_downgrading_0008_fails_pruned_tasks_with_the_reason_and_drops_the_sweeps(empty_database_url):
     from alembic import command
     from sqlalchemy import create_engine
 
@@ -56,12 +56,12 @@ def test_downgrading_0007_fails_pruned_tasks_with_the_reason_and_drops_the_sweep
         config = alembic_config()
         with engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.downgrade(config, "0006")
+            command.downgrade(config, "0007")
         with engine.connect() as conn:
             status, error = conn.execute(text("SELECT status, error FROM training_tasks")).one()
             left = conn.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('sweeps', 'sweep_trials') "
                                      "OR table_schema = 'optuna'")).scalar()
-        assert (status, error, left) == ("failed", "pruned by its sweep (downgraded below migration 0007)", 0)
-        assert upgrade(engine) == "0007"
+        assert (status, error, left) == ("failed", "pruned by its sweep (downgraded below migration 0008)", 0)
+        assert upgrade(engine) == "0008"
     finally:
         engine.dispose()

@@ -1,10 +1,11 @@
-"""The task row's ``options`` ``{"cache": true}`` reaches training in both runners (issue 9).
+"""The shared clip cache reaches training in both runners (issues 9 and 20).
 
-The local runner: a real training process started by the runner writes the decoded-clip cache
-into the task folder. The docker runner: the container it would create (recorded by a client that
-only records ``containers.create``; creating and running real containers is covered by
-``tests/docker``) gets the task folder as its one writable mount at ``/task``, a command without
-``--cache-dir`` and no ``PYTRAIN_CACHE_DIR``, so training caches under ``/task/clip_cache``.
+The local runner: a real training process started by the runner fills the host's shared cache
+(``settings.clip_cache_dir``, passed as ``PYTRAIN_CLIP_CACHE_DIR``). The docker runner: the
+container it would create (recorded by a client that only records ``containers.create``; creating
+and running real containers is covered by ``tests/docker``) gets the task folder at ``/task`` and
+the shared cache at ``/clip-cache`` as its only writable mounts, and ``PYTRAIN_CLIP_CACHE_DIR``
+pointing there; the task option ``cache: false`` turns the cache off.
 
 Budgets: the local runner test ~15-25 s (one 1-epoch run); the docker test under 1 s.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from fixtures.clips import write_task
 from fixtures.docker import RecordingDocker
 from pytrain.runners import LocalRunner, Outcome, PreparedTask
-from pytrain.runners.docker import CONTAINER_TASK_DIR, DockerRunner
+from pytrain.runners.docker import CONTAINER_CLIP_CACHE, CONTAINER_TASK_DIR, DockerRunner
 from pytrain.settings import Settings
 from pytrain.spec import CLIP_CACHE, METRICS, TaskSpec
 from pytrain.task_options import TrainConfig
@@ -26,21 +27,24 @@ from pytrain.training.train import cache_folder, get_args_parser
 from training.conftest import SMALL, small_rows
 
 
-def test_the_local_runner_trains_with_the_rows_cache_option(tmp_path, small_sources):
+def test_the_local_runner_trains_with_the_hosts_shared_cache(tmp_path, small_sources):
     task_dir = tmp_path / "model_tasks" / "task-1-kitchen-0a1b2c3d"
-    spec = write_task(task_dir, small_sources, rows=small_rows(small_sources), epochs=1, extra={"hflip": 0.0, "cache": True}, **SMALL)
+    spec = write_task(task_dir, small_sources, rows=small_rows(small_sources), epochs=1, extra={"hflip": 0.0}, **SMALL)
     prepared = PreparedTask(spec=spec, task_dir=task_dir, sources_root=small_sources, timeout_seconds=600)
+    settings = Settings(data_dir=tmp_path / "data", model_tasks_dir=tmp_path / "model_tasks", clip_cache_dir=tmp_path / "shared")
 
-    result = LocalRunner(None).run(prepared, threading.Event())
+    result = LocalRunner(settings).run(prepared, threading.Event())
 
     assert result.outcome == Outcome.SUCCEEDED, result
-    assert json.loads((task_dir / METRICS).read_text())["train_config"]["cache"] is True
-    cached = list((task_dir / CLIP_CACHE).rglob("*.npy"))
+    assert json.loads((task_dir / METRICS).read_text())["train_config"]["cache"] is True  # the default
+    cached = list((tmp_path / "shared").rglob("*.clip"))
     assert len(cached) >= len(small_rows(small_sources)), cached  # at least one decoded clip per video
+    assert not (task_dir / CLIP_CACHE).exists()
 
 
-def test_the_docker_runner_leaves_the_cache_inside_the_mounted_task_folder(tmp_path, monkeypatch):
+def test_the_docker_runner_mounts_the_shared_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("PYTRAIN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("PYTRAIN_CLIP_CACHE_DIR", raising=False)
     settings = Settings(database_url="postgresql+psycopg://pytrain:unused@127.0.0.1:1/pytrain", data_dir=tmp_path / "data",
                         sources_dir=tmp_path / "sources", model_tasks_dir=tmp_path / "model_tasks", model_repo_dir=tmp_path / "model_repo")
     task_dir = tmp_path / "model_tasks" / "task-1-kitchen-0a1b2c3d"
@@ -54,10 +58,13 @@ def test_the_docker_runner_leaves_the_cache_inside_the_mounted_task_folder(tmp_p
 
     created = client.created
     writable = [m for m in created["mounts"] if not m["ReadOnly"]]
-    assert [(m["Target"], m["Source"]) for m in writable] == [(CONTAINER_TASK_DIR, str(task_dir))]
-    assert created["read_only"] is True and "PYTRAIN_CACHE_DIR" not in created["environment"]
+    assert [(m["Target"], m["Source"]) for m in writable] == [(CONTAINER_TASK_DIR, str(task_dir)),
+                                                               (CONTAINER_CLIP_CACHE, str(settings.clip_cache_dir))]
+    assert created["read_only"] is True and created["environment"]["PYTRAIN_CLIP_CACHE_DIR"] == CONTAINER_CLIP_CACHE
     args = get_args_parser().parse_args(created["command"])
-    assert (args.task_dir, args.cache_dir) == (CONTAINER_TASK_DIR, None)
-    # what training inside the container does with the row's options
-    assert cache_folder(TrainConfig.from_options(spec.extra), Path(args.task_dir), args.cache_dir) == Path(CONTAINER_TASK_DIR) / CLIP_CACHE
-    assert cache_folder(TrainConfig(), Path(args.task_dir), args.cache_dir) is None
+    assert args.task_dir == CONTAINER_TASK_DIR
+    # what training inside the container does with the environment and the row's options
+    monkeypatch.setenv("PYTRAIN_CLIP_CACHE_DIR", created["environment"]["PYTRAIN_CLIP_CACHE_DIR"])
+    args = get_args_parser().parse_args(created["command"])
+    assert cache_folder(TrainConfig.from_options(spec.extra), Path(args.task_dir), args.cache_dir) == Path(CONTAINER_CLIP_CACHE)
+    assert cache_folder(TrainConfig(cache=False), Path(args.task_dir), args.cache_dir) is None

@@ -258,7 +258,8 @@ def test_the_fingerprint_follows_the_weights_not_paths_or_bookkeeping(tmp_path, 
     assert changes(sources_root="/sources", nodes=2, test_clips=3, model_name="renamed", extra={"patience": 3, "decode_timeout_s": 5.0}) == []
     assert changes(class_list=["cooking", "walking"]) == ["task.class_list: ['cooking', 'drinking', 'walking'] -> ['cooking', 'walking']"]
     assert changes(epochs=7, learning_rate=0.01) == ["task.epochs: 6 -> 7", "task.learning_rate: 0.003 -> 0.01"]
-    assert changes(extra={"cache": True}) == ["options.cache: False -> True"]  # cached runs draw frames from a smaller pool
+    assert changes(extra={"cache": False}) == []  # the cache changes no frame (the same pool is decoded without it)
+    assert changes(extra={"cache_pool_factor": 4}) == ["options.cache_pool_factor: 2 -> 4"]  # the pool the jitter draws from
     with (tmp_path / "manifest.csv").open("a") as handle:
         handle.write("dataset1/walking_dog/clip_000.mp4,walking,val\n")
     (changed,) = fingerprint_changes(base, run_fingerprint(spec, cfg, tmp_path))

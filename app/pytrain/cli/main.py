@@ -11,6 +11,7 @@ Commands live in the module of their part of the pipeline and register themselve
 - :mod:`pytrain.cli.weights` -- ``weights`` (pretrained weights: ``fetch``, ``list``)
 - :mod:`pytrain.cli.compare` -- ``compare`` (runs side by side)
 - :mod:`pytrain.cli.sweeps`  -- ``sweep`` (hyper-parameter sweeps: ``create``, ``show``, ``list``, ...)
+- :mod:`pytrain.cli.console` -- ``console`` (the web console)
 
 A :class:`pytrain.errors.PyTrainError` prints as one line (with its cause chain and hint) on
 stderr and exits 1; every other exception keeps its traceback, since it is a bug.
@@ -36,7 +37,7 @@ app = typer.Typer(
 
 _COMMAND_MODULES = ("pytrain.cli.tasks", "pytrain.cli.serving", "pytrain.cli.models", "pytrain.cli.images", "pytrain.cli.demo",
                     "pytrain.cli.stream", "pytrain.cli.weights", "pytrain.cli.compare",
-                    "pytrain.cli.tracking", "pytrain.cli.sweeps")
+                    "pytrain.cli.tracking", "pytrain.cli.console", "pytrain.cli.sweeps")
 
 
 @app.callback()

@@ -23,7 +23,6 @@ from typing import List, Optional
 import typer
 
 from pytrain.cli.serving import CLIPS_HELP, MAX_CLIPS
-from pytrain.errors import PyTrainError
 
 _URL_HELP = "Triton gRPC host:port (env PYTRAIN_TRITON_GRPC_URL)."
 
@@ -43,18 +42,10 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="One JSON array instead of the table."),
 ) -> None:
     """List models and versions: created, task, classes, clip (TxHxW), test accuracy, served, and Triton's state."""
-    from pytrain.publish.versions import list_versions, live_states
+    from pytrain.publish.versions import list_versions_live
     from pytrain.settings import get_settings
 
-    settings = get_settings()
-    rows = list_versions(settings, model)
-    states: dict[tuple[str, int], str] | None = None
-    try:
-        states = live_states(url or f"127.0.0.1:{settings.triton_grpc_port}", settings=settings, timeout_s=5.0 if url else 1.0)
-    except PyTrainError:
-        if url:  # asked for: say so; a local `pytrain serve` that is not running is no error
-            raise
-    rows = [r if states is None else type(r)(**{**r.to_dict(), "state": states.get((r.model, r.version), "not loaded")}) for r in rows]
+    rows, live = list_versions_live(get_settings(), model, url)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -62,12 +53,12 @@ def models(
 
     from pytrain.cli.output import stdout_console
 
-    table = Table("model", "version", "created", "task", "classes", "clip", "test acc", "served", *(["Triton"] if states is not None else []))
+    table = Table("model", "version", "created", "task", "classes", "clip", "test acc", "served", *(["Triton"] if live else []))
     for r in rows:
         acc = "" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"
         cells = [r.model, str(r.version), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)), str(r.task_id or ""),
                  ",".join(r.classes), r.clip, acc, "yes" if r.served else "no"]
-        table.add_row(*cells, *([r.state or ""] if states is not None else []))
+        table.add_row(*cells, *([r.state or ""] if live else []))
     stdout_console().print(table)
 
 

@@ -18,6 +18,7 @@ import typer
 
 from pytrain.errors import ConfigurationError
 from pytrain.task_columns import TASK_COLUMNS, TaskColumn
+from pytrain.proxies import DEFAULT_PROXY_SIZE
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sources_app = typer.Typer(help="Datasets under the sources root.", no_args_is_help=True)
@@ -98,9 +99,14 @@ def db_psql(ctx: typer.Context) -> None:
 def sources_sync(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Probe processes in parallel (default: the CPU count)."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Update the video catalog (--no-probe: only register the datasets)."),
+    proxies: bool = typer.Option(False, "--proxies", help="Also transcode each catalogued video without a fresh proxy into a "
+                                 "training proxy (H.264, constant frame rate, short GOP, no audio; --jobs ffmpeg processes at once)."),
+    proxy_size: int = typer.Option(DEFAULT_PROXY_SIZE, "--proxy-size", min=16, max=4096, metavar="SIZE",
+                                   help="The proxies' short side in pixels (a smaller video keeps its size)."),
 ) -> None:
     """Register every dataset folder of the sources root (PYTRAIN_SOURCES_DIR) and update the video
-    catalog: new and changed files are probed (decoded in child processes), gone files forgotten."""
+    catalog: new and changed files are probed (decoded in child processes), gone files forgotten;
+    with --proxies, training proxies are made for the videos without a fresh one."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -119,7 +125,7 @@ def sources_sync(
                 bars[dataset] = bar.add_task(f"probing {dataset}", total=total)
             bar.update(bars[dataset], completed=done)
 
-        result = sync_sources(settings, engine=engine, probe=probe, jobs=jobs, progress=advance)
+        result = sync_sources(settings, engine=engine, probe=probe, jobs=jobs, progress=advance, proxies=proxy_size if proxies else None)
     typer.echo(f"sources root {settings.sources_dir}")
     typer.echo(f"registered: {', '.join(result.registered) or '(none)'}")
     if result.added:
@@ -132,6 +138,11 @@ def sources_sync(
         typer.echo(f"catalog {name}: probed {len(done.probed)} ({len(done.bad)} bad), unchanged {done.unchanged}, forgotten {len(done.deleted)}")
         for path, reason in done.skipped.items():
             typer.echo(f"skipped {name}/{path}: {reason}")
+    for name, made in result.proxies.items():
+        typer.echo(f"proxies {name} (short side {proxy_size}): made {len(made.made)} ({made.proxy_bytes / 1e6:.1f} MB from "
+                   f"{made.source_bytes / 1e6:.1f} MB, {made.seconds:.0f} s of video), fresh {made.fresh}, failed {len(made.failed)}")
+        for path, reason in made.failed.items():
+            typer.echo(f"proxy of {name}/{path} failed: {reason}")
 
 
 @sources_app.command("inspect")
@@ -143,9 +154,11 @@ def sources_inspect(
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="The split the class minimum is checked for (default: the task default)."),
 ) -> None:
     """Per class and subclass: clips, durations, resolutions, fps, codecs; bad files with reasons,
-    exact duplicates, classes below the split's minimum; class-balance and duration charts (PNG)."""
+    exact duplicates, classes below the split's minimum; training-proxy coverage; class-balance and
+    duration charts (PNG)."""
     from pytrain.db import TASK_DEFAULTS, VideoCatalog
     from pytrain.sources import min_clips
+    from pytrain.proxies import proxy_coverage
     from pytrain.sources.inspect import format_report, inspect_dataset, write_charts
 
     settings = _settings()
@@ -153,6 +166,7 @@ def sources_inspect(
     val = TASK_DEFAULTS["val_fraction"] if val_fraction is None else val_fraction
     test = TASK_DEFAULTS["test_fraction"] if test_fraction is None else test_fraction
     report = inspect_dataset(dataset, videos, min_clips_per_class=min_clips(val, test))
+    report["proxies"] = proxy_coverage(videos, VideoCatalog(_queue(settings).engine).proxies([dataset]))
     report["charts"] = write_charts(report, videos, out or settings.results_dir / "datasets" / dataset)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -214,8 +228,8 @@ def submit(
     **columns: Any,
 ) -> None:
     """Validate a task and insert it into training_tasks (unset fields take the database defaults)."""
-    from pytrain.db import TASK_DEFAULTS, SourceRegistry, TaskRequest
-    from pytrain.task_check import check_task
+    from pytrain.db import SourceRegistry, TaskRequest
+    from pytrain.task_check import check_submission
 
     given = {name: _split(value) if isinstance(value, list) else value for name, value in columns.items() if value is not None}
     if option:
@@ -223,15 +237,7 @@ def submit(
     request = TaskRequest.parse(given)
     settings = _settings()
     queue = _queue(settings)
-    registered = set(SourceRegistry(queue.engine).names())
-    unregistered = [s for s in request.sources if s not in registered]
-    if unregistered:
-        raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
-    _check_architecture(request.architecture)
-    # The datasets may lie under another mount on the worker's host: their data is checked here
-    # only where every folder is seen (the worker checks again when it prepares the task).
-    seen = all((settings.sources_dir / name).is_dir() for name in request.sources)
-    check_task({**TASK_DEFAULTS, **request.columns()}, sources_dir=settings.sources_dir if seen else None, registered=registered)
+    check_submission(request.columns(), sources_dir=settings.sources_dir, registered=SourceRegistry(queue.engine).names())
     task_id = queue.submit(request.columns())
     typer.echo(f"task {task_id} queued ({request.model_name})")
 
@@ -252,18 +258,6 @@ def _options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
-
-
-def _check_architecture(architecture: str | None) -> None:
-    """Reject an architecture training does not know; skipped where the training extra is not installed."""
-    if architecture is None:
-        return
-    try:
-        from pytrain.training.models import ARCHITECTURES
-    except ImportError:  # an orchestrator-only install: the training run reports it
-        return
-    if architecture not in ARCHITECTURES:
-        raise ConfigurationError(f"unknown architecture {architecture!r}", hint=f"--architecture one of {sorted(ARCHITECTURES)}")
 
 
 def _progress_text(task: dict[str, Any]) -> str:
@@ -372,11 +366,15 @@ def show(task_id: int = typer.Argument(..., help="Task id.")) -> None:
     the others' (with what to try)."""
     from dataclasses import asdict
 
+    from pytrain.spec import ProgressRecord, data_wait_hint
     from pytrain.training.metrics import weak_classes
 
     queue = _queue()
     row = queue.get(task_id)
     typer.echo(json.dumps({**row.to_dict(), "runs": [asdict(run) for run in queue.runs(task_id)]}, indent=2, default=str))
+    hint = data_wait_hint(ProgressRecord.from_dict(row.progress)) if row.progress else None
+    if hint is not None:
+        typer.echo(hint, err=True)
     for name, weak in weak_classes(row.metrics).items():
         typer.echo(f"class {name}: test recall {weak['recall']:.2f}, far below the others' mean {weak['others']:.2f}: check its clips "
                    "(`pytrain sources inspect`), or train with class_weights=balanced", err=True)
@@ -403,7 +401,7 @@ def retry(task_id: int = typer.Argument(..., help="Task id.")) -> None:
 def orchestrate(
     exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="Exit when no task is queued (scripts, the demo)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", envvar="PYTRAIN_GPUS", help="GPU ids for runs, e.g. '0,1' or 'all' (env PYTRAIN_GPUS)."),
-    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS: local, docker, slurm (env PYTRAIN_RUNNER)."),
+    runner: Optional[str] = typer.Option(None, "--runner", envvar="PYTRAIN_RUNNER", help="How a claimed task is run: one of pytrain.runners.RUNNERS: local, docker, slurm, ray (env PYTRAIN_RUNNER)."),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", envvar="PYTRAIN_WORKER_ID",
                                             help="Worker id (env PYTRAIN_WORKER_ID; default <hostname>-gpu<ids> or <hostname>-cpu)."),
     finish_running: bool = typer.Option(False, "--finish-running", help="On SIGTERM or Ctrl-C let the running task finish instead of re-queueing it (a second signal interrupts it)."),

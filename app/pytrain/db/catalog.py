@@ -53,3 +53,13 @@ class VideoCatalog(Repository):
         ``content_hash`` of every catalogued file of ``datasets``: what
         :func:`pytrain.sources.catalog.seed_scan_results` and :func:`pytrain.sources.catalog.dataset_fingerprint` read."""
         return self._execute(queries.VIDEO_VERDICTS, {"datasets": list(datasets)})
+
+    def record_proxies(self, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace proxy rows (``dataset``, ``path``, ``short_side``, ``source_hash``,
+        ``gop``, ``fps``, ``size_bytes``: :func:`pytrain.sources.proxies.make_proxies`), in one transaction."""
+        if rows:
+            self._execute(queries.UPSERT_PROXY, rows)
+
+    def proxies(self, datasets: Iterable[str]) -> list[dict[str, Any]]:
+        """The proxy rows of ``datasets`` (``dataset``, ``path``, ``short_side``, ``source_hash``, ``size_bytes``)."""
+        return self._execute(queries.LIST_PROXIES, {"datasets": list(datasets)})

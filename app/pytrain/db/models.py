@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -39,7 +40,7 @@ from pytrain.task_columns import (
 )
 
 # Task lifecycle: queued -> running -> succeeded | failed | cancelled | pruned (running -> queued on re-queue;
-# pruned: a sweep's trial its pruner stopped, migration 0007).
+# pruned: a sweep's trial its pruner stopped, migration 0008).
 FINAL_STATUSES = tuple(outcome.value for outcome in FINISHED)
 STATUSES = ("queued", "running", *FINAL_STATUSES)
 
@@ -122,6 +123,33 @@ class Video(Base):
         UniqueConstraint("dataset", "path"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in VIDEO_STATUSES)})", name="status_known"),
         CheckConstraint("(status = 'bad') = (reason IS NOT NULL)", name="bad_has_reason"),
+        CheckConstraint("size_bytes >= 0", name="size_not_negative"),
+    )
+
+
+class VideoProxy(Base):
+    """A training proxy of a catalogued video (``pytrain sources sync --proxies``; migration 0007).
+
+    ``source_hash`` is the video's ``content_hash`` when the proxy was made: when they differ, the
+    proxy is stale. Units: pixels (``short_side``), frames (``gop``), frames per second, bytes.
+    """
+
+    __tablename__ = "video_proxies"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    dataset: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    short_side: Mapped[int] = mapped_column(Integer)
+    source_hash: Mapped[str] = mapped_column(Text)
+    gop: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[float | None] = mapped_column(Double, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    made_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (
+        UniqueConstraint("dataset", "path", "short_side"),
+        ForeignKeyConstraint(["dataset", "path"], ["videos.dataset", "videos.path"], ondelete="CASCADE"),
+        CheckConstraint("short_side > 0", name="short_side_positive"),
         CheckConstraint("size_bytes >= 0", name="size_not_negative"),
     )
 
@@ -236,7 +264,7 @@ class TaskRun(Base):
 
 
 class Sweep(Base):
-    """A hyper-parameter sweep (migration 0007; ``pytrain sweep create``, :mod:`pytrain.sweeps`).
+    """A hyper-parameter sweep (migration 0008; ``pytrain sweep create``, :mod:`pytrain.sweeps`).
 
     Its study lives in Optuna's tables (schema :data:`~pytrain.sweeps.vocabulary.OPTUNA_SCHEMA`,
     study name = ``name``); each trial is an ordinary ``training_tasks`` row, linked by
@@ -277,7 +305,7 @@ class Sweep(Base):
 
 
 class SweepTrial(Base):
-    """One trial of a sweep: its Optuna trial and the task that trains it (migration 0007).
+    """One trial of a sweep: its Optuna trial and the task that trains it (migration 0008).
 
     ``number`` is Optuna's trial number (0, 1, ...); ``told`` is the state told to Optuna when the
     task ended (``COMPLETE``, ``PRUNED``, ``FAIL``), ``NULL`` while it runs: the guard that tells

@@ -229,12 +229,46 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 
 GET_TASK = text("SELECT * FROM training_tasks WHERE id = :task_id")
 
+#: The newest tasks, optionally of one status, model and sweep (the task option ``sweep`` a
+#: sweep's trials carry); ``before`` pages by id (a keyset: the console's next page costs the same
+#: on page 1 and page 200, which ``OFFSET`` would not).
 LIST_TASKS = text("""
 SELECT * FROM training_tasks
 WHERE (CAST(:status AS text) IS NULL OR status = :status)
   AND (CAST(:model AS text) IS NULL OR model_name = :model)
+  AND (CAST(:sweep AS text) IS NULL OR options->>'sweep' = :sweep)
+  AND (CAST(:before AS bigint) IS NULL OR id < :before)
 ORDER BY id DESC
 LIMIT :limit
+""")
+
+#: What the console's live view needs of some tasks (not ``metrics``: it may be megabytes).
+TASK_STATES = text("""
+SELECT id, status, progress, epochs, version, worker_id, error FROM training_tasks WHERE id = ANY(:ids) ORDER BY id DESC
+""")
+
+#: The live orchestrators: sessions holding a worker-id lock (:data:`WORKER_LOCK`) whose
+#: ``application_name`` is a worker's (:class:`pytrain.db.queue.WorkerLock`), with the lock's key.
+LIVE_WORKERS = text("""
+SELECT a.application_name, CAST(a.client_addr AS text) AS client_addr, a.backend_start,
+       ((CAST(l.classid AS bigint) << 32) | CAST(l.objid AS bigint)) AS lock_key
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.application_name LIKE 'pytrain worker %'
+ORDER BY a.backend_start
+""")
+
+#: Every worker id that ever ran a task, with its lock key (to name a live orchestrator's id).
+WORKER_KEYS = text("""
+SELECT worker_id, hashtextextended(worker_id, 0) AS lock_key, max(started_at) AS last_run
+FROM task_runs GROUP BY worker_id
+""")
+
+#: The running tasks: which worker holds each, its last heartbeat and progress.
+RUNNING_TASKS = text("""
+SELECT id, model_name, worker_id, heartbeat_at, lease_expires_at, progress, epochs FROM training_tasks
+WHERE status = 'running' ORDER BY id
 """)
 
 COUNT_BY_STATUS = text("SELECT status, count(*) AS n FROM training_tasks GROUP BY status")
@@ -279,11 +313,22 @@ DELETE_VIDEOS = text("DELETE FROM videos WHERE dataset = :dataset AND path = ANY
 #: Every catalogued file of some datasets, for ``sources inspect``.
 LIST_VIDEOS = text("SELECT * FROM videos WHERE dataset = ANY(:datasets) ORDER BY dataset, path")
 
+#: Proxies made by ``sources sync --proxies``; a proxy made again (new content) replaces its row.
+UPSERT_PROXY = text("""
+INSERT INTO video_proxies (dataset, path, short_side, source_hash, gop, fps, size_bytes, made_at)
+VALUES (:dataset, :path, :short_side, :source_hash, :gop, :fps, :size_bytes, now())
+ON CONFLICT (dataset, path, short_side) DO UPDATE SET
+    source_hash = EXCLUDED.source_hash, gop = EXCLUDED.gop, fps = EXCLUDED.fps, size_bytes = EXCLUDED.size_bytes, made_at = now()
+""")
+
+#: The proxy rows of some datasets, for ``sources inspect``'s coverage.
+LIST_PROXIES = text("SELECT dataset, path, short_side, source_hash, size_bytes FROM video_proxies WHERE dataset = ANY(:datasets)")
+
 #: The probe verdicts of some datasets, for the orchestrator's seed of a task's pre-scan (only the
 #: columns it needs: a task may list tens of thousands of files).
 VIDEO_VERDICTS = text("SELECT dataset, path, size_bytes, mtime_ns, reason, content_hash FROM videos WHERE dataset = ANY(:datasets)")
 
-# -- sweeps (pytrain.sweeps; migration 0007) -----------------------------------------------------
+# -- sweeps (pytrain.sweeps; migration 0008) -----------------------------------------------------
 
 INSERT_SWEEP = text("""
 INSERT INTO sweeps (name, base, params, trials, parallel, sampler, pruner, metric, publish, seed)

@@ -250,10 +250,27 @@ class TaskQueue(Repository):
             raise TaskNotFoundError(f"no training task with id {task_id}", hint="`pytrain tasks` lists them")
         return TaskRow.from_mapping(rows[0])
 
-    def list(self, *, status: str | None = None, model: str | None = None, limit: int = 50) -> list[TaskRow]:
-        """The newest ``limit`` tasks (optionally only those in ``status`` and of ``model``), newest first."""
-        params = {"status": status, "model": model, "limit": limit}
+    def list(self, *, status: str | None = None, model: str | None = None, limit: int = 50, before: int | None = None,
+             sweep: str | None = None) -> list[TaskRow]:
+        """The newest ``limit`` tasks (optionally only those in ``status``, of ``model``, of the
+        sweep named ``sweep`` (task option ``sweep``), and with an id below ``before``: the next
+        page), newest first."""
+        params = {"status": status, "model": model, "limit": limit, "before": before, "sweep": sweep}
         return [TaskRow.from_mapping(row) for row in self._execute(queries.LIST_TASKS, params)]
+
+    def states(self, task_ids: list[int]) -> list[dict[str, Any]]:
+        """``id, status, progress, epochs, version, worker_id, error`` of the tasks ``task_ids`` that
+        exist, newest first (the console's live view; no ``metrics``)."""
+        return self._execute(queries.TASK_STATES, {"ids": [int(i) for i in task_ids]})
+
+    def workers(self) -> dict[str, list[dict[str, Any]]]:
+        """What the database knows of the workers: ``{"live": [...], "known": [...], "running": [...]}``:
+        the sessions holding a worker-id lock (``application_name``, ``client_addr``,
+        ``backend_start``, ``lock_key``), every worker id that ran a task (``worker_id``,
+        ``lock_key``, ``last_run``), and the running tasks (``id``, ``model_name``, ``worker_id``,
+        ``heartbeat_at``, ``lease_expires_at``, ``progress``, ``epochs``)."""
+        return {"live": self._execute(queries.LIVE_WORKERS), "known": self._execute(queries.WORKER_KEYS),
+                "running": self._execute(queries.RUNNING_TASKS)}
 
     def counts(self) -> dict[str, int]:
         """Number of tasks per status (statuses with no task are absent)."""

@@ -11,7 +11,7 @@ from typing import Any
 from pytrain.runners.base import PreparedTask
 from pytrain.settings import Settings
 from pytrain.sources import write_manifest
-from pytrain.sources.catalog import dataset_fingerprint, seed_scan_results
+from pytrain.sources.catalog import dataset_fingerprint, seed_scan_results, with_content_ids
 from pytrain.spec import SPLITS, TASK_SPEC_COLUMNS, TaskSpec, read_progress_record, task_dir_name, write_unlisted
 from pytrain.task_check import TaskData, check_task
 from pytrain.weights import require_weights
@@ -81,10 +81,11 @@ def _write_task_folder(spec: TaskSpec, data: TaskData, settings: Settings, video
     ``dataset_fingerprint.json`` into the task's folder (made if missing); returns the folder."""
     task_dir = Path(settings.model_tasks_dir) / task_dir_name(spec.task_id, spec.model_name, spec.uid)
     task_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(data.rows, task_dir)
+    videos = list(videos)
+    # the content ids key the shared clip cache and the proxies: training has no database
+    write_manifest(with_content_ids(data.rows, videos, settings.sources_dir), task_dir)
     write_unlisted(task_dir, data.resolved.unlisted)  # training lists them in skipped.json, as files that do not decode
     spec.save(task_dir)
-    videos = list(videos)
     seeded = seed_scan_results(task_dir, data.rows, videos, spec.num_frames, spec.height, spec.width)
     dataset_fingerprint(data.rows, videos, settings.sources_dir).save(task_dir)
     if seeded:

@@ -38,6 +38,7 @@ Life of a worker:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -539,7 +540,8 @@ class Orchestrator:
         try:
             prepared = prepare_task(run.task, self.settings, registered=SourceRegistry(self.engine).names(), gpus=self.gpus,
                                     videos=VideoCatalog(self.engine).verdicts(run.task["sources"]))
-            check_nodes(self.runner, prepared)  # nodes > 1 only on a cluster runner (slurm)
+            prepared = dataclasses.replace(prepared, run_id=run.run_id)  # a Ray job's submission id names its run
+            check_nodes(self.runner, prepared)  # nodes > 1 only on a cluster runner (slurm, ray)
         except DatabaseError:
             raise
         except PyTrainError as exc:

@@ -35,7 +35,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -511,6 +511,30 @@ def list_versions(settings: Settings, model: str | None = None) -> list[VersionR
     return rows
 
 
+def list_versions_live(settings: Settings, model: str | None = None, url: str | None = None) -> tuple[list[VersionRow], bool]:
+    """:func:`list_versions` with Triton's state of each version (``state``; ``"not loaded"`` for a
+    version Triton does not list), as ``pytrain models`` and the console show them.
+
+    Args:
+        url: Triton's gRPC ``host:port``; ``None``: a ``pytrain serve`` on ``127.0.0.1:triton_grpc_port``
+            is asked if one answers within a second (none answering is no error).
+
+    Returns:
+        ``(rows, whether Triton answered)``.
+
+    Raises:
+        PublishError: Triton at an explicit ``url`` cannot be reached.
+    """
+    rows = list_versions(settings, model)
+    try:
+        states = live_states(url or f"127.0.0.1:{settings.triton_grpc_port}", settings=settings, timeout_s=5.0 if url else 1.0)
+    except PublishError:
+        if url:  # asked for: say so; a local `pytrain serve` that is not running is no error
+            raise
+        return rows, False
+    return [replace(r, state=states.get((r.model, r.version), "not loaded")) for r in rows], True
+
+
 def _read_or_none(read: Callable[[Path], Any], folder: Path) -> Any:
     """``read(folder)``, or ``None`` when its file is unreadable or invalid: a listing shows what it can."""
     try:
@@ -548,6 +572,6 @@ def live_states(url: str, *, settings: Settings | None = None, timeout_s: float 
 
 __all__ = [
     "HISTORY_FILE", "HistoryRecord", "ServingChange", "VersionRow", "append_history", "choose_served", "compatible",
-    "existing_versions", "list_versions", "live_states", "model_files", "model_lock", "read_history", "rollback",
+    "existing_versions", "list_versions", "list_versions_live", "live_states", "model_files", "model_lock", "read_history", "rollback",
     "served_by_config", "unpublish",
 ]

@@ -1,7 +1,8 @@
 """Runners: how a prepared task is trained, chosen by name (``PYTRAIN_RUNNER``).
 
 ``local`` (a subprocess, :mod:`pytrain.runners.local`), ``docker`` (one container per task,
-:mod:`pytrain.runners.docker`) and ``slurm`` (one batch job per task, :mod:`pytrain.runners.slurm`) are
+:mod:`pytrain.runners.docker`) and ``slurm`` (one batch job per task, :mod:`pytrain.runners.slurm`) and ``ray`` (one Ray job per task,
+:mod:`pytrain.runners.ray`) are
 registered here; the contract they share is
 :mod:`pytrain.runners.base`. A new runner is one call::
 
@@ -50,9 +51,16 @@ def _slurm_runner(settings: Settings) -> Runner:
     return SlurmRunner(settings)
 
 
+def _ray_runner(settings: Settings) -> Runner:
+    from pytrain.runners.ray import RayRunner  # imported lazily: imports Ray's client only when it submits
+
+    return RayRunner(settings)
+
+
 register_runner("local", LocalRunner)
 register_runner("docker", _docker_runner)
 register_runner("slurm", _slurm_runner)
+register_runner("ray", _ray_runner)
 
 
 def get_runner(settings: Settings | None = None) -> Runner:

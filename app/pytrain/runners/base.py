@@ -20,7 +20,7 @@ What every runner shares lives here, written once:
   :func:`training_environment`, what a training process started on a host inherits;
 - :func:`tail` and :func:`oom_marker`, the end of a run's log and the out-of-memory evidence in it.
 
-A new runner (Slurm, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
+A new runner (Slurm, Ray, Kubernetes) implements :class:`RunHandle` for its kind of run, calls
 :func:`supervise` from ``run`` and registers a factory in :data:`pytrain.runners.RUNNERS`.
 """
 
@@ -31,12 +31,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pytrain.errors import ConfigurationError
+from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.outcome import Outcome
 from pytrain.settings import Settings
 from pytrain.spec import TaskSpec
@@ -55,6 +55,8 @@ class PreparedTask:
         sources_root: absolute path of the sources root on this host.
         timeout_seconds: kill the run after this long; ``None`` for no limit.
         gpus: GPU ids for the run (``"0,1"``, ``"all"``) or ``None`` for CPU.
+        run_id: the ``task_runs`` row of this run, when a worker claimed it (a Ray job's
+            submission id carries it); ``None`` for a run started by hand.
     """
 
     spec: TaskSpec
@@ -62,6 +64,7 @@ class PreparedTask:
     sources_root: Path
     timeout_seconds: float | None = None
     gpus: str | None = None
+    run_id: int | None = None
 
     @property
     def task_id(self) -> int:
@@ -164,7 +167,7 @@ def check_nodes(runner: Runner, task: PreparedTask) -> None:
     if nodes > 1 and not isinstance(runner, ClusterRunner):
         raise ConfigurationError(
             f"task {task.task_id} asks for nodes = {nodes}, but the {runner.name} runner trains on one host",
-            hint="set nodes = 1, or run it with PYTRAIN_RUNNER=slurm",
+            hint="set nodes = 1, or run it with PYTRAIN_RUNNER=slurm or ray",
         )
 
 
@@ -192,6 +195,83 @@ class RunHandle(Protocol):
     def oom_evidence(self, exit_code: int | None) -> str | None:
         """Why the run looks killed for lack of memory (``"limit 16g"``), or ``None`` when it does not."""
         ...
+
+
+def poll_until_ended(look: Callable[[], int | None], seconds: float, poll_seconds: float) -> int | None:
+    """A cluster run's :meth:`RunHandle.wait`: call ``look()`` (the run's exit code, or ``None``
+    while it runs) every ``poll_seconds`` until it answers or ``seconds`` have passed; always once."""
+    deadline = time.monotonic() + max(0.0, seconds)
+    while True:
+        code = look()
+        if code is not None or time.monotonic() >= deadline:
+            return code
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+class ClusterJob:
+    """What the :class:`RunHandle` of a cluster's job (a Slurm job, a Ray job) shares: it reads the
+    job's state from the cluster every ``poll_seconds``; a cluster that does not answer for a while
+    (its controller restarts) is waited out, and a job the cluster has forgotten ends the wait.
+
+    A subclass sets ``subject`` and implements :meth:`_read` (the job's description, with an
+    ``ended`` property) and :meth:`_exit_code`.
+
+    Attributes:
+        info: the job as last read (``None`` before the first read).
+        gone: the cluster no longer knows the job.
+    """
+
+    def __init__(self, subject: str, poll_seconds: float) -> None:
+        self.subject = subject
+        self.poll_seconds = poll_seconds
+        self.info = None
+        self.gone = False
+
+    def _read(self):
+        """The job's description, or ``None`` when the cluster does not know it; ``RunnerError`` when it does not answer."""
+        raise NotImplementedError
+
+    def _exit_code(self, info) -> int:
+        """The exit code of an ended job."""
+        raise NotImplementedError
+
+    def _look(self) -> int | None:
+        """The job's exit code once it has ended (1 when the cluster forgot it), else ``None``."""
+        try:
+            info = self._read()
+        except RunnerError as exc:  # the controller restarts: the job goes on; look again next poll
+            log.warning("%s: cannot read its state (%s); still waiting", self.subject, exc)
+            return None
+        if info is None:
+            self.gone = True
+            return 1
+        self.info = info
+        return self._exit_code(info) if info.ended else None
+
+    def wait(self, seconds: float) -> int | None:
+        """:meth:`RunHandle.wait`: look every ``poll_seconds`` for ``seconds`` at most."""
+        return poll_until_ended(self._look, seconds, self.poll_seconds)
+
+
+def stop_orphan_runs(runs: Mapping[str, int], active_task_ids: set[int], *, stop: Callable[[str], None],
+                     wait_gone: Callable[[set[str], float], set[str]], gone_seconds: float, what: str) -> set[int]:
+    """A cluster runner's :meth:`Runner.cleanup_orphans`: stop a crashed worker's live runs
+    (``runs``: run id -> task id, the worker's own) whose tasks are not in ``active_task_ids``, then
+    wait until they are gone (``wait_gone(ids, seconds)``, at most ``gone_seconds``).
+
+    Args:
+        what: the kind of run, for the log (``"Slurm job"``, ``"Ray job"``).
+
+    Returns:
+        The ids of the tasks whose runs were stopped.
+    """
+    stopped = {run: task_id for run, task_id in runs.items() if task_id not in active_task_ids}
+    for run, task_id in stopped.items():
+        log.warning("task %s: stopping %s %s left by a crashed worker", task_id, what, run)
+        stop(run)
+    if stopped:  # return once they are gone, as the other runners do (a cluster's stop only asks)
+        wait_gone(set(stopped), gone_seconds)
+    return set(stopped.values())
 
 
 def _stop_reason(cancel: threading.Event, stop: threading.Event | None, started: float, timeout_seconds: float | None) -> Outcome | None:
@@ -372,12 +452,23 @@ def training_environment(settings: Settings) -> dict[str, str]:
     """The environment a training process started on a host (the local runner's child, a Slurm
     job) inherits: this process's, less every secret-looking and database variable
     (:func:`is_secret_variable`: training needs neither the database nor
-    Triton nor credentials), unbuffered output, and ``TORCH_HOME`` = the weights folder
-    (``settings.torch_home``), from which ``pretrained`` tasks load."""
+    Triton nor credentials), unbuffered output, ``TORCH_HOME`` = the weights folder
+    (``settings.torch_home``), from which ``pretrained`` tasks load, and the shared clip cache
+    (:func:`clip_cache_environment`)."""
     env = without_secrets(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["TORCH_HOME"] = str(settings.torch_home)
+    env.update(clip_cache_environment(settings))
     return env
+
+
+def clip_cache_environment(settings: Settings, folder: str | None = None) -> dict[str, str]:
+    """The variables that point training at the host's shared clip cache
+    (:mod:`pytrain.training.clip_cache`): ``settings.clip_cache_dir`` (or ``folder``, where a
+    container sees it) and its cap."""
+    from pytrain.training.clip_cache import CACHE_DIR_ENV, CACHE_GB_ENV
+
+    return {CACHE_DIR_ENV: folder or str(settings.clip_cache_dir), CACHE_GB_ENV: repr(settings.clip_cache_gb)}
 
 
 #: What PyTorch and Python write when an allocation fails (the local and slurm runners look for them).

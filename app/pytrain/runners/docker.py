@@ -15,7 +15,8 @@ For each task it
    - a memory limit without swap (``settings.container_memory``) and a pids limit,
    - no network, a read-only root file system and a tmpfs ``/tmp``,
    - every Linux capability dropped and ``no-new-privileges`` (no setuid way back to root),
-   - the dataset mounted read-only at ``/sources`` and only the task folder writable at ``/task``;
+   - the dataset mounted read-only at ``/sources``; writable: only the task folder at ``/task`` and the
+     host's shared clip cache (``PYTRAIN_CLIP_CACHE_DIR``) at ``/clip-cache``;
    - the pretrained weights folder (``PYTRAIN_TORCH_HOME``) read-only at ``/opt/torch-home`` as
      ``TORCH_HOME`` (training never downloads; ``pytrain weights fetch`` fills it);
    - the image's non-root user (uid 1000; as root the runner hands the task folder to it), or,
@@ -59,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import GpuSelection, Outcome, PreparedTask, RunResult, run_result, supervise, torchrun_args
 from pytrain.runners.base import parse_gpus as parse_gpu_selection
-from pytrain.runners.base import check_no_secrets
+from pytrain.runners.base import check_no_secrets, clip_cache_environment
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
@@ -79,6 +80,8 @@ LABEL_WORKER = "org.pytrain.worker"
 CONTAINER_TASK_DIR = "/task"
 CONTAINER_SOURCES_DIR = "/sources"
 CONTAINER_TORCH_HOME = "/opt/torch-home"
+#: Where a training container sees the host's shared clip cache (``PYTRAIN_CLIP_CACHE_DIR``), read-write.
+CONTAINER_CLIP_CACHE = "/clip-cache"
 STACK_BYTES = 67108864  # 64 MiB, as NVIDIA recommends for PyTorch containers
 STDERR_TAIL_LINES = 30
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*[bkmgBKMG]?$")
@@ -181,6 +184,18 @@ def _host_path(path: Path, local_root: Path, host_root: Path | None, mounts: Seq
     if best is not None:
         return str(Path(best[1]) / path.relative_to(best[0]))
     return str(path)
+
+
+def _share_clip_cache(root: Path, uid: int, gid: int) -> None:
+    """Let the container's user ``uid:gid`` fill the clip cache at ``root``: its folders and lock
+    files become that user's (a few hundred at most; the entries stay whoever wrote them: evicting
+    one needs only its folder)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for dirpath, _, filenames in os.walk(root):
+        os.chown(dirpath, uid, gid)
+        for name in filenames:
+            if name.endswith(".lock"):
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 def _own_bind_mounts(client: "docker.DockerClient") -> list[tuple[str, str]]:
@@ -398,7 +413,17 @@ class DockerRunner:
             os.chown(dirpath, uid, gid)
             for name in filenames:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+        _share_clip_cache(Path(self.settings.clip_cache_dir), uid, gid)
         return None
+
+    def _clip_cache_mount(self, own: Sequence[tuple[str, str]]) -> "Mount":
+        """The host's shared clip cache (``settings.clip_cache_dir``, made when missing), writable at
+        :data:`CONTAINER_CLIP_CACHE`."""
+        from docker.types import Mount
+
+        folder = Path(self.settings.clip_cache_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Mount(CONTAINER_CLIP_CACHE, _host_path(folder, folder, None, own), type="bind", read_only=False)
 
     def _create(self, task: PreparedTask, image: str) -> tuple["Container", list[str]]:
         """Create (not start) the task's container; returns it and its command line."""
@@ -419,8 +444,9 @@ class DockerRunner:
             Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
             Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
         ]
+        mounts.append(self._clip_cache_mount(own))
         environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
-                       DECODER_ENV: self.settings.decoder, **self.environment}
+                       DECODER_ENV: self.settings.decoder, **clip_cache_environment(self.settings, CONTAINER_CLIP_CACHE), **self.environment}
         if self.torch_home.is_dir():  # the orchestrator refused pretrained tasks whose file is missing
             mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, own), type="bind", read_only=True))
             environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)

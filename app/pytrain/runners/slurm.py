@@ -48,7 +48,8 @@ from pathlib import Path
 
 from pytrain.errors import ConfigurationError, RunnerError
 from pytrain.runners.base import (
-    OOM_MARKERS, TRAINING_MODULE, Outcome, PreparedTask, RunResult, oom_marker, run_result, supervise, tail, training_environment,
+    OOM_MARKERS, TRAINING_MODULE, ClusterJob, Outcome, PreparedTask, RunResult, oom_marker, run_result, stop_orphan_runs, supervise, tail,
+    training_environment,
 )
 from pytrain.settings import Settings, get_settings
 from pytrain.slurm_values import RULES, SBATCH_LINE_PATTERN, SCRIPT_PATH_PATTERN, parse_extra_sbatch, problem
@@ -541,41 +542,23 @@ class SlurmCluster:
         return _slurm(["scontrol", "update", f"JobId={job_id}", f"Comment={comment}"]).returncode == 0
 
 
-class _SlurmJob:
+class _SlurmJob(ClusterJob):
     """A submitted job as :func:`pytrain.runners.base.supervise` sees it (a RunHandle)."""
 
     def __init__(self, cluster: SlurmCluster, job_id: str, log_path: Path, poll_seconds: float) -> None:
+        super().__init__(f"Slurm job {job_id}", poll_seconds)
         self.cluster = cluster
         self.job_id = job_id
         self.log_path = log_path
-        self.poll_seconds = poll_seconds
-        self.subject = f"Slurm job {job_id}"
         self.info: JobInfo | None = None
-        self.gone = False  # Slurm no longer knows the job
 
-    def _look(self) -> int | None:
-        try:
-            info = self.cluster.job(self.job_id)
-        except RunnerError as exc:  # the controller restarts: the job goes on; look again next poll
-            log.warning("%s: cannot read its state (%s); still waiting", self.subject, exc)
-            return None
-        if info is None:
-            self.gone = True
-            return 1
-        self.info = info
-        if not info.ended:
-            return None
+    def _read(self) -> JobInfo | None:
+        return self.cluster.job(self.job_id)
+
+    def _exit_code(self, info: JobInfo) -> int:
         if info.state == "COMPLETED" and info.exit_code == 0:
             return 0
         return info.exit_code or (128 + info.signal if info.signal else 1)
-
-    def wait(self, seconds: float) -> int | None:
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            code = self._look()
-            if code is not None or time.monotonic() >= deadline:
-                return code
-            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
 
     def stop(self, grace_seconds: float) -> None:
         """``scancel``, then wait until the job has left the queue (Slurm's KillWait plus ``grace_seconds``)."""
@@ -707,18 +690,10 @@ class SlurmRunner:
         Returns:
             The ids of the tasks whose jobs were cancelled.
         """
-        cancelled: dict[str, int] = {}  # job id -> task id
+        mine = {}  # job id -> task id
         for job in self.cluster.jobs():
             meta = parse_job_comment(job.comment)
-            if meta is None or meta["worker"] != _worker_tag(self.worker_id):
-                continue
-            task_id = int(meta["task"])
-            if task_id in active_task_ids:
-                continue
-            log.warning("task %s: cancelling Slurm job %s left by a crashed worker", task_id, job.job_id)
-            self.cluster.cancel(job.job_id)
-            cancelled[job.job_id] = task_id
-        # Return once they are gone, as the other runners do (scancel only asks).
-        if cancelled:
-            self.cluster.wait_gone(set(cancelled), GONE_SECONDS)
-        return set(cancelled.values())
+            if meta is not None and meta["worker"] == _worker_tag(self.worker_id):
+                mine[job.job_id] = int(meta["task"])
+        return stop_orphan_runs(mine, active_task_ids, stop=self.cluster.cancel, wait_gone=self.cluster.wait_gone,
+                                gone_seconds=GONE_SECONDS, what="Slurm job")

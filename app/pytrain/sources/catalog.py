@@ -19,7 +19,7 @@ from typing import Any
 
 from pytrain.errors import ConfigurationError, printable
 from pytrain.sources.resolve import NOT_UTF8, VIDEO_SUFFIXES, is_utf8_name, unreadable_folder
-from pytrain.spec import DatasetFingerprint, ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
+from pytrain.spec import CATALOG_PREFIX, DatasetFingerprint, ManifestRow, ScanResult, read_scan, scan_stamp, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +221,28 @@ def dataset_fingerprint(rows: Iterable[ManifestRow], videos: Iterable[Mapping[st
     by_path = {f"{v['dataset']}/{v['path']}": v for v in videos}
     lines, by_stamp = [], 0
     for row in rows:
-        content = _file_content_id(Path(sources_root) / row.path, by_path.get(row.path))
-        by_stamp += not content.startswith("catalog:")
+        content = file_content_id(Path(sources_root) / row.path, by_path.get(row.path))
+        by_stamp += not content.startswith(CATALOG_PREFIX)
         lines.append(f"{row.split},{row.path},{content}")
     lines.sort()
     return DatasetFingerprint(hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), len(lines), by_stamp)
 
 
-def _file_content_id(path: Path, video: Mapping[str, Any] | None) -> str:
+def with_content_ids(rows: Iterable[ManifestRow], videos: Iterable[Mapping[str, Any]], sources_root: Path) -> list[ManifestRow]:
+    """``rows`` with their ``content`` set to the catalog's id (``catalog:<content_hash>``) where
+    the catalog row still describes the file (:func:`file_content_id`), else ``""``: the key of
+    the shared clip cache and of training proxies, handed to training in ``manifest.csv``."""
+    import dataclasses
+
+    by_path = {f"{v['dataset']}/{v['path']}": v for v in videos}
+    out = []
+    for row in rows:
+        content = file_content_id(Path(sources_root) / row.path, by_path.get(row.path))
+        out.append(dataclasses.replace(row, content=content if content.startswith(CATALOG_PREFIX) else ""))
+    return out
+
+
+def file_content_id(path: Path, video: Mapping[str, Any] | None) -> str:
     """``catalog:<content_hash>`` while the catalog row still describes the file, else ``stamp:<size>:<mtime_ns>``
     (or ``missing``)."""
     try:
@@ -236,5 +250,5 @@ def _file_content_id(path: Path, video: Mapping[str, Any] | None) -> str:
     except OSError:
         return "missing"
     if video is not None and video.get("content_hash") and (video["size_bytes"], video["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
-        return f"catalog:{video['content_hash']}"
+        return f"{CATALOG_PREFIX}{video['content_hash']}"
     return f"stamp:{stat.st_size}:{stat.st_mtime_ns}"

@@ -134,4 +134,9 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
     lines += _capped([f"duplicates (same content): {', '.join(_capped(paths))}" for paths in report["duplicates"]], "duplicate groups")
     for cls, clips in report["below_minimum"].items():
         lines.append(f"class {cls} has {clips} good clips; the split needs at least {report['min_clips_per_class']}")
+    for size, cover in report.get("proxies", {}).items():
+        lines.append(f"proxies {size}: {cover['fresh']} of {cover['videos']} good videos ({cover['bytes'] / 1e6:.1f} MB), "
+                     f"{cover['stale']} stale (source changed: `pytrain sources sync --proxies --proxy-size {size[1:]}` remakes them)")
+    if not report.get("proxies") and "proxies" in report:
+        lines.append("proxies: none (make them with `pytrain sources sync --proxies`)")
     return lines

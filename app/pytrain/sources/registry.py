@@ -14,9 +14,10 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from pytrain.task_columns import SOURCE_NAME_PATTERN
-from pytrain.errors import SourceError, printable
+from pytrain.errors import ConfigurationError, SourceError, printable
 from pytrain.settings import Settings, get_settings
 from pytrain.sources.catalog import CatalogSync, Progress, sync_catalog
+from pytrain.proxies import ProxyResult, make_proxies
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class SyncResult:
         skipped: ``{folder: reason}`` for folders that cannot be datasets.
         catalog: ``{dataset: CatalogSync}`` of the datasets whose video catalog was updated (empty
             when sync ran without probing).
+        proxies: ``{dataset: ProxyResult}`` when proxies were asked for (:mod:`pytrain.proxies`).
     """
 
     added: list[str]
@@ -39,6 +41,7 @@ class SyncResult:
     missing: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     catalog: dict[str, CatalogSync] = field(default_factory=dict)
+    proxies: dict[str, ProxyResult] = field(default_factory=dict)
 
 
 def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
@@ -72,7 +75,8 @@ def discover_datasets(sources_root: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def sync_sources(settings: Settings | None = None, *, engine: Engine | None = None, sources_root: Path | None = None,
-                 probe: bool = True, jobs: int | None = None, progress: Progress | None = None) -> SyncResult:
+                 probe: bool = True, jobs: int | None = None, progress: Progress | None = None,
+                 proxies: int | None = None) -> SyncResult:
     """Register every dataset folder of the sources root in table ``sources`` and update the video
     catalog (table ``videos``): only new and changed files are probed (:func:`sync_catalog`).
 
@@ -84,6 +88,9 @@ def sync_sources(settings: Settings | None = None, *, engine: Engine | None = No
         probe: update the video catalog (False: only register the datasets).
         jobs: probe processes in parallel (default: the CPU count).
         progress: called after each probed file (:data:`pytrain.sources.catalog.Progress`).
+        proxies: also make training proxies of this short side (pixels) for every catalogued video
+            without a fresh one (:func:`pytrain.proxies.make_proxies`, ``jobs`` ffmpeg
+            processes); ``None``: none.
 
     Returns:
         A :class:`SyncResult`.
@@ -91,7 +98,8 @@ def sync_sources(settings: Settings | None = None, *, engine: Engine | None = No
     Raises:
         SourceError: the sources root is not a folder.
         DatabaseError: the database cannot be reached.
-        ConfigurationError: files to probe and no decoder installed.
+        ConfigurationError: files to probe and no decoder installed; proxies asked for without
+            probing, with a bad size, or without ffmpeg.
         TrainingError: a probe child could not start.
     """
     from pytrain.db import SourceRegistry, VideoCatalog, get_engine
@@ -107,8 +115,13 @@ def sync_sources(settings: Settings | None = None, *, engine: Engine | None = No
     for name in added:
         log.info("registered dataset %s", name)
     catalog: dict[str, CatalogSync] = {}
+    if proxies is not None and not probe:
+        raise ConfigurationError("--proxies needs the video catalog: drop --no-probe", hint="pytrain sources sync --proxies")
+    made: dict[str, ProxyResult] = {}
     if probe:
         videos = VideoCatalog(engine)
         for name in names:
             catalog[name] = sync_catalog(videos, root, name, jobs=jobs, progress=progress)
-    return SyncResult(added=added, registered=registered, missing=missing, skipped=skipped, catalog=catalog)
+            if proxies is not None:
+                made[name] = make_proxies(videos.videos([name]), root, proxies, jobs=jobs, record=videos.record_proxies)
+    return SyncResult(added=added, registered=registered, missing=missing, skipped=skipped, catalog=catalog, proxies=made)

@@ -10,5 +10,5 @@ each epoch's validation metric to the trial and stops a run the pruner prunes (s
 - :mod:`pytrain.sweeps.study`      -- Optuna: storage, study, sampler, pruner, report and tell;
 - :mod:`pytrain.sweeps.store`      -- the database side: create, settle (top up, finish), publish.
 
-Guide: docs/user-guide/sweeps.md; decision: docs/adr/0014-sweeps-optuna.md.
+Guide: docs/user-guide/sweeps.md; decision: docs/adr/0018-sweeps-optuna.md.
 """

@@ -83,7 +83,7 @@ class SweepStore(Repository):
     """The sweeps' database operations (tables ``sweeps``, ``sweep_trials``; Optuna's storage).
 
     Args:
-        engine: a database migrated with :func:`pytrain.db.upgrade` (revision 0007 or later).
+        engine: a database migrated with :func:`pytrain.db.upgrade` (revision 0008 or later).
         settings: for publishing (``model_repo_dir``, ``results_dir``...).
     """
 

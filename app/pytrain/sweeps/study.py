@@ -1,7 +1,7 @@
 """Optuna glue: a sweep's study in Optuna's RDB storage on PyTrain's PostgreSQL.
 
 Optuna's tables live in their own schema (:data:`~pytrain.sweeps.vocabulary.OPTUNA_SCHEMA`,
-created by migration 0007): its engine connects with ``search_path`` set to it, so its tables and
+created by migration 0008): its engine connects with ``search_path`` set to it, so its tables and
 its own ``alembic_version`` never meet PyTrain's in ``public``. The study is named like the sweep.
 
 Samplers and pruners are not stored by Optuna: every process rebuilds them from the sweep's row

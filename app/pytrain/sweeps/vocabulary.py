@@ -1,7 +1,7 @@
 """The words of a sweep: its samplers, pruners, metrics, publishing modes and statuses.
 
 One place for each vocabulary: the ``sweeps`` table's CHECKs (:mod:`pytrain.db.models`, migration
-0007), ``pytrain sweep create``'s options and the Optuna objects built from a sweep's row
+0008), ``pytrain sweep create``'s options and the Optuna objects built from a sweep's row
 (:mod:`pytrain.sweeps.study`) all read them here. Imports nothing heavy (the models import it).
 """
 
@@ -22,7 +22,7 @@ PUBLISH_MODES = ("best", "all", "none")
 #: published, with ``--publish best``); cancelled by ``pytrain sweep cancel``.
 SWEEP_STATUSES = ("running", "finished", "cancelled")
 #: The PostgreSQL schema of Optuna's own tables (its RDB storage), apart from PyTrain's in ``public``
-#: (Optuna keeps its own ``alembic_version``, which would clash with ours there). Migration 0007 creates it.
+#: (Optuna keeps its own ``alembic_version``, which would clash with ours there). Migration 0008 creates it.
 OPTUNA_SCHEMA = "optuna"
 
 

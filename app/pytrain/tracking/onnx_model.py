@@ -59,6 +59,11 @@ def log_onnx_model(client: MlflowClient, run_id: str, task_dir: Path) -> bool:
     signature = model_signature(TensorSpec.load(task_dir))
     with tempfile.TemporaryDirectory(prefix="pytrain-mlflow-model-") as scratch:
         folder = Path(scratch) / MODEL_ARTIFACT
-        mlflow.onnx.save_model(onnx.load(str(task_dir / MODEL_ONNX)), str(folder), signature=signature)
+        # The flavour's own pins (onnx, onnxruntime at the installed versions), given explicitly: left
+        # out, MLflow infers the requirements by loading the model in a subprocess and scanning every
+        # installed distribution (mlflow.utils.environment.infer_pip_requirements) -- 2.5 s a run here,
+        # and the worker's RSS grew 0.17 MiB a logged model, never returned (benchmarks/soak.py).
+        mlflow.onnx.save_model(onnx.load(str(task_dir / MODEL_ONNX)), str(folder), signature=signature,
+                               pip_requirements=mlflow.onnx.get_default_pip_requirements())
         client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT)
     return True

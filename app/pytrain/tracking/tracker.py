@@ -99,12 +99,32 @@ def _register(client: MlflowClient, run: TrackedRun, settings: Settings, mlflow_
     move_served(client, run.model_name, served_by_config(model_dir))
 
 
+def _task_filter(uid: str) -> str:
+    """MLflow's filter for the runs of the task ``uid`` (the uid, not the id: ids repeat across PyTrain databases)."""
+    return f"tags.`pytrain.uid` = '{uid}'"
+
+
+def _run_filter(uid: str, run_id: int) -> str:
+    """MLflow's filter for the run of ``task_runs`` row ``run_id`` of the task ``uid``."""
+    return f"{_task_filter(uid)} and tags.`pytrain.run_id` = '{run_id}'"
+
+
+def find_run(client: MlflowClient, run: TrackedRun) -> tuple[str, str] | None:
+    """``(experiment id, MLflow run id)`` of ``run``'s MLflow run, ``None`` when it has none (yet):
+    what the console's Task page links to."""
+    experiment = client.get_experiment_by_name(run.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], filter_string=_run_filter(run.uid, run.run_id), max_results=1)
+    return (experiment.experiment_id, found[0].info.run_id) if found else None
+
+
 def _find_or_create(client: MlflowClient, run: TrackedRun, settings: Settings) -> Any:
     """The MLflow run tagged with ``run.run_id``, created (with tags and params) when there is none;
     a sweep's trial's run is created as a child of its sweep's parent run, where there is one."""
     experiment_id = _experiment_id(client, settings, run.experiment)
-    task = f"tags.`pytrain.uid` = '{run.uid}'"  # the uid, not the id: ids repeat across PyTrain databases
-    found = client.search_runs([experiment_id], filter_string=f"{task} and tags.`pytrain.run_id` = '{run.run_id}'", max_results=1)
+    task = _task_filter(run.uid)
+    found = client.search_runs([experiment_id], filter_string=_run_filter(run.uid, run.run_id), max_results=1)
     if found:
         return found[0]
     tags = run.tags()

@@ -19,8 +19,9 @@ fingerprinted unless it is listed here):
   ``extra`` (the options, fingerprinted one by one below).
 - options (:class:`pytrain.task_options.TrainConfig`): ``patience`` (early stopping's state,
   patience included, is restored from the checkpoint; it does not change the weights so far) and
-  ``decode_timeout_s`` (how long a decoder may hang). ``cache`` and ``cache_pool_factor`` ARE in it:
-  a cached run draws its training frames from a smaller pool, so switching the cache on starts over.
+  ``decode_timeout_s`` (how long a decoder may hang) and ``cache`` (the cache changes no frame: a run
+  without it decodes the same pool frames). ``cache_pool_factor`` IS in it: it sets the pool that
+  training's jitter draws from.
 
 ``epochs`` is in it: the learning-rate schedule is a cosine over ``epochs``, so a run resumed with
 another ``epochs`` would not end with the weights of an uninterrupted run.
@@ -69,7 +70,7 @@ SPEC_NOT_FINGERPRINTED = frozenset({
     "train_fraction", "val_fraction", "test_fraction", "folders", "split_counts", "test_clips", "nodes", "extra",
 })
 #: Task options left out of the fingerprint (the module docstring says why).
-OPTIONS_NOT_FINGERPRINTED = frozenset({"patience", "decode_timeout_s"})
+OPTIONS_NOT_FINGERPRINTED = frozenset({"patience", "decode_timeout_s", "cache"})
 #: The fingerprint's key for the manifest's hash.
 MANIFEST_KEY = "manifest.csv sha256"
 #: Files of a run that are moved aside when the task starts over (``scan.json``, ``skipped.json``

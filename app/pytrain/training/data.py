@@ -1,11 +1,13 @@
 """Data for training: the manifest, the clip Dataset, the decoded-clip cache and the shuffle buffer.
 
-Streaming by default: :class:`ClipDataset` decodes each clip when it is asked for and keeps
-nothing, so memory does not grow with the dataset (a 60 GB folder trains on a 16 GB machine).
-The opposite trade is :class:`ClipCache`: decoded clips are written once as ``.npy`` files on disk
-and read back in later epochs instead of decoding again (disk use: ``cache_pool x H x W x 3`` bytes
-per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; a training clip reads only its frames of the pool, and
-the OS page cache keeps hot files in memory without the process's RSS growing).
+:class:`ClipDataset` decodes each clip when it is asked for and keeps nothing in memory, so memory
+does not grow with the dataset (a 60 GB folder trains on a 16 GB machine). With the shared clip
+cache (:mod:`pytrain.training.clip_cache`, on by default) decoded clips are written once to disk and
+read back by every later epoch and every later task on the same videos with the same clip settings
+(disk use: ``cache_pool x H x W x 3`` bytes per clip, e.g. 32 x 112 x 112 x 3 = 1.2 MB; a training
+clip reads only its frames of the pool, and the OS page cache keeps hot files in memory without the
+process's RSS growing). The cache never changes what is trained on: with ``cache: false`` the same
+frames are decoded straight from the video.
 
 Sampling (the task's ``sampling``/``frame_interval``/``num_clips``/``test_clips``, see
 :mod:`pytrain.sampling`; the frames are decoded with :func:`pytrain.video.decode_views`):
@@ -21,10 +23,12 @@ Sampling (the task's ``sampling``/``frame_interval``/``num_clips``/``test_clips`
   only decode;
 - short videos: ``uniform`` repeats frames (each frame shown ~``num_frames / length`` times),
   ``dense`` loops (MMAction2's ``loop``);
-- with the cache, training draws its jittered frames from a pool of ``cache_pool`` evaluation-sampled
-  frames (default ``2 x num_frames``) decoded once, instead of from every frame of the video. The pool
-  serves ``uniform`` sampling only, and evaluation only with one view: for the other settings the
-  cache is not used and a log line says why (:func:`cache_limit`).
+- ``uniform`` training draws its jittered frames from a pool of ``cache_pool`` evaluation-sampled
+  frames (default ``2 x num_frames``), cached or not, instead of from every frame of the video: the
+  pool is what the cache keeps. The cache serves ``uniform`` sampling only, and evaluation only with
+  one view: for the other settings it is not used and a log line says why (:func:`cache_limit`);
+- training proxies (:mod:`pytrain.proxies`): a sample may be decoded from its proxy instead
+  of its original (:attr:`Sample.source`); the cache keys the two apart.
 
 Randomness is a pure function of ``(seed, epoch, index)``, so results do not depend on the number
 of DataLoader workers, and a resumed run sees the same clips as an uninterrupted one.
@@ -32,7 +36,6 @@ of DataLoader workers, and a resumed run sees the same clips as an uninterrupted
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -45,10 +48,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pytrain.errors import SourceError, TrainingError, VideoDecodeError
+from pytrain.proxies import pick_proxy, proxy_sizes, proxy_source
 from pytrain.sampling import ClipSampling
-from pytrain.spec import TaskSpec, atomic_path, read_manifest, read_unlisted
+from pytrain.spec import TaskSpec, read_manifest, read_unlisted
+from pytrain.training.clip_cache import ClipCache, clip_key
 from pytrain.training.transforms import TrainPreset, full_box
-from pytrain.video import decode_views, default_decoder, read_clip, sample_indices
+from pytrain.video import decode_picked, decode_views, default_decoder, nvdec_picked, read_clip, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +67,24 @@ class Sample:
         rel_path: the path as written in the manifest (relative to the sources root).
         label: class index into the task's ``class_list``.
         split: ``train``, ``val`` or ``test``.
+        content: the file's content id from the manifest (``catalog:<digest>``), ``""`` if unknown.
+        source: which file ``path`` is: ``original``, or a training proxy (``proxy-s256``).
     """
 
     path: Path
     rel_path: str
     label: int
     split: str
+    content: str = ""
+    source: str = "original"
+
+    def content_id(self) -> str:
+        """The clip cache's content id: the catalog's digest, else the file's absolute path, size
+        and mtime (a file the catalog does not know is not recognised under another name)."""
+        if self.content:
+            return self.content
+        st = self.path.stat()
+        return f"stamp:{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> tuple[list[Sample], list[dict[str, str]]]:
@@ -96,8 +113,31 @@ def load_samples(task_dir: Path, sources_root: Path, class_list: list[str]) -> t
         elif not full.is_file():
             skipped.append({"path": row.path, "reason": "no such file"})
         else:
-            samples.append(Sample(full, row.path, index[row.label], row.split))
+            samples.append(Sample(full, row.path, index[row.label], row.split, row.content))
     return samples, skipped
+
+
+def with_proxies(samples: list[Sample], sources_root: Path, height: int, width: int) -> list[Sample]:
+    """``samples`` with each one whose video has a fresh training proxy that a ``height x width``
+    clip fits in (:func:`pytrain.proxies.pick_proxy`) read from that proxy instead; logs how many.
+
+    Proxies are addressed by the catalog digest ``manifest.csv`` carries, so a proxy is never
+    stale, and training needs no database to find them.
+    """
+    sizes = proxy_sizes(sources_root)
+    out, used = [], {}
+    for sample in samples:
+        found = pick_proxy(sources_root, sample.content, height, width, sizes) if sizes else None
+        if found is None:
+            out.append(sample)
+            continue
+        path, size = found
+        out.append(replace(sample, path=path, source=proxy_source(size)))
+        used[size] = used.get(size, 0) + 1
+    sizes_text = ", ".join(f"{n} from short side {size}" for size, n in sorted(used.items()))
+    log.info("training proxies: %d of %d clips read from proxies%s; the others from the originals",
+             sum(used.values()), len(samples), f" ({sizes_text})" if used else "")
+    return out
 
 
 def task_sampling(spec: TaskSpec) -> ClipSampling:
@@ -112,81 +152,6 @@ def check_splits(samples: list[Sample]) -> None:
     for split in ("train", "test"):
         if not any(s.split == split for s in samples):
             raise SourceError(f"no readable {split} clip is left in the manifest", hint="see skipped.json for the files that were skipped")
-
-
-class ClipCache:
-    """Decoded clips as ``.npy`` files under ``root``, shared by all DataLoader workers.
-
-    A clip's key covers the file's absolute path, size and modification time and the decode
-    parameters, so a changed file is decoded again. Files are written atomically (temp + rename),
-    so concurrent workers and crashed runs never leave a half-written entry.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _file(self, path: Path, num_frames: int, height: int, width: int) -> Path:
-        st = path.stat()
-        # the decoder too: decord's and torchcodec's scalers round differently (pytrain.video)
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{num_frames}|{height}|{width}|{default_decoder()}"
-        digest = hashlib.sha1(key.encode()).hexdigest()
-        return self.root / digest[:2] / f"{digest}.npy"
-
-    def read_clip(self, path: Path, num_frames: int, height: int, width: int) -> np.ndarray:
-        """:func:`pytrain.video.read_clip`, from the cache when present: ``(T, H, W, 3)`` uint8."""
-        file = self._file(path, num_frames, height, width)
-        try:
-            return np.load(file)
-        except (FileNotFoundError, ValueError, OSError):
-            return self._fill(file, path, num_frames, height, width)
-
-    def read_frames(self, path: Path, num_frames: int, height: int, width: int, indices: np.ndarray) -> np.ndarray:
-        """``read_clip(path, num_frames, height, width)[indices]``, reading only those frames.
-
-        A training clip uses half of its cached pool: reading just its frames (one ``preadv``
-        each, straight into the result) instead of loading the whole file and indexing it (or
-        indexing a fresh memory map) made cached epochs ~1.7x faster in
-        ``benchmarks/bench_loader.py``.
-
-        Returns:
-            ``(len(indices), H, W, 3)`` uint8.
-        """
-        file = self._file(path, num_frames, height, width)
-        try:
-            return _read_npy_frames(file, (num_frames, height, width, 3), indices)
-        except (FileNotFoundError, ValueError, OSError):
-            return self._fill(file, path, num_frames, height, width)[indices]
-
-    def _fill(self, file: Path, path: Path, num_frames: int, height: int, width: int) -> np.ndarray:
-        clip = read_clip(path, num_frames, height, width)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(file, suffix=".npy") as tmp:
-            np.save(tmp, clip)
-        return clip
-
-
-def _read_npy_frames(file: Path, shape: tuple[int, int, int, int], indices: np.ndarray) -> np.ndarray:
-    """Frames ``indices`` of the ``shape`` uint8 array saved by ``np.save`` in ``file``.
-
-    Raises:
-        ValueError: the file holds another shape or dtype, or is shorter than its header says.
-        OSError: it cannot be read.
-    """
-    with open(file, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        stored, fortran_order, dtype = read_header(handle)
-        if tuple(stored) != shape or fortran_order or dtype != np.uint8:
-            raise ValueError(f"{file} holds {stored} {dtype}, expected {shape} uint8")
-        offset = handle.tell()
-        frame = math.prod(shape[1:])
-        out = np.empty((len(indices), *shape[1:]), dtype=np.uint8)
-        rows = out.reshape(len(indices), frame)
-        for k, i in enumerate(np.asarray(indices).tolist()):
-            if not 0 <= i < shape[0] or os.preadv(handle.fileno(), [rows[k]], offset + i * frame) != frame:
-                raise ValueError(f"{file}: frame {i} is missing")
-    return out
 
 
 def cache_limit(sampling: ClipSampling, *, train: bool) -> str | None:
@@ -225,7 +190,8 @@ class ClipDataset(Dataset):
             whole frame, unflipped).
         cache: decoded-clip cache, or ``None`` to stream; ignored (with a log line) where it cannot
             serve ``sampling`` (:func:`cache_limit`).
-        cache_pool: frames per clip kept in the cache for training jitter (default ``2 * num_frames``).
+        cache_pool: frames per video ``uniform`` training jitter draws from, cached or not (default
+            ``2 * num_frames``).
         sampling: the sampling mode and counts (default: uniform, one clip, one view).
     """
 
@@ -255,6 +221,7 @@ class ClipDataset(Dataset):
             cache = None
         self.cache = cache
         self.cache_pool = cache_pool or 2 * num_frames
+        self.decoder = default_decoder()
 
     def __len__(self) -> int:
         return len(self.samples) * (self.sampling.num_clips if self.train else 1)
@@ -273,21 +240,37 @@ class ClipDataset(Dataset):
         if not self.train:
             return torch.from_numpy(self._eval_clip(sample)), label
         clip, box = self._train_clip(sample, index, epoch)
-        return torch.from_numpy(clip), label, torch.from_numpy(box)
+        return torch.as_tensor(clip), label, torch.from_numpy(box)  # as_tensor: a numpy clip shares its memory, a CUDA one stays
 
     def _eval_clip(self, sample: Sample) -> np.ndarray:
         if self.cache is not None:
-            return self.cache.read_clip(sample.path, self.num_frames, self.height, self.width)
+            return self._cached(sample, self.num_frames)
         views = decode_views(sample.path, self.num_frames, self.height, self.width, self.sampling)
         return views[0] if len(views) == 1 else views
 
-    def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _cached(self, sample: Sample, frames: int, indices: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``indices`` of the ``frames``-frame evaluation-sampled clip of ``sample``, from the cache."""
+        key = clip_key(sample.content_id(), source=sample.source, decoder=self.decoder, mode=self.sampling.mode,
+                       frame_interval=self.sampling.frame_interval, frames=frames, height=self.height, width=self.width)
+        shape = (frames, self.height, self.width, 3)
+        return self.cache.read(key, shape, lambda: read_clip(sample.path, frames, self.height, self.width, decoder=self.decoder), indices)
+
+    def _pool_frames(self, sample: Sample, jitter: np.ndarray) -> np.ndarray:
+        """Frames ``jitter`` of the video's pool of ``cache_pool`` evaluation-sampled frames: from the
+        cache, or decoded straight from the video (the same frames, so the cache changes no result)."""
+        if self.cache is not None:
+            return self._cached(sample, self.cache_pool, jitter)
+        if self.decoder == "nvdec":  # decoded and resized on the GPU, and left there: (T, H, W, 3) uint8 CUDA
+            return nvdec_picked(sample.path, self.height, self.width, lambda total: sample_indices(total, self.cache_pool)[jitter])
+        return decode_picked(sample.path, self.height, self.width, lambda total: sample_indices(total, self.cache_pool)[jitter],
+                            decoder=self.decoder)
+
+    def _train_clip(self, sample: Sample, index: int, epoch: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         # seeded by the item: with one clip per video this is (seed, epoch, video), as it always was
         rng = np.random.default_rng((self.seed, epoch, index))
         try:
-            if self.cache is not None:
-                indices = sample_indices(self.cache_pool, self.num_frames, rng=rng)
-                clip = self.cache.read_frames(sample.path, self.cache_pool, self.height, self.width, indices)
+            if self.sampling.mode == "uniform":
+                clip = self._pool_frames(sample, sample_indices(self.cache_pool, self.num_frames, rng=rng))
             else:
                 clip = decode_views(sample.path, self.num_frames, self.height, self.width, self.sampling, rng=rng,
                                     clip=index // len(self.samples))[0]

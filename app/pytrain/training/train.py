@@ -46,16 +46,19 @@ from torch.utils.data import DataLoader
 from pytrain.errors import ConfigurationError, TrainingError
 from pytrain.spec import (
     CHECKPOINT_BEST, CLIP_CACHE, MODEL_ONNX, PLOTS, PROGRESS, SKIPPED, MetricsRecord, ProgressRecord, ScanResult, TaskSpec,
-    TensorSpec, format_progress, read_scan, scan_stamp, write_json_atomic, write_metrics, write_scan,
+    TensorSpec, data_wait_hint, format_progress, read_scan, scan_stamp, write_json_atomic, write_metrics, write_scan,
 )
+from pytrain.spec import NODE_NAME_VARIABLE
 from pytrain.task_options import TrainConfig, balanced_class_weights
 from pytrain.training import data as data_mod
 from pytrain.training import export, metrics, plots
 from pytrain.training.checkpoints import find_resumable, move_aside, run_fingerprint, save_checkpoint, save_last
+from pytrain.training.clip_cache import CACHE_DIR_ENV, CACHE_GB_ENV, cache_bytes_from_env
 from pytrain.training.models import ARCHITECTURES, build_model
 from pytrain.training.probe import scan_videos
 from pytrain.training.run_lock import RunLock
 from pytrain.training.transforms import TrainPreset, apply_boxes
+from pytrain.video import default_decoder
 
 log = logging.getLogger("pytrain.training")
 
@@ -315,9 +318,11 @@ def _setup_distributed(device_arg: str) -> tuple[_Distributed, torch.device]:
 
 def _placement(ddp: _Distributed, device: torch.device) -> list[dict[str, Any]]:
     """Where every rank runs: ``[{"rank", "node", "device"}]`` in rank order, gathered from all ranks
-    (a collective: every rank calls it). ``node`` is Slurm's node name (``SLURMD_NODENAME``) when
-    the run is a Slurm job, else the host name; ``device`` is ``str(device)`` (``cpu``, ``cuda:0``)."""
-    mine = {"rank": ddp.rank, "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "device": str(device)}
+    (a collective: every rank calls it). ``node`` is the runner's name for the node
+    (:data:`~pytrain.spec.NODE_NAME_VARIABLE`: the Ray node id in a Ray job), Slurm's node name (``SLURMD_NODENAME``)
+    in a Slurm job, else the host name; ``device`` is ``str(device)`` (``cpu``, ``cuda:0``)."""
+    node = os.environ.get(NODE_NAME_VARIABLE) or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    mine = {"rank": ddp.rank, "node": node, "device": str(device)}
     if ddp.world_size == 1:
         return [mine]
     everyone: list[Any] = [None] * ddp.world_size
@@ -332,7 +337,7 @@ def _loader(dataset, *, batch_size: int, sampler=None, num_workers: int, device:
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and default_decoder() != "nvdec",  # nvdec's clips are on the GPU already
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
         # a decoder hung in a worker fails the run with an error instead of hanging forever
@@ -421,12 +426,16 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
     """Read and pre-scan the manifest (:func:`_prepare_data`), then build the datasets and loaders."""
     cpu = os.cpu_count() or 1
     num_workers = args.num_workers if args.num_workers is not None else max(0, min(_MAX_DEFAULT_WORKERS, cpu // ddp.world_size - 1))
+    if default_decoder() == "nvdec" and num_workers:
+        # CUDA cannot be used in forked loader workers; NVDEC decodes in this process, into GPU memory
+        log.info("PYTRAIN_DECODER=nvdec: clips are decoded on the GPU in the training process; no loader workers (asked for %d)", num_workers)
+        num_workers = 0
     by_split, skipped = _prepare_data(spec, cfg, task_dir, sources_root, ddp, processes=max(1, num_workers))
     log.info("clips: %s; skipped %d; device %s; world size %d; %d loader workers",
              {k: len(v) for k, v in by_split.items()}, len(skipped), device, ddp.world_size, num_workers)
 
-    folder = cache_folder(cfg, task_dir, args.cache_dir)
-    cache = data_mod.ClipCache(folder) if folder is not None else None
+    by_split = {split: data_mod.with_proxies(samples, sources_root, spec.height, spec.width) for split, samples in by_split.items()}
+    cache = open_cache(cfg, task_dir, args.cache_dir)
     size = (spec.num_frames, spec.height, spec.width)
     sampling = data_mod.task_sampling(spec)
     augment = TrainPreset(scale=(cfg.crop_scale_min, 1.0), hflip=cfg.hflip) if cfg.augment else None
@@ -452,16 +461,32 @@ def build_data(spec: TaskSpec, cfg: TrainConfig, task_dir: Path, sources_root: P
 
 
 def cache_folder(cfg: TrainConfig, task_dir: Path, cache_dir: str | None) -> Path | None:
-    """Where decoded clips are cached: ``cache_dir`` (``--cache-dir`` / ``PYTRAIN_CACHE_DIR``) when
-    given; else ``<task_dir>/clip_cache`` when the task row's options ask for it (``{"cache": true}``);
-    else ``None`` (no cache).
-
-    Inside the task folder the cache needs no runner support: the local runner's process writes
-    there, and the docker runner mounts the task folder (its only writable mount) at ``/task``.
+    """Where decoded clips are cached: ``None`` when the task's options turn the cache off
+    (``{"cache": false}``); else ``cache_dir`` (``--cache-dir``, env ``PYTRAIN_CLIP_CACHE_DIR``: the
+    host's shared cache, which the runners set from the settings); else ``<task_dir>/clip_cache``
+    (a training process started by hand: the cache is the task's own).
     """
-    if cache_dir:
-        return Path(cache_dir)
-    return Path(task_dir) / CLIP_CACHE if cfg.cache else None
+    if not cfg.cache:
+        return None
+    return Path(cache_dir) if cache_dir else Path(task_dir) / CLIP_CACHE
+
+
+def open_cache(cfg: TrainConfig, task_dir: Path, cache_dir: str | None) -> data_mod.ClipCache | None:
+    """The clip cache of :func:`cache_folder`, capped at ``PYTRAIN_CLIP_CACHE_GB``, or ``None``; logged.
+
+    Raises:
+        ConfigurationError: ``PYTRAIN_CLIP_CACHE_GB`` is not a positive number.
+    """
+    folder = cache_folder(cfg, task_dir, cache_dir)
+    if folder is None:
+        log.info("clip cache: off (task option cache=false): every clip is decoded every epoch")
+        return None
+    try:
+        cap = cache_bytes_from_env()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc), hint=f"e.g. {CACHE_GB_ENV}=50, or unset it") from None
+    log.info("clip cache: %s (cap %.1f GB)", folder, cap / 1e9)
+    return data_mod.ClipCache(folder, max_bytes=cap)
 
 
 def build_model_and_optimizer(spec: TaskSpec, cfg: TrainConfig, device: torch.device, ddp: _Distributed, steps_per_epoch: int,
@@ -699,6 +724,9 @@ def run_epoch(run: _Run, state: RunState) -> None:
         record = ProgressRecord.from_dict({"event": "epoch", **row})
         run.progress.write(record)
         log.info("%s%s", format_progress(record), ", early stop" if state.stopping.stopped else "")
+        hint = data_wait_hint(record)
+        if hint is not None:
+            log.warning("%s", hint)
     if ddp.world_size > 1:
         dist.barrier()
 
@@ -866,7 +894,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="auto: CUDA when available (env PYTRAIN_DEVICE)")
     parser.add_argument("--num-workers", type=int, default=int(env("PYTRAIN_NUM_WORKERS")) if env("PYTRAIN_NUM_WORKERS") else None,
                         help="DataLoader worker processes; default min(8, cpus per rank - 1) (env PYTRAIN_NUM_WORKERS)")
-    parser.add_argument("--cache-dir", default=env("PYTRAIN_CACHE_DIR"),
-                        help="keep decoded clips here so later epochs do not decode again; default: no cache unless "
-                             "task option cache=true (then <task-dir>/clip_cache) (env PYTRAIN_CACHE_DIR)")
+    parser.add_argument("--cache-dir", default=env(CACHE_DIR_ENV) or env("PYTRAIN_CACHE_DIR"),
+                        help="the shared decoded-clip cache (later epochs and tasks on the same clips decode nothing); "
+                             "default <task-dir>/clip_cache; task option cache=false turns it off "
+                             f"(env {CACHE_DIR_ENV}, or the older PYTRAIN_CACHE_DIR)")
     return parser

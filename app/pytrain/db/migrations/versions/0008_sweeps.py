@@ -1,7 +1,7 @@
 """Sweeps: the ``sweeps`` and ``sweep_trials`` tables, Optuna's schema, and the ``pruned`` outcome.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06
 
 - ``sweeps``: one row per hyper-parameter sweep (``pytrain sweep create``): the base task, the
@@ -9,7 +9,7 @@ Create Date: 2026-12-06
 - ``sweep_trials``: one row per trial, linking Optuna's trial (number and id) to the
   ``training_tasks`` row that trains it; ``told`` guards that each trial's end is told to Optuna once.
 - schema ``optuna``: Optuna's RDB storage creates its own tables there on first use (it keeps its
-  own ``alembic_version``, which must not meet ours in ``public``; docs/adr/0014-sweeps-optuna.md).
+  own ``alembic_version``, which must not meet ours in ``public``; docs/adr/0018-sweeps-optuna.md).
 - ``pruned``: a task status and a run outcome (a trial its pruner stopped after an epoch).
 
 The vocabularies are :mod:`pytrain.sweeps.vocabulary`'s and :data:`pytrain.outcome.FINISHED`'s
@@ -18,8 +18,8 @@ when this was written (``tests/db`` compares the models with the migrated databa
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -78,7 +78,7 @@ ALTER TABLE task_runs DROP CONSTRAINT ck_task_runs_outcome_known,
 
 # A pruned trial becomes a failed task (the older schema has no word for it), with the reason.
 DOWNGRADE = r"""
-UPDATE training_tasks SET status = 'failed', error = 'pruned by its sweep (downgraded below migration 0007)'
+UPDATE training_tasks SET status = 'failed', error = 'pruned by its sweep (downgraded below migration 0008)'
 WHERE status = 'pruned';
 UPDATE task_runs SET outcome = 'failed' WHERE outcome = 'pruned';
 ALTER TABLE task_runs DROP CONSTRAINT ck_task_runs_outcome_known,
