@@ -57,6 +57,7 @@ def test_an_unknown_name_a_wrong_kind_or_an_empty_range_is_refused_naming_it(spe
     ("options.label_smoothing=uniform:0:1", "--param options.label_smoothing: 1.0 is refused: task option label_smoothing=1.0 is out of range"),
     ("architecture=choice:tiny,bad name", "--param architecture: 'bad name' is refused: architecture 'bad name' does not match"),
     ("frame_interval=int:1:4", "--param frame_interval: 4 is refused"),  # needs dense sampling: the task's own rule
+    ("architecture=choice:tiny,resnet9000", "--param architecture: 'resnet9000' is refused: unknown architecture 'resnet9000'"),
 ])
 def test_every_value_a_spec_can_draw_is_checked_by_the_task_s_own_rules(spec, message):
     with pytest.raises(ConfigurationError) as raised:

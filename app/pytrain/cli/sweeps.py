@@ -107,9 +107,10 @@ def create(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler (reproducible draws)."),
 ) -> None:
     """Create a sweep and queue its first trials (every value is checked before anything is created)."""
-    from pytrain.cli.tasks import _check_architecture, _queue
+    from pytrain.cli.tasks import _queue, _settings
     from pytrain.db import TASK_DEFAULTS, SourceRegistry
     from pytrain.sweeps.params import check_params, parse_param
+    from pytrain.task_check import check_submission
 
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ConfigurationError(f"sweep name {name!r} does not match {MODEL_NAME_PATTERN}", hint="e.g. kitchen-lr")
@@ -120,12 +121,8 @@ def create(
     budget = _budget(trials, parallel, sampler, specs)
     base = _base_task(base_task, task_json)
     registered = SourceRegistry(_queue().engine).names()
-    unregistered = [s for s in base["sources"] if s not in registered]
-    if unregistered:
-        raise ConfigurationError(f"dataset(s) {unregistered} are not registered", hint="run `pytrain sources sync`")
+    check_submission(base, sources_dir=_settings().sources_dir, registered=registered)  # as `pytrain submit` checks a task
     check_params({**TASK_DEFAULTS, **base}, specs, registered=registered)
-    for architecture in [base.get("architecture")] + [v for p in specs if p.name == "architecture" for v in p.values_to_check()]:
-        _check_architecture(architecture)
     row = _store().create({"name": name, "base": base, "params": specs, "trials": budget, "parallel": parallel, "sampler": sampler,
                            "pruner": pruner, "metric": metric, "publish": publish, "seed": seed})
     typer.echo(f"sweep {row['name']} created: {budget} trial(s), {parallel} at a time")

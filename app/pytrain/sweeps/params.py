@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pytrain.errors import ConfigurationError
-from pytrain.task_check import check_task
+from pytrain.task_check import check_architecture, check_task
 from pytrain.task_columns import TASK_COLUMNS, column
 from pytrain.task_options import TrainConfig
 
@@ -208,8 +208,8 @@ def check_params(base: Mapping[str, Any], params: list[ParamSpec], *, registered
 
     Each end of a range and each choice is set in the base task and the whole task checked by
     :func:`pytrain.task_check.check_task` (columns' bounds and patterns, options' types and
-    ranges, the sampling). An architecture name is checked against training's list by the CLI
-    (where training is installed), as ``pytrain submit`` does.
+    ranges, the sampling), and an architecture against training's list where training is installed
+    (:func:`pytrain.task_check.check_architecture`, as ``pytrain submit``).
 
     Args:
         base: every user-settable column of the base task (defaults filled in).
@@ -235,6 +235,8 @@ def check_params(base: Mapping[str, Any], params: list[ParamSpec], *, registered
         for value in spec.values_to_check():
             try:
                 check_task(spec.apply(dict(base), value), sources_dir=None, registered=registered)
+                if spec.name == "architecture":
+                    check_architecture(value)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"--param {spec.name}: {value!r} is refused: {exc.message}", hint=exc.hint) from None
 
