@@ -554,15 +554,7 @@ class Orchestrator:
             return Outcome.LOST
         heartbeat.task_dir = prepared.task_dir
 
-        try:
-            result = self.runner.run(prepared, cancel, self._interrupt)
-        except RunnerError as exc:
-            result = RunResult(Outcome.FAILED, exc.exit_code, f"runner {self.runner.name}: {exc}", exc.stderr_tail)
-        except PyTrainError as exc:  # e.g. a ConfigurationError in the task's GPU list or limits
-            result = RunResult(Outcome.FAILED, None, f"runner {self.runner.name}: {exc}")
-        except Exception as exc:  # a bug in a runner must not kill the worker; the task says why
-            log.exception("task %s: runner %s crashed", task_id, self.runner.name)
-            result = RunResult(Outcome.FAILED, None, f"runner {self.runner.name} crashed: {type(exc).__name__}: {exc}")
+        result = self._run(prepared, cancel)
         heartbeat.beat()  # the final progress, and a last look at cancellation
         progress = read_progress(prepared.task_dir)
 
@@ -596,6 +588,19 @@ class Orchestrator:
             error = error_with_tail(f"{message} (log: {prepared.log_path})", result.stderr_tail, max_chars=_MAX_ERROR_CHARS)
             return self._fail(run, error, progress)
         return self._succeed(run, prepared, progress, heartbeat)
+
+    def _run(self, prepared: PreparedTask, cancel: threading.Event) -> RunResult:
+        """The runner's run of the prepared task; a runner that raises gives a ``FAILED`` result
+        naming it (a bug in a runner must not kill the worker; the task says why)."""
+        try:
+            return self.runner.run(prepared, cancel, self._interrupt)
+        except RunnerError as exc:
+            return RunResult(Outcome.FAILED, exc.exit_code, f"runner {self.runner.name}: {exc}", exc.stderr_tail)
+        except PyTrainError as exc:  # e.g. a ConfigurationError in the task's GPU list or limits
+            return RunResult(Outcome.FAILED, None, f"runner {self.runner.name}: {exc}")
+        except Exception as exc:
+            log.exception("task %s: runner %s crashed", prepared.task_id, self.runner.name)
+            return RunResult(Outcome.FAILED, None, f"runner {self.runner.name} crashed: {type(exc).__name__}: {exc}")
 
     def _requeue_locked(self, run: Claim, result: RunResult, heartbeat: _Heartbeat) -> Outcome:
         """Another run still holds the task folder (a worker that died or was paused left it running
