@@ -196,7 +196,7 @@ def _row(task_id: int = 1, **columns) -> dict:
 
 
 def test_an_option_left_out_equals_the_option_given_with_its_default():
-    assert run_params(_row(options={})) == run_params(_row(options={"patience": TrainConfig().patience, "cache": False}))
+    assert run_params(_row(options={})) == run_params(_row(options={"patience": TrainConfig().patience, "cache": TrainConfig().cache}))
     assert differing_params([run_params(_row(options={})), run_params(_row(options={"patience": 3}))]) == ["patience"]
 
 
