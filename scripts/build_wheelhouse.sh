@@ -7,7 +7,7 @@
 #        scripts/build_wheelhouse.sh --orchestrator [--dest DIR]
 #   --python-version  the base image's Python (NGC PyTorch 24.x: 3.10; 25.x: 3.12; the test base
 #                     image: 3.11, the default). Wheels are downloaded for manylinux x86_64.
-#   --orchestrator    instead: the orchestrator image's wheels (PyTrain's extras "orchestrator" and
+#   --orchestrator    instead: the orchestrator image's wheels (PyTrain's extras "orchestrator", "tracking", "sweep" and
 #                     "console", for the console service, and its build backend) for docker/orchestrator.Dockerfile, into
 #                     docker/orchestrator-wheels; for this host's platform and Python (3.11, as
 #                     the image's).
@@ -39,7 +39,7 @@ if [ "$ORCHESTRATOR" = 1 ]; then
     # itself; the build backend (pyproject's build-system) is needed by `pip install -e` offline.
     BACKEND="$("$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$ROOT_DIR/pyproject.toml")"
     # shellcheck disable=SC2086 # one requirement per line, none with spaces
-    "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$DEST" $BACKEND "$ROOT_DIR[orchestrator,console]"
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$DEST" $BACKEND "$ROOT_DIR[orchestrator,tracking,sweep,console]"
     echo "build_wheelhouse: $(ls "$DEST"/*.whl | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (orchestrator)"
     exit 0
 fi

@@ -82,7 +82,7 @@ def test_compose_structure():
     assert mlflow["environment"]["PYTRAIN_DATABASE_URL"] == orchestrator["environment"]["PYTRAIN_DATABASE_URL"]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "mlflow-artifacts:/app/.pytrain/mlflow-artifacts" in mlflow["volumes"] and "mlflow-artifacts" in compose["volumes"]
-    assert mlflow["build"]["args"]["PYTRAIN_EXTRAS"] == orchestrator["build"]["args"]["PYTRAIN_EXTRAS"] == "orchestrator,tracking"
+    assert mlflow["build"]["args"]["PYTRAIN_EXTRAS"] == orchestrator["build"]["args"]["PYTRAIN_EXTRAS"] == "orchestrator,tracking,sweep"
     assert orchestrator["environment"]["PYTRAIN_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
