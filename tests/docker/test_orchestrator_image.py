@@ -98,3 +98,6 @@ def test_orchestrator_image_builds_from_the_checkout_and_trains_a_task_with_the_
     assert (settings.model_repo_dir / MODEL / str(row["version"]) / "model.onnx").is_file()
     # the image's copy of docker/ and app/pytrain/ hashes to the session's tag: nothing was rebuilt
     assert f"training image {train_image.tag} exists; no build" in logs
+    # no bind mount holds the orchestrator's clip cache: the run cached in its task folder, and said why
+    assert "is on none of this container's bind mounts" in logs
+    assert any(Path(settings.model_tasks_dir, Path(row["task_dir"]).name, "clip_cache").iterdir())

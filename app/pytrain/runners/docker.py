@@ -64,6 +64,7 @@ from pytrain.runners.base import check_no_secrets, clip_cache_environment
 from pytrain.runners.images import docker_client, ensure_train_image
 from pytrain.settings import Settings
 from pytrain.spec import MANIFEST, TASK_SPEC
+from pytrain.training.clip_cache import CACHE_DIR_ENV
 from pytrain.video import DECODER_ENV
 
 if TYPE_CHECKING:
@@ -198,14 +199,15 @@ def _share_clip_cache(root: Path, uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _own_bind_mounts(client: "docker.DockerClient") -> list[tuple[str, str]]:
-    """``(destination, host source)`` of this process's container's bind mounts; ``[]`` on a host."""
+def _own_bind_mounts(client: "docker.DockerClient") -> list[tuple[str, str]] | None:
+    """``(destination, host source)`` of this process's container's bind mounts; ``None`` when this
+    process is not in a container of ``client``'s engine (on a host, or in another engine's container)."""
     if not Path("/.dockerenv").exists():
-        return []
+        return None
     try:
         attrs = client.api.inspect_container(socket.gethostname())
     except Exception:  # noqa: BLE001 - not found / other engine: no translation
-        return []
+        return None
     return [(m["Destination"], m["Source"]) for m in attrs.get("Mounts") or [] if m.get("Type") == "bind"]
 
 
@@ -354,6 +356,7 @@ class DockerRunner:
         self.environment = check_no_secrets(environment or {}, "DockerRunner(environment=...)")
         self.context_dir = context_dir
         self.torch_home = Path(torch_home if torch_home is not None else settings.torch_home)
+        self._warned_unshared_cache = False
         if memlock_bytes is None:
             memlock_bytes = settings.container_memlock
         if memlock_bytes < -1:
@@ -416,18 +419,50 @@ class DockerRunner:
         _share_clip_cache(Path(self.settings.clip_cache_dir), uid, gid)
         return None
 
-    def _clip_cache_mount(self, own: Sequence[tuple[str, str]]) -> "Mount":
-        """The host's shared clip cache (``settings.clip_cache_dir``, made when missing), writable at
-        :data:`CONTAINER_CLIP_CACHE`."""
+    def _clip_cache(self, own: Sequence[tuple[str, str]] | None) -> tuple[list["Mount"], dict[str, str]]:
+        """The mount and variables of the host's shared clip cache (``settings.clip_cache_dir``, made
+        when missing), writable at :data:`CONTAINER_CLIP_CACHE`. No mount and no folder variable (a
+        warning, once) when this orchestrator runs in a container and the folder is on none of its
+        bind mounts: the Docker host has no such folder to mount, so each training container then
+        caches inside its task folder (training's default) -- mount the cache (compose does: ``CLIP_CACHE_DIR``) to share it."""
         from docker.types import Mount
 
-        folder = Path(self.settings.clip_cache_dir)
+        folder = Path(self.settings.clip_cache_dir).resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        return Mount(CONTAINER_CLIP_CACHE, _host_path(folder, folder, None, own), type="bind", read_only=False)
+        environment = clip_cache_environment(self.settings, CONTAINER_CLIP_CACHE)
+        if own is not None and not any(folder == Path(d) or Path(d) in folder.parents for d, _ in own):
+            if not self._warned_unshared_cache:
+                self._warned_unshared_cache = True
+                logger.warning("clip cache %s is on none of this container's bind mounts, so training containers cannot "
+                            "share it: each task caches its clips in its own folder. Bind-mount a host folder there "
+                            "(docker-compose.yml: CLIP_CACHE_DIR) to share decoded clips between tasks", folder)
+            del environment[CACHE_DIR_ENV]
+            return [], environment
+        return [Mount(CONTAINER_CLIP_CACHE, _host_path(folder, folder, None, own or ()), type="bind", read_only=False)], environment
+
+    def _mounts(self, task: PreparedTask, task_dir: Path) -> tuple[list["Mount"], dict[str, str]]:
+        """The training container's bind mounts (sources read-only, the task folder, the clip cache,
+        ``TORCH_HOME`` read-only when there is one) as the Docker host sees them, and its environment."""
+        from docker.types import Mount
+
+        own = _own_bind_mounts(self.client)
+        binds = own or ()
+        mounts = [
+            Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, binds), type="bind", read_only=True),
+            Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, binds), type="bind", read_only=False),
+        ]
+        cache_mounts, cache_environment = self._clip_cache(own)
+        mounts += cache_mounts
+        environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
+                       DECODER_ENV: self.settings.decoder, **cache_environment, **self.environment}
+        if self.torch_home.is_dir():  # the orchestrator refused pretrained tasks whose file is missing
+            mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, binds), type="bind", read_only=True))
+            environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)
+        return mounts, environment
 
     def _create(self, task: PreparedTask, image: str) -> tuple["Container", list[str]]:
         """Create (not start) the task's container; returns it and its command line."""
-        from docker.types import Mount, Ulimit
+        from docker.types import Ulimit
 
         gpus = task.gpus if task.gpus is not None else self.settings.gpus
         device_requests, nproc = parse_gpus(gpus)
@@ -439,17 +474,7 @@ class DockerRunner:
         task_dir = Path(task.task_dir).resolve()
         config = self.client.images.get(image).attrs.get("Config") or {}
         user = self._user_for(config, task_dir, Path(task.sources_root))
-        own = _own_bind_mounts(self.client)
-        mounts = [
-            Mount(CONTAINER_SOURCES_DIR, _host_path(task.sources_root, self.settings.sources_dir, self.host_sources_dir, own), type="bind", read_only=True),
-            Mount(CONTAINER_TASK_DIR, _host_path(task_dir, self.settings.model_tasks_dir, self.host_model_tasks_dir, own), type="bind", read_only=False),
-        ]
-        mounts.append(self._clip_cache_mount(own))
-        environment = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
-                       DECODER_ENV: self.settings.decoder, **clip_cache_environment(self.settings, CONTAINER_CLIP_CACHE), **self.environment}
-        if self.torch_home.is_dir():  # the orchestrator refused pretrained tasks whose file is missing
-            mounts.append(Mount(CONTAINER_TORCH_HOME, _host_path(Path(self.torch_home), Path(self.torch_home), None, own), type="bind", read_only=True))
-            environment.setdefault("TORCH_HOME", CONTAINER_TORCH_HOME)
+        mounts, environment = self._mounts(task, task_dir)
         memory = self.settings.container_memory
         kwargs: dict[str, Any] = dict(
             image=image,
@@ -580,7 +605,7 @@ class DockerRunner:
         """
         import docker.errors
 
-        folder = _host_path(Path(task.task_dir), self.settings.model_tasks_dir, self.host_model_tasks_dir, _own_bind_mounts(self.client))
+        folder = _host_path(Path(task.task_dir), self.settings.model_tasks_dir, self.host_model_tasks_dir, _own_bind_mounts(self.client) or ())
         try:
             labelled = self.client.containers.list(all=True, filters={"label": [LABEL_MANAGED, f"{LABEL_TASK_ID}={task.task_id}"]})
         except docker.errors.DockerException as exc:
