@@ -26,10 +26,9 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
-from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, assert_served_with_every_class, in_thread, task_folder
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, task_folder, train_two_node_task
 from fixtures.processes import orchestrator_env, pid_alive, wait_for
 
 from pytrain.db import TaskQueue
@@ -73,26 +72,10 @@ def stub_runner(settings, code: str) -> RayRunner:
 # -- training on two nodes ------------------------------------------------------------------------
 @pytest.mark.triton
 def test_two_node_task_trains_on_both_worker_nodes_is_published_and_served(clips, engine, triton_server, ray_cluster):
-    settings = clips.model_copy(update={"model_repo_dir": triton_server.model_repository, "triton_grpc_url": triton_server.grpc_url,
-                                        "triton_control_key": triton_server.control_key})
-    queue = TaskQueue(engine)
-    task_id = queue.submit({"model_name": "ray_e2e", "nodes": 2, **TRAIN_ROW})
-    started = time.monotonic()
-    assert Orchestrator(settings, engine=engine, runner=RayRunner(settings, poll_seconds=0.5)).run(exit_when_idle=True) == 1
-    print(f"\nrow -> 2-node Ray job -> published in {time.monotonic() - started:.1f} s")
-
-    row = queue.get(task_id)
-    folder = Path(row["task_dir"])
-    assert row["status"] == "succeeded", f"{row['error']}\n{(folder / 'train.log').read_text()[-3000:]}"
-    metrics = row["metrics"]
-    assert metrics["world_size"] == 2
-    assert sorted(metrics["nodes"]) == sorted(ray_cluster.wait_nodes("a", "b").values())  # one rank on each worker node
-    assert sorted((d["rank"], d["device"]) for d in metrics["devices"]) == [(0, "cpu"), (1, "cpu")]
+    row, folder = train_two_node_task(clips, engine, triton_server, lambda settings: RayRunner(settings, poll_seconds=0.5), "ray_e2e")
+    assert sorted(row["metrics"]["nodes"]) == sorted(ray_cluster.wait_nodes("a", "b").values())  # one rank on each worker node
     assert "2 node(s) x 1 process(es)" in (folder / "train.log").read_text()
-    assert row["version"] == 1 and (settings.model_repo_dir / "ray_e2e" / "1" / "model.onnx").is_file()
-
-    assert_served_with_every_class(settings, triton_server.grpc_url, "ray_e2e")
-    assert live_jobs(ray_cluster, queue, task_id) == []
+    assert live_jobs(ray_cluster, TaskQueue(engine), row["id"]) == []
 
 
 def test_cancelling_a_two_node_run_stops_its_job_and_cancels_the_task_within_10_seconds(placeholders, engine, ray_cluster):
