@@ -357,7 +357,8 @@ LOCK_SWEEP = text("SELECT * FROM sweeps WHERE id = :sweep_id FOR UPDATE")
 
 LIST_SWEEPS = text("""
 SELECT s.*, count(st.task_id) AS created,
-       count(st.task_id) FILTER (WHERE st.told IS NULL) AS live
+       count(st.task_id) FILTER (WHERE st.told IS NULL) AS live,
+       count(st.task_id) FILTER (WHERE st.told IS NOT NULL) AS ended
 FROM sweeps AS s LEFT JOIN sweep_trials AS st ON st.sweep_id = s.id
 GROUP BY s.id ORDER BY s.id DESC
 """)
