@@ -7,6 +7,7 @@ import re
 import pytest
 from sqlalchemy import insert, text
 
+from console_stub import make_sweep
 from fixtures.console import Client
 from pytrain.db import TaskQueue, TrainingTask
 from pytrain.console.views import PAGE_SIZE
@@ -124,19 +125,6 @@ def test_every_task_page_has_a_json_twin(console, many_tasks):
 
 
 # -- sweeps (issue 22): made with the sweep code, trials ended with the queue's own operations ----
-def make_sweep(engine, settings, name: str, **extra):
-    """A sweep of ``learning_rate`` over the test's classes (its trials rank first in the queue);
-    the store and the sweep row."""
-    from pytrain.sweeps.params import parse_param
-    from pytrain.sweeps.store import SweepStore
-
-    store = SweepStore(engine, settings)
-    base = {"model_name": f"{name}-model", "sources": ["dataset1"], "classes": ["cooking", "drinking"], "epochs": 2, "priority": 50}
-    return store, store.create({"name": name, "base": base, "params": [parse_param("learning_rate=loguniform:1e-4:3e-3")],
-                                "sampler": "random", "pruner": "none", "metric": "val_accuracy", "publish": "none", "seed": 7,
-                                **{"trials": 6, "parallel": 1, **extra}})
-
-
 def end_trials(store, sweep: dict, accuracies: list[float]) -> None:
     """Claim and end the sweep's next trials as successes whose best epoch reached each accuracy."""
     from pytrain.outcome import Outcome
