@@ -190,10 +190,10 @@ def test_text_on_the_sweep_pages_is_escaped(console, console_engine, console_set
     [trial] = store.trials(sweep["id"])
     with console_engine.begin() as conn:  # a trial that failed with markup in its error; a task naming a sweep in markup
         conn.execute(text("UPDATE training_tasks SET status = 'failed', error = :e WHERE id = :id"), {"e": f"bad {SCRIPT}", "id": trial["task_id"]})
-    TaskQueue(console_engine).submit({"model_name": "xss-sweep", "sources": ["dataset1"], "classes": ["cooking", "drinking"],
-                                      "options": {"sweep": SCRIPT}})
+    task_id = TaskQueue(console_engine).submit({"model_name": "xss-sweep", "sources": ["dataset1"], "classes": ["cooking", "drinking"],
+                                                "options": {"sweep": SCRIPT}})
     client = Client(console.url)
-    pages = [client.request(path)[1] for path in ("/sweeps/escape-console", "/tasks?model=xss-sweep")]
+    pages = [client.request(path)[1] for path in ("/sweeps/escape-console", "/tasks?model=xss-sweep", f"/tasks/{task_id}")]
     for page in pages:
         assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert 'href="/sweeps/%3Cscript%3Ealert%281%29%3C/script%3E"' in pages[1]
+    assert all('href="/sweeps/%3Cscript%3Ealert%281%29%3C/script%3E"' in page for page in pages[1:])
