@@ -3,7 +3,9 @@
 Tasks and runs come from the queue (:class:`pytrain.db.TaskQueue`), the progress bar from the
 row's ``progress`` (:class:`pytrain.spec.ProgressRecord`), the curves from the task folder's
 ``progress.jsonl``, per-class figures from the row's ``metrics`` (:class:`pytrain.spec.MetricsRecord`),
-versions from :func:`pytrain.publish.versions.list_versions_live`, the catalog from
+versions from :func:`pytrain.publish.versions.list_versions_live`, sweeps from
+:class:`pytrain.sweeps.store.SweepStore` (``list``, ``summary``: ``pytrain sweep list`` and ``show``), workers'
+runners and GPUs from the ``workers`` table (:meth:`TaskQueue.workers`), the catalog from
 :func:`pytrain.sources.inspect.inspect_dataset`. Files are read only inside the task folders
 (:func:`task_folder`), and a log only as a bounded tail (:func:`log_tail`).
 """
