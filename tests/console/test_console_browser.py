@@ -254,7 +254,8 @@ def test_a_sweep_the_orchestrator_ran_shows_its_trials_and_its_best(driver, cons
     assert text_of(driver, "#sweep-link") == f"sweep browser-lr trial {number}"  # and the task links back to its sweep
 
 
-def test_cancelling_a_sweep_from_its_page_cancels_its_running_and_queued_trials(driver, console, console_engine, console_settings, orchestrator):
+def test_cancelling_a_sweep_from_its_page_cancels_its_running_and_queued_trials(driver, console, console_engine, console_settings,
+                                                                               orchestrator):
     from orchestrator.test_local_runner import pid_alive
 
     store, sweep = make_sweep(console_engine, console_settings, "browser-cancel", trials=4, parallel=2, epochs=1000)

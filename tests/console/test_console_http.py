@@ -189,7 +189,8 @@ def test_text_on_the_sweep_pages_is_escaped(console, console_engine, console_set
     store, sweep = make_sweep(console_engine, console_settings, "escape-console", trials=1)
     [trial] = store.trials(sweep["id"])
     with console_engine.begin() as conn:  # a trial that failed with markup in its error; a task naming a sweep in markup
-        conn.execute(text("UPDATE training_tasks SET status = 'failed', error = :e WHERE id = :id"), {"e": f"bad {SCRIPT}", "id": trial["task_id"]})
+        conn.execute(text("UPDATE training_tasks SET status = 'failed', error = :e WHERE id = :id"),
+                     {"e": f"bad {SCRIPT}", "id": trial["task_id"]})
     task_id = TaskQueue(console_engine).submit({"model_name": "xss-sweep", "sources": ["dataset1"], "classes": ["cooking", "drinking"],
                                                 "options": {"sweep": SCRIPT}})
     client = Client(console.url)

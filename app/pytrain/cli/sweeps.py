@@ -171,8 +171,9 @@ def list_sweeps() -> None:
         table.add_column(column)
     for s in _store().list():
         best = "" if s["best_trial"] is None else f"{s['best_value']:.4g} (trial {s['best_trial']})"
+        published = "" if s["published_version"] is None else f"task {s['published_task_id']} v{s['published_version']}"
         table.add_row(s["name"], s["status"], f"{s['created']}/{s['trials']}", str(s["live"]), s["sampler"], s["pruner"],
-                      s["metric"], best, "" if s["published_version"] is None else f"task {s['published_task_id']} v{s['published_version']}")
+                      s["metric"], best, published)
     stdout_console().print(table)
 
 
