@@ -241,7 +241,6 @@ def check_params(base: Mapping[str, Any], params: list[ParamSpec], *, registered
                 raise ConfigurationError(f"--param {spec.name}: {value!r} is refused: {exc.message}", hint=exc.hint) from None
 
 
-
 def format_value(value: Any) -> str:
     """A drawn value as ``pytrain sweep show`` and the console show it: a float to 4 significant
     digits (``0.0003162``), anything else as ``str``."""
