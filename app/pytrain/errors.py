@@ -55,6 +55,10 @@ class TaskNotFoundError(PyTrainError):
     """No training task has the given id."""
 
 
+class SweepNotFoundError(ConfigurationError):
+    """No sweep has the given name."""
+
+
 class SourceError(PyTrainError):
     """A dataset, class folder or video path is missing, unregistered, empty or unsafe."""
 

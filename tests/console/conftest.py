@@ -14,7 +14,7 @@ from fixtures.clips import write_tree
 from fixtures.console import PASSWORD_HASH, ConsoleProcess
 from fixtures.db import _drop_database, _new_database, _to_sqlalchemy
 from fixtures.processes import orchestrator_env, stop_group
-from console_stub import CLASSES, CLIP, LAYOUT, STUB, WORKER
+from console_stub import CLASSES, CLIP, LAYOUT, ORCHESTRATOR_GPUS, STUB, WORKER
 from fixtures.triton import export_test_model
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,8 @@ def orchestrator(console_settings, console_engine, tmp_path_factory: pytest.Temp
     spec = TensorSpec(class_list=CLASSES, architecture="nearest_colour", **CLIP)
     spec.save(model_dir)
     export_test_model(model_dir / "model.onnx", CLASSES, **CLIP, input_name=spec.input_name, output_name=spec.output_name)
-    env = _env(console_settings, CONSOLE_MODEL_DIR=str(model_dir), CONSOLE_EPOCH_SECONDS="1.5")
+    # GPUs 0,1: what the Workers page shows (the stub ignores the CUDA_VISIBLE_DEVICES they set).
+    env = _env(console_settings, CONSOLE_MODEL_DIR=str(model_dir), CONSOLE_EPOCH_SECONDS="1.5", PYTRAIN_GPUS=ORCHESTRATOR_GPUS)
     log = open(tmp_path_factory.mktemp("orchestrator-log") / "orchestrator.log", "ab")
     proc = subprocess.Popen([sys.executable, "-c", WORKER, STUB], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from console_stub import CLASSES, CLIP
+from console_stub import CLASSES, CLIP, ORCHESTRATOR_GPUS, make_sweep
 from fixtures.console import browser_available, log_in, webdriver, MISSING_DRIVER
 from fixtures.processes import wait_for
 from fixtures.triton import make_task_folder, task_record
@@ -57,6 +57,15 @@ def text_of(driver, selector: str) -> str:
         return by_css(driver, selector).text
     except StaleElementReferenceException:
         return ""
+
+
+def after_click(driver, check, timeout: float = 60.0):
+    """Wait until ``check(driver)`` is true on the page a click led to (a page being replaced answers
+    some commands with errors, e.g. when the answer has the same URL)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,)).until(check)
 
 
 def fill_form(driver, console, values: dict[str, str]) -> None:
@@ -213,3 +222,52 @@ def test_the_sources_page_shows_each_dataset_s_classes_and_its_bad_files_with_re
     assert "cooking 5 bread" in section and "eating 4" in section
     assert f"eating/clip_000.mp4 moov atom not found {SCRIPT}" in section
     screenshot(driver, "sources")
+
+
+def test_the_workers_page_shows_the_live_orchestrator_s_runner_and_gpus(driver, console, console_engine, orchestrator):
+    queue = TaskQueue(console_engine)
+    wait_for(lambda: any(w["worker_id"] == "console-worker" for w in queue.workers()["live"]), "the orchestrator's lock", timeout=60)
+    driver.get(f"{console.url}/workers")
+    row = "#workers tr[data-worker-id='console-worker']"
+    assert (text_of(driver, f"{row} [data-field='runner']"), text_of(driver, f"{row} [data-field='gpus']")) == ("local", ORCHESTRATOR_GPUS)
+
+
+def test_a_sweep_the_orchestrator_ran_shows_its_trials_and_its_best(driver, console, console_engine, console_settings, orchestrator):
+    from selenium.webdriver.common.by import By
+
+    store, _ = make_sweep(console_engine, console_settings, "browser-lr", trials=2, parallel=2, epochs=1)
+    wait_for(lambda: store.get("browser-lr")["status"] == "finished", "the orchestrator ran both trials", timeout=120)
+    driver.get(f"{console.url}/sweeps")
+    listed = by_css(driver, "#sweep-browser-lr").text
+    assert "finished" in listed and "2 / 2" in listed and "val_accuracy 0.5 (trial " in listed  # the stub's last val_accuracy
+    by_css(driver, "#sweep-browser-lr a").click()
+    after_click(driver, lambda d: by_css(d, "h1").text.startswith("Sweep browser-lr"))
+    trials = {row.get_attribute("id"): row for row in driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr")}
+    assert sorted(trials) == ["trial-0", "trial-1"]
+    assert [row.find_element(By.CSS_SELECTOR, "[data-field='status']").text for row in trials.values()] == ["succeeded"] * 2
+    [best] = driver.find_elements(By.CSS_SELECTOR, "#trials tr.best")
+    assert "★ best" in best.text and best.find_element(By.CSS_SELECTOR, "[data-field='best-metric']").text == "0.5"
+    screenshot(driver, "sweep")
+    number = best.get_attribute("id").removeprefix("trial-")
+    best.find_element(By.CSS_SELECTOR, "a[href^='/tasks/']").click()  # the trial's task
+    after_click(driver, lambda d: "browser-lr-model" in by_css(d, "h1").text)
+    assert text_of(driver, "#sweep-link") == f"sweep browser-lr trial {number}"  # and the task links back to its sweep
+
+
+def test_cancelling_a_sweep_from_its_page_cancels_its_running_and_queued_trials(driver, console, console_engine, console_settings,
+                                                                               orchestrator):
+    from orchestrator.test_local_runner import pid_alive
+
+    store, sweep = make_sweep(console_engine, console_settings, "browser-cancel", trials=4, parallel=2, epochs=1000)
+    queue = TaskQueue(console_engine)
+    [first, second] = [t["task_id"] for t in store.trials(sweep["id"])]
+    pid = running(queue, first, console_settings)  # the orchestrator runs one; the other waits in the queue
+    assert queue.get(second).status == "queued"
+    driver.get(f"{console.url}/sweeps/browser-cancel")
+    by_css(driver, "#cancel-sweep").click()
+    after_click(driver, lambda d: by_css(d, "#flash").text)  # the answer has the same URL: its flash tells it
+    assert text_of(driver, "#flash") == "sweep browser-cancel cancelled (2 trial task(s) cancelled)"
+    assert text_of(driver, "#sweep-status") == "cancelled"
+    assert [(t["task_id"], t["status"]) for t in store.trials(sweep["id"])] == [(first, "cancelled"), (second, "cancelled")]
+    wait_for(lambda: not pid_alive(pid), "the running trial's training stopped", timeout=15)
+    assert store.get("browser-cancel")["status"] == "cancelled" and len(store.trials(sweep["id"])) == 2  # no trial created after

@@ -7,6 +7,7 @@ import re
 import pytest
 from sqlalchemy import insert, text
 
+from console_stub import make_sweep
 from fixtures.console import Client
 from pytrain.db import TaskQueue, TrainingTask
 from pytrain.console.views import PAGE_SIZE
@@ -121,3 +122,79 @@ def test_every_task_page_has_a_json_twin(console, many_tasks):
     one = json.loads(client.request(f"/tasks/{many_tasks[0]}.json")[1])
     assert (one["id"], one["error"], one["runs"]) == (many_tasks[0], "boom", [])
     assert client.request("/tasks/999999.json")[0] == 404
+
+
+# -- sweeps (issue 22): made with the sweep code, trials ended with the queue's own operations ----
+def end_trials(store, sweep: dict, accuracies: list[float]) -> None:
+    """Claim and end the sweep's next trials as successes whose best epoch reached each accuracy."""
+    from pytrain.outcome import Outcome
+
+    queue = TaskQueue(store.engine)
+    for accuracy in accuracies:
+        run = queue.claim("http-test", 60)
+        assert run is not None and run.task["options"]["sweep"] == sweep["name"]
+        history = [{"epoch": 1, "val_accuracy": accuracy - 0.1}, {"epoch": 2, "val_accuracy": accuracy}]
+        assert queue.finish(run, Outcome.SUCCEEDED, metrics={"history": history})
+        store.settle(sweep["id"])
+
+
+def test_the_sweep_pages_show_its_trials_the_best_and_the_importances_as_sweep_show_and_list_do(console, console_engine, console_settings):
+    import json
+
+    store, sweep = make_sweep(console_engine, console_settings, "lr-console")
+    end_trials(store, sweep, [0.5, 0.9, 0.6, 0.7])  # four completed: importances; trial 4 queued
+    shown, client = store.summary("lr-console"), Client(console.url)
+    listed = next(s for s in json.loads(client.request("/sweeps.json")[1])["sweeps"] if s["name"] == "lr-console")
+    assert (listed["ended"], listed["trials"], listed["best_trial"], listed["best_value"]) == (4, 6, 1, pytest.approx(0.9))
+    twin = json.loads(client.request("/sweeps/lr-console.json")[1])  # what `pytrain sweep show --json` prints
+    assert (twin["trials"], twin["best_trial"], twin["importances"]) == (json.loads(json.dumps(shown["trials"])), 1, shown["importances"])
+    _, listing, _ = client.request("/sweeps")
+    row = re.search(r'<tr id="sweep-lr-console">.*?</tr>', listing, re.S)[0]
+    assert '<a href="/sweeps/lr-console">lr-console</a>' in row and "4 / 6" in row and "val_accuracy 0.9 (trial 1)" in row
+    _, page, _ = client.request("/sweeps/lr-console")
+    rows = re.findall(r'<tr data-task-id="(\d+)" id="trial-(\d+)" ?(class="best")?>(.*?)</tr>', page, re.S)
+    assert [(int(task), int(number), bool(best)) for task, number, best, _ in rows] == [
+        (t["task_id"], t["number"], t["number"] == 1) for t in shown["trials"]]
+    best = rows[1][3]
+    assert "★ best" in best and f'<a href="/tasks/{shown["trials"][1]["task_id"]}">' in best and ">succeeded<" in best
+    assert f"learning_rate={shown['trials'][1]['params']['learning_rate']:.4g}" in best and '"best-metric">0.9<' in best
+    assert ">queued<" in rows[4][3] and "learning_rate" in re.search(r'id="importances">.*?</table>', page, re.S)[0]
+    _, tasks, _ = Client(console.url).request("/tasks?sweep=lr-console")
+    assert f'<a class="help" href="/sweeps/lr-console">sweep lr-console trial 4</a>' in tasks  # a trial links to its sweep
+    assert client.request("/sweeps/no-such-sweep")[0] == 404 and client.request("/sweeps/no-such-sweep.json")[0] == 404
+
+
+def test_cancelling_a_sweep_needs_the_session_and_csrf_token_then_cancels_its_queued_trials(console, console_engine, console_settings):
+    store, sweep = make_sweep(console_engine, console_settings, "cancel-console", trials=4, parallel=2)
+    queued = [t["task_id"] for t in store.trials(sweep["id"])]
+    anonymous, user = Client(console.url), Client(console.url)
+    anonymous_token = anonymous.csrf()
+    token = user.log_in()
+    refused = [anonymous.request("/sweeps/cancel-console/cancel", {}),
+               anonymous.request("/sweeps/cancel-console/cancel", {"csrf_token": anonymous_token}),
+               user.request("/sweeps/cancel-console/cancel", {}),
+               user.request("/sweeps/cancel-console/cancel", {"csrf_token": anonymous_token})]
+    assert [status for status, _, _ in refused] == [403] * 4
+    assert store.get("cancel-console")["status"] == "running" and [t["status"] for t in store.trials(sweep["id"])] == ["queued"] * 2
+    assert 'id="cancel-sweep"' in user.request("/sweeps/cancel-console")[1]
+    status, _, headers = user.request("/sweeps/cancel-console/cancel", {"csrf_token": token})
+    assert (status, headers["location"]) == (303, "/sweeps/cancel-console")
+    assert store.get("cancel-console")["status"] == "cancelled"
+    assert [(t["task_id"], t["status"]) for t in store.trials(sweep["id"])] == [(i, "cancelled") for i in queued]  # none created
+    _, page, _ = user.request("/sweeps/cancel-console")
+    assert "sweep cancel-console cancelled (2 trial task(s) cancelled)" in page and 'id="cancel-sweep"' not in page
+
+
+def test_text_on_the_sweep_pages_is_escaped(console, console_engine, console_settings):
+    store, sweep = make_sweep(console_engine, console_settings, "escape-console", trials=1)
+    [trial] = store.trials(sweep["id"])
+    with console_engine.begin() as conn:  # a trial that failed with markup in its error; a task naming a sweep in markup
+        conn.execute(text("UPDATE training_tasks SET status = 'failed', error = :e WHERE id = :id"),
+                     {"e": f"bad {SCRIPT}", "id": trial["task_id"]})
+    task_id = TaskQueue(console_engine).submit({"model_name": "xss-sweep", "sources": ["dataset1"], "classes": ["cooking", "drinking"],
+                                                "options": {"sweep": SCRIPT}})
+    client = Client(console.url)
+    pages = [client.request(path)[1] for path in ("/sweeps/escape-console", "/tasks?model=xss-sweep", f"/tasks/{task_id}")]
+    for page in pages:
+        assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert all('href="/sweeps/%3Cscript%3Ealert%281%29%3C/script%3E"' in page for page in pages[1:])

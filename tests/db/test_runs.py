@@ -235,6 +235,31 @@ def test_a_second_holder_of_a_worker_id_is_refused_naming_the_first(engine):
     second.release()
 
 
+def test_a_worker_lock_records_its_runner_and_gpus_for_as_long_as_it_is_held(engine):
+    """The Workers page's source: a live lock names its id, runner and GPUs; a released one is not
+    live, and the next holder of the id (another runner) replaces the row."""
+    queue = TaskQueue(engine)
+    first = WorkerLock(engine, "host-gpu0_1", runner="docker", gpus="0,1")
+    old = WorkerLock(engine, "host-cpu")  # an orchestrator that records nothing (no runner given)
+    first.acquire()
+    old.acquire()
+    try:
+        live = {w["worker_id"]: (w["runner"], w["gpus"]) for w in queue.workers()["live"]}
+        assert live == {"host-gpu0_1": ("docker", "0,1"), None: (None, None)}
+    finally:
+        first.release()
+        old.release()
+    assert queue.workers()["live"] == []
+    second = WorkerLock(engine, "host-gpu0_1", runner="local", gpus=None)
+    second.acquire()
+    try:
+        assert [(w["worker_id"], w["runner"], w["gpus"]) for w in queue.workers()["live"]] == [("host-gpu0_1", "local", None)]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM workers")).scalar() == 1
+    finally:
+        second.release()
+
+
 def test_a_worker_lock_dropped_by_the_server_is_taken_again(engine, pg_admin_url):
     lock = WorkerLock(engine, "host-gpu0")
     lock.acquire()

@@ -44,7 +44,7 @@ def test_downgrading_0008_fails_pruned_tasks_with_the_reason_and_drops_the_sweep
     from alembic import command
     from sqlalchemy import create_engine
 
-    from pytrain.db import upgrade
+    from pytrain.db import head_revision, upgrade
     from pytrain.db.schema import alembic_config
 
     engine = create_engine(empty_database_url)
@@ -62,6 +62,6 @@ def test_downgrading_0008_fails_pruned_tasks_with_the_reason_and_drops_the_sweep
             left = conn.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('sweeps', 'sweep_trials') "
                                      "OR table_schema = 'optuna'")).scalar()
         assert (status, error, left) == ("failed", "pruned by its sweep (downgraded below migration 0008)", 0)
-        assert upgrade(engine) == "0008"
+        assert upgrade(engine) == head_revision()
     finally:
         engine.dispose()

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from sqlalchemy import text
 
-from pytrain.db import TaskQueue
+from pytrain.db import TaskQueue, head_revision
 from pytrain.outcome import Outcome
 from pytrain.spec import ProgressRecord
 from pytrain.sweeps.params import parse_param
@@ -133,7 +133,7 @@ def test_optuna_keeps_its_tables_in_its_own_schema(store, engine):
         ours = conn.execute(text("SELECT version_num FROM public.alembic_version")).scalar()
     assert tables == {("optuna", "studies"), ("optuna", "trials"), ("optuna", "alembic_version"),
                       ("public", "alembic_version"), ("public", "sweeps")}
-    assert ours == "0008"  # Optuna's own alembic_version did not touch ours
+    assert ours == head_revision()  # Optuna's own alembic_version did not touch ours
 
 
 def test_show_gives_importances_once_four_trials_completed_and_marks_the_best(store, engine):
@@ -204,3 +204,32 @@ def test_a_grid_sweep_creates_every_combination_once(store, engine):
     queue = TaskQueue(engine)
     drawn = sorted((queue.get(t["task_id"]).num_frames, queue.get(t["task_id"]).architecture) for t in store.trials(sweep["id"]))
     assert drawn == [(8, "r3d_18"), (8, "tiny"), (16, "r3d_18"), (16, "tiny")]
+
+
+def test_list_counts_ended_trials_and_names_each_sweep_s_best_completed_trial(store, engine, settings, monkeypatch, capsys):
+    from fixtures.processes import orchestrator_env
+    from pytrain.cli.main import main
+    from pytrain.settings import get_settings
+
+    sweep = make_sweep(store, trials=4, parallel=1)
+    assert [(s["name"], s["created"], s["live"], s["ended"], s["best_trial"], s["best_value"]) for s in store.list()] == [
+        ("lr", 1, 1, 0, None, None)]  # no trial ended: Optuna not asked
+    queue = TaskQueue(engine)
+    for accuracy in (0.6, 0.8, 0.7):
+        end_next(queue, accuracy=accuracy)
+        store.settle(sweep["id"])
+    [listed] = store.list()
+    assert (listed["created"], listed["live"], listed["ended"], listed["best_trial"]) == (4, 1, 3, 1)
+    assert listed["best_value"] == pytest.approx(0.8)
+    for name, value in orchestrator_env(settings, "cli", lease_seconds=10.0, heartbeat_seconds=0.2, poll_seconds=0.2).items():
+        if name.startswith("PYTRAIN_"):
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main(["sweep", "list"])
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        get_settings.cache_clear()
+    assert "0.8 (trial 1)" in capsys.readouterr().out  # `pytrain sweep list`'s best column

@@ -139,6 +139,7 @@ def show(name: str = typer.Argument(..., help="Sweep name."),
     from rich.table import Table
 
     from pytrain.cli.output import stdout_console
+    from pytrain.sweeps.params import format_value
 
     table = Table(title=f"sweep {summary['name']} ({summary['status']}; {summary['metric']}, {summary['direction']})")
     for column in ("trial", "task", "status", "params", summary["metric"], "epoch", "epochs", "wall s", "version"):
@@ -146,7 +147,7 @@ def show(name: str = typer.Argument(..., help="Sweep name."),
     for t in summary["trials"]:
         metric = "" if t["best_metric"] is None else f"{t['best_metric']:.4g}"
         table.add_row(f"{t['number']}{' *' if t['best'] else ''}", str(t["task_id"]), t["status"],
-                      ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items()), metric, _text(t["best_epoch"]),
+                      ", ".join(f"{k}={format_value(v)}" for k, v in t["params"].items()), metric, _text(t["best_epoch"]),
                       _text(t["epochs_run"]), _text(t["wall_seconds"]), _text(t["version"]))
     console = stdout_console()
     console.print(table)
@@ -154,26 +155,25 @@ def show(name: str = typer.Argument(..., help="Sweep name."),
         console.print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
 
 
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
 def list_sweeps() -> None:
-    """Every sweep, newest first: status, trials created of the budget, live trials, published version."""
+    """Every sweep, newest first: status, trials created of the budget, live trials, the best trial's
+    metric, published version."""
     from rich.table import Table
 
     from pytrain.cli.output import stdout_console
 
     table = Table(title="sweeps")
-    for column in ("name", "status", "trials", "live", "sampler", "pruner", "metric", "published"):
+    for column in ("name", "status", "trials", "live", "sampler", "pruner", "metric", "best", "published"):
         table.add_column(column)
     for s in _store().list():
+        best = "" if s["best_trial"] is None else f"{s['best_value']:.4g} (trial {s['best_trial']})"
+        published = "" if s["published_version"] is None else f"task {s['published_task_id']} v{s['published_version']}"
         table.add_row(s["name"], s["status"], f"{s['created']}/{s['trials']}", str(s["live"]), s["sampler"], s["pruner"],
-                      s["metric"], "" if s["published_version"] is None else f"task {s['published_task_id']} v{s['published_version']}")
+                      s["metric"], best, published)
     stdout_console().print(table)
 
 

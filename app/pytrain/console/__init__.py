@@ -1,9 +1,10 @@
-"""The web console (``pytrain console``): the queue, runs, models, workers and sources in a browser.
+"""The web console (``pytrain console``): the queue, runs, sweeps, models, workers and sources in a browser.
 
 Server-rendered (FastAPI + Jinja2 templates), live by server-sent events, no JavaScript build and
 nothing from a CDN: one small script and one stylesheet served from this package. It reads only
-PyTrain's own records (the task queue, task folders, the model repository, the video catalog) and
-acts through the same functions as the CLI (cancel, retry, submit's checks, rollback).
+PyTrain's own records (the task queue, task folders, the sweeps, the model repository, the video
+catalog) and acts through the same functions as the CLI (cancel, retry, submit's checks, rollback,
+sweep cancel).
 See ``docs/console.md``.
 
 Example::

@@ -29,8 +29,10 @@ from pytrain.console import views
 from pytrain.console.form import FORM, form_fields, submit_form
 from pytrain.console.security import CSRF_FIELD, SECURITY_HEADERS, csrf_ok, is_loopback, new_token, verify_password
 from pytrain.db import STATUSES, TaskQueue
-from pytrain.errors import PyTrainError, TaskNotFoundError
+from pytrain.errors import PyTrainError, SweepNotFoundError, TaskNotFoundError
 from pytrain.settings import Settings
+from pytrain.sweeps.params import format_value
+from pytrain.sweeps.store import SweepStore
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", engine=None, logi
     engine = engine or get_engine(settings)
     check_schema(engine)
     app = FastAPI(title="PyTrain console", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.settings, app.state.queue = settings, TaskQueue(engine)
+    app.state.settings, app.state.queue, app.state.sweeps = settings, TaskQueue(engine), SweepStore(engine, settings)
     app.state.public, app.state.login_token = not is_loopback(host), login_token
     secret = settings.console_secret_key.get_secret_value() if settings.console_secret_key else new_token()
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="pytrain_console", same_site="strict",
@@ -75,6 +77,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", engine=None, logi
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.globals.update(statuses=STATUSES, csrf_field=CSRF_FIELD)
     templates.env.filters["clock"] = lambda seconds: time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+    templates.env.filters["param"] = format_value
     app.state.templates = templates
 
     @app.middleware("http")
@@ -147,7 +150,7 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 
 async def _error_page(request: Request, exc: Exception) -> Response:
-    status = 404 if isinstance(exc, TaskNotFoundError) else 400
+    status = 404 if isinstance(exc, (TaskNotFoundError, SweepNotFoundError)) else 400
     return _render(request, "error.html", status_code=status, error=str(exc))
 
 
@@ -234,6 +237,34 @@ async def models(request: Request) -> Response:
 async def workers(request: Request) -> Response:
     """The Workers page: the live orchestrators and their current tasks."""
     return _render(request, "workers.html", workers=await run_in_threadpool(views.workers_page, request.app.state.queue))
+
+
+@router.get("/sweeps", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def sweeps(request: Request) -> Response:
+    """The Sweeps page: every sweep, newest first (``pytrain sweep list``'s rows)."""
+    return _render(request, "sweeps.html", sweeps=await run_in_threadpool(request.app.state.sweeps.list))
+
+
+@router.get("/sweeps.json", dependencies=[Depends(_page_login)])
+async def sweeps_json(request: Request) -> Response:
+    """The Sweeps page as JSON: ``{"sweeps": [pytrain sweep list's rows]}``."""
+    return JSONResponse(jsonable_encoder({"sweeps": await run_in_threadpool(request.app.state.sweeps.list)}))
+
+
+@router.get("/sweeps/{name}.json", dependencies=[Depends(_page_login)])
+async def sweep_json(request: Request, name: str) -> Response:
+    """One sweep as JSON, as ``pytrain sweep show --json`` prints it."""
+    return JSONResponse(jsonable_encoder(await run_in_threadpool(request.app.state.sweeps.summary, name)))
+
+
+@router.get("/sweeps/{name}", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
+async def sweep(request: Request, name: str) -> Response:
+    """The Sweep page: its trials (the best marked), the parameter importances, cancel
+    (``pytrain sweep show``'s record)."""
+    from pytrain.sweeps.study import MIN_TRIALS_FOR_IMPORTANCE
+
+    summary = await run_in_threadpool(request.app.state.sweeps.summary, name)
+    return _render(request, "sweep.html", sweep=summary, min_importance=MIN_TRIALS_FOR_IMPORTANCE)
 
 
 @router.get("/sources", dependencies=[Depends(_page_login)], response_class=HTMLResponse)
@@ -333,6 +364,14 @@ async def retry(request: Request, task_id: int) -> Response:
     form = await _action(request)
     await run_in_threadpool(request.app.state.queue.retry, task_id)
     return _back(request, _safe_next(str(form.get("next") or f"/tasks/{task_id}")), f"task {task_id} queued again")
+
+
+@router.post("/sweeps/{name}/cancel")
+async def cancel_sweep(request: Request, name: str) -> Response:
+    """Cancel a sweep as ``pytrain sweep cancel`` does: no more trials, its queued and running trials cancelled."""
+    await _action(request)
+    cancelled = await run_in_threadpool(request.app.state.sweeps.cancel, name)
+    return _back(request, f"/sweeps/{name}", f"sweep {name} cancelled ({len(cancelled)} trial task(s) cancelled)")
 
 
 @router.post("/models/{model}/rollback")

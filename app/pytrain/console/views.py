@@ -3,7 +3,9 @@
 Tasks and runs come from the queue (:class:`pytrain.db.TaskQueue`), the progress bar from the
 row's ``progress`` (:class:`pytrain.spec.ProgressRecord`), the curves from the task folder's
 ``progress.jsonl``, per-class figures from the row's ``metrics`` (:class:`pytrain.spec.MetricsRecord`),
-versions from :func:`pytrain.publish.versions.list_versions_live`, the catalog from
+versions from :func:`pytrain.publish.versions.list_versions_live`, sweeps from
+:class:`pytrain.sweeps.store.SweepStore` (``list``, ``summary``: ``pytrain sweep list`` and ``show``), workers'
+runners and GPUs from the ``workers`` table (:meth:`TaskQueue.workers`), the catalog from
 :func:`pytrain.sources.inspect.inspect_dataset`. Files are read only inside the task folders
 (:func:`task_folder`), and a log only as a bounded tail (:func:`log_tail`).
 """
@@ -208,22 +210,24 @@ def _shown(value: Any) -> str:
 
 
 def workers_page(queue: TaskQueue) -> list[dict[str, Any]]:
-    """The live orchestrators (those holding their worker-id lock in the database): worker id (when
-    it ran a task before), host and pid (from the lock's session name), connected since, and the
-    task it runs now with its last heartbeat and progress."""
+    """The live orchestrators (those holding their worker-id lock in the database): worker id,
+    runner and GPUs (as the orchestrator recorded them with its lock; an older orchestrator's id
+    only when it ran a task before), host and pid (from the lock's session name), connected since,
+    and the task it runs now with its last heartbeat and progress."""
     found = queue.workers()
     ids = {int(k["lock_key"]): k["worker_id"] for k in found["known"]}
     running: dict[str, dict[str, Any]] = {t["worker_id"]: t for t in found["running"]}
     workers = []
     for session in found["live"]:
-        worker_id = ids.get(int(session["lock_key"]))
+        worker_id = session["worker_id"] or ids.get(int(session["lock_key"]))
         task = running.pop(worker_id, None) if worker_id else None
-        workers.append({"worker_id": worker_id, "session": session["application_name"].removeprefix("pytrain worker "),
+        workers.append({"worker_id": worker_id, "runner": session["runner"], "gpus": session["gpus"],
+                        "session": session["application_name"].removeprefix("pytrain worker "),
                         "address": session["client_addr"] or "local socket", "since": session["backend_start"],
                         "task": task, "state": task_state({**task, "status": "running"}) if task else None})
     for worker_id, task in running.items():  # a running task whose worker holds no lock: lost, or re-queued soon
-        workers.append({"worker_id": worker_id, "session": None, "address": None, "since": None, "task": task,
-                        "state": task_state({**task, "status": "running"})})
+        workers.append({"worker_id": worker_id, "runner": None, "gpus": None, "session": None, "address": None,
+                        "since": None, "task": task, "state": task_state({**task, "status": "running"})})
     return workers
 
 

@@ -322,3 +322,18 @@ class SweepTrial(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
 
     __table_args__ = (CheckConstraint("told IN ('COMPLETE', 'PRUNED', 'FAIL')", name="told_known"),)
+
+
+class Worker(Base):
+    """An orchestrator's runner and GPU selection, written as it takes its worker id's lock
+    (migration 0009; :class:`pytrain.db.queue.WorkerLock`). ``backend_pid`` is the lock
+    connection's server process: the row describes a live orchestrator only while that session
+    holds the id's lock (:data:`pytrain.db.queries.LIVE_WORKERS`)."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    runner: Mapped[str] = mapped_column(Text)
+    gpus: Mapped[str | None] = mapped_column(Text, nullable=True)
+    backend_pid: Mapped[int] = mapped_column(Integer)
+    locked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))

@@ -227,6 +227,14 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND a.pid <> pg_backend_pid()
 """)
 
+#: Record the runner and GPUs of the orchestrator that has just taken the worker id's lock (on the
+#: lock's own connection: only the holder writes the row, and ``backend_pid`` ties it to that session).
+REGISTER_WORKER = text("""
+INSERT INTO workers (worker_id, runner, gpus, backend_pid) VALUES (:worker_id, :runner, :gpus, pg_backend_pid())
+ON CONFLICT (worker_id) DO UPDATE
+SET runner = EXCLUDED.runner, gpus = EXCLUDED.gpus, backend_pid = EXCLUDED.backend_pid, locked_at = now()
+""")
+
 GET_TASK = text("SELECT * FROM training_tasks WHERE id = :task_id")
 
 #: The newest tasks, optionally of one status, model and sweep (the task option ``sweep`` a
@@ -248,11 +256,15 @@ SELECT id, status, progress, epochs, version, worker_id, error FROM training_tas
 """)
 
 #: The live orchestrators: sessions holding a worker-id lock (:data:`WORKER_LOCK`) whose
-#: ``application_name`` is a worker's (:class:`pytrain.db.queue.WorkerLock`), with the lock's key.
+#: ``application_name`` is a worker's (:class:`pytrain.db.queue.WorkerLock`), with the lock's key,
+#: and the ``workers`` row (:data:`REGISTER_WORKER`) that session wrote: its id, runner and GPUs
+#: (``NULL`` for an orchestrator of a PyTrain before migration 0009).
 LIVE_WORKERS = text("""
-SELECT a.application_name, CAST(a.client_addr AS text) AS client_addr, a.backend_start,
-       ((CAST(l.classid AS bigint) << 32) | CAST(l.objid AS bigint)) AS lock_key
+SELECT a.application_name, CAST(a.client_addr AS text) AS client_addr, a.backend_start, k.lock_key,
+       w.worker_id, w.runner, w.gpus
 FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+CROSS JOIN LATERAL (SELECT (CAST(l.classid AS bigint) << 32) | CAST(l.objid AS bigint) AS lock_key) AS k
+LEFT JOIN workers AS w ON w.backend_pid = a.pid AND hashtextextended(w.worker_id, 0) = k.lock_key
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND a.application_name LIKE 'pytrain worker %'
@@ -345,7 +357,8 @@ LOCK_SWEEP = text("SELECT * FROM sweeps WHERE id = :sweep_id FOR UPDATE")
 
 LIST_SWEEPS = text("""
 SELECT s.*, count(st.task_id) AS created,
-       count(st.task_id) FILTER (WHERE st.told IS NULL) AS live
+       count(st.task_id) FILTER (WHERE st.told IS NULL) AS live,
+       count(st.task_id) FILTER (WHERE st.told IS NOT NULL) AS ended
 FROM sweeps AS s LEFT JOIN sweep_trials AS st ON st.sweep_id = s.id
 GROUP BY s.id ORDER BY s.id DESC
 """)

@@ -694,14 +694,21 @@ class WorkerLock:
     say who holds it. The server drops the lock with the connection: an orchestrator that crashed
     (or whose connection broke) does not block its successor.
 
+    With ``runner`` given, taking the lock also records the runner and ``gpus`` in the ``workers``
+    table on the lock's connection (:data:`pytrain.db.queries.REGISTER_WORKER`), where the console's
+    Workers page reads them.
+
     Args:
         engine: the queue's database.
         worker_id: the id to hold.
+        runner: the orchestrator's runner's name (``local``, ``docker``, ``slurm``, ``ray``).
+        gpus: its GPU selection (``"0,1"``, ``"all"``; ``None``: none given).
     """
 
-    def __init__(self, engine: Engine, worker_id: str) -> None:
+    def __init__(self, engine: Engine, worker_id: str, *, runner: str | None = None, gpus: str | None = None) -> None:
         self.engine = engine
         self.worker_id = worker_id
+        self.runner, self.gpus = runner, gpus
         self._conn: Any = None
 
     @property
@@ -728,6 +735,8 @@ class WorkerLock:
             conn.execute(queries.SET_APPLICATION_NAME, {"name": name})
             locked = bool(conn.execute(queries.WORKER_LOCK, key).scalar())
             holder = None if locked else conn.execute(queries.WORKER_LOCK_HOLDER, key).mappings().first()
+            if locked and self.runner is not None:
+                conn.execute(queries.REGISTER_WORKER, {**key, "runner": self.runner, "gpus": self.gpus})
         except (DBAPIError, SQLAlchemyError) as exc:
             if conn is not None:
                 conn.close()

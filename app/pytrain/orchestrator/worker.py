@@ -350,7 +350,8 @@ class Orchestrator:
         self._stop = threading.Event()  # no new claims
         self._interrupt = threading.Event()  # interrupt the running task and re-queue it
         self._started = False
-        self._identity = WorkerLock(self.engine, self.worker_id)  # one live orchestrator per worker id
+        # One live orchestrator per worker id; its runner and GPUs recorded for the console's Workers page.
+        self._identity = WorkerLock(self.engine, self.worker_id, runner=self.runner.name, gpus=self.gpus)
         self.current: Claim | None = None
         self._heartbeat: _Heartbeat | None = None  # the running task's
         self.tracker = RunTracker(self.settings)  # MLflow, a side channel (pytrain.tracking)

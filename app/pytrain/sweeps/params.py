@@ -240,3 +240,8 @@ def check_params(base: Mapping[str, Any], params: list[ParamSpec], *, registered
             except ConfigurationError as exc:
                 raise ConfigurationError(f"--param {spec.name}: {value!r} is refused: {exc.message}", hint=exc.hint) from None
 
+
+def format_value(value: Any) -> str:
+    """A drawn value as ``pytrain sweep show`` and the console show it: a float to 4 significant
+    digits (``0.0003162``), anything else as ``str``."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, insert
 from pytrain.db import queries
 from pytrain.db.models import FINAL_STATUSES, TrainingTask
 from pytrain.db.queue import Repository
-from pytrain.errors import ConfigurationError, PyTrainError
+from pytrain.errors import ConfigurationError, PyTrainError, SweepNotFoundError
 from pytrain.outcome import Outcome
 from pytrain.settings import Settings
 from pytrain.spec import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, CLIP_CACHE, MODEL_ONNX, PublishedTaskRow, ProgressRecord
@@ -139,16 +139,20 @@ class SweepStore(Repository):
         """The sweep row ``name``.
 
         Raises:
-            ConfigurationError: no such sweep (hint: ``pytrain sweep list``).
+            SweepNotFoundError: no such sweep (hint: ``pytrain sweep list``).
         """
         rows = self._execute(queries.GET_SWEEP, {"name": name})
         if not rows:
-            raise ConfigurationError(f"no sweep named {name!r}", hint="`pytrain sweep list` lists them")
+            raise SweepNotFoundError(f"no sweep named {name!r}", hint="`pytrain sweep list` lists them")
         return rows[0]
 
     def list(self) -> list[dict[str, Any]]:
-        """Every sweep, newest first, with ``created`` and ``live`` (not yet ended) trial counts."""
-        return self._execute(queries.LIST_SWEEPS)
+        """Every sweep, newest first, with ``created``, ``live`` (not yet ended) and ``ended`` trial
+        counts, and ``best_trial``, ``best_value``: its best completed trial's number and value (the
+        metric's best epoch; ``None`` before a trial completed)."""
+        rows = self._execute(queries.LIST_SWEEPS)
+        best = optuna_glue.best_trials(self.engine) if any(r["ended"] for r in rows) else {}
+        return [{**r, **dict(zip(("best_trial", "best_value"), best.get(r["name"], (None, None))))} for r in rows]
 
     def trials(self, sweep_id: int) -> list[dict[str, Any]]:
         """The sweep's trials with their tasks' status, folder, progress and metrics, by number."""
@@ -174,8 +178,8 @@ class SweepStore(Repository):
     def summary(self, name: str) -> dict[str, Any]:
         """``pytrain sweep show``'s record: the sweep (``budget``: its ``--trials``), each trial
         (number, task id, task status, Optuna state, params, value, best metric and its epoch,
-        epochs run, wall seconds, whether it is the best) and the parameter importances (``None``
-        until enough trials completed).
+        epochs run, wall seconds, whether it is the best, the task's error) and the parameter
+        importances (``None`` until enough trials completed).
 
         The trial fields come from the task rows (status, epochs, wall time) and from Optuna's
         storage (state, params, values), side by side, so a disagreement shows.
@@ -194,7 +198,7 @@ class SweepStore(Repository):
                 "params": trial.params, "value": trial.value, "best_metric": None if top is None else top[1],
                 "best_epoch": None if top is None else top[0], "epochs_run": (row["progress"] or {}).get("epoch"),
                 "wall_seconds": None if row["wall_seconds"] is None else round(float(row["wall_seconds"]), 1),
-                "attempts": row["attempts"], "version": row["version"], "best": row["number"] == best,
+                "attempts": row["attempts"], "version": row["version"], "best": row["number"] == best, "error": row["error"],
             })
         keep = ("name", "status", "parallel", "sampler", "pruner", "metric", "publish", "seed",
                 "published_task_id", "published_version", "created_at", "finished_at")

@@ -170,6 +170,14 @@ def tell(study: "optuna.Study", trial_id: int, state: str) -> str:
     return state
 
 
+def best_trials(engine: Engine) -> dict[str, tuple[int, float]]:
+    """``{study name: (number, value)}`` of each study's best completed trial (one query of Optuna's
+    storage for every study; a study without a completed trial is absent)."""
+    optuna = _optuna()
+    summaries = optuna.study.get_all_study_summaries(storage(engine), include_best_trial=True)
+    return {s.study_name: (s.best_trial.number, float(s.best_trial.value)) for s in summaries if s.best_trial is not None}
+
+
 def running_numbers(study: "optuna.Study") -> set[int]:
     """Numbers of the study's trials still ``RUNNING``."""
     optuna = _optuna()
