@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, task_folder, train_two_node_task
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, hold_code, in_thread, task_folder, train_two_node_task
 from fixtures.processes import orchestrator_env, pid_alive, wait_for
 
 from pytrain.db import TaskQueue
@@ -42,14 +42,7 @@ pytestmark = pytest.mark.ray
 # Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the
 # task folder on a worker node). HOLD says it started (one line per start) and ends 0 with a
 # metrics.json once "release" exists; HANG ignores SIGTERM (the worst case for a stop).
-HOLD = """
-import json, os, time
-with open("starts", "a") as f:
-    f.write(f"{os.getpid()} {os.environ.get('PYTRAIN_NODE_NAME')}\\n")
-while not os.path.exists("release"):
-    time.sleep(0.2)
-json.dump({"test_accuracy": 1.0}, open("metrics.json", "w"))
-"""
+HOLD = hold_code("PYTRAIN_NODE_NAME")
 HANG = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "open(f\"started-{os.environ.get('RANK', '0')}\", 'w').write(str(os.getpid())); time.sleep(300)")
 

@@ -30,7 +30,7 @@ import time
 import uuid
 
 import pytest
-from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, in_thread, task_folder, train_two_node_task
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, hold_code, in_thread, task_folder, train_two_node_task
 from fixtures.processes import wait_for
 from fixtures.slurm import live_jobs
 
@@ -44,14 +44,7 @@ pytestmark = pytest.mark.slurm
 
 # Stand-ins for the training entrypoint (run as `python -c CODE --task-dir D --sources-root R` in the job's
 # folder). HOLD says it started (one line per start) and ends 0 with a metrics.json once "release" exists.
-HOLD = """
-import json, os, time
-with open("starts", "a") as f:
-    f.write(f"{os.getpid()} {os.environ.get('SLURM_JOB_ID')}\\n")
-while not os.path.exists("release"):
-    time.sleep(0.2)
-json.dump({"test_accuracy": 1.0}, open("metrics.json", "w"))
-"""
+HOLD = hold_code("SLURM_JOB_ID")
 FAIL = "import sys; print('working', flush=True); print('boom: dataset is empty', file=sys.stderr); sys.exit(1)"
 ALLOCATE = "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))\n"
 SLEEP = "import time; open('started', 'w').write('1'); time.sleep(300)"
