@@ -17,7 +17,7 @@ COMPOSE = MAIN
 
 def test_compose_config_validates_with_an_env_made_from_env_example(tmp_path):
     services = resolved(COMPOSE, write_env(tmp_path / ".env"))["services"]
-    assert set(services) == {"postgres", "orchestrator", "triton", "mlflow"}
+    assert set(services) == {"postgres", "orchestrator", "triton", "mlflow", "console"}
     env = services["orchestrator"]["environment"]
     assert env["PYTRAIN_DATABASE_URL"] == f"postgresql+psycopg://pytrain:{TEST_PASSWORD}@postgres:5432/pytrain"
 
@@ -38,6 +38,7 @@ def test_ports_are_published_on_loopback_unless_an_address_is_set(tmp_path):
     assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432/tcp"]
     assert sorted(services["triton"]["ports"]) == ["127.0.0.1:8000:8000/tcp", "127.0.0.1:8001:8001/tcp", "127.0.0.1:8002:8002/tcp"]
     assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000/tcp"]
+    assert services["console"]["ports"] == ["127.0.0.1:8080:8080/tcp"]
 
     lan = write_env(tmp_path / "lan.env", POSTGRES_BIND_ADDRESS="10.0.0.5", TRITON_BIND_ADDRESS="10.0.0.5")
     services = resolved(COMPOSE, lan)["services"]
