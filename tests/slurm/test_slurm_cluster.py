@@ -30,7 +30,7 @@ import time
 import uuid
 
 import pytest
-from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, hold_code, in_thread, task_folder, train_two_node_task
+from fixtures.cluster_tasks import PLACEHOLDER_ROW, TRAIN_ROW, NoPublish, hold_code, in_thread, reattach_and_release, task_folder, train_two_node_task
 from fixtures.processes import wait_for
 from fixtures.slurm import live_jobs
 
@@ -203,17 +203,7 @@ def test_restarted_orchestrator_reattaches_to_its_running_job(placeholders, engi
     folder = task_folder(queue, task_id)
     assert queue.get(task_id)["status"] == "running" and job in jobs_of(task_id)  # the job outlives its orchestrator
 
-    runner = stub_runner(placeholders, HOLD)
-    results = []
-    run = runner.run
-    runner.run = lambda *args: results.append(run(*args)) or results[-1]
-    thread = in_thread(Orchestrator(placeholders, engine=engine, runner=runner, publisher=NoPublish()), max_tasks=1)
-    wait_for(lambda: queue.get(task_id)["run_id"] != queue.runs(task_id)[0].id, timeout=30, what="the restart to claim the task")
-    (folder / "release").write_text("")
-    thread.join(30)
-    assert not thread.is_alive()
-    row = queue.get(task_id)
-    assert row["status"] == "succeeded", row["error"]
+    results = reattach_and_release(placeholders, engine, stub_runner(placeholders, HOLD), queue, task_id, folder, timeout=30)
     assert [(r.details["job_id"], r.details["reattached"]) for r in results] == [(job, True)]
     assert len((folder / "starts").read_text().splitlines()) == 1  # never started twice
     assert jobs_of(task_id) == {}
